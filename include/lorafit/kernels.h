@@ -1,0 +1,112 @@
+// lorafit kernels: CPU compute on fp32 tensors. GEMM goes through BLAS (OpenBLAS); every other
+// kernel has a scalar reference (namespace ref, kept forever as the oracle) and an AVX2 version,
+// chosen at run time. The functions here validate dtypes and shapes and throw lorafit::Error
+// naming the operation and the shapes; the raw pointer versions live in src/kernels/.
+//
+// Conventions (as llm.c): activation gradients are written (=); parameter gradients
+// (LayerNorm/RMSNorm weight and bias, embedding table) are accumulated (+=) so that gradient
+// accumulation works. A null/undefined parameter-gradient tensor means "frozen: do not compute".
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "lorafit/tensor.h"
+
+namespace lorafit::kernels {
+
+using tensor::DType;
+using tensor::Tensor;
+
+// ---- dispatch ---------------------------------------------------------------------------------
+enum class Isa { Scalar, Avx2 };
+Isa isa_active();            // what the dispatched kernels use now
+bool isa_supported(Isa isa);  // Avx2: CPU has AVX2 and FMA
+void isa_set(Isa isa);        // for tests and benchmarks; throws if unsupported
+const char* isa_name(Isa isa);
+
+// Names of every kernel op (forward and backward count as one op each), for the op checker's
+// coverage test: every name here must have a case.
+const std::vector<std::string>& op_names();
+
+// Threads used by BLAS and our parallel loops (0 = all cores).
+void set_num_threads(int n);
+int num_threads();
+
+// ---- GEMM -------------------------------------------------------------------------------------
+// C = alpha * op(A) * op(B) + beta * C, all 2-D F32. op(X) = X or Xᵀ. beta = 0 overwrites,
+// beta = 1 accumulates.
+void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c,
+          float alpha = 1.0f, float beta = 0.0f);
+// Raw strided form (row-major, leading dimensions), for per-head products inside attention.
+void gemm_raw(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+              const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+              int64_t ldc);
+
+// ---- elementwise (any shape, all operands same shape; y may alias an input) --------------------
+void add(const Tensor& a, const Tensor& b, Tensor& y);           // y = a + b
+void mul(const Tensor& a, const Tensor& b, Tensor& y);           // y = a * b
+void scale(const Tensor& x, float s, Tensor& y);                 // y = s * x
+void axpy(float alpha, const Tensor& x, Tensor& y);              // y += alpha * x
+// Adds a bias row [C] to every row of x [..., C] in place.
+void add_bias(Tensor& x, const Tensor& bias);
+// db[C] += sum over rows of dy [..., C].
+void bias_backward(const Tensor& dy, Tensor& db);
+
+enum class GeluKind { Erf, Tanh };
+void gelu_forward(const Tensor& x, Tensor& y, GeluKind kind);
+void gelu_backward(const Tensor& x, const Tensor& dy, Tensor& dx, GeluKind kind);  // dx = dy*gelu'(x)
+void silu_forward(const Tensor& x, Tensor& y);
+void silu_backward(const Tensor& x, const Tensor& dy, Tensor& dx);
+
+// SwiGLU: y = silu(gate) * up, and its backward to both inputs.
+void swiglu_forward(const Tensor& gate, const Tensor& up, Tensor& y);
+void swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& dy, Tensor& dgate,
+                     Tensor& dup);
+
+// ---- softmax ----------------------------------------------------------------------------------
+// Row-wise over the last dimension of x [..., N], numerically stable. mask (optional, undefined
+// for none) is additive and has shape [N] (broadcast to every row) or the same shape as x.
+// A row whose every entry is -inf after masking gives all zeros (not NaN).
+void softmax_forward(const Tensor& x, const Tensor& mask, Tensor& y);
+// dx = y * (dy - sum(dy * y)) row-wise.
+void softmax_backward(const Tensor& y, const Tensor& dy, Tensor& dx);
+
+// ---- normalisation (rows of x [N, C]) ---------------------------------------------------------
+// y = (x - mean) * rstd * w + b; mean and rstd [N] are saved for backward. b may be undefined.
+void layernorm_forward(const Tensor& x, const Tensor& w, const Tensor& b, float eps, Tensor& y,
+                       Tensor& mean, Tensor& rstd);
+// dx written; dw, db accumulated when defined.
+void layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& mean,
+                        const Tensor& rstd, Tensor& dx, Tensor& dw, Tensor& db);
+// y = x * rstd * w, rstd = 1/sqrt(mean(x^2) + eps) [N] saved.
+void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y, Tensor& rstd);
+void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
+                      Tensor& dx, Tensor& dw);
+
+// ---- RoPE -------------------------------------------------------------------------------------
+// x is [B, T, H, D] (D even), positions [T] (I32) or [B, T] (I32). In place.
+// HalfRotate: pairs (i, i + D/2), as Hugging Face `rotate_half` (GPT-NeoX style).
+// Adjacent:   pairs (2i, 2i + 1), as llama.cpp's LLAMA rope (GPT-J style).
+// Frequency of pair i: theta^(-2i/D). Backward applies the inverse rotation.
+enum class RopeStyle { HalfRotate, Adjacent };
+void rope_forward(Tensor& x, const Tensor& positions, float theta, RopeStyle style);
+void rope_backward(Tensor& dx, const Tensor& positions, float theta, RopeStyle style);
+
+// ---- cross-entropy ----------------------------------------------------------------------------
+// logits [N, V], targets [N] I32. Rows whose target == ignore_index count for nothing.
+// Returns the mean loss over counted rows (0 when none). probs [N, V] receives softmax(logits)
+// for backward.
+float cross_entropy_forward(const Tensor& logits, const Tensor& targets, int32_t ignore_index,
+                            Tensor& probs);
+// dlogits = dloss * (probs - onehot(target)) / count for counted rows, 0 for ignored rows.
+void cross_entropy_backward(const Tensor& probs, const Tensor& targets, int32_t ignore_index,
+                            float dloss, Tensor& dlogits);
+
+// ---- embedding --------------------------------------------------------------------------------
+// out[i, :] = table[ids[i], :]; ids any shape of I32, out [numel(ids), C]. Out-of-range ids throw.
+void embedding_forward(const Tensor& table, const Tensor& ids, Tensor& out);
+// dtable[ids[i], :] += dout[i, :] (scatter-add).
+void embedding_backward(const Tensor& dout, const Tensor& ids, Tensor& dtable);
+
+}  // namespace lorafit::kernels

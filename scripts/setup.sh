@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs every system dependency of lorafit on Debian 12 and configures + builds it.
+# Idempotent: re-running only rebuilds what changed.
+#   scripts/setup.sh [BUILD_DIR] [extra cmake args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUILD_DIR=${1:-build}
+shift || true
+
+PKGS=(build-essential cmake pkg-config git python3 python3-venv
+      libopenblas-openmp-dev libomp-dev
+      libgtest-dev libgmock-dev libbenchmark-dev
+      nlohmann-json3-dev libpcre2-dev)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  echo "[setup] installing: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=${CMAKE_BUILD_TYPE:-Release} "$@"
+cmake --build "$BUILD_DIR" -j"$(nproc)"

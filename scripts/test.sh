@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Sets up (system packages, build) and runs the whole test suite.
+#   scripts/test.sh [BUILD_DIR] [extra cmake args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUILD_DIR=${1:-build}
+shift || true
+bash scripts/setup.sh "$BUILD_DIR" "$@"
+ctest --test-dir "$BUILD_DIR" --output-on-failure -j"$(nproc)"
