@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD_DIR=${1:-build}
 shift || true
-bash scripts/setup.sh "$BUILD_DIR" "$@"
+bash scripts/setup.sh "$BUILD_DIR" -DLORAFIT_BUILD_TESTS=ON "$@"
 ctest --test-dir "$BUILD_DIR" --output-on-failure -j"$(nproc)"
