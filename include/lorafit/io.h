@@ -265,7 +265,7 @@ class GgufValue {
   bool operator==(const GgufValue& o) const;
 
  private:
-  friend class GgufFile;
+  friend struct GgufAccess;  // the reader/writer in gguf.cpp
   GgufType type_ = GgufType::U8;
   GgufType elem_ = GgufType::U8;  // arrays
   uint64_t bits_ = 0;  // scalars: the value's little-endian bits (double bits for F64, ...)

@@ -1,4 +1,5 @@
 #include "lorafit/tensor.h"
+#include "lorafit/quant.h"
 
 #include <algorithm>
 #include <cmath>
@@ -309,8 +310,12 @@ Tensor Tensor::to(DType dtype) const {
   if (dtype == dtype_) return clone();
   check(!dtype_is_quantized(dtype), "Tensor::to",
         std::string("conversion to ") + dtype_name(dtype) + " is done by the quantizer");
+  if (dtype_ == DType::Q8_0 || dtype_ == DType::Q4_0 || dtype_ == DType::Q4_1) {
+    Tensor f = dequantize(*this);  // quant.h; F16/BF16 targets go through F32
+    return dtype == DType::F32 ? f : f.to(dtype);
+  }
   check(!dtype_is_quantized(dtype_), "Tensor::to",
-        std::string("dequantization of ") + dtype_name(dtype_) + " is done by kernels::dequantize");
+        std::string("dequantization of ") + dtype_name(dtype_) + " is not supported here");
   check(dtype_ != DType::I32 && dtype != DType::I32, "Tensor::to",
         "cannot convert " + str() + " to " + dtype_name(dtype));
   Tensor out = empty(shape_, dtype);

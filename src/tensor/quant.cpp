@@ -1,0 +1,206 @@
+// Block (de)quantization of ggml Q8_0 / Q4_0 / Q4_1 (layouts in quant.h and REFERENCE.md).
+// Quantizers follow ggml's quantize_row_*_ref rounding so that our bytes equal llama.cpp's and
+// gguf-py's: Q8_0 rounds half away from zero, Q4_0/Q4_1 add 0.5 (8.5) and truncate, clamped to 15.
+// The clamping below also keeps NaN/inf inputs away from an undefined float->int conversion.
+#include "lorafit/quant.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+namespace lorafit::tensor {
+
+namespace {
+
+void check_blocks(DType t, int64_t n, const char* op) {
+  int64_t be = dtype_block_elems(t);
+  check(n >= 0 && n % be == 0, op,
+        std::to_string(n) + " values of " + dtype_name(t) + " is not a whole number of blocks of " +
+            std::to_string(be));
+}
+
+// Quantization index in [0, 15] from v = x*id + offset, truncating like ggml's (int8_t) cast.
+inline uint8_t nib_of(float v) {
+  if (!(v >= 0.0f)) return 0;  // also NaN
+  if (v >= 15.0f) return 15;
+  return static_cast<uint8_t>(v);
+}
+
+void dequant_q8_0(const uint8_t* src, float* dst, int64_t nb) {
+  for (int64_t i = 0; i < nb; ++i) {
+    BlockQ8_0 b;
+    std::memcpy(&b, src + i * sizeof(BlockQ8_0), sizeof b);  // src may be unaligned
+    const float d = f16_to_f32(b.d);
+    float* y = dst + i * kQK;
+    for (int j = 0; j < kQK; ++j) y[j] = static_cast<float>(b.qs[j]) * d;
+  }
+}
+
+void dequant_q4_0(const uint8_t* src, float* dst, int64_t nb) {
+  for (int64_t i = 0; i < nb; ++i) {
+    BlockQ4_0 b;
+    std::memcpy(&b, src + i * sizeof(BlockQ4_0), sizeof b);
+    const float d = f16_to_f32(b.d);
+    float* y = dst + i * kQK;
+    for (int j = 0; j < kQK / 2; ++j) {
+      y[j] = static_cast<float>((b.qs[j] & 0x0F) - 8) * d;
+      y[j + kQK / 2] = static_cast<float>((b.qs[j] >> 4) - 8) * d;
+    }
+  }
+}
+
+void dequant_q4_1(const uint8_t* src, float* dst, int64_t nb) {
+  for (int64_t i = 0; i < nb; ++i) {
+    BlockQ4_1 b;
+    std::memcpy(&b, src + i * sizeof(BlockQ4_1), sizeof b);
+    const float d = f16_to_f32(b.d);
+    const float m = f16_to_f32(b.m);
+    float* y = dst + i * kQK;
+    for (int j = 0; j < kQK / 2; ++j) {
+      y[j] = static_cast<float>(b.qs[j] & 0x0F) * d + m;
+      y[j + kQK / 2] = static_cast<float>(b.qs[j] >> 4) * d + m;
+    }
+  }
+}
+
+// ggml quantize_row_q8_0_ref: d = amax / 127, q = round(x / d).
+void quant_q8_0(const float* x, uint8_t* dst, int64_t nb) {
+  for (int64_t i = 0; i < nb; ++i) {
+    const float* xb = x + i * kQK;
+    float amax = 0.0f;
+    for (int j = 0; j < kQK; ++j) amax = std::max(amax, std::fabs(xb[j]));
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    BlockQ8_0 b;
+    b.d = f32_to_f16(d);
+    for (int j = 0; j < kQK; ++j) {
+      float q = std::round(xb[j] * id);  // half away from zero, as roundf
+      if (!(q >= -128.0f)) q = q != q ? 0.0f : -128.0f;
+      if (q > 127.0f) q = 127.0f;
+      b.qs[j] = static_cast<int8_t>(q);
+    }
+    std::memcpy(dst + i * sizeof b, &b, sizeof b);
+  }
+}
+
+// ggml quantize_row_q4_0_ref: d = (value of largest magnitude) / -8, nib = trunc(x/d + 8.5).
+void quant_q4_0(const float* x, uint8_t* dst, int64_t nb) {
+  for (int64_t i = 0; i < nb; ++i) {
+    const float* xb = x + i * kQK;
+    float amax = 0.0f, max = 0.0f;
+    for (int j = 0; j < kQK; ++j) {
+      if (amax < std::fabs(xb[j])) {
+        amax = std::fabs(xb[j]);
+        max = xb[j];
+      }
+    }
+    const float d = max / -8.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    BlockQ4_0 b;
+    b.d = f32_to_f16(d);
+    for (int j = 0; j < kQK / 2; ++j) {
+      const uint8_t lo = nib_of(xb[j] * id + 8.5f);
+      const uint8_t hi = nib_of(xb[j + kQK / 2] * id + 8.5f);
+      b.qs[j] = static_cast<uint8_t>(lo | (hi << 4));
+    }
+    std::memcpy(dst + i * sizeof b, &b, sizeof b);
+  }
+}
+
+// ggml quantize_row_q4_1_ref: d = (max - min) / 15, m = min, nib = trunc((x - min)/d + 0.5).
+void quant_q4_1(const float* x, uint8_t* dst, int64_t nb) {
+  for (int64_t i = 0; i < nb; ++i) {
+    const float* xb = x + i * kQK;
+    float min = xb[0], max = xb[0];
+    for (int j = 1; j < kQK; ++j) {
+      if (xb[j] < min) min = xb[j];
+      if (xb[j] > max) max = xb[j];
+    }
+    const float d = (max - min) / 15.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    BlockQ4_1 b;
+    b.d = f32_to_f16(d);
+    b.m = f32_to_f16(min);
+    for (int j = 0; j < kQK / 2; ++j) {
+      const uint8_t lo = nib_of((xb[j] - min) * id + 0.5f);
+      const uint8_t hi = nib_of((xb[j + kQK / 2] - min) * id + 0.5f);
+      b.qs[j] = static_cast<uint8_t>(lo | (hi << 4));
+    }
+    std::memcpy(dst + i * sizeof b, &b, sizeof b);
+  }
+}
+
+}  // namespace
+
+void dequantize_row(DType t, const void* src, float* dst, int64_t n) {
+  check_blocks(t, n, "dequantize_row");
+  const auto* s = static_cast<const uint8_t*>(src);
+  switch (t) {
+    case DType::F32: std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float)); return;
+    case DType::F16:
+    case DType::BF16: {
+      // src may be unaligned (a GGUF tensor at an odd offset): convert through a small buffer.
+      uint16_t buf[256];
+      for (int64_t i = 0; i < n; i += 256) {
+        int64_t k = std::min<int64_t>(256, n - i);
+        std::memcpy(buf, s + i * 2, static_cast<size_t>(k) * 2);
+        if (t == DType::F16) f16_to_f32_n(buf, dst + i, k);
+        else bf16_to_f32_n(buf, dst + i, k);
+      }
+      return;
+    }
+    case DType::Q8_0: dequant_q8_0(s, dst, n / kQK); return;
+    case DType::Q4_0: dequant_q4_0(s, dst, n / kQK); return;
+    case DType::Q4_1: dequant_q4_1(s, dst, n / kQK); return;
+    default: break;
+  }
+  throw Error(std::string("[dequantize_row] dtype ") + dtype_name(t) + " is not supported");
+}
+
+void quantize_row(DType t, const float* src, void* dst, int64_t n) {
+  check_blocks(t, n, "quantize_row");
+  auto* d = static_cast<uint8_t*>(dst);
+  switch (t) {
+    case DType::F32: std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float)); return;
+    case DType::F16:
+    case DType::BF16: {
+      uint16_t buf[256];
+      for (int64_t i = 0; i < n; i += 256) {
+        int64_t k = std::min<int64_t>(256, n - i);
+        if (t == DType::F16) f32_to_f16_n(src + i, buf, k);
+        else f32_to_bf16_n(src + i, buf, k);
+        std::memcpy(d + i * 2, buf, static_cast<size_t>(k) * 2);
+      }
+      return;
+    }
+    case DType::Q8_0: quant_q8_0(src, d, n / kQK); return;
+    case DType::Q4_0: quant_q4_0(src, d, n / kQK); return;
+    case DType::Q4_1: quant_q4_1(src, d, n / kQK); return;
+    default: break;
+  }
+  throw Error(std::string("[quantize_row] dtype ") + dtype_name(t) + " is not supported");
+}
+
+Tensor quantize(const Tensor& x, DType t) {
+  check(x.defined(), "quantize", "undefined tensor");
+  check(x.dtype() == DType::F32 || x.dtype() == DType::F16 || x.dtype() == DType::BF16, "quantize",
+        "input " + x.str() + " must be F32, F16 or BF16");
+  int64_t be = dtype_block_elems(t);
+  check(x.ndim() >= 1 && x.dim(-1) % be == 0, "quantize",
+        "last dimension of " + x.str() + " must be a multiple of " + std::to_string(be) + " for " +
+            dtype_name(t));
+  Tensor src = x.dtype() == DType::F32 ? x : x.to(DType::F32);
+  Tensor out = Tensor::empty(x.shape(), t);
+  quantize_row(t, src.f32(), out.raw(), x.numel());
+  return out;
+}
+
+Tensor dequantize(const Tensor& x) {
+  check(x.defined(), "dequantize", "undefined tensor");
+  Tensor out = Tensor::empty(x.shape(), DType::F32);
+  dequantize_row(x.dtype(), x.raw(), out.f32(), x.numel());
+  return out;
+}
+
+}  // namespace lorafit::tensor
