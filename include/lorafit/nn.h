@@ -2,9 +2,12 @@
 // A module keeps what its backward needs during forward (in the Context's arena when it has one)
 // and its backward computes the input gradient and, for trainable parameters only, parameter
 // gradients. Parameter gradients accumulate (+=); call zero_grad() between steps. Frozen
-// parameters never get gradient buffers.
+// parameters never get gradient buffers. Input gradients are written (=) into new tensors.
 //
-// Shapes: activations are [B, T, C] (or [N, C]); Linear works on any [..., in].
+// Shapes: activations are [B, T, C] (or [N, C]); Linear works on any [..., in]. All activations
+// are F32. A module remembers only its last forward: call backward before the next forward of the
+// same module instance, and do not overwrite a tensor that a module saved (noted per module)
+// before its backward ran.
 #pragma once
 
 #include <cstdint>
@@ -35,16 +38,29 @@ struct Context {
 
   Tensor alloc(const Shape& shape, DType dtype = DType::F32);
   Tensor zeros(const Shape& shape, DType dtype = DType::F32);
+  // Reserves n draws of the counter-based stream: returns the current rng_counter and advances it
+  // by n. Draw i of the reservation is random_u64(seed, returned + i).
+  uint64_t take_rng(uint64_t n);
 };
 
-// A weight with a trainable flag. grad exists (same shape, F32) only while trainable.
+// Counter-based random numbers (splitmix64 of the mixed seed plus the counter): the same
+// (seed, counter) always gives the same value, so a backward pass can regenerate a dropout mask
+// instead of storing it, and threads need no shared state.
+uint64_t random_u64(uint64_t seed, uint64_t counter);
+// Uniform in [0, 1) with 53 random bits.
+inline double random_uniform(uint64_t seed, uint64_t counter) {
+  return static_cast<double>(random_u64(seed, counter) >> 11) * (1.0 / 9007199254740992.0);
+}
+
+// A weight with a trainable flag. grad exists (same shape, F32, zeroed) only while trainable;
+// only an F32 value can be trainable.
 struct Parameter {
   Tensor value;
   Tensor grad;
   bool trainable = false;
 
-  void set_trainable(bool t);
-  void zero_grad();
+  void set_trainable(bool t);  // true allocates a zero grad, false frees it
+  void zero_grad();            // no-op when frozen
 };
 
 using NamedParameters = std::vector<std::pair<std::string, Parameter*>>;
@@ -52,23 +68,30 @@ using NamedParameters = std::vector<std::pair<std::string, Parameter*>>;
 class Module {
  public:
   virtual ~Module() = default;
-  // Appends this module's parameters as "<prefix><name>" (Hugging Face names: weight, bias).
+  // Appends this module's parameters as "<prefix><name>" (Hugging Face names: weight, bias;
+  // submodules as "<prefix><child>.<name>", e.g. "q_proj.weight").
   virtual void parameters(const std::string& prefix, NamedParameters& out) = 0;
+  NamedParameters named_parameters(const std::string& prefix = "");
   void zero_grad();
   void set_trainable(bool t);
 };
 
-// y = x Wᵀ + b. weight [out, in] (F32; frozen weights may also be F16/BF16, multiplied through
-// fp32 tiles), bias [out] optional. Input gradient is computed only when need_input_grad.
+// y = x Wᵀ + b. weight [out, in], bias [out] optional (F32). A frozen weight may also be F16 or
+// BF16: it is multiplied through fp32 tiles of rows (a few hundred KB), never a full dequantized
+// copy. Quantized block types throw for now (extension point: weight_rows_to_f32 in linear.cpp).
+// Saved for backward: the input x (a reference, not a copy).
 class Linear : public Module {
  public:
   Linear() = default;
+  // Allocates a zero F32 weight [out, in] (and zero bias [out]); loaders replace weight.value.
   Linear(int64_t in_features, int64_t out_features, bool bias);
   int64_t in_features() const { return in_; }
   int64_t out_features() const { return out_; }
   bool has_bias() const { return bias.value.defined(); }
 
   Tensor forward(Context& ctx, const Tensor& x);  // x [..., in] -> [..., out]
+  // dy [..., out]. Returns dx [..., in] when need_input_grad, else an undefined tensor.
+  // weight.grad += dyᵀ x and bias.grad += sum(dy) only for trainable parameters.
   Tensor backward(Context& ctx, const Tensor& dy, bool need_input_grad = true);
   void parameters(const std::string& prefix, NamedParameters& out) override;
 
@@ -77,10 +100,11 @@ class Linear : public Module {
 
  private:
   int64_t in_ = 0, out_ = 0;
-  Tensor x_;  // saved input
+  Tensor x_;  // saved input [..., in]
 };
 
-// out[..., :] = table[ids[...], :]; table [V, C].
+// out[..., :] = table[ids[...], :]; table [V, C] (F32, or F16/BF16 when frozen).
+// Saved for backward: ids.
 class Embedding : public Module {
  public:
   Embedding() = default;
@@ -95,10 +119,12 @@ class Embedding : public Module {
   Tensor ids_;
 };
 
+// y = (x - mean) * rstd * weight + bias over the last dimension. Parameters F32.
+// Saved: x (reference) [N, C], mean and rstd [N].
 class LayerNorm : public Module {
  public:
   LayerNorm() = default;
-  LayerNorm(int64_t dim, float eps, bool bias = true);
+  LayerNorm(int64_t dim, float eps, bool bias = true);  // weight = 1, bias = 0
   Tensor forward(Context& ctx, const Tensor& x);  // [..., C]
   Tensor backward(Context& ctx, const Tensor& dy);
   void parameters(const std::string& prefix, NamedParameters& out) override;
@@ -111,10 +137,11 @@ class LayerNorm : public Module {
   Tensor x_, mean_, rstd_;
 };
 
+// y = x * rsqrt(mean(x²) + eps) * weight (Llama). Saved: x (reference) [N, C], rstd [N].
 class RMSNorm : public Module {
  public:
   RMSNorm() = default;
-  RMSNorm(int64_t dim, float eps);
+  RMSNorm(int64_t dim, float eps);  // weight = 1
   Tensor forward(Context& ctx, const Tensor& x);
   Tensor backward(Context& ctx, const Tensor& dy);
   void parameters(const std::string& prefix, NamedParameters& out) override;
@@ -127,7 +154,10 @@ class RMSNorm : public Module {
 };
 
 // Inverted dropout: in training, zero with probability p and scale the rest by 1/(1-p); identity
-// otherwise. The mask comes from (ctx.seed, ctx.rng_counter), so a seeded run is reproducible.
+// otherwise (then forward returns x itself and backward dy itself, no copy). The mask comes from
+// (ctx.seed, ctx.rng_counter) through the counter-based generator, so a seeded run is
+// reproducible; backward regenerates the mask from the saved (seed, counter) instead of storing
+// it. 0 <= p < 1.
 class Dropout : public Module {
  public:
   Dropout() = default;
@@ -139,20 +169,26 @@ class Dropout : public Module {
   float p = 0.0f;
 
  private:
-  Tensor mask_;  // scaled keep mask, undefined when identity
+  bool active_ = false;  // last forward dropped (training and p > 0)
+  uint64_t seed_ = 0, counter_ = 0;
+  Shape shape_;
 };
 
 // Feed-forward block. Gelu: down(gelu(up(x))) (BERT: intermediate.dense / output.dense).
 // SwiGLU: down(silu(gate(x)) * up(x)) (Llama: gate_proj, up_proj, down_proj).
 enum class MlpKind { Gelu, SwiGLU };
 
+// Saved: Gelu: up's output h_pre [..., hidden] (down saves gelu(h_pre)); SwiGLU: gate and up
+// outputs [..., hidden] (down saves silu(gate) * up).
 class MLP : public Module {
  public:
   MLP() = default;
   MLP(MlpKind kind, int64_t dim, int64_t hidden, bool bias,
       kernels::GeluKind gelu = kernels::GeluKind::Erf);
-  Tensor forward(Context& ctx, const Tensor& x);
-  Tensor backward(Context& ctx, const Tensor& dy);
+  Tensor forward(Context& ctx, const Tensor& x);  // [..., dim] -> [..., dim]
+  // Returns dx, or an undefined tensor when !need_input_grad.
+  Tensor backward(Context& ctx, const Tensor& dy, bool need_input_grad = true);
+  // Hugging Face Llama names: gate_proj, up_proj, down_proj (BERT's split names live in models/).
   void parameters(const std::string& prefix, NamedParameters& out) override;
 
   MlpKind kind = MlpKind::Gelu;
@@ -176,27 +212,45 @@ struct AttentionConfig {
   bool rope = false;
   float rope_theta = 10000.0f;
   kernels::RopeStyle rope_style = kernels::RopeStyle::HalfRotate;
+  float dropout = 0.0f;  // on the attention probabilities, in training (BERT: 0.1)
 };
 
 // Multi-head attention with grouped-query heads, optional RoPE on q and k, a padding mask and a
-// causal mask. q, k, v, o are Linear modules so that adapters can target them.
+// causal mask. q, k, v, o are Linear modules so that adapters can target them:
+//   q = x Wqᵀ [B, T, H·D], k, v = x Wkᵀ, x Wvᵀ [B, T, KV·D]   (RoPE rotates q and k per head)
+//   P[b,h] = softmax(q_h k_gᵀ / sqrt(D) + mask) [T, T]        g = h / (H / KV), as HF repeat_kv
+//   out[b, :, h] = dropout(P[b,h]) v_g;  y = out Woᵀ [B, T, C]
+// The mask is additive -inf on padded keys and (causal) on keys after the query. A padded query
+// row still sees the real keys, so its output is finite; a row with no visible key gives zeros.
+// Saved: q and k after RoPE, v (all [B, T, heads, D]), P [B, H, T, T] (before dropout); o saves
+// out; the dropout mask is regenerated from (seed, counter).
 class Attention : public Module {
  public:
   Attention() = default;
+  // Validates the config and resolves n_kv_heads and head_dim (cfg holds the resolved values).
   explicit Attention(const AttentionConfig& cfg);
-  // x [B, T, C]. pad_mask [B, T] F32: 1 = real token, 0 = padding (undefined: no padding).
+  int64_t head_dim() const { return cfg.head_dim; }
+  // x [B, T, C]. pad_mask [B, T] F32 or I32: 1 = real token, 0 = padding (undefined: no padding).
   // positions [T] or [B, T] I32 for RoPE (undefined: 0..T-1).
   Tensor forward(Context& ctx, const Tensor& x, const Tensor& pad_mask = Tensor(),
                  const Tensor& positions = Tensor());
-  Tensor backward(Context& ctx, const Tensor& dy);
+  // Returns dx [B, T, C], or an undefined tensor when !need_input_grad.
+  Tensor backward(Context& ctx, const Tensor& dy, bool need_input_grad = true);
+  // Hugging Face Llama names: q_proj, k_proj, v_proj, o_proj (BERT's names live in models/).
   void parameters(const std::string& prefix, NamedParameters& out) override;
+
+  // Extension point for generation (not implemented yet): a KV cache [B, max_T, KV, D] for k
+  // (after RoPE) and v, appended by a forward_cached(ctx, x_new, cache, positions) that attends
+  // the new queries to cache[0 : len + T_new]; no backward.
 
   AttentionConfig cfg;
   Linear q, k, v, o;
 
  private:
-  Tensor q_, k_, v_, att_, ctx_out_, pad_mask_, positions_;
+  Tensor q_, k_, v_, att_, positions_;
   int64_t b_ = 0, t_ = 0;
+  bool drop_ = false;  // last forward applied dropout to P
+  uint64_t drop_seed_ = 0, drop_counter_ = 0;
 };
 
 }  // namespace lorafit::nn

@@ -1,0 +1,244 @@
+// Multi-head / grouped-query attention with RoPE, padding and causal masks; explicit backward.
+//
+// Layouts: q [B, T, H, D], k and v [B, T, KV, D] straight out of the projections (no transpose):
+// the head h slice of batch b is a [T, D] matrix with leading dimension H·D (or KV·D), which is
+// what gemm_raw takes. P [B, H, T, T] holds the softmax probabilities.
+#include <cmath>
+#include <limits>
+
+#include "nn/nn_internal.h"
+
+namespace lorafit::nn {
+
+namespace {
+
+constexpr const char* kOp = "Attention";
+// Multiply-adds (B·H·T·T·D) below which the head loop stays on one thread.
+constexpr int64_t kParallelWork = int64_t{1} << 20;
+
+std::string cfg_str(const AttentionConfig& c) {
+  return "hidden " + std::to_string(c.hidden) + ", n_heads " + std::to_string(c.n_heads) +
+         ", n_kv_heads " + std::to_string(c.n_kv_heads) + ", head_dim " +
+         std::to_string(c.head_dim);
+}
+
+// Multiplies a [T, T] block in place by the dropout factors of its draws starting at `counter`.
+void dropout_block(float* dst, const float* src, int64_t n, uint64_t seed, uint64_t counter,
+                   float p) {
+  const float scale = 1.0f / (1.0f - p);
+  for (int64_t i = 0; i < n; ++i)
+    dst[i] = src[i] * detail::dropout_factor(seed, counter + static_cast<uint64_t>(i), p, scale);
+}
+
+}  // namespace
+
+Attention::Attention(const AttentionConfig& c) : cfg(c) {
+  if (cfg.n_kv_heads == 0) cfg.n_kv_heads = cfg.n_heads;
+  lorafit::check(cfg.hidden > 0 && cfg.n_heads > 0 && cfg.n_kv_heads > 0, kOp,
+                 "hidden, n_heads and n_kv_heads must be positive (" + cfg_str(cfg) + ")");
+  if (cfg.head_dim == 0) {
+    lorafit::check(cfg.hidden % cfg.n_heads == 0, kOp,
+                   "hidden must be divisible by n_heads when head_dim is 0 (" + cfg_str(cfg) + ")");
+    cfg.head_dim = cfg.hidden / cfg.n_heads;
+  }
+  lorafit::check(cfg.head_dim > 0, kOp, "head_dim must be positive (" + cfg_str(cfg) + ")");
+  lorafit::check(cfg.n_heads % cfg.n_kv_heads == 0, kOp,
+                 "n_kv_heads must divide n_heads (" + cfg_str(cfg) + ")");
+  lorafit::check(!cfg.rope || cfg.head_dim % 2 == 0, kOp,
+                 "RoPE needs an even head_dim (" + cfg_str(cfg) + ")");
+  lorafit::check(cfg.dropout >= 0.0f && cfg.dropout < 1.0f, kOp,
+                 "dropout must be in [0, 1), got " + std::to_string(cfg.dropout));
+  const int64_t hd = cfg.n_heads * cfg.head_dim, kvd = cfg.n_kv_heads * cfg.head_dim;
+  q = Linear(cfg.hidden, hd, cfg.qkv_bias);
+  k = Linear(cfg.hidden, kvd, cfg.qkv_bias);
+  v = Linear(cfg.hidden, kvd, cfg.qkv_bias);
+  o = Linear(hd, cfg.hidden, cfg.out_bias);
+}
+
+void Attention::parameters(const std::string& prefix, NamedParameters& out) {
+  q.parameters(prefix + "q_proj.", out);
+  k.parameters(prefix + "k_proj.", out);
+  v.parameters(prefix + "v_proj.", out);
+  o.parameters(prefix + "o_proj.", out);
+}
+
+Tensor Attention::forward(Context& ctx, const Tensor& x, const Tensor& pad_mask,
+                          const Tensor& positions) {
+  detail::check(cfg.n_heads > 0, kOp, "module was default-constructed; build it from a config");
+  detail::check(x.defined() && x.dtype() == DType::F32 && x.ndim() == 3 && x.dim(2) == cfg.hidden,
+                kOp, detail::desc("x", x) + ", expected F32[B, T, " + std::to_string(cfg.hidden) +
+                         "]");
+  const int64_t B = x.dim(0), T = x.dim(1), H = cfg.n_heads, KV = cfg.n_kv_heads,
+                D = cfg.head_dim, group = H / KV;
+  if (pad_mask.defined())
+    detail::check((pad_mask.dtype() == DType::F32 || pad_mask.dtype() == DType::I32) &&
+                      pad_mask.shape() == Shape{B, T},
+                  kOp, detail::desc("pad_mask", pad_mask) + ", expected F32 or I32[" +
+                           std::to_string(B) + ", " + std::to_string(T) + "] for " +
+                           detail::desc("x", x));
+
+  // Projections. Linear saves x; the outputs are ours, so RoPE may rotate them in place.
+  Tensor qf = q.forward(ctx, x);  // [B, T, H·D]
+  Tensor kf = k.forward(ctx, x);  // [B, T, KV·D]
+  Tensor vf = v.forward(ctx, x);  // [B, T, KV·D]
+  positions_ = Tensor();
+  if (cfg.rope) {
+    if (positions.defined()) {
+      detail::check(positions.dtype() == DType::I32 &&
+                        (positions.shape() == Shape{T} || positions.shape() == Shape{B, T}),
+                    kOp, detail::desc("positions", positions) + ", expected I32[" +
+                             std::to_string(T) + "] or I32[" + std::to_string(B) + ", " +
+                             std::to_string(T) + "]");
+      positions_ = positions;
+    } else {
+      positions_ = ctx.alloc({T}, DType::I32);
+      for (int64_t t = 0; t < T; ++t) positions_.i32()[t] = static_cast<int32_t>(t);
+    }
+    Tensor q4 = qf.view({B, T, H, D});
+    Tensor k4 = kf.view({B, T, KV, D});
+    kernels::rope_forward(q4, positions_, cfg.rope_theta, cfg.rope_style);
+    kernels::rope_forward(k4, positions_, cfg.rope_theta, cfg.rope_style);
+  }
+
+  // Additive mask [Bm, T, T] (Bm = B with padding, else 1): -inf on padded keys and, when causal,
+  // on keys after the query. Undefined when nothing is masked.
+  Tensor mask;
+  const bool pad = pad_mask.defined();
+  if (pad || cfg.causal) {
+    const int64_t bm = pad ? B : 1;
+    mask = ctx.alloc({bm, T, T});
+    const float ninf = -std::numeric_limits<float>::infinity();
+    for (int64_t b = 0; b < bm; ++b)
+      for (int64_t i = 0; i < T; ++i) {
+        float* row = mask.f32() + (b * T + i) * T;
+        for (int64_t j = 0; j < T; ++j) {
+          bool keep = !(cfg.causal && j > i);
+          if (pad) {
+            int64_t at = b * T + j;
+            keep = keep && (pad_mask.dtype() == DType::F32 ? pad_mask.f32()[at] != 0.0f
+                                                            : pad_mask.i32()[at] != 0);
+          }
+          row[j] = keep ? 0.0f : ninf;
+        }
+      }
+  }
+
+  drop_ = ctx.training && cfg.dropout > 0.0f;
+  if (drop_) {
+    drop_seed_ = ctx.seed;
+    drop_counter_ = ctx.take_rng(static_cast<uint64_t>(B * H * T * T));
+  }
+  att_ = ctx.alloc({B, H, T, T});
+  Tensor out = ctx.alloc({B, T, H * D});
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  const float* qp = qf.f32();
+  const float* kp = kf.f32();
+  const float* vp = vf.f32();
+  float* op = out.f32();
+
+  // One task per (b, h); scratch is per task because the arena is not thread-safe. Threads only
+  // pay off with enough work per task (waking them costs more than a tiny head's products).
+  const bool par = B * H > 1 && B * H * T * T * D >= kParallelWork;
+#pragma omp parallel for schedule(dynamic) if (par)
+  for (int64_t bh = 0; bh < B * H; ++bh) {
+    const int64_t b = bh / H, h = bh % H, g = h / group;
+    Tensor s = Tensor::empty({T, T});
+    Tensor p = att_.row(b).row(h);  // [T, T]
+    const float* qh = qp + b * T * H * D + h * D;   // [T, D], ld H·D
+    const float* kg = kp + b * T * KV * D + g * D;  // [T, D], ld KV·D
+    const float* vg = vp + b * T * KV * D + g * D;
+    // S = scale · q_h k_gᵀ
+    kernels::gemm_raw(false, true, T, T, D, scale, qh, H * D, kg, KV * D, 0.0f, s.f32(), T);
+    kernels::softmax_forward(s, mask.defined() ? mask.row(pad ? b : 0) : Tensor(), p);
+    const float* pv = p.f32();
+    if (drop_) {  // reuse s for the dropped probabilities
+      dropout_block(s.f32(), p.f32(), T * T, drop_seed_,
+                    drop_counter_ + static_cast<uint64_t>(bh * T * T), cfg.dropout);
+      pv = s.f32();
+    }
+    // out_h = P_h v_g
+    kernels::gemm_raw(false, false, T, D, T, 1.0f, pv, T, vg, KV * D, 0.0f,
+                      op + b * T * H * D + h * D, H * D);
+  }
+
+  q_ = qf;
+  k_ = kf;
+  v_ = vf;
+  b_ = B;
+  t_ = T;
+  return o.forward(ctx, out);  // [B, T, C]
+}
+
+Tensor Attention::backward(Context& ctx, const Tensor& dy, bool need_input_grad) {
+  detail::check(att_.defined(), kOp, "backward called before forward");
+  const int64_t B = b_, T = t_, H = cfg.n_heads, KV = cfg.n_kv_heads, D = cfg.head_dim,
+                group = H / KV;
+  detail::check(dy.defined() && dy.dtype() == DType::F32 && dy.shape() == Shape{B, T, cfg.hidden},
+                kOp, detail::desc("dy", dy) + ", expected F32[" + std::to_string(B) + ", " +
+                         std::to_string(T) + ", " + std::to_string(cfg.hidden) + "]");
+  // forward was: y = out Woᵀ
+  Tensor dout = o.backward(ctx, dy, true);  // [B, T, H·D]
+  Tensor dq = ctx.alloc({B, T, H * D});
+  Tensor dk = ctx.zeros({B, T, KV * D});  // accumulated over the heads of a group
+  Tensor dv = ctx.zeros({B, T, KV * D});
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  const float* qp = q_.f32();
+  const float* kp = k_.f32();
+  const float* vp = v_.f32();
+  const float* dop = dout.f32();
+  float *dqp = dq.f32(), *dkp = dk.f32(), *dvp = dv.f32();
+
+  // One task per (b, g): the heads of a group add into the same dk_g, dv_g, so they stay serial.
+  const bool par = B * KV > 1 && B * H * T * T * D >= kParallelWork;
+#pragma omp parallel for schedule(dynamic) if (par)
+  for (int64_t bg = 0; bg < B * KV; ++bg) {
+    const int64_t b = bg / KV, g = bg % KV;
+    Tensor dp = Tensor::empty({T, T});
+    Tensor ds = Tensor::empty({T, T});
+    Tensor pd = drop_ ? Tensor::empty({T, T}) : Tensor();
+    const float* kg = kp + b * T * KV * D + g * D;  // [T, D], ld KV·D
+    const float* vg = vp + b * T * KV * D + g * D;
+    float* dkg = dkp + b * T * KV * D + g * D;
+    float* dvg = dvp + b * T * KV * D + g * D;
+    for (int64_t h = g * group; h < (g + 1) * group; ++h) {
+      Tensor p = att_.row(b).row(h);  // [T, T]
+      const float* qh = qp + b * T * H * D + h * D;
+      const float* doh = dop + b * T * H * D + h * D;
+      float* dqh = dqp + b * T * H * D + h * D;
+      const uint64_t c0 = drop_counter_ + static_cast<uint64_t>((b * H + h) * T * T);
+      // forward was: out_h = P'_h v_g, P' = dropout(P)
+      kernels::gemm_raw(false, true, T, T, D, 1.0f, doh, H * D, vg, KV * D, 0.0f, dp.f32(), T);
+      const float* pv = p.f32();
+      if (drop_) {
+        dropout_block(pd.f32(), p.f32(), T * T, drop_seed_, c0, cfg.dropout);
+        dropout_block(dp.f32(), dp.f32(), T * T, drop_seed_, c0, cfg.dropout);  // dP = dP'·m
+        pv = pd.f32();
+      }
+      kernels::gemm_raw(true, false, T, D, T, 1.0f, pv, T, doh, H * D, 1.0f, dvg, KV * D);
+      // forward was: P = softmax(S + mask); masked entries have P = 0, so dS = 0 there
+      kernels::softmax_backward(p, dp, ds);
+      // forward was: S = scale · q_h k_gᵀ
+      kernels::gemm_raw(false, false, T, D, T, scale, ds.f32(), T, kg, KV * D, 0.0f, dqh, H * D);
+      kernels::gemm_raw(true, false, T, D, T, scale, ds.f32(), T, qh, H * D, 1.0f, dkg, KV * D);
+    }
+  }
+
+  if (cfg.rope) {
+    // forward was: q, k = rope(q), rope(k) in place -> rotate the gradients back
+    Tensor dq4 = dq.view({B, T, H, D});
+    Tensor dk4 = dk.view({B, T, KV, D});
+    kernels::rope_backward(dq4, positions_, cfg.rope_theta, cfg.rope_style);
+    kernels::rope_backward(dk4, positions_, cfg.rope_theta, cfg.rope_style);
+  }
+  // forward was: q, k, v = x Wqᵀ, x Wkᵀ, x Wvᵀ -> dx = dq Wq + dk Wk + dv Wv
+  Tensor dx = q.backward(ctx, dq, need_input_grad);
+  Tensor dxk = k.backward(ctx, dk, need_input_grad);
+  Tensor dxv = v.backward(ctx, dv, need_input_grad);
+  if (need_input_grad) {
+    kernels::add(dx, dxk, dx);
+    kernels::add(dx, dxv, dx);
+  }
+  return dx;
+}
+
+}  // namespace lorafit::nn

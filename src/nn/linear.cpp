@@ -1,0 +1,120 @@
+// Linear: y = x Wᵀ + b, W [out, in] in F32 or (frozen) F16/BF16 multiplied through fp32 tiles.
+#include <algorithm>
+#include <vector>
+
+#include "nn/nn_internal.h"
+
+namespace lorafit::nn {
+
+namespace {
+
+constexpr const char* kOp = "Linear";
+
+// Rows [r0, r1) of w [out, in] as fp32 into dst [(r1 - r0), in].
+// Extension point: block-quantized weights (Q8_0, Q4_0, Q4_1, NF4) go here once kernels/ has a
+// row dequantizer; they need no other change in Linear.
+void weight_rows_to_f32(const Tensor& w, int64_t r0, int64_t r1, float* dst) {
+  int64_t in = w.dim(1);
+  int64_t n = (r1 - r0) * in;
+  const uint16_t* src = w.u16() + r0 * in;
+  if (w.dtype() == DType::F16)
+    tensor::f16_to_f32_n(src, dst, n);
+  else
+    tensor::bf16_to_f32_n(src, dst, n);
+}
+
+// Rows of W per fp32 tile: about 256 KiB of tile, so it stays in L2 while GEMM streams x.
+int64_t tile_rows(int64_t in, int64_t out) {
+  return std::clamp<int64_t>((64 * 1024) / std::max<int64_t>(in, 1), 1, out);
+}
+
+}  // namespace
+
+Linear::Linear(int64_t in_features, int64_t out_features, bool has_bias)
+    : in_(in_features), out_(out_features) {
+  lorafit::check(in_features > 0 && out_features > 0, kOp,
+                 "in_features and out_features must be positive, got " +
+                     std::to_string(in_features) + " and " + std::to_string(out_features));
+  weight.value = Tensor::zeros({out_features, in_features});
+  if (has_bias) bias.value = Tensor::zeros({out_features});
+}
+
+void Linear::parameters(const std::string& prefix, NamedParameters& out) {
+  out.emplace_back(prefix + "weight", &weight);
+  if (has_bias()) out.emplace_back(prefix + "bias", &bias);
+}
+
+Tensor Linear::forward(Context& ctx, const Tensor& x) {
+  const Tensor& w = weight.value;
+  detail::check(w.defined() && w.ndim() == 2 && w.dim(0) == out_ && w.dim(1) == in_, kOp,
+                detail::desc("weight", w) + ", expected [" + std::to_string(out_) + ", " +
+                    std::to_string(in_) + "]");
+  detail::check(w.dtype() == DType::F32 || w.dtype() == DType::F16 || w.dtype() == DType::BF16,
+                kOp, std::string("weight dtype ") + tensor::dtype_name(w.dtype()) +
+                         " is not supported yet (F32, F16, BF16)");
+  detail::check(x.defined() && x.dtype() == DType::F32 && x.ndim() >= 1 && x.dim(-1) == in_, kOp,
+                detail::desc("x", x) + ", expected F32[..., " + std::to_string(in_) +
+                    "] for weight " + w.str());
+  if (has_bias())
+    detail::check(bias.value.dtype() == DType::F32 && bias.value.ndim() == 1 &&
+                      bias.value.dim(0) == out_,
+                  kOp, detail::desc("bias", bias.value) + ", expected F32[" +
+                           std::to_string(out_) + "]");
+  const int64_t n = x.numel() / in_;
+  Tensor y = ctx.alloc(detail::with_last(x.shape(), out_));
+  Tensor x2 = x.view({n, in_});
+  Tensor y2 = y.view({n, out_});
+  if (n > 0) {
+    if (w.dtype() == DType::F32) {
+      kernels::gemm(x2, false, w, true, y2);  // y [n, out] = x [n, in] · Wᵀ
+    } else {
+      // y[:, r0:r1] = x · W[r0:r1]ᵀ, one fp32 tile of W at a time.
+      int64_t tr = tile_rows(in_, out_);
+      std::vector<float> tile(static_cast<size_t>(tr * in_));
+      for (int64_t r0 = 0; r0 < out_; r0 += tr) {
+        int64_t r1 = std::min(out_, r0 + tr);
+        weight_rows_to_f32(w, r0, r1, tile.data());
+        kernels::gemm_raw(false, true, n, r1 - r0, in_, 1.0f, x2.f32(), in_, tile.data(), in_,
+                          0.0f, y2.f32() + r0, out_);
+      }
+    }
+    if (has_bias()) kernels::add_bias(y2, bias.value);
+  }
+  x_ = x;
+  return y;
+}
+
+Tensor Linear::backward(Context& ctx, const Tensor& dy, bool need_input_grad) {
+  detail::check(x_.defined(), kOp, "backward called before forward");
+  detail::check(dy.defined() && dy.dtype() == DType::F32 &&
+                    dy.shape() == detail::with_last(x_.shape(), out_),
+                kOp, detail::desc("dy", dy) + ", expected F32" +
+                         tensor::shape_str(detail::with_last(x_.shape(), out_)));
+  const int64_t n = x_.numel() / in_;
+  Tensor dy2 = dy.view({n, out_});
+  // forward was: y = x Wᵀ + b
+  if (weight.trainable && n > 0)
+    kernels::gemm(dy2, true, x_.view({n, in_}), false, weight.grad, 1.0f, 1.0f);  // dW += dyᵀ x
+  if (has_bias() && bias.trainable && n > 0) kernels::bias_backward(dy2, bias.grad);  // db += Σ dy
+  if (!need_input_grad) return Tensor();
+  Tensor dx = ctx.alloc(x_.shape());
+  Tensor dx2 = dx.view({n, in_});
+  if (n == 0) return dx;
+  const Tensor& w = weight.value;
+  if (w.dtype() == DType::F32) {
+    kernels::gemm(dy2, false, w, false, dx2);  // dx [n, in] = dy [n, out] · W [out, in]
+  } else {
+    // dx = Σ_tiles dy[:, r0:r1] · W[r0:r1]
+    int64_t tr = tile_rows(in_, out_);
+    std::vector<float> tile(static_cast<size_t>(tr * in_));
+    for (int64_t r0 = 0; r0 < out_; r0 += tr) {
+      int64_t r1 = std::min(out_, r0 + tr);
+      weight_rows_to_f32(w, r0, r1, tile.data());
+      kernels::gemm_raw(false, false, n, in_, r1 - r0, 1.0f, dy2.f32() + r0, out_, tile.data(),
+                        in_, r0 == 0 ? 0.0f : 1.0f, dx2.f32(), in_);
+    }
+  }
+  return dx;
+}
+
+}  // namespace lorafit::nn

@@ -1,0 +1,720 @@
+// Op-checker cases for the nn/ modules: every backward against central finite differences of
+// L = sum(forward(x) * r) (so dL/dy = r), on odd shapes, for the input and every trainable
+// parameter; frozen parameters must get no gradient buffer. Attention is also checked against a
+// naive double-precision reference written here.
+//
+// Tolerances (relative error ||analytic - numeric|| / max norm, see op_check.h):
+//   functions linear in the checked variable (Linear, Embedding, Dropout): eps 1e-2, tol 1e-4;
+//   nonlinear (norms, MLP, Attention): eps 1e-2 or 3e-3, tol 2e-3 (fp32 forward, double loss).
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "lorafit/nn.h"
+#include "ops/op_check.h"
+
+namespace {
+
+using lorafit::nn::Attention;
+using lorafit::nn::AttentionConfig;
+using lorafit::nn::Context;
+using lorafit::nn::Dropout;
+using lorafit::nn::Embedding;
+using lorafit::nn::LayerNorm;
+using lorafit::nn::Linear;
+using lorafit::nn::MLP;
+using lorafit::nn::MlpKind;
+using lorafit::nn::Module;
+using lorafit::nn::RMSNorm;
+using lorafit::kernels::GeluKind;
+using lorafit::kernels::RopeStyle;
+using opcheck::DType;
+using opcheck::Shape;
+using opcheck::Tensor;
+
+// Fills every parameter of m with U(-s, s) (norm weights around 1 with s_norm) and sets trainable.
+void randomize(Module& m, uint64_t seed, float s, bool trainable) {
+  for (auto& [name, p] : m.named_parameters()) {
+    opcheck::fill_uniform(p->value, seed++, -s, s);
+    p->set_trainable(trainable);
+  }
+}
+
+using Fwd = std::function<Tensor(Context&)>;
+using Bwd = std::function<Tensor(Context&, const Tensor&)>;
+
+// Runs fwd then bwd with dy = r (random), then compares dx (when x is defined) and every
+// trainable parameter's grad with central finite differences of sum(fwd(x) * r).
+// make_ctx builds a fresh Context for every forward (so dropout sees the same counters).
+void check_grads(const std::string& what, Module& m, Tensor x, const Fwd& fwd, const Bwd& bwd,
+                 float eps, double tol,
+                 const std::function<Context()>& make_ctx = [] { return Context{}; },
+                 const std::set<std::string>& zero_grad_names = {}) {
+  Context ctx = make_ctx();
+  Tensor y = fwd(ctx);
+  Tensor r = opcheck::random(y.shape(), 777);
+  m.zero_grad();
+  Tensor dx = bwd(ctx, r);
+  auto loss = [&] {
+    Context c = make_ctx();
+    return opcheck::dot(fwd(c), r);
+  };
+  if (x.defined()) {
+    ASSERT_TRUE(dx.defined()) << what << ": no input gradient";
+    Tensor dx_copy = dx.clone();  // dx may alias r (identity dropout); keep it stable
+    std::vector<double> num = opcheck::finite_diff(x, loss, eps);
+    opcheck::expect_grad(dx_copy, num, tol, what + " dx");
+  }
+  for (auto& [name, p] : m.named_parameters()) {
+    if (!p->trainable) {
+      EXPECT_FALSE(p->grad.defined()) << what << ": frozen " << name << " has a grad buffer";
+      continue;
+    }
+    Tensor g = p->grad.clone();
+    std::vector<double> num = opcheck::finite_diff(p->value, loss, eps);
+    if (zero_grad_names.count(name)) {
+      // Mathematically zero (e.g. the k bias: softmax is invariant to a per-row shift), so a
+      // relative error is meaningless: both must be ~0 in absolute terms.
+      for (int64_t i = 0; i < g.numel(); ++i) {
+        EXPECT_LT(std::fabs(g.f32()[i]), 1e-5) << what << " d" << name << " analytic at " << i;
+        EXPECT_LT(std::fabs(num[i]), 1e-3) << what << " d" << name << " numeric at " << i;
+      }
+    } else {
+      opcheck::expect_grad(g, num, tol, what + " d" + name);
+    }
+  }
+}
+
+template <class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const lorafit::Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+bool contains(const std::string& s, const std::string& sub) { return s.find(sub) != std::string::npos; }
+
+// ---- Linear -------------------------------------------------------------------------------------
+
+OPCHECK(Linear, TrainableWithBias) {
+  Linear lin(7, 5, true);
+  randomize(lin, 1, 0.5f, true);
+  Tensor x = opcheck::random({3, 4, 7}, 2);
+  check_grads("Linear[7->5]+b", lin, x, [&](Context& c) { return lin.forward(c, x); },
+              [&](Context& c, const Tensor& dy) { return lin.backward(c, dy); }, 1e-2f, 1e-4);
+}
+
+OPCHECK(Linear, TrainableNoBiasOdd) {
+  Linear lin(13, 11, false);
+  randomize(lin, 3, 0.5f, true);
+  EXPECT_EQ(lin.named_parameters().size(), 1u);
+  Tensor x = opcheck::random({5, 13}, 4);
+  check_grads("Linear[13->11]", lin, x, [&](Context& c) { return lin.forward(c, x); },
+              [&](Context& c, const Tensor& dy) { return lin.backward(c, dy); }, 1e-2f, 1e-4);
+}
+
+OPCHECK(Linear, FrozenHasNoGradAndIsUntouched) {
+  Linear lin(7, 5, true);
+  randomize(lin, 5, 0.5f, false);
+  Tensor w0 = lin.weight.value.clone();
+  Tensor x = opcheck::random({2, 3, 7}, 6);
+  check_grads("Linear frozen", lin, x, [&](Context& c) { return lin.forward(c, x); },
+              [&](Context& c, const Tensor& dy) { return lin.backward(c, dy); }, 1e-2f, 1e-4);
+  EXPECT_FALSE(lin.weight.grad.defined());
+  EXPECT_FALSE(lin.bias.grad.defined());
+  opcheck::expect_close(lin.weight.value, w0, 0, 0, "frozen weight unchanged");
+}
+
+OPCHECK(Linear, ForwardValuesAndBiasOnlyTrainable) {
+  // y = x Wᵀ + b checked by hand in double; then a trainable bias over a frozen weight.
+  Linear lin(3, 2, true);
+  lin.weight.value = Tensor::from_vector({2, 3}, {1, 2, 3, -1, 0.5f, 2});
+  lin.bias.value = Tensor::from_vector({2}, {0.25f, -1});
+  Tensor x = Tensor::from_vector({2, 3}, {1, 0, -1, 2, 1, 0.5f});
+  Context ctx;
+  Tensor y = lin.forward(ctx, x);
+  opcheck::expect_close(y, Tensor::from_vector({2, 2}, {-1.75f, -4.0f, 5.75f, -1.5f}), 1e-6, 0,
+                        "Linear hand values");
+  lin.bias.set_trainable(true);
+  Tensor dy = Tensor::from_vector({2, 2}, {1, 2, 3, 4});
+  Tensor dx = lin.backward(ctx, dy, /*need_input_grad=*/false);
+  EXPECT_FALSE(dx.defined());
+  EXPECT_FALSE(lin.weight.grad.defined());
+  opcheck::expect_close(lin.bias.grad, Tensor::from_vector({2}, {4, 6}), 0, 0, "bias grad");
+}
+
+OPCHECK(Linear, GradAccumulates) {
+  Linear lin(5, 3, true);
+  randomize(lin, 7, 0.5f, true);
+  Tensor x = opcheck::random({4, 5}, 8);
+  Tensor dy = opcheck::random({4, 3}, 9);
+  Context ctx;
+  lin.forward(ctx, x);
+  lin.backward(ctx, dy);
+  Tensor g1 = lin.weight.grad.clone(), b1 = lin.bias.grad.clone();
+  lin.backward(ctx, dy);
+  Tensor g2 = g1.clone(), b2 = b1.clone();
+  for (int64_t i = 0; i < g2.numel(); ++i) g2.f32()[i] *= 2;
+  for (int64_t i = 0; i < b2.numel(); ++i) b2.f32()[i] *= 2;
+  opcheck::expect_close(lin.weight.grad, g2, 1e-6, 1e-6, "weight grad +=");
+  opcheck::expect_close(lin.bias.grad, b2, 1e-6, 1e-6, "bias grad +=");
+  lin.zero_grad();
+  opcheck::expect_close(lin.weight.grad, Tensor::zeros({3, 5}), 0, 0, "zero_grad");
+}
+
+// F16/BF16 frozen weights: same results as the F32 path on the rounded weight. out = 301 with
+// in = 257 spans two fp32 tiles of rows.
+void check_half_weight(DType dt) {
+  const int64_t in = 257, out = 301;
+  Linear ref(in, out, true), half(in, out, true);
+  randomize(ref, 11, 0.1f, false);
+  ref.weight.value = ref.weight.value.to(dt).to(DType::F32);  // exactly representable
+  half.weight.value = ref.weight.value.to(dt);
+  half.bias.value = ref.bias.value.clone();
+  Tensor x = opcheck::random({2, 9, in}, 12);
+  Tensor dy = opcheck::random({2, 9, out}, 13);
+  Context ctx;
+  Tensor y_ref = ref.forward(ctx, x), y_half = half.forward(ctx, x);
+  opcheck::expect_close(y_half, y_ref, 1e-5, 1e-5, std::string("forward ") + lorafit::tensor::dtype_name(dt));
+  Tensor dx_ref = ref.backward(ctx, dy), dx_half = half.backward(ctx, dy);
+  opcheck::expect_close(dx_half, dx_ref, 1e-5, 1e-5, std::string("dx ") + lorafit::tensor::dtype_name(dt));
+  // A half weight cannot be trainable; its bias can.
+  EXPECT_FALSE(error_of([&] { half.weight.set_trainable(true); }).empty());
+}
+
+OPCHECK(Linear, F16WeightMatchesF32) { check_half_weight(DType::F16); }
+OPCHECK(Linear, BF16WeightMatchesF32) { check_half_weight(DType::BF16); }
+
+OPCHECK(Linear, ShapeMismatchThrows) {
+  Linear lin(7, 5, false);
+  Context ctx;
+  std::string e = error_of([&] { lin.forward(ctx, opcheck::random({3, 6}, 1)); });
+  EXPECT_TRUE(contains(e, "[Linear]") && contains(e, "[3, 6]") && contains(e, "7")) << e;
+  lin.weight.value = Tensor::zeros({5, 8});
+  e = error_of([&] { lin.forward(ctx, opcheck::random({3, 7}, 1)); });
+  EXPECT_TRUE(contains(e, "[Linear]") && contains(e, "[5, 8]")) << e;
+  Linear fresh(7, 5, false);
+  e = error_of([&] { fresh.backward(ctx, opcheck::random({3, 5}, 1)); });
+  EXPECT_TRUE(contains(e, "[Linear]") && contains(e, "before forward")) << e;
+}
+
+OPCHECK(Linear, ArenaContext) {
+  Linear lin(9, 6, true);
+  randomize(lin, 21, 0.5f, false);
+  Tensor x = opcheck::random({4, 9}, 22);
+  Context heap;
+  Tensor y_heap = lin.forward(heap, x);
+  lorafit::tensor::Arena arena(1 << 12);
+  Context ctx;
+  ctx.arena = &arena;
+  Tensor y = lin.forward(ctx, x);
+  EXPECT_GE(arena.used(), static_cast<size_t>(4 * 6 * 4));
+  opcheck::expect_close(y, y_heap, 0, 0, "arena vs heap");
+  size_t before = arena.used();
+  lin.backward(ctx, opcheck::random({4, 6}, 23));
+  EXPECT_GT(arena.used(), before) << "dx should come from the arena";
+}
+
+// ---- Embedding ----------------------------------------------------------------------------------
+
+OPCHECK(Embedding, RepeatedIdsWeightGrad) {
+  Embedding emb(11, 6);
+  randomize(emb, 31, 1.0f, true);
+  Tensor ids = Tensor::from_ints({2, 5}, {3, 0, 3, 10, 7, 7, 7, 1, 3, 10});
+  Context ctx;
+  Tensor y = emb.forward(ctx, ids);
+  ASSERT_EQ(y.shape(), (Shape{2, 5, 6}));
+  for (int64_t i = 0; i < 10; ++i)
+    for (int64_t c = 0; c < 6; ++c)
+      ASSERT_EQ(y.f32()[i * 6 + c], emb.weight.value.f32()[ids.i32()[i] * 6 + c]);
+  check_grads("Embedding", emb, Tensor(), [&](Context& c) { return emb.forward(c, ids); },
+              [&](Context& c, const Tensor& dy) {
+                emb.backward(c, dy);
+                return Tensor();
+              },
+              1e-2f, 1e-4);
+  // Rows never looked up get no gradient.
+  for (int64_t c = 0; c < 6; ++c) EXPECT_EQ(emb.weight.grad.f32()[2 * 6 + c], 0.0f);
+}
+
+OPCHECK(Embedding, HalfTableAndErrors) {
+  Embedding f32(9, 5), half(9, 5);
+  randomize(f32, 41, 1.0f, false);
+  f32.weight.value = f32.weight.value.to(DType::BF16).to(DType::F32);
+  half.weight.value = f32.weight.value.to(DType::BF16);
+  Tensor ids = Tensor::from_ints({3}, {8, 0, 4});
+  Context ctx;
+  opcheck::expect_close(half.forward(ctx, ids), f32.forward(ctx, ids), 0, 0, "BF16 table");
+  half.backward(ctx, Tensor::zeros({3, 5}));  // frozen: no-op
+  EXPECT_FALSE(half.weight.grad.defined());
+  std::string e = error_of([&] { half.forward(ctx, Tensor::from_ints({2}, {1, 9})); });
+  EXPECT_TRUE(contains(e, "[Embedding]") && contains(e, "9")) << e;
+  e = error_of([&] { f32.forward(ctx, opcheck::random({2}, 1)); });
+  EXPECT_TRUE(contains(e, "[Embedding]") && contains(e, "I32")) << e;
+}
+
+// ---- LayerNorm / RMSNorm ------------------------------------------------------------------------
+
+OPCHECK(LayerNorm, Grads) {
+  LayerNorm ln(13, 1e-5f);
+  randomize(ln, 51, 1.0f, true);
+  Tensor x = opcheck::random({2, 3, 13}, 52, -2.0f, 2.0f);
+  check_grads("LayerNorm", ln, x, [&](Context& c) { return ln.forward(c, x); },
+              [&](Context& c, const Tensor& dy) { return ln.backward(c, dy); }, 1e-2f, 2e-3);
+}
+
+OPCHECK(LayerNorm, NormalizesAndFrozen) {
+  LayerNorm ln(7, 1e-12f, /*bias=*/false);
+  EXPECT_EQ(ln.named_parameters().size(), 1u);
+  Tensor x = opcheck::random({5, 7}, 53, -3.0f, 5.0f);
+  Context ctx;
+  Tensor y = ln.forward(ctx, x);  // weight 1: each row has mean 0, variance 1
+  for (int64_t i = 0; i < 5; ++i) {
+    double m = 0, v = 0;
+    for (int64_t c = 0; c < 7; ++c) m += y.f32()[i * 7 + c];
+    m /= 7;
+    for (int64_t c = 0; c < 7; ++c) v += std::pow(y.f32()[i * 7 + c] - m, 2);
+    EXPECT_NEAR(m, 0.0, 1e-6);
+    EXPECT_NEAR(v / 7, 1.0, 1e-5);
+  }
+  check_grads("LayerNorm frozen", ln, x, [&](Context& c) { return ln.forward(c, x); },
+              [&](Context& c, const Tensor& dy) { return ln.backward(c, dy); }, 1e-2f, 2e-3);
+  std::string e = error_of([&] { ln.forward(ctx, opcheck::random({5, 6}, 1)); });
+  EXPECT_TRUE(contains(e, "[LayerNorm]") && contains(e, "[5, 6]")) << e;
+}
+
+OPCHECK(RMSNorm, Grads) {
+  RMSNorm rms(11, 1e-6f);
+  randomize(rms, 61, 1.0f, true);
+  Tensor x = opcheck::random({3, 5, 11}, 62, -2.0f, 2.0f);
+  check_grads("RMSNorm", rms, x, [&](Context& c) { return rms.forward(c, x); },
+              [&](Context& c, const Tensor& dy) { return rms.backward(c, dy); }, 1e-2f, 2e-3);
+}
+
+OPCHECK(RMSNorm, ValuesAndFrozen) {
+  RMSNorm rms(6, 1e-6f);
+  Tensor x = opcheck::random({4, 6}, 63, -2.0f, 2.0f);
+  Context ctx;
+  Tensor y = rms.forward(ctx, x);
+  for (int64_t i = 0; i < 4; ++i) {
+    double ss = 0;
+    for (int64_t c = 0; c < 6; ++c) ss += std::pow(x.f32()[i * 6 + c], 2);
+    double rstd = 1.0 / std::sqrt(ss / 6 + 1e-6);
+    for (int64_t c = 0; c < 6; ++c) EXPECT_NEAR(y.f32()[i * 6 + c], x.f32()[i * 6 + c] * rstd, 1e-5);
+  }
+  check_grads("RMSNorm frozen", rms, x, [&](Context& c) { return rms.forward(c, x); },
+              [&](Context& c, const Tensor& dy) { return rms.backward(c, dy); }, 1e-2f, 2e-3);
+  EXPECT_FALSE(rms.weight.grad.defined());
+}
+
+// ---- Dropout ------------------------------------------------------------------------------------
+
+Context train_ctx(uint64_t seed) {
+  Context c;
+  c.training = true;
+  c.seed = seed;
+  return c;
+}
+
+OPCHECK(Dropout, SeededMasks) {
+  Dropout d(0.3f);
+  Tensor x = opcheck::random({7, 13}, 71, 0.5f, 1.5f);  // no zeros in x
+  Context a = train_ctx(42), b = train_ctx(42), c = train_ctx(43);
+  Tensor ya = d.forward(a, x).clone(), yb = d.forward(b, x).clone(), yc = d.forward(c, x).clone();
+  opcheck::expect_close(ya, yb, 0, 0, "same seed => same mask");
+  int diff = 0;
+  for (int64_t i = 0; i < x.numel(); ++i) diff += (ya.f32()[i] == 0) != (yc.f32()[i] == 0);
+  EXPECT_GT(diff, 5) << "different seed => different mask";
+  EXPECT_EQ(a.rng_counter, static_cast<uint64_t>(x.numel())) << "counter advances by numel";
+  Tensor ya2 = d.forward(a, x);  // same ctx, next counters: a different mask
+  diff = 0;
+  for (int64_t i = 0; i < x.numel(); ++i) diff += (ya.f32()[i] == 0) != (ya2.f32()[i] == 0);
+  EXPECT_GT(diff, 5) << "the counter must advance between calls";
+}
+
+OPCHECK(Dropout, KeepRateAndScale) {
+  const float p = 0.3f;
+  Dropout d(p);
+  Tensor x = Tensor::full({400, 501}, 2.0f);
+  Context ctx = train_ctx(7);
+  Tensor y = d.forward(ctx, x);
+  int64_t kept = 0;
+  for (int64_t i = 0; i < y.numel(); ++i) {
+    float v = y.f32()[i];
+    if (v != 0.0f) {
+      ++kept;
+      ASSERT_FLOAT_EQ(v, 2.0f / (1.0f - p));
+    }
+  }
+  double rate = static_cast<double>(kept) / y.numel();  // sd ≈ 0.0007
+  EXPECT_NEAR(rate, 1.0 - p, 0.005);
+}
+
+OPCHECK(Dropout, BackwardUsesSameMask) {
+  Dropout d(0.4f);
+  Tensor x = opcheck::random({3, 5, 7}, 72, 0.5f, 1.5f);
+  Context ctx = train_ctx(9);
+  Tensor y = d.forward(ctx, x);
+  Tensor dy = Tensor::full(x.shape(), 1.0f);
+  Tensor dx = d.backward(ctx, dy);
+  for (int64_t i = 0; i < x.numel(); ++i)
+    ASSERT_FLOAT_EQ(dx.f32()[i], y.f32()[i] / x.f32()[i]) << i;
+  check_grads("Dropout", d, x, [&](Context& c) { return d.forward(c, x); },
+              [&](Context& c, const Tensor& g) { return d.backward(c, g); }, 1e-2f, 1e-4,
+              [] { return train_ctx(9); });
+}
+
+OPCHECK(Dropout, EvalAndZeroPAreIdentity) {
+  Tensor x = opcheck::random({4, 6}, 73);
+  Dropout d(0.5f);
+  Context eval;
+  eval.seed = 1;
+  Tensor y = d.forward(eval, x);
+  EXPECT_TRUE(y.same_storage(x));
+  EXPECT_TRUE(d.backward(eval, x).same_storage(x));
+  EXPECT_EQ(eval.rng_counter, 0u);
+  Dropout d0(0.0f);
+  Context tr = train_ctx(1);
+  opcheck::expect_close(d0.forward(tr, x), x, 0, 0, "p = 0");
+  Dropout bad(1.0f);
+  std::string e = error_of([&] { bad.forward(tr, x); });
+  EXPECT_TRUE(contains(e, "[Dropout]")) << e;
+}
+
+// ---- MLP ----------------------------------------------------------------------------------------
+
+void check_mlp(MlpKind kind, GeluKind gelu, bool bias, bool trainable, const std::string& what) {
+  MLP mlp(kind, 7, 11, bias, gelu);
+  randomize(mlp, 81, 0.6f, trainable);
+  Tensor x = opcheck::random({2, 3, 7}, 82, -1.5f, 1.5f);
+  check_grads(what, mlp, x, [&](Context& c) { return mlp.forward(c, x); },
+              [&](Context& c, const Tensor& dy) { return mlp.backward(c, dy); }, 1e-2f, 2e-3);
+}
+
+OPCHECK(MLP, GeluErf) { check_mlp(MlpKind::Gelu, GeluKind::Erf, true, true, "MLP gelu erf"); }
+OPCHECK(MLP, GeluTanhNoBias) {
+  check_mlp(MlpKind::Gelu, GeluKind::Tanh, false, true, "MLP gelu tanh");
+}
+OPCHECK(MLP, SwiGLU) { check_mlp(MlpKind::SwiGLU, GeluKind::Erf, false, true, "MLP swiglu"); }
+OPCHECK(MLP, SwiGLUFrozenBias) {
+  check_mlp(MlpKind::SwiGLU, GeluKind::Erf, true, false, "MLP swiglu frozen");
+}
+
+OPCHECK(MLP, NamesAndNoInputGrad) {
+  MLP mlp(MlpKind::SwiGLU, 5, 9, false);
+  auto names = mlp.named_parameters("mlp.");
+  ASSERT_EQ(names.size(), 3u);
+  EXPECT_EQ(names[0].first, "mlp.gate_proj.weight");
+  EXPECT_EQ(names[1].first, "mlp.up_proj.weight");
+  EXPECT_EQ(names[2].first, "mlp.down_proj.weight");
+  randomize(mlp, 83, 0.5f, false);
+  mlp.down.weight.set_trainable(true);
+  Context ctx;
+  mlp.forward(ctx, opcheck::random({3, 5}, 84));
+  EXPECT_FALSE(mlp.backward(ctx, opcheck::random({3, 5}, 85), false).defined());
+  double n = 0;
+  for (int64_t i = 0; i < mlp.down.weight.grad.numel(); ++i) n += std::fabs(mlp.down.weight.grad.f32()[i]);
+  EXPECT_GT(n, 0.0) << "down_proj is trainable and must get a gradient";
+}
+
+// ---- Attention ----------------------------------------------------------------------------------
+
+// Naive attention in double, straight from the definition (per head, per query, per key), with
+// the same mask semantics (a row with no visible key gives zeros).
+std::vector<double> naive_attention(Attention& a, const Tensor& x, const Tensor& pad,
+                                    const Tensor& pos) {
+  const AttentionConfig& c = a.cfg;
+  const int64_t B = x.dim(0), T = x.dim(1), C = c.hidden, H = c.n_heads, KV = c.n_kv_heads,
+                D = c.head_dim;
+  auto proj = [&](Linear& l, const std::vector<double>& in, int64_t rows) {
+    int64_t I = l.in_features(), O = l.out_features();
+    std::vector<double> out(rows * O);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t o = 0; o < O; ++o) {
+        double s = l.has_bias() ? l.bias.value.f32()[o] : 0.0;
+        for (int64_t i = 0; i < I; ++i) s += in[r * I + i] * l.weight.value.f32()[o * I + i];
+        out[r * O + o] = s;
+      }
+    return out;
+  };
+  std::vector<double> xd(x.f32(), x.f32() + x.numel());
+  auto q = proj(a.q, xd, B * T), k = proj(a.k, xd, B * T), v = proj(a.v, xd, B * T);
+  auto rope = [&](std::vector<double>& t, int64_t heads) {
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t s = 0; s < T; ++s) {
+        double p = !pos.defined() ? s : pos.ndim() == 1 ? pos.i32()[s] : pos.i32()[b * T + s];
+        for (int64_t h = 0; h < heads; ++h) {
+          double* e = &t[((b * T + s) * heads + h) * D];
+          for (int64_t i = 0; i < D / 2; ++i) {
+            double ang = p * std::pow(static_cast<double>(c.rope_theta), -2.0 * i / D);
+            int64_t i0 = c.rope_style == RopeStyle::HalfRotate ? i : 2 * i;
+            int64_t i1 = c.rope_style == RopeStyle::HalfRotate ? i + D / 2 : 2 * i + 1;
+            double x0 = e[i0], x1 = e[i1];
+            e[i0] = x0 * std::cos(ang) - x1 * std::sin(ang);
+            e[i1] = x1 * std::cos(ang) + x0 * std::sin(ang);
+          }
+        }
+      }
+  };
+  if (c.rope) {
+    rope(q, H);
+    rope(k, KV);
+  }
+  std::vector<double> out(B * T * H * D, 0.0);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h) {
+      int64_t g = h / (H / KV);
+      for (int64_t i = 0; i < T; ++i) {
+        std::vector<double> s(T);
+        std::vector<bool> vis(T);
+        double mx = -1e300;
+        bool any = false;
+        for (int64_t j = 0; j < T; ++j) {
+          vis[j] = !(c.causal && j > i) && (!pad.defined() || pad.f32()[b * T + j] != 0.0f);
+          double d = 0;
+          for (int64_t e = 0; e < D; ++e)
+            d += q[((b * T + i) * H + h) * D + e] * k[((b * T + j) * KV + g) * D + e];
+          s[j] = d / std::sqrt(static_cast<double>(D));
+          if (vis[j]) mx = std::max(mx, s[j]), any = true;
+        }
+        if (!any) continue;
+        double z = 0;
+        for (int64_t j = 0; j < T; ++j) z += vis[j] ? std::exp(s[j] - mx) : 0.0;
+        for (int64_t j = 0; j < T; ++j) {
+          if (!vis[j]) continue;
+          double pj = std::exp(s[j] - mx) / z;
+          for (int64_t e = 0; e < D; ++e)
+            out[((b * T + i) * H + h) * D + e] += pj * v[((b * T + j) * KV + g) * D + e];
+        }
+      }
+    }
+  (void)C;
+  return proj(a.o, out, B * T);
+}
+
+struct AttnCase {
+  AttentionConfig cfg;
+  int64_t B = 2, T = 5;
+  bool pad = false, positions = false, trainable = true;
+};
+
+// Builds the module with random weights (and biases), a random x, optional padding (the last
+// token of batch 1 and the first of batch 0 padded) and optional [B, T] positions.
+struct AttnSetup {
+  Attention a;
+  Tensor x, pad, pos;
+  explicit AttnSetup(const AttnCase& c, uint64_t seed = 91) : a(c.cfg) {
+    randomize(a, seed, 0.5f, c.trainable);
+    x = opcheck::random({c.B, c.T, c.cfg.hidden}, seed + 100);
+    if (c.pad) {
+      pad = Tensor::full({c.B, c.T}, 1.0f);
+      pad.f32()[0] = 0.0f;                          // batch 0: left padding
+      pad.f32()[(c.B - 1) * c.T + c.T - 1] = 0.0f;  // last batch: right padding
+      pad.f32()[(c.B - 1) * c.T + c.T - 2] = 0.0f;
+    }
+    if (c.positions) {
+      pos = Tensor::empty({c.B, c.T}, DType::I32);
+      for (int64_t i = 0; i < pos.numel(); ++i) pos.i32()[i] = static_cast<int32_t>(3 * i % 11);
+    }
+  }
+  Tensor fwd(Context& ctx) { return a.forward(ctx, x, pad, pos); }
+};
+
+void check_attention(const AttnCase& c, const std::string& what, float eps = 1e-2f,
+                     double tol = 2e-3) {
+  AttnSetup s(c);
+  // Forward against the naive reference first.
+  Context ctx;
+  Tensor y = s.fwd(ctx);
+  opcheck::expect_finite(y, what + " forward");
+  std::vector<double> ref = naive_attention(s.a, s.x, s.pad, s.pos);
+  ASSERT_EQ(static_cast<size_t>(y.numel()), ref.size());
+  for (int64_t i = 0; i < y.numel(); ++i)
+    ASSERT_NEAR(y.f32()[i], ref[i], 1e-5 + 1e-4 * std::fabs(ref[i])) << what << " at " << i;
+  check_grads(what, s.a, s.x, [&](Context& cx) { return s.fwd(cx); },
+              [&](Context& cx, const Tensor& dy) { return s.a.backward(cx, dy); }, eps, tol,
+              [] { return Context{}; },
+              // Without RoPE the k bias adds q·b to every key of a row: no effect after softmax.
+              c.cfg.rope ? std::set<std::string>{} : std::set<std::string>{"k_proj.bias"});
+}
+
+AttentionConfig attn_cfg(int64_t hidden, int64_t heads, int64_t kv, int64_t head_dim) {
+  AttentionConfig c;
+  c.hidden = hidden;
+  c.n_heads = heads;
+  c.n_kv_heads = kv;
+  c.head_dim = head_dim;
+  return c;
+}
+
+OPCHECK(Attention, MhaWithBias) {
+  AttnCase c;
+  c.cfg = attn_cfg(12, 2, 0, 6);
+  c.cfg.qkv_bias = c.cfg.out_bias = true;
+  c.T = 5;
+  check_attention(c, "MHA C=12 H=2 D=6 T=5");
+}
+
+OPCHECK(Attention, GqaOddSizes) {
+  AttnCase c;
+  c.cfg = attn_cfg(12, 4, 2, 6);  // H·D = 24 != C
+  c.T = 7;
+  check_attention(c, "GQA H=4 KV=2 D=6 T=7");
+}
+
+OPCHECK(Attention, CausalMultiQuery) {
+  AttnCase c;
+  c.cfg = attn_cfg(10, 3, 1, 4);
+  c.cfg.causal = true;
+  c.cfg.out_bias = true;
+  c.B = 3;
+  c.T = 7;
+  check_attention(c, "causal MQA H=3 KV=1 D=4 T=7");
+}
+
+OPCHECK(Attention, RopeHalfRotateCausalGqa) {
+  AttnCase c;
+  c.cfg = attn_cfg(12, 4, 2, 8);
+  c.cfg.rope = true;
+  c.cfg.causal = true;
+  c.cfg.rope_style = RopeStyle::HalfRotate;
+  c.T = 5;
+  check_attention(c, "RoPE half-rotate causal GQA D=8");
+}
+
+OPCHECK(Attention, RopeAdjacentWithPositions) {
+  AttnCase c;
+  c.cfg = attn_cfg(12, 2, 0, 6);
+  c.cfg.rope = true;
+  c.cfg.rope_style = RopeStyle::Adjacent;
+  c.cfg.rope_theta = 500.0f;
+  c.positions = true;
+  c.T = 7;
+  check_attention(c, "RoPE adjacent [B,T] positions D=6");
+}
+
+OPCHECK(Attention, PaddingMaskCausalRope) {
+  AttnCase c;
+  c.cfg = attn_cfg(12, 4, 2, 6);
+  c.cfg.causal = true;
+  c.cfg.rope = true;
+  c.cfg.qkv_bias = true;
+  c.pad = true;
+  c.T = 7;
+  check_attention(c, "padding + causal + RoPE GQA");
+}
+
+OPCHECK(Attention, PaddedTokensDoNotLeak) {
+  AttnCase c;
+  c.cfg = attn_cfg(12, 2, 0, 6);
+  c.pad = true;
+  c.B = 2;
+  c.T = 5;
+  for (bool causal : {false, true}) {
+    c.cfg.causal = causal;
+    AttnSetup s(c);
+    Context ctx;
+    Tensor y1 = s.fwd(ctx).clone();
+    opcheck::expect_finite(y1, "padded rows finite");
+    // Change every padded token's input; real tokens' outputs must not move at all.
+    for (int64_t t = 0; t < c.B * c.T; ++t)
+      if (s.pad.f32()[t] == 0.0f)
+        for (int64_t e = 0; e < 12; ++e) s.x.f32()[t * 12 + e] += 3.0f + e;
+    Tensor y2 = s.fwd(ctx);
+    opcheck::expect_finite(y2, "padded rows finite after change");
+    int changed_pad = 0;
+    for (int64_t t = 0; t < c.B * c.T; ++t)
+      for (int64_t e = 0; e < 12; ++e) {
+        float a = y1.f32()[t * 12 + e], b = y2.f32()[t * 12 + e];
+        if (s.pad.f32()[t] != 0.0f) {
+          ASSERT_EQ(a, b) << "real token " << t << " changed (causal " << causal << ")";
+        } else {
+          changed_pad += a != b;
+        }
+      }
+    if (!causal) {
+      EXPECT_GT(changed_pad, 0) << "the test must actually change something";
+    }
+  }
+}
+
+OPCHECK(Attention, IntPadMaskEqualsFloat) {
+  AttnCase c;
+  c.cfg = attn_cfg(12, 2, 0, 6);
+  c.pad = true;
+  AttnSetup s(c);
+  Tensor ipad = Tensor::empty(s.pad.shape(), DType::I32);
+  for (int64_t i = 0; i < ipad.numel(); ++i) ipad.i32()[i] = static_cast<int32_t>(s.pad.f32()[i]);
+  Context ctx;
+  Tensor y1 = s.fwd(ctx).clone();
+  Tensor y2 = s.a.forward(ctx, s.x, ipad);
+  opcheck::expect_close(y2, y1, 0, 0, "I32 pad mask");
+}
+
+OPCHECK(Attention, ProbabilityDropoutGrads) {
+  AttnCase c;
+  c.cfg = attn_cfg(12, 2, 0, 6);
+  c.cfg.dropout = 0.25f;
+  c.cfg.causal = true;
+  c.T = 7;
+  AttnSetup s(c);
+  auto make = [] { return train_ctx(1234); };
+  Context e1, e2 = make();
+  Tensor y_eval = s.fwd(e1).clone();
+  Tensor y_train = s.fwd(e2);
+  EXPECT_EQ(e2.rng_counter, static_cast<uint64_t>(2 * 2 * 7 * 7));
+  double diff = 0;
+  for (int64_t i = 0; i < y_eval.numel(); ++i) diff += std::fabs(y_eval.f32()[i] - y_train.f32()[i]);
+  EXPECT_GT(diff, 1e-3) << "dropout on probabilities must change the output in training";
+  check_grads("attention dropout", s.a, s.x, [&](Context& cx) { return s.fwd(cx); },
+              [&](Context& cx, const Tensor& dy) { return s.a.backward(cx, dy); }, 1e-2f, 2e-3,
+              make);
+}
+
+OPCHECK(Attention, FrozenBaseInputGradOnly) {
+  AttnCase c;
+  c.cfg = attn_cfg(12, 4, 2, 0);  // head_dim = 3
+  c.cfg.causal = true;
+  c.trainable = false;
+  c.T = 5;
+  EXPECT_EQ(Attention(c.cfg).head_dim(), 3);
+  check_attention(c, "frozen GQA D=3");
+  AttnSetup s(c);
+  Context ctx;
+  s.fwd(ctx);
+  EXPECT_FALSE(s.a.backward(ctx, opcheck::random({2, 5, 12}, 1), false).defined());
+  for (auto& [name, p] : s.a.named_parameters()) EXPECT_FALSE(p->grad.defined()) << name;
+}
+
+OPCHECK(Attention, NamesAndErrors) {
+  AttentionConfig cfg = attn_cfg(12, 4, 2, 0);
+  cfg.qkv_bias = true;
+  Attention a(cfg);
+  auto names = a.named_parameters("self_attn.");
+  ASSERT_EQ(names.size(), 7u);
+  EXPECT_EQ(names[0].first, "self_attn.q_proj.weight");
+  EXPECT_EQ(names[1].first, "self_attn.q_proj.bias");
+  EXPECT_EQ(names[6].first, "self_attn.o_proj.weight");
+  EXPECT_EQ(a.k.weight.value.shape(), (Shape{6, 12}));
+  Context ctx;
+  std::string e = error_of([&] { a.forward(ctx, opcheck::random({2, 5, 10}, 1)); });
+  EXPECT_TRUE(contains(e, "[Attention]") && contains(e, "[2, 5, 10]")) << e;
+  e = error_of([&] { a.forward(ctx, opcheck::random({10, 12}, 1)); });
+  EXPECT_TRUE(contains(e, "[Attention]") && contains(e, "[10, 12]")) << e;
+  e = error_of([&] { a.forward(ctx, opcheck::random({2, 5, 12}, 1), Tensor::full({2, 4}, 1.0f)); });
+  EXPECT_TRUE(contains(e, "[Attention]") && contains(e, "pad_mask") && contains(e, "[2, 4]")) << e;
+  e = error_of([&] { Attention bad(attn_cfg(12, 4, 3, 0)); });
+  EXPECT_TRUE(contains(e, "[Attention]") && contains(e, "n_kv_heads")) << e;
+  AttentionConfig odd = attn_cfg(12, 4, 0, 3);
+  odd.rope = true;
+  e = error_of([&] { Attention bad(odd); });
+  EXPECT_TRUE(contains(e, "[Attention]") && contains(e, "even")) << e;
+}
+
+}  // namespace
