@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 BUILD_DIR=${1:-build}
 shift || true
 bash scripts/setup.sh "$BUILD_DIR" -DLORAFIT_BUILD_TESTS=ON "$@"
+bash tools/fetch_models.sh   # real models for the model/tokenizer tests; fails loudly, never skips
 ctest --test-dir "$BUILD_DIR" --output-on-failure -j"$(nproc)"
