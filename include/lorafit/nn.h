@@ -76,9 +76,10 @@ class Module {
   void set_trainable(bool t);
 };
 
-// y = x Wᵀ + b. weight [out, in], bias [out] optional (F32). A frozen weight may also be F16 or
-// BF16: it is multiplied through fp32 tiles of rows (a few hundred KB), never a full dequantized
-// copy. Quantized block types throw for now (extension point: weight_rows_to_f32 in linear.cpp).
+// y = x Wᵀ + b. weight [out, in], bias [out] optional (F32). A frozen weight may also be F16,
+// BF16, Q8_0, Q4_0 or Q4_1 (tensor::dequantize_row): it is multiplied through fp32 tiles of rows
+// (about 256 KiB), never a full dequantized copy. NF4 throws for now (extension point:
+// weight_rows_to_f32 in linear.cpp).
 // Saved for backward: the input x (a reference, not a copy).
 class Linear : public Module {
  public:
@@ -103,7 +104,8 @@ class Linear : public Module {
   Tensor x_;  // saved input [..., in]
 };
 
-// out[..., :] = table[ids[...], :]; table [V, C] (F32, or F16/BF16 when frozen).
+// out[..., :] = table[ids[...], :]; table [V, C] (F32, or F16/BF16/Q8_0/Q4_0/Q4_1 when frozen:
+// only the gathered rows are converted).
 // Saved for backward: ids.
 class Embedding : public Module {
  public:

@@ -1,4 +1,5 @@
 // Embedding: out[i, :] = table[ids[i], :].
+#include "lorafit/quant.h"
 #include "nn/nn_internal.h"
 
 namespace lorafit::nn {
@@ -31,21 +32,20 @@ Tensor Embedding::forward(Context& ctx, const Tensor& ids) {
   if (w.dtype() == DType::F32) {
     kernels::embedding_forward(w, ids, out2);
   } else {
-    // Frozen F16/BF16 table: convert only the rows we gather.
-    detail::check(w.dtype() == DType::F16 || w.dtype() == DType::BF16, kOp,
-                  std::string("weight dtype ") + tensor::dtype_name(w.dtype()) +
-                      " is not supported (F32, F16, BF16)");
+    // Frozen F16/BF16/quantized table: convert only the rows we gather.
+    const DType t = w.dtype();
+    detail::check(t == DType::F16 || t == DType::BF16 || t == DType::Q8_0 || t == DType::Q4_0 ||
+                      t == DType::Q4_1,
+                  kOp, std::string("weight dtype ") + tensor::dtype_name(t) +
+                           " is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_1)");
+    const auto* base = static_cast<const uint8_t*>(w.raw());
+    const size_t row_bytes = tensor::dtype_nbytes(t, c);
     const int32_t* id = ids.i32();
     for (int64_t i = 0; i < n; ++i) {
       detail::check(id[i] >= 0 && id[i] < vocab, kOp,
                     "id " + std::to_string(id[i]) + " at " + std::to_string(i) +
                         " is out of range [0, " + std::to_string(vocab) + ")");
-      const uint16_t* src = w.u16() + static_cast<int64_t>(id[i]) * c;
-      float* dst = out2.f32() + i * c;
-      if (w.dtype() == DType::F16)
-        tensor::f16_to_f32_n(src, dst, c);
-      else
-        tensor::bf16_to_f32_n(src, dst, c);
+      tensor::dequantize_row(t, base + static_cast<size_t>(id[i]) * row_bytes, out2.f32() + i * c, c);
     }
   }
   ids_ = ids;

@@ -1,7 +1,9 @@
-// Linear: y = x Wᵀ + b, W [out, in] in F32 or (frozen) F16/BF16 multiplied through fp32 tiles.
+// Linear: y = x Wᵀ + b, W [out, in] in F32, or (frozen) F16/BF16/Q8_0/Q4_0/Q4_1 multiplied
+// through fp32 tiles of rows (DESIGN.md decision 2: no full dequantized copy is kept).
 #include <algorithm>
 #include <vector>
 
+#include "lorafit/quant.h"
 #include "nn/nn_internal.h"
 
 namespace lorafit::nn {
@@ -10,17 +12,18 @@ namespace {
 
 constexpr const char* kOp = "Linear";
 
-// Rows [r0, r1) of w [out, in] as fp32 into dst [(r1 - r0), in].
-// Extension point: block-quantized weights (Q8_0, Q4_0, Q4_1, NF4) go here once kernels/ has a
-// row dequantizer; they need no other change in Linear.
+// Rows [r0, r1) of w [out, in] (F16, BF16, Q8_0, Q4_0 or Q4_1) as fp32 into dst [r1 - r0, in].
+// Block types store whole blocks per row, so row r starts at byte r · nbytes(in).
 void weight_rows_to_f32(const Tensor& w, int64_t r0, int64_t r1, float* dst) {
-  int64_t in = w.dim(1);
-  int64_t n = (r1 - r0) * in;
-  const uint16_t* src = w.u16() + r0 * in;
-  if (w.dtype() == DType::F16)
-    tensor::f16_to_f32_n(src, dst, n);
-  else
-    tensor::bf16_to_f32_n(src, dst, n);
+  const int64_t in = w.dim(1);
+  const auto* base = static_cast<const uint8_t*>(w.raw());
+  tensor::dequantize_row(w.dtype(), base + static_cast<size_t>(r0) * tensor::dtype_nbytes(w.dtype(), in),
+                         dst, (r1 - r0) * in);
+}
+
+bool weight_dtype_supported(DType t) {
+  return t == DType::F32 || t == DType::F16 || t == DType::BF16 || t == DType::Q8_0 ||
+         t == DType::Q4_0 || t == DType::Q4_1;
 }
 
 // Rows of W per fp32 tile: about 256 KiB of tile, so it stays in L2 while GEMM streams x.
@@ -49,9 +52,9 @@ Tensor Linear::forward(Context& ctx, const Tensor& x) {
   detail::check(w.defined() && w.ndim() == 2 && w.dim(0) == out_ && w.dim(1) == in_, kOp,
                 detail::desc("weight", w) + ", expected [" + std::to_string(out_) + ", " +
                     std::to_string(in_) + "]");
-  detail::check(w.dtype() == DType::F32 || w.dtype() == DType::F16 || w.dtype() == DType::BF16,
-                kOp, std::string("weight dtype ") + tensor::dtype_name(w.dtype()) +
-                         " is not supported yet (F32, F16, BF16)");
+  detail::check(weight_dtype_supported(w.dtype()), kOp,
+                std::string("weight dtype ") + tensor::dtype_name(w.dtype()) +
+                    " is not supported yet (F32, F16, BF16, Q8_0, Q4_0, Q4_1)");
   detail::check(x.defined() && x.dtype() == DType::F32 && x.ndim() >= 1 && x.dim(-1) == in_, kOp,
                 detail::desc("x", x) + ", expected F32[..., " + std::to_string(in_) +
                     "] for weight " + w.str());

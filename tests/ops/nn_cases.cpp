@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "lorafit/nn.h"
+#include "lorafit/quant.h"
 #include "ops/op_check.h"
 
 namespace {
@@ -191,6 +192,26 @@ void check_half_weight(DType dt) {
 OPCHECK(Linear, F16WeightMatchesF32) { check_half_weight(DType::F16); }
 OPCHECK(Linear, BF16WeightMatchesF32) { check_half_weight(DType::BF16); }
 
+// Block-quantized frozen weights: same as the F32 path on the dequantized weight. in = 320 (10
+// blocks per row), out = 301: two tiles.
+void check_quant_weight(DType dt) {
+  const int64_t in = 320, out = 301;
+  Linear ref(in, out, false), quant(in, out, false);
+  randomize(ref, 14, 0.1f, false);
+  quant.weight.value = lorafit::tensor::quantize(ref.weight.value, dt);
+  ref.weight.value = lorafit::tensor::dequantize(quant.weight.value);
+  Tensor x = opcheck::random({3, 7, in}, 15);
+  Tensor dy = opcheck::random({3, 7, out}, 16);
+  Context ctx;
+  const std::string name = lorafit::tensor::dtype_name(dt);
+  opcheck::expect_close(quant.forward(ctx, x), ref.forward(ctx, x), 1e-5, 1e-5, "forward " + name);
+  opcheck::expect_close(quant.backward(ctx, dy), ref.backward(ctx, dy), 1e-5, 1e-5, "dx " + name);
+}
+
+OPCHECK(Linear, QuantizedWeightsMatchDequantized) {
+  for (DType dt : {DType::Q8_0, DType::Q4_0, DType::Q4_1}) check_quant_weight(dt);
+}
+
 OPCHECK(Linear, ShapeMismatchThrows) {
   Linear lin(7, 5, false);
   Context ctx;
@@ -253,6 +274,11 @@ OPCHECK(Embedding, HalfTableAndErrors) {
   opcheck::expect_close(half.forward(ctx, ids), f32.forward(ctx, ids), 0, 0, "BF16 table");
   half.backward(ctx, Tensor::zeros({3, 5}));  // frozen: no-op
   EXPECT_FALSE(half.weight.grad.defined());
+  Embedding q8(9, 64), q8_ref(9, 64);
+  randomize(q8_ref, 42, 1.0f, false);
+  q8.weight.value = lorafit::tensor::quantize(q8_ref.weight.value, DType::Q8_0);
+  q8_ref.weight.value = lorafit::tensor::dequantize(q8.weight.value);
+  opcheck::expect_close(q8.forward(ctx, ids), q8_ref.forward(ctx, ids), 0, 0, "Q8_0 table");
   std::string e = error_of([&] { half.forward(ctx, Tensor::from_ints({2}, {1, 9})); });
   EXPECT_TRUE(contains(e, "[Embedding]") && contains(e, "9")) << e;
   e = error_of([&] { f32.forward(ctx, opcheck::random({2}, 1)); });
