@@ -217,11 +217,13 @@ void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& 
   check(c.dim(0) == m && c.dim(1) == n, op,
         desc("A", a, trans_a) + " and " + desc("B", b, trans_b) + " give [" + std::to_string(m) +
             ", " + std::to_string(n) + "] but C is " + c.str());
-  check(!overlaps(c.f32(), c.numel(), a.f32(), a.numel()) &&
-            !overlaps(c.f32(), c.numel(), b.f32(), b.numel()),
-        op, "C " + c.str() + " overlaps an input");
-  gemm_raw(trans_a, trans_b, m, n, k, alpha, a.numel() ? a.f32() : nullptr, a.dim(1),
-           b.numel() ? b.f32() : nullptr, b.dim(1), beta, c.numel() ? c.f32() : nullptr,
+  if (c.numel() > 0)
+    check((a.numel() == 0 || !overlaps(c.f32(), c.numel(), a.f32(), a.numel())) &&
+              (b.numel() == 0 || !overlaps(c.f32(), c.numel(), b.f32(), b.numel())),
+          op, "C " + c.str() + " overlaps an input");
+  gemm_raw(trans_a, trans_b, m, n, k, alpha, a.numel() ? a.f32() : nullptr,
+           std::max<int64_t>(1, a.dim(1)), b.numel() ? b.f32() : nullptr,
+           std::max<int64_t>(1, b.dim(1)), beta, c.numel() ? c.f32() : nullptr,
            std::max<int64_t>(1, n));
 }
 
