@@ -46,7 +46,17 @@ struct Context {
 // Counter-based random numbers (splitmix64 of the mixed seed plus the counter): the same
 // (seed, counter) always gives the same value, so a backward pass can regenerate a dropout mask
 // instead of storing it, and threads need no shared state.
-uint64_t random_u64(uint64_t seed, uint64_t counter);
+inline uint64_t random_u64(uint64_t seed, uint64_t counter) {
+  // splitmix64's output function (Steele, Lea, Flood 2014), a bijective avalanche mix, applied
+  // to draw `counter` of the splitmix64 sequence started at mix(seed): mixing the seed first
+  // keeps nearby seeds (1, 2, ...) from giving shifted copies of the same stream.
+  auto mix = [](uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  };
+  return mix(mix(seed) + (counter + 1) * 0x9E3779B97F4A7C15ull);
+}
 // Uniform in [0, 1) with 53 random bits.
 inline double random_uniform(uint64_t seed, uint64_t counter) {
   return static_cast<double>(random_u64(seed, counter) >> 11) * (1.0 / 9007199254740992.0);
@@ -112,7 +122,7 @@ class Embedding : public Module {
   Embedding() = default;
   Embedding(int64_t vocab, int64_t dim);
   Tensor forward(Context& ctx, const Tensor& ids);  // ids I32 [...] -> [..., C]
-  void backward(Context& ctx, const Tensor& dy);     // weight grad only (ids are not differentiable)
+  void backward(Context& ctx, const Tensor& dy);    // weight grad only (ids are not differentiable)
   void parameters(const std::string& prefix, NamedParameters& out) override;
 
   Parameter weight;
@@ -127,7 +137,7 @@ class LayerNorm : public Module {
  public:
   LayerNorm() = default;
   LayerNorm(int64_t dim, float eps, bool bias = true);  // weight = 1, bias = 0
-  Tensor forward(Context& ctx, const Tensor& x);  // [..., C]
+  Tensor forward(Context& ctx, const Tensor& x);        // [..., C]
   Tensor backward(Context& ctx, const Tensor& dy);
   void parameters(const std::string& prefix, NamedParameters& out) override;
 
@@ -157,9 +167,9 @@ class RMSNorm : public Module {
 
 // Inverted dropout: in training, zero with probability p and scale the rest by 1/(1-p); identity
 // otherwise (then forward returns x itself and backward dy itself, no copy). The mask comes from
-// (ctx.seed, ctx.rng_counter) through the counter-based generator, so a seeded run is
-// reproducible; backward regenerates the mask from the saved (seed, counter) instead of storing
-// it. 0 <= p < 1.
+// (ctx.seed, ctx.rng_counter) through the counter-based generator (one random_u64 per two
+// elements, so a call reserves ceil(numel / 2) counters), so a seeded run is reproducible;
+// backward regenerates the mask from the saved (seed, counter) instead of storing it. 0 <= p < 1.
 class Dropout : public Module {
  public:
   Dropout() = default;

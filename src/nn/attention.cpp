@@ -22,14 +22,6 @@ std::string cfg_str(const AttentionConfig& c) {
          std::to_string(c.head_dim);
 }
 
-// Multiplies a [T, T] block in place by the dropout factors of its draws starting at `counter`.
-void dropout_block(float* dst, const float* src, int64_t n, uint64_t seed, uint64_t counter,
-                   float p) {
-  const float scale = 1.0f / (1.0f - p);
-  for (int64_t i = 0; i < n; ++i)
-    dst[i] = src[i] * detail::dropout_factor(seed, counter + static_cast<uint64_t>(i), p, scale);
-}
-
 }  // namespace
 
 Attention::Attention(const AttentionConfig& c) : cfg(c) {
@@ -64,18 +56,17 @@ void Attention::parameters(const std::string& prefix, NamedParameters& out) {
 
 Tensor Attention::forward(Context& ctx, const Tensor& x, const Tensor& pad_mask,
                           const Tensor& positions) {
-  detail::check(cfg.n_heads > 0, kOp, "module was default-constructed; build it from a config");
-  detail::check(x.defined() && x.dtype() == DType::F32 && x.ndim() == 3 && x.dim(2) == cfg.hidden,
-                kOp, detail::desc("x", x) + ", expected F32[B, T, " + std::to_string(cfg.hidden) +
-                         "]");
-  const int64_t B = x.dim(0), T = x.dim(1), H = cfg.n_heads, KV = cfg.n_kv_heads,
-                D = cfg.head_dim, group = H / KV;
+  NN_CHECK(cfg.n_heads > 0, kOp, "module was default-constructed; build it from a config");
+  NN_CHECK(x.defined() && x.dtype() == DType::F32 && x.ndim() == 3 && x.dim(2) == cfg.hidden, kOp,
+           detail::desc("x", x) + ", expected F32[B, T, " + std::to_string(cfg.hidden) + "]");
+  const int64_t B = x.dim(0), T = x.dim(1), H = cfg.n_heads, KV = cfg.n_kv_heads, D = cfg.head_dim,
+                group = H / KV;
   if (pad_mask.defined())
-    detail::check((pad_mask.dtype() == DType::F32 || pad_mask.dtype() == DType::I32) &&
-                      pad_mask.shape() == Shape{B, T},
-                  kOp, detail::desc("pad_mask", pad_mask) + ", expected F32 or I32[" +
-                           std::to_string(B) + ", " + std::to_string(T) + "] for " +
-                           detail::desc("x", x));
+    NN_CHECK((pad_mask.dtype() == DType::F32 || pad_mask.dtype() == DType::I32) &&
+                 (pad_mask.shape() == Shape{B, T}),
+             kOp,
+             detail::desc("pad_mask", pad_mask) + ", expected F32 or I32[" + std::to_string(B) +
+                 ", " + std::to_string(T) + "] for " + detail::desc("x", x));
 
   // Projections. Linear saves x; the outputs are ours, so RoPE may rotate them in place.
   Tensor qf = q.forward(ctx, x);  // [B, T, H·D]
@@ -84,11 +75,11 @@ Tensor Attention::forward(Context& ctx, const Tensor& x, const Tensor& pad_mask,
   positions_ = Tensor();
   if (cfg.rope) {
     if (positions.defined()) {
-      detail::check(positions.dtype() == DType::I32 &&
-                        (positions.shape() == Shape{T} || positions.shape() == Shape{B, T}),
-                    kOp, detail::desc("positions", positions) + ", expected I32[" +
-                             std::to_string(T) + "] or I32[" + std::to_string(B) + ", " +
-                             std::to_string(T) + "]");
+      NN_CHECK(positions.dtype() == DType::I32 &&
+                   (positions.shape() == Shape{T} || positions.shape() == Shape{B, T}),
+               kOp,
+               detail::desc("positions", positions) + ", expected I32[" + std::to_string(T) +
+                   "] or I32[" + std::to_string(B) + ", " + std::to_string(T) + "]");
       positions_ = positions;
     } else {
       positions_ = ctx.alloc({T}, DType::I32);
@@ -116,7 +107,7 @@ Tensor Attention::forward(Context& ctx, const Tensor& x, const Tensor& pad_mask,
           if (pad) {
             int64_t at = b * T + j;
             keep = keep && (pad_mask.dtype() == DType::F32 ? pad_mask.f32()[at] != 0.0f
-                                                            : pad_mask.i32()[at] != 0);
+                                                           : pad_mask.i32()[at] != 0);
           }
           row[j] = keep ? 0.0f : ninf;
         }
@@ -126,8 +117,9 @@ Tensor Attention::forward(Context& ctx, const Tensor& x, const Tensor& pad_mask,
   drop_ = ctx.training && cfg.dropout > 0.0f;
   if (drop_) {
     drop_seed_ = ctx.seed;
-    drop_counter_ = ctx.take_rng(static_cast<uint64_t>(B * H * T * T));
+    drop_counter_ = ctx.take_rng(detail::DropoutMask::counters_for(B * H * T * T));
   }
+  const detail::DropoutMask dmask(drop_seed_, drop_counter_, cfg.dropout);  // used when drop_
   att_ = ctx.alloc({B, H, T, T});
   Tensor out = ctx.alloc({B, T, H * D});
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
@@ -143,7 +135,7 @@ Tensor Attention::forward(Context& ctx, const Tensor& x, const Tensor& pad_mask,
   for (int64_t bh = 0; bh < B * H; ++bh) {
     const int64_t b = bh / H, h = bh % H, g = h / group;
     Tensor s = Tensor::empty({T, T});
-    Tensor p = att_.row(b).row(h);  // [T, T]
+    Tensor p = att_.row(b).row(h);                  // [T, T]
     const float* qh = qp + b * T * H * D + h * D;   // [T, D], ld H·D
     const float* kg = kp + b * T * KV * D + g * D;  // [T, D], ld KV·D
     const float* vg = vp + b * T * KV * D + g * D;
@@ -152,8 +144,7 @@ Tensor Attention::forward(Context& ctx, const Tensor& x, const Tensor& pad_mask,
     kernels::softmax_forward(s, mask.defined() ? mask.row(pad ? b : 0) : Tensor(), p);
     const float* pv = p.f32();
     if (drop_) {  // reuse s for the dropped probabilities
-      dropout_block(s.f32(), p.f32(), T * T, drop_seed_,
-                    drop_counter_ + static_cast<uint64_t>(bh * T * T), cfg.dropout);
+      dmask.apply(s.f32(), p.f32(), bh * T * T, T * T);
       pv = s.f32();
     }
     // out_h = P_h v_g
@@ -170,12 +161,12 @@ Tensor Attention::forward(Context& ctx, const Tensor& x, const Tensor& pad_mask,
 }
 
 Tensor Attention::backward(Context& ctx, const Tensor& dy, bool need_input_grad) {
-  detail::check(att_.defined(), kOp, "backward called before forward");
+  NN_CHECK(att_.defined(), kOp, "backward called before forward");
   const int64_t B = b_, T = t_, H = cfg.n_heads, KV = cfg.n_kv_heads, D = cfg.head_dim,
                 group = H / KV;
-  detail::check(dy.defined() && dy.dtype() == DType::F32 && dy.shape() == Shape{B, T, cfg.hidden},
-                kOp, detail::desc("dy", dy) + ", expected F32[" + std::to_string(B) + ", " +
-                         std::to_string(T) + ", " + std::to_string(cfg.hidden) + "]");
+  NN_CHECK(dy.defined() && dy.dtype() == DType::F32 && (dy.shape() == Shape{B, T, cfg.hidden}), kOp,
+           detail::desc("dy", dy) + ", expected F32[" + std::to_string(B) + ", " +
+               std::to_string(T) + ", " + std::to_string(cfg.hidden) + "]");
   // forward was: y = out Woᵀ
   Tensor dout = o.backward(ctx, dy, true);  // [B, T, H·D]
   Tensor dq = ctx.alloc({B, T, H * D});
@@ -187,6 +178,7 @@ Tensor Attention::backward(Context& ctx, const Tensor& dy, bool need_input_grad)
   const float* vp = v_.f32();
   const float* dop = dout.f32();
   float *dqp = dq.f32(), *dkp = dk.f32(), *dvp = dv.f32();
+  const detail::DropoutMask dmask(drop_seed_, drop_counter_, cfg.dropout);
 
   // One task per (b, g): the heads of a group add into the same dk_g, dv_g, so they stay serial.
   const bool par = B * KV > 1 && B * H * T * T * D >= kParallelWork;
@@ -205,13 +197,13 @@ Tensor Attention::backward(Context& ctx, const Tensor& dy, bool need_input_grad)
       const float* qh = qp + b * T * H * D + h * D;
       const float* doh = dop + b * T * H * D + h * D;
       float* dqh = dqp + b * T * H * D + h * D;
-      const uint64_t c0 = drop_counter_ + static_cast<uint64_t>((b * H + h) * T * T);
+      const int64_t m0 = (b * H + h) * T * T;  // this head's first mask element
       // forward was: out_h = P'_h v_g, P' = dropout(P)
       kernels::gemm_raw(false, true, T, T, D, 1.0f, doh, H * D, vg, KV * D, 0.0f, dp.f32(), T);
       const float* pv = p.f32();
       if (drop_) {
-        dropout_block(pd.f32(), p.f32(), T * T, drop_seed_, c0, cfg.dropout);
-        dropout_block(dp.f32(), dp.f32(), T * T, drop_seed_, c0, cfg.dropout);  // dP = dP'·m
+        dmask.apply(pd.f32(), p.f32(), m0, T * T);
+        dmask.apply(dp.f32(), dp.f32(), m0, T * T);  // dP = dP' · m
         pv = pd.f32();
       }
       kernels::gemm_raw(true, false, T, D, T, 1.0f, pv, T, doh, H * D, 1.0f, dvg, KV * D);

@@ -21,9 +21,9 @@ void Embedding::parameters(const std::string& prefix, NamedParameters& out) {
 
 Tensor Embedding::forward(Context& ctx, const Tensor& ids) {
   const Tensor& w = weight.value;
-  detail::check(w.defined() && w.ndim() == 2, kOp, detail::desc("weight", w) + ", expected [V, C]");
-  detail::check(ids.defined() && ids.dtype() == DType::I32, kOp,
-                detail::desc("ids", ids) + ", expected I32[...]");
+  NN_CHECK(w.defined() && w.ndim() == 2, kOp, detail::desc("weight", w) + ", expected [V, C]");
+  NN_CHECK(ids.defined() && ids.dtype() == DType::I32, kOp,
+           detail::desc("ids", ids) + ", expected I32[...]");
   const int64_t n = ids.numel(), vocab = w.dim(0), c = w.dim(1);
   Shape out_shape = ids.shape();
   out_shape.push_back(c);
@@ -34,18 +34,20 @@ Tensor Embedding::forward(Context& ctx, const Tensor& ids) {
   } else {
     // Frozen F16/BF16/quantized table: convert only the rows we gather.
     const DType t = w.dtype();
-    detail::check(t == DType::F16 || t == DType::BF16 || t == DType::Q8_0 || t == DType::Q4_0 ||
-                      t == DType::Q4_1,
-                  kOp, std::string("weight dtype ") + tensor::dtype_name(t) +
-                           " is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_1)");
+    NN_CHECK(t == DType::F16 || t == DType::BF16 || t == DType::Q8_0 || t == DType::Q4_0 ||
+                 t == DType::Q4_1,
+             kOp,
+             std::string("weight dtype ") + tensor::dtype_name(t) +
+                 " is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_1)");
     const auto* base = static_cast<const uint8_t*>(w.raw());
     const size_t row_bytes = tensor::dtype_nbytes(t, c);
     const int32_t* id = ids.i32();
     for (int64_t i = 0; i < n; ++i) {
-      detail::check(id[i] >= 0 && id[i] < vocab, kOp,
-                    "id " + std::to_string(id[i]) + " at " + std::to_string(i) +
-                        " is out of range [0, " + std::to_string(vocab) + ")");
-      tensor::dequantize_row(t, base + static_cast<size_t>(id[i]) * row_bytes, out2.f32() + i * c, c);
+      NN_CHECK(id[i] >= 0 && id[i] < vocab, kOp,
+               "id " + std::to_string(id[i]) + " at " + std::to_string(i) +
+                   " is out of range [0, " + std::to_string(vocab) + ")");
+      tensor::dequantize_row(t, base + static_cast<size_t>(id[i]) * row_bytes, out2.f32() + i * c,
+                             c);
     }
   }
   ids_ = ids;
@@ -53,12 +55,12 @@ Tensor Embedding::forward(Context& ctx, const Tensor& ids) {
 }
 
 void Embedding::backward(Context& ctx, const Tensor& dy) {
-  detail::check(ids_.defined(), kOp, "backward called before forward");
+  NN_CHECK(ids_.defined(), kOp, "backward called before forward");
   const int64_t c = weight.value.dim(1);
   Shape want = ids_.shape();
   want.push_back(c);
-  detail::check(dy.defined() && dy.dtype() == DType::F32 && dy.shape() == want, kOp,
-                detail::desc("dy", dy) + ", expected F32" + tensor::shape_str(want));
+  NN_CHECK(dy.defined() && dy.dtype() == DType::F32 && dy.shape() == want, kOp,
+           detail::desc("dy", dy) + ", expected F32" + tensor::shape_str(want));
   // forward was: out[i, :] = table[ids[i], :]  ->  dtable[ids[i], :] += dout[i, :]
   if (weight.trainable) kernels::embedding_backward(dy.view({ids_.numel(), c}), ids_, weight.grad);
 }

@@ -17,8 +17,9 @@ constexpr const char* kOp = "Linear";
 void weight_rows_to_f32(const Tensor& w, int64_t r0, int64_t r1, float* dst) {
   const int64_t in = w.dim(1);
   const auto* base = static_cast<const uint8_t*>(w.raw());
-  tensor::dequantize_row(w.dtype(), base + static_cast<size_t>(r0) * tensor::dtype_nbytes(w.dtype(), in),
-                         dst, (r1 - r0) * in);
+  tensor::dequantize_row(w.dtype(),
+                         base + static_cast<size_t>(r0) * tensor::dtype_nbytes(w.dtype(), in), dst,
+                         (r1 - r0) * in);
 }
 
 bool weight_dtype_supported(DType t) {
@@ -49,20 +50,19 @@ void Linear::parameters(const std::string& prefix, NamedParameters& out) {
 
 Tensor Linear::forward(Context& ctx, const Tensor& x) {
   const Tensor& w = weight.value;
-  detail::check(w.defined() && w.ndim() == 2 && w.dim(0) == out_ && w.dim(1) == in_, kOp,
-                detail::desc("weight", w) + ", expected [" + std::to_string(out_) + ", " +
-                    std::to_string(in_) + "]");
-  detail::check(weight_dtype_supported(w.dtype()), kOp,
-                std::string("weight dtype ") + tensor::dtype_name(w.dtype()) +
-                    " is not supported yet (F32, F16, BF16, Q8_0, Q4_0, Q4_1)");
-  detail::check(x.defined() && x.dtype() == DType::F32 && x.ndim() >= 1 && x.dim(-1) == in_, kOp,
-                detail::desc("x", x) + ", expected F32[..., " + std::to_string(in_) +
-                    "] for weight " + w.str());
+  NN_CHECK(w.defined() && w.ndim() == 2 && w.dim(0) == out_ && w.dim(1) == in_, kOp,
+           detail::desc("weight", w) + ", expected [" + std::to_string(out_) + ", " +
+               std::to_string(in_) + "]");
+  NN_CHECK(weight_dtype_supported(w.dtype()), kOp,
+           std::string("weight dtype ") + tensor::dtype_name(w.dtype()) +
+               " is not supported yet (F32, F16, BF16, Q8_0, Q4_0, Q4_1)");
+  NN_CHECK(x.defined() && x.dtype() == DType::F32 && x.ndim() >= 1 && x.dim(-1) == in_, kOp,
+           detail::desc("x", x) + ", expected F32[..., " + std::to_string(in_) + "] for weight " +
+               w.str());
   if (has_bias())
-    detail::check(bias.value.dtype() == DType::F32 && bias.value.ndim() == 1 &&
-                      bias.value.dim(0) == out_,
-                  kOp, detail::desc("bias", bias.value) + ", expected F32[" +
-                           std::to_string(out_) + "]");
+    NN_CHECK(
+        bias.value.dtype() == DType::F32 && bias.value.ndim() == 1 && bias.value.dim(0) == out_,
+        kOp, detail::desc("bias", bias.value) + ", expected F32[" + std::to_string(out_) + "]");
   const int64_t n = x.numel() / in_;
   Tensor y = ctx.alloc(detail::with_last(x.shape(), out_));
   Tensor x2 = x.view({n, in_});
@@ -77,8 +77,8 @@ Tensor Linear::forward(Context& ctx, const Tensor& x) {
       for (int64_t r0 = 0; r0 < out_; r0 += tr) {
         int64_t r1 = std::min(out_, r0 + tr);
         weight_rows_to_f32(w, r0, r1, tile.data());
-        kernels::gemm_raw(false, true, n, r1 - r0, in_, 1.0f, x2.f32(), in_, tile.data(), in_,
-                          0.0f, y2.f32() + r0, out_);
+        kernels::gemm_raw(false, true, n, r1 - r0, in_, 1.0f, x2.f32(), in_, tile.data(), in_, 0.0f,
+                          y2.f32() + r0, out_);
       }
     }
     if (has_bias()) kernels::add_bias(y2, bias.value);
@@ -88,11 +88,12 @@ Tensor Linear::forward(Context& ctx, const Tensor& x) {
 }
 
 Tensor Linear::backward(Context& ctx, const Tensor& dy, bool need_input_grad) {
-  detail::check(x_.defined(), kOp, "backward called before forward");
-  detail::check(dy.defined() && dy.dtype() == DType::F32 &&
-                    dy.shape() == detail::with_last(x_.shape(), out_),
-                kOp, detail::desc("dy", dy) + ", expected F32" +
-                         tensor::shape_str(detail::with_last(x_.shape(), out_)));
+  NN_CHECK(x_.defined(), kOp, "backward called before forward");
+  NN_CHECK(
+      dy.defined() && dy.dtype() == DType::F32 && dy.shape() == detail::with_last(x_.shape(), out_),
+      kOp,
+      detail::desc("dy", dy) + ", expected F32" +
+          tensor::shape_str(detail::with_last(x_.shape(), out_)));
   const int64_t n = x_.numel() / in_;
   Tensor dy2 = dy.view({n, out_});
   // forward was: y = x Wᵀ + b
@@ -113,8 +114,8 @@ Tensor Linear::backward(Context& ctx, const Tensor& dy, bool need_input_grad) {
     for (int64_t r0 = 0; r0 < out_; r0 += tr) {
       int64_t r1 = std::min(out_, r0 + tr);
       weight_rows_to_f32(w, r0, r1, tile.data());
-      kernels::gemm_raw(false, false, n, in_, r1 - r0, 1.0f, dy2.f32() + r0, out_, tile.data(),
-                        in_, r0 == 0 ? 0.0f : 1.0f, dx2.f32(), in_);
+      kernels::gemm_raw(false, false, n, in_, r1 - r0, 1.0f, dy2.f32() + r0, out_, tile.data(), in_,
+                        r0 == 0 ? 0.0f : 1.0f, dx2.f32(), in_);
     }
   }
   return dx;

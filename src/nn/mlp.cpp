@@ -35,8 +35,8 @@ Tensor MLP::forward(Context& ctx, const Tensor& x) {
 }
 
 Tensor MLP::backward(Context& ctx, const Tensor& dy, bool need_input_grad) {
-  detail::check(kind == MlpKind::Gelu ? h_pre_.defined() : up_out_.defined(), kOp,
-                "backward called before forward");
+  NN_CHECK(kind == MlpKind::Gelu ? h_pre_.defined() : up_out_.defined(), kOp,
+           "backward called before forward");
   detail::check_last_dim(kOp, "dy", dy, down.out_features());
   Tensor dh = down.backward(ctx, dy, true);
   if (kind == MlpKind::Gelu) {

@@ -1,4 +1,4 @@
-// Context, Parameter, Module and the counter-based random stream.
+// Context, Parameter and Module.
 #include "nn/nn_internal.h"
 
 namespace lorafit::nn {
@@ -15,21 +15,6 @@ uint64_t Context::take_rng(uint64_t n) {
   uint64_t c = rng_counter;
   rng_counter += n;
   return c;
-}
-
-namespace {
-// splitmix64's output function (Steele, Lea, Flood 2014): a bijective avalanche mix.
-uint64_t mix64(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-}  // namespace
-
-uint64_t random_u64(uint64_t seed, uint64_t counter) {
-  // Draw `counter` of splitmix64 started at mix64(seed): mixing the seed first keeps nearby
-  // seeds (1, 2, ...) from giving shifted copies of the same stream.
-  return mix64(mix64(seed) + (counter + 1) * 0x9E3779B97F4A7C15ull);
 }
 
 void Parameter::set_trainable(bool t) {

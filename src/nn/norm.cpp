@@ -6,9 +6,9 @@ namespace lorafit::nn {
 namespace {
 
 void check_param(const char* op, const char* name, const Tensor& p, int64_t c) {
-  detail::check(p.defined() && p.dtype() == DType::F32 && p.ndim() == 1 && p.dim(0) == c, op,
-                detail::desc(name, p) + ", expected F32[" + std::to_string(c) +
-                    "] (convert norm weights to F32 at load time)");
+  NN_CHECK(p.defined() && p.dtype() == DType::F32 && p.ndim() == 1 && p.dim(0) == c, op,
+           detail::desc(name, p) + ", expected F32[" + std::to_string(c) +
+               "] (convert norm weights to F32 at load time)");
 }
 
 }  // namespace
@@ -27,8 +27,8 @@ void LayerNorm::parameters(const std::string& prefix, NamedParameters& out) {
 }
 
 Tensor LayerNorm::forward(Context& ctx, const Tensor& x) {
-  detail::check(weight.value.defined() && weight.value.ndim() == 1, "LayerNorm",
-                detail::desc("weight", weight.value) + ", expected F32[C]");
+  NN_CHECK(weight.value.defined() && weight.value.ndim() == 1, "LayerNorm",
+           detail::desc("weight", weight.value) + ", expected F32[C]");
   const int64_t c = weight.value.dim(0);
   check_param("LayerNorm", "weight", weight.value, c);
   if (bias.value.defined()) check_param("LayerNorm", "bias", bias.value, c);
@@ -44,9 +44,9 @@ Tensor LayerNorm::forward(Context& ctx, const Tensor& x) {
 }
 
 Tensor LayerNorm::backward(Context& ctx, const Tensor& dy) {
-  detail::check(x_.defined(), "LayerNorm", "backward called before forward");
-  detail::check(dy.defined() && dy.dtype() == DType::F32 && dy.shape() == x_.shape(), "LayerNorm",
-                detail::desc("dy", dy) + ", expected F32" + tensor::shape_str(x_.shape()));
+  NN_CHECK(x_.defined(), "LayerNorm", "backward called before forward");
+  NN_CHECK(dy.defined() && dy.dtype() == DType::F32 && dy.shape() == x_.shape(), "LayerNorm",
+           detail::desc("dy", dy) + ", expected F32" + tensor::shape_str(x_.shape()));
   const int64_t c = weight.value.dim(0), n = x_.numel() / c;
   Tensor dx = ctx.alloc(x_.shape());
   Tensor dx2 = dx.view({n, c});
@@ -54,8 +54,8 @@ Tensor LayerNorm::backward(Context& ctx, const Tensor& dy) {
   Tensor dw = weight.trainable ? weight.grad : Tensor();
   Tensor db = bias.value.defined() && bias.trainable ? bias.grad : Tensor();
   // forward was: y = (x - mean) * rstd * w + b
-  kernels::layernorm_backward(dy.view({n, c}), x_.view({n, c}), weight.value, mean_, rstd_, dx2,
-                              dw, db);
+  kernels::layernorm_backward(dy.view({n, c}), x_.view({n, c}), weight.value, mean_, rstd_, dx2, dw,
+                              db);
   return dx;
 }
 
@@ -71,8 +71,8 @@ void RMSNorm::parameters(const std::string& prefix, NamedParameters& out) {
 }
 
 Tensor RMSNorm::forward(Context& ctx, const Tensor& x) {
-  detail::check(weight.value.defined() && weight.value.ndim() == 1, "RMSNorm",
-                detail::desc("weight", weight.value) + ", expected F32[C]");
+  NN_CHECK(weight.value.defined() && weight.value.ndim() == 1, "RMSNorm",
+           detail::desc("weight", weight.value) + ", expected F32[C]");
   const int64_t c = weight.value.dim(0);
   check_param("RMSNorm", "weight", weight.value, c);
   detail::check_last_dim("RMSNorm", "x", x, c);
@@ -86,9 +86,9 @@ Tensor RMSNorm::forward(Context& ctx, const Tensor& x) {
 }
 
 Tensor RMSNorm::backward(Context& ctx, const Tensor& dy) {
-  detail::check(x_.defined(), "RMSNorm", "backward called before forward");
-  detail::check(dy.defined() && dy.dtype() == DType::F32 && dy.shape() == x_.shape(), "RMSNorm",
-                detail::desc("dy", dy) + ", expected F32" + tensor::shape_str(x_.shape()));
+  NN_CHECK(x_.defined(), "RMSNorm", "backward called before forward");
+  NN_CHECK(dy.defined() && dy.dtype() == DType::F32 && dy.shape() == x_.shape(), "RMSNorm",
+           detail::desc("dy", dy) + ", expected F32" + tensor::shape_str(x_.shape()));
   const int64_t c = weight.value.dim(0), n = x_.numel() / c;
   Tensor dx = ctx.alloc(x_.shape());
   Tensor dx2 = dx.view({n, c});

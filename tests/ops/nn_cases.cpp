@@ -15,10 +15,13 @@
 
 #include "lorafit/nn.h"
 #include "lorafit/quant.h"
+#include "nn/nn_internal.h"
 #include "ops/op_check.h"
 
 namespace {
 
+using lorafit::kernels::GeluKind;
+using lorafit::kernels::RopeStyle;
 using lorafit::nn::Attention;
 using lorafit::nn::AttentionConfig;
 using lorafit::nn::Context;
@@ -30,8 +33,6 @@ using lorafit::nn::MLP;
 using lorafit::nn::MlpKind;
 using lorafit::nn::Module;
 using lorafit::nn::RMSNorm;
-using lorafit::kernels::GeluKind;
-using lorafit::kernels::RopeStyle;
 using opcheck::DType;
 using opcheck::Shape;
 using opcheck::Tensor;
@@ -50,10 +51,10 @@ using Bwd = std::function<Tensor(Context&, const Tensor&)>;
 // Runs fwd then bwd with dy = r (random), then compares dx (when x is defined) and every
 // trainable parameter's grad with central finite differences of sum(fwd(x) * r).
 // make_ctx builds a fresh Context for every forward (so dropout sees the same counters).
-void check_grads(const std::string& what, Module& m, Tensor x, const Fwd& fwd, const Bwd& bwd,
-                 float eps, double tol,
-                 const std::function<Context()>& make_ctx = [] { return Context{}; },
-                 const std::set<std::string>& zero_grad_names = {}) {
+void check_grads(
+    const std::string& what, Module& m, Tensor x, const Fwd& fwd, const Bwd& bwd, float eps,
+    double tol, const std::function<Context()>& make_ctx = [] { return Context{}; },
+    const std::set<std::string>& zero_grad_names = {}) {
   Context ctx = make_ctx();
   Tensor y = fwd(ctx);
   Tensor r = opcheck::random(y.shape(), 777);
@@ -99,7 +100,9 @@ std::string error_of(F&& f) {
   return "";
 }
 
-bool contains(const std::string& s, const std::string& sub) { return s.find(sub) != std::string::npos; }
+bool contains(const std::string& s, const std::string& sub) {
+  return s.find(sub) != std::string::npos;
+}
 
 // ---- Linear -------------------------------------------------------------------------------------
 
@@ -107,8 +110,9 @@ OPCHECK(Linear, TrainableWithBias) {
   Linear lin(7, 5, true);
   randomize(lin, 1, 0.5f, true);
   Tensor x = opcheck::random({3, 4, 7}, 2);
-  check_grads("Linear[7->5]+b", lin, x, [&](Context& c) { return lin.forward(c, x); },
-              [&](Context& c, const Tensor& dy) { return lin.backward(c, dy); }, 1e-2f, 1e-4);
+  check_grads(
+      "Linear[7->5]+b", lin, x, [&](Context& c) { return lin.forward(c, x); },
+      [&](Context& c, const Tensor& dy) { return lin.backward(c, dy); }, 1e-2f, 1e-4);
 }
 
 OPCHECK(Linear, TrainableNoBiasOdd) {
@@ -116,8 +120,9 @@ OPCHECK(Linear, TrainableNoBiasOdd) {
   randomize(lin, 3, 0.5f, true);
   EXPECT_EQ(lin.named_parameters().size(), 1u);
   Tensor x = opcheck::random({5, 13}, 4);
-  check_grads("Linear[13->11]", lin, x, [&](Context& c) { return lin.forward(c, x); },
-              [&](Context& c, const Tensor& dy) { return lin.backward(c, dy); }, 1e-2f, 1e-4);
+  check_grads(
+      "Linear[13->11]", lin, x, [&](Context& c) { return lin.forward(c, x); },
+      [&](Context& c, const Tensor& dy) { return lin.backward(c, dy); }, 1e-2f, 1e-4);
 }
 
 OPCHECK(Linear, FrozenHasNoGradAndIsUntouched) {
@@ -125,8 +130,9 @@ OPCHECK(Linear, FrozenHasNoGradAndIsUntouched) {
   randomize(lin, 5, 0.5f, false);
   Tensor w0 = lin.weight.value.clone();
   Tensor x = opcheck::random({2, 3, 7}, 6);
-  check_grads("Linear frozen", lin, x, [&](Context& c) { return lin.forward(c, x); },
-              [&](Context& c, const Tensor& dy) { return lin.backward(c, dy); }, 1e-2f, 1e-4);
+  check_grads(
+      "Linear frozen", lin, x, [&](Context& c) { return lin.forward(c, x); },
+      [&](Context& c, const Tensor& dy) { return lin.backward(c, dy); }, 1e-2f, 1e-4);
   EXPECT_FALSE(lin.weight.grad.defined());
   EXPECT_FALSE(lin.bias.grad.defined());
   opcheck::expect_close(lin.weight.value, w0, 0, 0, "frozen weight unchanged");
@@ -182,15 +188,21 @@ void check_half_weight(DType dt) {
   Tensor dy = opcheck::random({2, 9, out}, 13);
   Context ctx;
   Tensor y_ref = ref.forward(ctx, x), y_half = half.forward(ctx, x);
-  opcheck::expect_close(y_half, y_ref, 1e-5, 1e-5, std::string("forward ") + lorafit::tensor::dtype_name(dt));
+  opcheck::expect_close(y_half, y_ref, 1e-5, 1e-5,
+                        std::string("forward ") + lorafit::tensor::dtype_name(dt));
   Tensor dx_ref = ref.backward(ctx, dy), dx_half = half.backward(ctx, dy);
-  opcheck::expect_close(dx_half, dx_ref, 1e-5, 1e-5, std::string("dx ") + lorafit::tensor::dtype_name(dt));
+  opcheck::expect_close(dx_half, dx_ref, 1e-5, 1e-5,
+                        std::string("dx ") + lorafit::tensor::dtype_name(dt));
   // A half weight cannot be trainable; its bias can.
   EXPECT_FALSE(error_of([&] { half.weight.set_trainable(true); }).empty());
 }
 
-OPCHECK(Linear, F16WeightMatchesF32) { check_half_weight(DType::F16); }
-OPCHECK(Linear, BF16WeightMatchesF32) { check_half_weight(DType::BF16); }
+OPCHECK(Linear, F16WeightMatchesF32) {
+  check_half_weight(DType::F16);
+}
+OPCHECK(Linear, BF16WeightMatchesF32) {
+  check_half_weight(DType::BF16);
+}
 
 // Block-quantized frozen weights: same as the F32 path on the dequantized weight. in = 320 (10
 // blocks per row), out = 301: two tiles.
@@ -254,12 +266,13 @@ OPCHECK(Embedding, RepeatedIdsWeightGrad) {
   for (int64_t i = 0; i < 10; ++i)
     for (int64_t c = 0; c < 6; ++c)
       ASSERT_EQ(y.f32()[i * 6 + c], emb.weight.value.f32()[ids.i32()[i] * 6 + c]);
-  check_grads("Embedding", emb, Tensor(), [&](Context& c) { return emb.forward(c, ids); },
-              [&](Context& c, const Tensor& dy) {
-                emb.backward(c, dy);
-                return Tensor();
-              },
-              1e-2f, 1e-4);
+  check_grads(
+      "Embedding", emb, Tensor(), [&](Context& c) { return emb.forward(c, ids); },
+      [&](Context& c, const Tensor& dy) {
+        emb.backward(c, dy);
+        return Tensor();
+      },
+      1e-2f, 1e-4);
   // Rows never looked up get no gradient.
   for (int64_t c = 0; c < 6; ++c) EXPECT_EQ(emb.weight.grad.f32()[2 * 6 + c], 0.0f);
 }
@@ -291,8 +304,9 @@ OPCHECK(LayerNorm, Grads) {
   LayerNorm ln(13, 1e-5f);
   randomize(ln, 51, 1.0f, true);
   Tensor x = opcheck::random({2, 3, 13}, 52, -2.0f, 2.0f);
-  check_grads("LayerNorm", ln, x, [&](Context& c) { return ln.forward(c, x); },
-              [&](Context& c, const Tensor& dy) { return ln.backward(c, dy); }, 1e-2f, 2e-3);
+  check_grads(
+      "LayerNorm", ln, x, [&](Context& c) { return ln.forward(c, x); },
+      [&](Context& c, const Tensor& dy) { return ln.backward(c, dy); }, 1e-2f, 2e-3);
 }
 
 OPCHECK(LayerNorm, NormalizesAndFrozen) {
@@ -309,8 +323,9 @@ OPCHECK(LayerNorm, NormalizesAndFrozen) {
     EXPECT_NEAR(m, 0.0, 1e-6);
     EXPECT_NEAR(v / 7, 1.0, 1e-5);
   }
-  check_grads("LayerNorm frozen", ln, x, [&](Context& c) { return ln.forward(c, x); },
-              [&](Context& c, const Tensor& dy) { return ln.backward(c, dy); }, 1e-2f, 2e-3);
+  check_grads(
+      "LayerNorm frozen", ln, x, [&](Context& c) { return ln.forward(c, x); },
+      [&](Context& c, const Tensor& dy) { return ln.backward(c, dy); }, 1e-2f, 2e-3);
   std::string e = error_of([&] { ln.forward(ctx, opcheck::random({5, 6}, 1)); });
   EXPECT_TRUE(contains(e, "[LayerNorm]") && contains(e, "[5, 6]")) << e;
 }
@@ -319,8 +334,9 @@ OPCHECK(RMSNorm, Grads) {
   RMSNorm rms(11, 1e-6f);
   randomize(rms, 61, 1.0f, true);
   Tensor x = opcheck::random({3, 5, 11}, 62, -2.0f, 2.0f);
-  check_grads("RMSNorm", rms, x, [&](Context& c) { return rms.forward(c, x); },
-              [&](Context& c, const Tensor& dy) { return rms.backward(c, dy); }, 1e-2f, 2e-3);
+  check_grads(
+      "RMSNorm", rms, x, [&](Context& c) { return rms.forward(c, x); },
+      [&](Context& c, const Tensor& dy) { return rms.backward(c, dy); }, 1e-2f, 2e-3);
 }
 
 OPCHECK(RMSNorm, ValuesAndFrozen) {
@@ -332,10 +348,12 @@ OPCHECK(RMSNorm, ValuesAndFrozen) {
     double ss = 0;
     for (int64_t c = 0; c < 6; ++c) ss += std::pow(x.f32()[i * 6 + c], 2);
     double rstd = 1.0 / std::sqrt(ss / 6 + 1e-6);
-    for (int64_t c = 0; c < 6; ++c) EXPECT_NEAR(y.f32()[i * 6 + c], x.f32()[i * 6 + c] * rstd, 1e-5);
+    for (int64_t c = 0; c < 6; ++c)
+      EXPECT_NEAR(y.f32()[i * 6 + c], x.f32()[i * 6 + c] * rstd, 1e-5);
   }
-  check_grads("RMSNorm frozen", rms, x, [&](Context& c) { return rms.forward(c, x); },
-              [&](Context& c, const Tensor& dy) { return rms.backward(c, dy); }, 1e-2f, 2e-3);
+  check_grads(
+      "RMSNorm frozen", rms, x, [&](Context& c) { return rms.forward(c, x); },
+      [&](Context& c, const Tensor& dy) { return rms.backward(c, dy); }, 1e-2f, 2e-3);
   EXPECT_FALSE(rms.weight.grad.defined());
 }
 
@@ -357,7 +375,8 @@ OPCHECK(Dropout, SeededMasks) {
   int diff = 0;
   for (int64_t i = 0; i < x.numel(); ++i) diff += (ya.f32()[i] == 0) != (yc.f32()[i] == 0);
   EXPECT_GT(diff, 5) << "different seed => different mask";
-  EXPECT_EQ(a.rng_counter, static_cast<uint64_t>(x.numel())) << "counter advances by numel";
+  EXPECT_EQ(a.rng_counter, static_cast<uint64_t>(x.numel() + 1) / 2)
+      << "counter advances by ceil(numel / 2) (two draws per hash)";
   Tensor ya2 = d.forward(a, x);  // same ctx, next counters: a different mask
   diff = 0;
   for (int64_t i = 0; i < x.numel(); ++i) diff += (ya.f32()[i] == 0) != (ya2.f32()[i] == 0);
@@ -391,9 +410,30 @@ OPCHECK(Dropout, BackwardUsesSameMask) {
   Tensor dx = d.backward(ctx, dy);
   for (int64_t i = 0; i < x.numel(); ++i)
     ASSERT_FLOAT_EQ(dx.f32()[i], y.f32()[i] / x.f32()[i]) << i;
-  check_grads("Dropout", d, x, [&](Context& c) { return d.forward(c, x); },
-              [&](Context& c, const Tensor& g) { return d.backward(c, g); }, 1e-2f, 1e-4,
-              [] { return train_ctx(9); });
+  check_grads(
+      "Dropout", d, x, [&](Context& c) { return d.forward(c, x); },
+      [&](Context& c, const Tensor& g) { return d.backward(c, g); }, 1e-2f, 1e-4,
+      [] { return train_ctx(9); });
+}
+
+OPCHECK(Dropout, MaskRangesCompose) {
+  // Attention masks each head's [T, T] block at offset (b·H + h)·T², odd for odd T: applying the
+  // mask to [0, k) and [k, n) separately must equal applying it to [0, n).
+  const int64_t n = 101;
+  Tensor x = opcheck::random({n}, 74, 0.5f, 1.5f);
+  lorafit::nn::detail::DropoutMask mask(5, 1000, 0.5f);
+  Tensor whole = Tensor::empty({n});
+  mask.apply(whole.f32(), x.f32(), 0, n);
+  int zeros = 0;
+  for (int64_t i = 0; i < n; ++i) zeros += whole.f32()[i] == 0.0f;
+  EXPECT_GT(zeros, 25);
+  EXPECT_LT(zeros, 75);
+  for (int64_t k : {1, 2, 49, 50, 100}) {
+    Tensor parts = Tensor::empty({n});
+    mask.apply(parts.f32(), x.f32(), 0, k);
+    mask.apply(parts.f32() + k, x.f32() + k, k, n - k);
+    opcheck::expect_close(parts, whole, 0, 0, "split at " + std::to_string(k));
+  }
 }
 
 OPCHECK(Dropout, EvalAndZeroPAreIdentity) {
@@ -419,15 +459,20 @@ void check_mlp(MlpKind kind, GeluKind gelu, bool bias, bool trainable, const std
   MLP mlp(kind, 7, 11, bias, gelu);
   randomize(mlp, 81, 0.6f, trainable);
   Tensor x = opcheck::random({2, 3, 7}, 82, -1.5f, 1.5f);
-  check_grads(what, mlp, x, [&](Context& c) { return mlp.forward(c, x); },
-              [&](Context& c, const Tensor& dy) { return mlp.backward(c, dy); }, 1e-2f, 2e-3);
+  check_grads(
+      what, mlp, x, [&](Context& c) { return mlp.forward(c, x); },
+      [&](Context& c, const Tensor& dy) { return mlp.backward(c, dy); }, 1e-2f, 2e-3);
 }
 
-OPCHECK(MLP, GeluErf) { check_mlp(MlpKind::Gelu, GeluKind::Erf, true, true, "MLP gelu erf"); }
+OPCHECK(MLP, GeluErf) {
+  check_mlp(MlpKind::Gelu, GeluKind::Erf, true, true, "MLP gelu erf");
+}
 OPCHECK(MLP, GeluTanhNoBias) {
   check_mlp(MlpKind::Gelu, GeluKind::Tanh, false, true, "MLP gelu tanh");
 }
-OPCHECK(MLP, SwiGLU) { check_mlp(MlpKind::SwiGLU, GeluKind::Erf, false, true, "MLP swiglu"); }
+OPCHECK(MLP, SwiGLU) {
+  check_mlp(MlpKind::SwiGLU, GeluKind::Erf, false, true, "MLP swiglu");
+}
 OPCHECK(MLP, SwiGLUFrozenBias) {
   check_mlp(MlpKind::SwiGLU, GeluKind::Erf, true, false, "MLP swiglu frozen");
 }
@@ -445,7 +490,8 @@ OPCHECK(MLP, NamesAndNoInputGrad) {
   mlp.forward(ctx, opcheck::random({3, 5}, 84));
   EXPECT_FALSE(mlp.backward(ctx, opcheck::random({3, 5}, 85), false).defined());
   double n = 0;
-  for (int64_t i = 0; i < mlp.down.weight.grad.numel(); ++i) n += std::fabs(mlp.down.weight.grad.f32()[i]);
+  for (int64_t i = 0; i < mlp.down.weight.grad.numel(); ++i)
+    n += std::fabs(mlp.down.weight.grad.f32()[i]);
   EXPECT_GT(n, 0.0) << "down_proj is trainable and must get a gradient";
 }
 
@@ -563,11 +609,12 @@ void check_attention(const AttnCase& c, const std::string& what, float eps = 1e-
   ASSERT_EQ(static_cast<size_t>(y.numel()), ref.size());
   for (int64_t i = 0; i < y.numel(); ++i)
     ASSERT_NEAR(y.f32()[i], ref[i], 1e-5 + 1e-4 * std::fabs(ref[i])) << what << " at " << i;
-  check_grads(what, s.a, s.x, [&](Context& cx) { return s.fwd(cx); },
-              [&](Context& cx, const Tensor& dy) { return s.a.backward(cx, dy); }, eps, tol,
-              [] { return Context{}; },
-              // Without RoPE the k bias adds q·b to every key of a row: no effect after softmax.
-              c.cfg.rope ? std::set<std::string>{} : std::set<std::string>{"k_proj.bias"});
+  check_grads(
+      what, s.a, s.x, [&](Context& cx) { return s.fwd(cx); },
+      [&](Context& cx, const Tensor& dy) { return s.a.backward(cx, dy); }, eps, tol,
+      [] { return Context{}; },
+      // Without RoPE the k bias adds q·b to every key of a row: no effect after softmax.
+      c.cfg.rope ? std::set<std::string>{} : std::set<std::string>{"k_proj.bias"});
 }
 
 AttentionConfig attn_cfg(int64_t hidden, int64_t heads, int64_t kv, int64_t head_dim) {
@@ -694,13 +741,14 @@ OPCHECK(Attention, ProbabilityDropoutGrads) {
   Context e1, e2 = make();
   Tensor y_eval = s.fwd(e1).clone();
   Tensor y_train = s.fwd(e2);
-  EXPECT_EQ(e2.rng_counter, static_cast<uint64_t>(2 * 2 * 7 * 7));
+  EXPECT_EQ(e2.rng_counter, static_cast<uint64_t>(2 * 2 * 7 * 7 + 1) / 2);
   double diff = 0;
-  for (int64_t i = 0; i < y_eval.numel(); ++i) diff += std::fabs(y_eval.f32()[i] - y_train.f32()[i]);
+  for (int64_t i = 0; i < y_eval.numel(); ++i)
+    diff += std::fabs(y_eval.f32()[i] - y_train.f32()[i]);
   EXPECT_GT(diff, 1e-3) << "dropout on probabilities must change the output in training";
-  check_grads("attention dropout", s.a, s.x, [&](Context& cx) { return s.fwd(cx); },
-              [&](Context& cx, const Tensor& dy) { return s.a.backward(cx, dy); }, 1e-2f, 2e-3,
-              make);
+  check_grads(
+      "attention dropout", s.a, s.x, [&](Context& cx) { return s.fwd(cx); },
+      [&](Context& cx, const Tensor& dy) { return s.a.backward(cx, dy); }, 1e-2f, 2e-3, make);
 }
 
 OPCHECK(Attention, FrozenBaseInputGradOnly) {
