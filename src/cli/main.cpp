@@ -5,6 +5,8 @@
 
 #include "lorafit/tensor.h"
 
+int cmd_info(int argc, char** argv);  // cmd_info.cpp
+
 namespace {
 
 const char* kUsage = R"(lorafit — parameter-efficient fine-tuning (LoRA, DoRA, AdaLoRA, QLoRA) on the CPU
@@ -14,6 +16,7 @@ Usage: lorafit <command> [options]
 Commands:
   --help, -h       show this help
   --version        print the version
+  info PATH        architecture, sizes and targetable modules of a model folder or .gguf
 
 Work in progress: model loading, adapters and training arrive with the next milestones
 (see README.md).
@@ -31,6 +34,7 @@ int main(int argc, char** argv) {
     std::printf("lorafit %s\n", LORAFIT_VERSION);
     return 0;
   }
+  if (!std::strcmp(argv[1], "info")) return cmd_info(argc - 1, argv + 1);
   std::fprintf(stderr, "lorafit: unknown command '%s' (try lorafit --help)\n", argv[1]);
   return 2;
 }

@@ -1,0 +1,219 @@
+// lorafit models: pretrained architectures built from nn modules, loaded from a Hugging Face
+// folder (config.json + *.safetensors) or a llama.cpp GGUF file, matching transformers' outputs.
+//
+//   BERT family (config.json model_type "bert"): embeddings (word + position + token type,
+//     LayerNorm), post-LN encoder layers with GELU MLPs, BERT's pooler (dense + tanh on [CLS]) and
+//     a sequence-classification head `classifier`, as BertForSequenceClassification.
+//   Llama family (model_type "llama", GGUF general.architecture "llama"): RMSNorm, RoPE (HF
+//     rotate-half on HF-layout weights), grouped-query attention, SwiGLU, tied or separate
+//     `lm_head`, with a KV cache for generation.
+//
+// Module paths are Hugging Face's (BertForSequenceClassification / LlamaForCausalLM names), so
+// that PEFT target_modules and adapter keys line up: `bert.encoder.layer.0.attention.self.query`,
+// `model.layers.0.self_attn.q_proj`, `classifier`, `lm_head`.
+//
+// Weights: a model owns its weights (copied out of the file mapping, so they may be modified,
+// e.g. by a merge). Linear weights keep their stored dtype when nn::Linear multiplies it (F32,
+// F16, BF16); GGUF block-quantized weights (Q8_0, Q4_0, Q4_1, Q4_K, Q6_K) are dequantized to F32
+// at load for now. Norms, embeddings and biases are F32. Llama GGUF attn_q/attn_k rows are
+// un-permuted at load, so internal weights are always in HF layout. Every parameter is frozen
+// after loading; set_trainable() on a parameter or module opts it in.
+//
+// Shapes: ids/masks [B, T]; hidden states [B, T, C]; logits [B, T, V] (causal LM) or [B, L]
+// (classification). Masks are I32 or F32, 1 = token, 0 = padding.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "lorafit/nn.h"
+#include "lorafit/tensor.h"
+
+namespace lorafit::models {
+
+using tensor::DType;
+using tensor::Shape;
+using tensor::Tensor;
+
+// Hyper-parameters of a loaded model, whatever the file format.
+struct ModelConfig {
+  std::string arch;         // registry key: "bert", "llama"
+  std::string source;       // folder or .gguf path it was loaded from
+  std::string format;       // "safetensors" or "gguf"
+  int64_t vocab = 0;
+  int64_t hidden = 0;
+  int64_t n_layers = 0;
+  int64_t n_heads = 0;
+  int64_t n_kv_heads = 0;
+  int64_t head_dim = 0;
+  int64_t intermediate = 0;
+  int64_t max_positions = 0;
+  float norm_eps = 0.0f;
+  // BERT
+  int64_t type_vocab = 0;
+  int64_t num_labels = 0;
+  std::string hidden_act;   // "gelu" (erf), "gelu_new"/"gelu_pytorch_tanh" (tanh), "silu"
+  // Llama
+  float rope_theta = 10000.0f;
+  bool tied_embeddings = false;
+  bool attention_bias = false;
+  bool mlp_bias = false;
+};
+
+// Options for loading.
+struct LoadOptions {
+  // BERT: number of classifier outputs when the checkpoint has no `classifier` (0: config's
+  // num_labels / id2label size, else 2). A missing classifier or pooler is initialized as
+  // transformers does: N(0, 0.02²) weights, zero bias, drawn from `seed`.
+  int64_t num_labels = 0;
+  uint64_t seed = 0;
+};
+
+using NamedLinears = std::vector<std::pair<std::string, nn::Linear*>>;
+
+class Model {
+ public:
+  virtual ~Model() = default;
+  const ModelConfig& config() const { return cfg_; }
+  // Every Linear with its Hugging Face module path, in module order (the output head last).
+  virtual NamedLinears linears() = 0;
+  // Every parameter with its Hugging Face name ("<path>.weight"); a tied lm_head is not listed
+  // separately (as torch's named_parameters()).
+  virtual nn::NamedParameters named_parameters() = 0;
+  // Stored dtype of every tensor read from the file ("F32", "BF16", "Q4_1", ...), by HF name.
+  const std::map<std::string, std::string>& source_dtypes() const { return source_dtypes_; }
+  // Names of parameters that were not in the checkpoint and were freshly initialized.
+  const std::vector<std::string>& initialized() const { return initialized_; }
+  int64_t num_parameters();
+
+  void set_trainable(bool t);  // every parameter
+  void zero_grad();
+
+  // For loaders.
+  void record_source(const std::string& name, const std::string& dtype) {
+    source_dtypes_[name] = dtype;
+  }
+  void mark_initialized(const std::string& name) { initialized_.push_back(name); }
+
+ protected:
+  ModelConfig cfg_;
+  std::map<std::string, std::string> source_dtypes_;
+  std::vector<std::string> initialized_;
+};
+
+// ---- BERT -----------------------------------------------------------------------------------
+
+struct BertLayer {
+  nn::Attention attn;          // q,k,v = attention.self.{query,key,value}; o = attention.output.dense
+  nn::LayerNorm attn_norm;     // attention.output.LayerNorm
+  nn::MLP mlp;                 // up = intermediate.dense, down = output.dense
+  nn::LayerNorm out_norm;      // output.LayerNorm
+  nn::Dropout attn_drop, out_drop;  // hidden_dropout_prob after attention.output.dense / output.dense
+};
+
+class BertModel : public Model {
+ public:
+  explicit BertModel(const ModelConfig& cfg);
+
+  // Encoder: last hidden states [B, T, C]. ids I32 [B, T]; mask [B, T] (undefined: no padding);
+  // token_types I32 [B, T] (undefined: all 0).
+  Tensor forward(nn::Context& ctx, const Tensor& ids, const Tensor& mask = Tensor(),
+                 const Tensor& token_types = Tensor());
+  // Same with the word embeddings given (as transformers' inputs_embeds) [B, T, C].
+  Tensor forward_embeds(nn::Context& ctx, const Tensor& embeds, const Tensor& mask = Tensor(),
+                        const Tensor& token_types = Tensor());
+  // dhidden [B, T, C] -> gradient w.r.t. the word embeddings (inputs_embeds) [B, T, C];
+  // accumulates gradients of trainable parameters (the word table too when forward got ids).
+  Tensor backward(nn::Context& ctx, const Tensor& dhidden);
+
+  // Classification head on hidden [B, T, C]: pooler (tanh(dense(h[:, 0]))) then classifier ->
+  // logits [B, L]. Its backward returns dhidden [B, T, C] (nonzero at position 0 only).
+  Tensor classify(nn::Context& ctx, const Tensor& hidden);
+  Tensor classify_backward(nn::Context& ctx, const Tensor& dlogits);
+
+  // Dropout probabilities (active only when ctx.training): hidden (embeddings and both residual
+  // branches), attention probabilities, classifier input. The loader sets the config's values.
+  void set_dropout(float hidden_p, float attention_p, float classifier_p);
+
+  NamedLinears linears() override;
+  nn::NamedParameters named_parameters() override;
+
+  nn::Embedding word, position, token_type;
+  nn::LayerNorm emb_norm;
+  nn::Dropout emb_drop;
+  std::vector<BertLayer> layers;
+  nn::Linear pooler;  // bert.pooler.dense
+  nn::Dropout cls_drop;
+  nn::Linear classifier;
+
+ private:
+  float hidden_dropout = 0.0f;
+  Tensor mask_f32_;      // [B, T]
+  Tensor pooled_;        // [B, C] tanh output, for backward
+  Shape hidden_shape_;   // [B, T, C] of the last classify input
+  bool word_from_ids_ = false;
+};
+
+// Sentence-transformers mean pooling: sum_t h[b,t] m[b,t] / max(sum_t m[b,t], 1e-9) -> [B, C].
+Tensor mean_pool(const Tensor& hidden, const Tensor& mask);
+
+// ---- Llama ----------------------------------------------------------------------------------
+
+struct LlamaLayer {
+  nn::RMSNorm attn_norm;  // input_layernorm
+  nn::Attention attn;     // self_attn.{q,k,v,o}_proj
+  nn::RMSNorm mlp_norm;   // post_attention_layernorm
+  nn::MLP mlp;            // mlp.{gate,up,down}_proj
+};
+
+// Keys and values of every layer for incremental decoding: k[l], v[l] are [B, capacity, Hkv, D]
+// (after RoPE for k); positions [0, len) are filled.
+struct KvCache {
+  std::vector<Tensor> k, v;
+  int64_t batch = 0, capacity = 0, len = 0;
+};
+
+class LlamaModel : public Model {
+ public:
+  explicit LlamaModel(const ModelConfig& cfg);
+
+  // Logits [B, T, V]. ids I32 [B, T]; mask [B, T] (undefined: no padding); positions I32 [T] or
+  // [B, T] (undefined: 0..T-1; with left padding pass HF generate's cumsum(mask) - 1).
+  Tensor forward(nn::Context& ctx, const Tensor& ids, const Tensor& mask = Tensor(),
+                 const Tensor& positions = Tensor());
+  Tensor forward_embeds(nn::Context& ctx, const Tensor& embeds, const Tensor& mask = Tensor(),
+                        const Tensor& positions = Tensor());
+  // dlogits [B, T, V] -> gradient w.r.t. the input embeddings [B, T, C].
+  Tensor backward(nn::Context& ctx, const Tensor& dlogits);
+
+  // Incremental decoding (inference only, no padding): appends ids I32 [B, Tn] at positions
+  // cache.len .. cache.len + Tn - 1 and returns their logits [B, Tn, V].
+  KvCache new_cache(int64_t batch, int64_t capacity) const;
+  Tensor forward_cached(nn::Context& ctx, const Tensor& ids, KvCache& cache);
+
+  NamedLinears linears() override;
+  nn::NamedParameters named_parameters() override;
+
+  nn::Embedding embed;
+  std::vector<LlamaLayer> layers;
+  nn::RMSNorm norm;
+  nn::Linear lm_head;  // shares embed's weight tensor when tied
+
+ private:
+  std::vector<Tensor> resid_;  // saved residual-stream inputs per layer, for backward
+  bool embed_from_ids_ = false;
+};
+
+// ---- loading (registry) ---------------------------------------------------------------------
+
+// Loads a Hugging Face folder (config.json model_type) or a .gguf file (general.architecture).
+// Errors name the file and the field: "[models] /x/config.json: field 'hidden_size' is missing".
+std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& opts = {});
+// Registered architectures: {"bert", "llama"}.
+std::vector<std::string> supported_architectures();
+
+}  // namespace lorafit::models

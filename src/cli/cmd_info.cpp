@@ -1,0 +1,116 @@
+// lorafit info PATH: what a model folder or GGUF file holds, and which modules adapters can target.
+#include <cctype>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "lorafit/models.h"
+
+namespace {
+
+// "1,234,567"
+std::string with_commas(int64_t n) {
+  std::string s = std::to_string(n), out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (i && (s.size() - i) % 3 == 0) out += ',';
+    out += s[i];
+  }
+  return out;
+}
+
+// Replaces the layer index in a module path with '*': model.layers.3.mlp.up_proj ->
+// model.layers.*.mlp.up_proj, so that per-layer modules group together.
+std::string pattern_of(const std::string& path) {
+  std::string out;
+  size_t i = 0;
+  while (i < path.size()) {
+    if (std::isdigit(static_cast<unsigned char>(path[i])) && i > 0 && path[i - 1] == '.') {
+      size_t j = i;
+      while (j < path.size() && std::isdigit(static_cast<unsigned char>(path[j]))) ++j;
+      if (j == path.size() || path[j] == '.') {
+        out += '*';
+        i = j;
+        continue;
+      }
+    }
+    out += path[i++];
+  }
+  return out;
+}
+
+}  // namespace
+
+int cmd_info(int argc, char** argv) {
+  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
+    std::fputs("Usage: lorafit info PATH\n"
+               "  PATH: a Hugging Face model folder (config.json + model.safetensors) or a .gguf "
+               "file.\n  Prints the architecture, sizes, parameter count, stored dtypes and the "
+               "Linear modules\n  that adapters can target (target_modules).\n",
+               argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  try {
+    auto model = lorafit::models::load_model(argv[1]);
+    const auto& c = model->config();
+    std::printf("path:          %s (%s)\n", c.source.c_str(), c.format.c_str());
+    std::printf("architecture:  %s\n", c.arch.c_str());
+    std::printf("layers:        %lld\n", static_cast<long long>(c.n_layers));
+    std::printf("hidden:        %lld\n", static_cast<long long>(c.hidden));
+    std::printf("heads:         %lld (kv heads %lld, head dim %lld)\n",
+                static_cast<long long>(c.n_heads), static_cast<long long>(c.n_kv_heads),
+                static_cast<long long>(c.head_dim));
+    std::printf("intermediate:  %lld\n", static_cast<long long>(c.intermediate));
+    std::printf("vocab:         %lld\n", static_cast<long long>(c.vocab));
+    std::printf("max positions: %lld\n", static_cast<long long>(c.max_positions));
+    if (c.arch == "llama") {
+      std::printf("rope theta:    %g\n", static_cast<double>(c.rope_theta));
+      std::printf("rms norm eps:  %g\n", static_cast<double>(c.norm_eps));
+      std::printf("lm_head:       %s\n", c.tied_embeddings ? "tied to embed_tokens" : "separate");
+    } else {
+      std::printf("activation:    %s\n", c.hidden_act.c_str());
+      std::printf("labels:        %lld\n", static_cast<long long>(c.num_labels));
+    }
+    std::printf("parameters:    %s\n", with_commas(model->num_parameters()).c_str());
+    std::map<std::string, int> dtypes;
+    for (const auto& [name, dt] : model->source_dtypes()) ++dtypes[dt];
+    std::printf("stored dtypes:");
+    for (const auto& [dt, n] : dtypes) std::printf(" %s x %d", dt.c_str(), n);
+    std::printf("\n");
+    if (!model->initialized().empty()) {
+      std::printf("not in the checkpoint (freshly initialized):");
+      for (const auto& n : model->initialized()) std::printf(" %s", n.c_str());
+      std::printf("\n");
+    }
+    // Group the targetable Linear modules by their per-layer pattern, in model order.
+    std::vector<std::string> order;
+    std::map<std::string, std::pair<int, std::string>> groups;
+    for (const auto& [path, lin] : model->linears()) {
+      std::string p = pattern_of(path);
+      auto [it, fresh] = groups.try_emplace(p, 0, "");
+      if (fresh) {
+        order.push_back(p);
+        // snprintf rather than string operator+: GCC 12 warns falsely (-Wrestrict) on the latter.
+        char buf[96];
+        std::snprintf(buf, sizeof buf, "[%lld -> %lld] %s",
+                      static_cast<long long>(lin->in_features()),
+                      static_cast<long long>(lin->out_features()),
+                      lorafit::tensor::dtype_name(lin->weight.value.dtype()));
+        it->second.second = buf;
+      }
+      ++it->second.first;
+    }
+    std::printf("targetable Linear modules (%zu patterns):\n", order.size());
+    for (const auto& p : order) {
+      const size_t dot = p.rfind('.');
+      const std::string suffix = dot == std::string::npos ? p : p.substr(dot + 1);
+      std::printf("  %-14s x%-3d %-44s %s\n", suffix.c_str(), groups[p].first, p.c_str(),
+                  groups[p].second.c_str());
+    }
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "lorafit info: %s\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,401 @@
+// Llama family decoder (LlamaForCausalLM): RMSNorm, RoPE (rotate-half on HF-layout q/k), GQA,
+// SwiGLU, tied or separate lm_head, KV-cached decoding. Loaded from a HF folder or a GGUF file.
+//
+// Per layer (pre-norm, transformers LlamaDecoderLayer):
+//   h = x + attn(input_layernorm(x))
+//   x' = h + mlp(post_attention_layernorm(h))
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <limits>
+
+#include "models/models_internal.h"
+
+namespace lorafit::models {
+
+namespace {
+
+Tensor add_new(nn::Context& ctx, const Tensor& a, const Tensor& b) {
+  Tensor y = ctx.alloc(a.shape());
+  kernels::add(a, b, y);
+  return y;
+}
+
+}  // namespace
+
+LlamaModel::LlamaModel(const ModelConfig& c) {
+  cfg_ = c;
+  embed = nn::Embedding(c.vocab, c.hidden);
+  layers.resize(static_cast<size_t>(c.n_layers));
+  for (auto& l : layers) {
+    l.attn_norm = nn::RMSNorm(c.hidden, c.norm_eps);
+    nn::AttentionConfig ac;
+    ac.hidden = c.hidden;
+    ac.n_heads = c.n_heads;
+    ac.n_kv_heads = c.n_kv_heads;
+    ac.head_dim = c.head_dim;
+    ac.qkv_bias = c.attention_bias;
+    ac.out_bias = c.attention_bias;
+    ac.causal = true;
+    ac.rope = true;
+    ac.rope_theta = c.rope_theta;
+    ac.rope_style = kernels::RopeStyle::HalfRotate;
+    l.attn = nn::Attention(ac);
+    l.mlp_norm = nn::RMSNorm(c.hidden, c.norm_eps);
+    l.mlp = nn::MLP(nn::MlpKind::SwiGLU, c.hidden, c.intermediate, c.mlp_bias);
+  }
+  norm = nn::RMSNorm(c.hidden, c.norm_eps);
+  lm_head = nn::Linear(c.hidden, c.vocab, false);
+}
+
+Tensor LlamaModel::forward(nn::Context& ctx, const Tensor& ids, const Tensor& mask,
+                           const Tensor& positions) {
+  detail::check(ids.defined() && ids.dtype() == DType::I32 && ids.ndim() == 2,
+                "llama forward: ids is " + (ids.defined() ? ids.str() : std::string("undefined")) +
+                    ", expected I32[B, T]");
+  Tensor logits = forward_embeds(ctx, embed.forward(ctx, ids), mask, positions);
+  embed_from_ids_ = true;
+  return logits;
+}
+
+Tensor LlamaModel::forward_embeds(nn::Context& ctx, const Tensor& embeds, const Tensor& mask,
+                                  const Tensor& positions) {
+  detail::check(embeds.defined() && embeds.dtype() == DType::F32 && embeds.ndim() == 3 &&
+                    embeds.dim(2) == cfg_.hidden,
+                "llama forward: embeds is " +
+                    (embeds.defined() ? embeds.str() : std::string("undefined")) +
+                    ", expected F32[B, T, " + std::to_string(cfg_.hidden) + "]");
+  embed_from_ids_ = false;
+  Tensor x = embeds;
+  for (auto& l : layers) {
+    Tensor h = add_new(ctx, x, l.attn.forward(ctx, l.attn_norm.forward(ctx, x), mask, positions));
+    x = add_new(ctx, h, l.mlp.forward(ctx, l.mlp_norm.forward(ctx, h)));
+  }
+  return lm_head.forward(ctx, norm.forward(ctx, x));
+}
+
+Tensor LlamaModel::backward(nn::Context& ctx, const Tensor& dlogits) {
+  // forward was: logits = lm_head(norm(x))
+  Tensor dx = norm.backward(ctx, lm_head.backward(ctx, dlogits));
+  for (size_t i = layers.size(); i-- > 0;) {
+    LlamaLayer& l = layers[i];
+    // forward was: x' = h + mlp(mlp_norm(h))
+    Tensor dh = add_new(ctx, dx, l.mlp_norm.backward(ctx, l.mlp.backward(ctx, dx)));
+    // forward was: h = x + attn(attn_norm(x))
+    dx = add_new(ctx, dh, l.attn_norm.backward(ctx, l.attn.backward(ctx, dh)));
+  }
+  if (embed_from_ids_ && embed.weight.trainable) embed.backward(ctx, dx);
+  return dx;
+}
+
+KvCache LlamaModel::new_cache(int64_t batch, int64_t capacity) const {
+  detail::check(batch > 0 && capacity > 0, "new_cache: batch and capacity must be positive");
+  KvCache c;
+  c.batch = batch;
+  c.capacity = capacity;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    c.k.push_back(Tensor::zeros({batch, capacity, cfg_.n_kv_heads, cfg_.head_dim}));
+    c.v.push_back(Tensor::zeros({batch, capacity, cfg_.n_kv_heads, cfg_.head_dim}));
+  }
+  return c;
+}
+
+// Attention of Tn new tokens against the cache (which already holds their keys and values):
+// query t (absolute position p0 + t) sees keys 0..p0 + t. Same math as nn::Attention with a
+// causal mask; inference only.
+static void cached_attention(const Tensor& q, const Tensor& kc, const Tensor& vc, int64_t p0,
+                             Tensor& out) {
+  // q, out [B, Tn, H, D]; kc, vc [B, cap, KV, D]
+  const int64_t B = q.dim(0), Tn = q.dim(1), H = q.dim(2), D = q.dim(3), cap = kc.dim(1),
+                KV = kc.dim(2), group = H / KV;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  std::vector<float> p(static_cast<size_t>(p0 + Tn));
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < Tn; ++t)
+      for (int64_t h = 0; h < H; ++h) {
+        const int64_t g = h / group, n = p0 + t + 1;
+        const float* qp = q.f32() + ((b * Tn + t) * H + h) * D;
+        float mx = -std::numeric_limits<float>::infinity();
+        for (int64_t j = 0; j < n; ++j) {
+          const float* kp = kc.f32() + ((b * cap + j) * KV + g) * D;
+          float s = 0;
+          for (int64_t d = 0; d < D; ++d) s += qp[d] * kp[d];
+          p[j] = s * scale;
+          mx = std::max(mx, p[j]);
+        }
+        float sum = 0;
+        for (int64_t j = 0; j < n; ++j) sum += (p[j] = std::exp(p[j] - mx));
+        float* op = out.f32() + ((b * Tn + t) * H + h) * D;
+        for (int64_t d = 0; d < D; ++d) op[d] = 0;
+        for (int64_t j = 0; j < n; ++j) {
+          const float w = p[j] / sum;
+          const float* vp = vc.f32() + ((b * cap + j) * KV + g) * D;
+          for (int64_t d = 0; d < D; ++d) op[d] += w * vp[d];
+        }
+      }
+}
+
+Tensor LlamaModel::forward_cached(nn::Context& ctx, const Tensor& ids, KvCache& cache) {
+  detail::check(ids.defined() && ids.dtype() == DType::I32 && ids.ndim() == 2 &&
+                    ids.dim(0) == cache.batch,
+                "forward_cached: ids is " + (ids.defined() ? ids.str() : std::string("undefined")) +
+                    ", expected I32[" + std::to_string(cache.batch) + ", T]");
+  const int64_t B = ids.dim(0), Tn = ids.dim(1), H = cfg_.n_heads, KV = cfg_.n_kv_heads,
+                D = cfg_.head_dim, p0 = cache.len;
+  detail::check(cache.k.size() == layers.size() && p0 + Tn <= cache.capacity,
+                "forward_cached: cache holds " + std::to_string(p0) + " of " +
+                    std::to_string(cache.capacity) + " positions, cannot append " +
+                    std::to_string(Tn));
+  Tensor pos = Tensor::empty({Tn}, DType::I32);
+  for (int64_t t = 0; t < Tn; ++t) pos.i32()[t] = static_cast<int32_t>(p0 + t);
+  Tensor x = embed.forward(ctx, ids);
+  for (size_t li = 0; li < layers.size(); ++li) {
+    LlamaLayer& l = layers[li];
+    Tensor a = l.attn_norm.forward(ctx, x);
+    Tensor q = l.attn.q.forward(ctx, a).view({B, Tn, H, D});
+    Tensor k = l.attn.k.forward(ctx, a).view({B, Tn, KV, D});
+    Tensor v = l.attn.v.forward(ctx, a).view({B, Tn, KV, D});
+    kernels::rope_forward(q, pos, cfg_.rope_theta, kernels::RopeStyle::HalfRotate);
+    kernels::rope_forward(k, pos, cfg_.rope_theta, kernels::RopeStyle::HalfRotate);
+    const size_t row = sizeof(float) * static_cast<size_t>(Tn * KV * D);
+    for (int64_t b = 0; b < B; ++b) {
+      std::memcpy(cache.k[li].f32() + (b * cache.capacity + p0) * KV * D, k.f32() + b * Tn * KV * D, row);
+      std::memcpy(cache.v[li].f32() + (b * cache.capacity + p0) * KV * D, v.f32() + b * Tn * KV * D, row);
+    }
+    Tensor att = ctx.alloc({B, Tn, H, D});
+    cached_attention(q, cache.k[li], cache.v[li], p0, att);
+    Tensor h = add_new(ctx, x, l.attn.o.forward(ctx, att.view({B, Tn, H * D})));
+    x = add_new(ctx, h, l.mlp.forward(ctx, l.mlp_norm.forward(ctx, h)));
+  }
+  cache.len = p0 + Tn;
+  return lm_head.forward(ctx, norm.forward(ctx, x));
+}
+
+NamedLinears LlamaModel::linears() {
+  NamedLinears out;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    out.emplace_back(p + "self_attn.q_proj", &layers[i].attn.q);
+    out.emplace_back(p + "self_attn.k_proj", &layers[i].attn.k);
+    out.emplace_back(p + "self_attn.v_proj", &layers[i].attn.v);
+    out.emplace_back(p + "self_attn.o_proj", &layers[i].attn.o);
+    out.emplace_back(p + "mlp.gate_proj", &layers[i].mlp.gate);
+    out.emplace_back(p + "mlp.up_proj", &layers[i].mlp.up);
+    out.emplace_back(p + "mlp.down_proj", &layers[i].mlp.down);
+  }
+  out.emplace_back("lm_head", &lm_head);
+  return out;
+}
+
+nn::NamedParameters LlamaModel::named_parameters() {
+  nn::NamedParameters out;
+  embed.parameters("model.embed_tokens.", out);
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    LlamaLayer& l = layers[i];
+    l.attn_norm.parameters(p + "input_layernorm.", out);
+    l.attn.parameters(p + "self_attn.", out);
+    l.mlp_norm.parameters(p + "post_attention_layernorm.", out);
+    l.mlp.parameters(p + "mlp.", out);
+  }
+  norm.parameters("model.norm.", out);
+  if (!cfg_.tied_embeddings) lm_head.parameters("lm_head.", out);
+  return out;
+}
+
+namespace detail {
+
+namespace {
+
+void check_llama_config(const ModelConfig& c, const std::string& where) {
+  check(c.vocab > 0 && c.hidden > 0 && c.n_layers > 0 && c.n_heads > 0 && c.n_kv_heads > 0 &&
+            c.intermediate > 0 && c.head_dim > 0,
+        where + ": sizes must be positive (vocab " + std::to_string(c.vocab) + ", hidden " +
+            std::to_string(c.hidden) + ", layers " + std::to_string(c.n_layers) + ", heads " +
+            std::to_string(c.n_heads) + "/" + std::to_string(c.n_kv_heads) + ", intermediate " +
+            std::to_string(c.intermediate) + ")");
+  check(c.n_heads % c.n_kv_heads == 0, where + ": the number of key/value heads (" +
+                                           std::to_string(c.n_kv_heads) +
+                                           ") must divide the number of heads (" +
+                                           std::to_string(c.n_heads) + ")");
+  check(c.head_dim % 2 == 0, where + ": head_dim must be even for RoPE");
+}
+
+// Loads every tensor given a name mapping HF -> file name. q/k rows are fixed by `fix_qk`.
+void load_llama_weights(LlamaModel& m, const WeightReader& r,
+                        const std::function<std::string(const std::string&)>& file_name,
+                        const std::function<Tensor(Tensor, bool is_q)>& fix_qk) {
+  const ModelConfig& c = m.config();
+  // The embedding is F32 (nn::Embedding gathers rows; a tied lm_head shares it).
+  m.embed.weight.value = read_weight(r, file_name("model.embed_tokens.weight"), {c.vocab, c.hidden},
+                                     false, m, "model.embed_tokens.weight");
+  auto lin = [&](nn::Linear& l, const std::string& hf, int fix) {
+    load_linear(r, file_name(hf), l, m, hf);
+    if (fix) {
+      l.weight.value = fix_qk(l.weight.value, fix == 1);
+      if (l.has_bias()) l.bias.value = fix_qk(l.bias.value, fix == 1);
+    }
+  };
+  for (int64_t i = 0; i < c.n_layers; ++i) {
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    LlamaLayer& l = m.layers[static_cast<size_t>(i)];
+    l.attn_norm.weight.value = read_weight(r, file_name(p + "input_layernorm.weight"), {c.hidden},
+                                           false, m, p + "input_layernorm.weight");
+    lin(l.attn.q, p + "self_attn.q_proj", 1);
+    lin(l.attn.k, p + "self_attn.k_proj", 2);
+    lin(l.attn.v, p + "self_attn.v_proj", 0);
+    lin(l.attn.o, p + "self_attn.o_proj", 0);
+    l.mlp_norm.weight.value = read_weight(r, file_name(p + "post_attention_layernorm.weight"),
+                                          {c.hidden}, false, m, p + "post_attention_layernorm.weight");
+    lin(l.mlp.gate, p + "mlp.gate_proj", 0);
+    lin(l.mlp.up, p + "mlp.up_proj", 0);
+    lin(l.mlp.down, p + "mlp.down_proj", 0);
+  }
+  m.norm.weight.value = read_weight(r, file_name("model.norm.weight"), {c.hidden}, false, m,
+                                    "model.norm.weight");
+  if (c.tied_embeddings)
+    m.lm_head.weight.value = m.embed.weight.value;  // same storage, as torch's tied parameter
+  else
+    load_linear(r, file_name("lm_head"), m.lm_head, m, "lm_head");
+}
+
+}  // namespace
+
+std::unique_ptr<Model> load_llama_folder(const std::string& dir, const io::json& j,
+                                         const LoadOptions&) {
+  const std::string where = (std::filesystem::path(dir) / "config.json").string();
+  ModelConfig c;
+  c.arch = "llama";
+  c.source = dir;
+  c.format = "safetensors";
+  c.vocab = io::json_int(j, "vocab_size", where);
+  c.hidden = io::json_int(j, "hidden_size", where);
+  c.n_layers = io::json_int(j, "num_hidden_layers", where);
+  c.n_heads = io::json_int(j, "num_attention_heads", where);
+  c.n_kv_heads = io::json_int(j, "num_key_value_heads", where, c.n_heads);
+  c.intermediate = io::json_int(j, "intermediate_size", where);
+  c.max_positions = io::json_int(j, "max_position_embeddings", where, 2048);
+  c.norm_eps = static_cast<float>(io::json_number(j, "rms_norm_eps", where, 1e-6));
+  check(c.n_heads > 0, where + ": field 'num_attention_heads' must be positive");
+  c.head_dim = io::json_int(j, "head_dim", where, c.hidden / c.n_heads);
+  c.hidden_act = io::json_string(j, "hidden_act", where, "silu");
+  check(c.hidden_act == "silu", where + ": field 'hidden_act': '" + c.hidden_act +
+                                    "' is not supported (silu)");
+  c.tied_embeddings = io::json_bool(j, "tie_word_embeddings", where, false);
+  c.attention_bias = io::json_bool(j, "attention_bias", where, false);
+  c.mlp_bias = io::json_bool(j, "mlp_bias", where, false);
+  // transformers >= 5 writes rope_parameters {rope_theta, rope_type}; older configs rope_theta
+  // and rope_scaling. Only the default (unscaled) RoPE is implemented.
+  double theta = io::json_number(j, "rope_theta", where, 10000.0);
+  for (const char* key : {"rope_parameters", "rope_scaling"}) {
+    if (!io::json_has(j, key)) continue;
+    const std::string w = where + ": " + key;
+    check(j[key].is_object(), where + ": field '" + key + "': expected object, got " +
+                                  io::json_type_name(j[key]));
+    std::string type = io::json_string(j[key], "rope_type", w,
+                                       io::json_string(j[key], "type", w, "default"));
+    check(type == "default", w + ": field 'rope_type': '" + type +
+                                 "' is not supported (default)");
+    theta = io::json_number(j[key], "rope_theta", w, theta);
+  }
+  c.rope_theta = static_cast<float>(theta);
+  check_llama_config(c, where);
+
+  auto st = std::make_shared<io::SafetensorsFolder>(io::SafetensorsFolder::open(dir));
+  WeightReader r = folder_reader(st, dir);
+  if (!c.tied_embeddings)
+    check(r.has("lm_head.weight"), r.file + ": tensor 'lm_head.weight' is missing and " + where +
+                                       " does not set tie_word_embeddings");
+  auto m = std::make_unique<LlamaModel>(c);
+  load_llama_weights(*m, r, [](const std::string& n) { return n; },
+                     [](Tensor t, bool) { return t; });
+  return m;
+}
+
+// llama.cpp stores q/k rows permuted so that its adjacent-pair RoPE equals HF's rotate-half:
+// HF -> GGUF is reshape(n_head, 2, D/2, in).swapaxes(1, 2). Undo it per head:
+//   hf[h*D + j*(D/2) + i] = gguf[h*D + 2*i + j],  i < D/2, j in {0, 1}.
+// Rows are moved as bytes, so this works for block-quantized rows too.
+static Tensor unpermute_rows(const Tensor& w, int64_t n_head) {
+  const int64_t rows = w.dim(0), D = rows / n_head;
+  const size_t rb = w.nbytes() / static_cast<size_t>(rows);
+  Tensor out = Tensor::empty(w.shape(), w.dtype());
+  const auto* src = static_cast<const uint8_t*>(w.raw());
+  auto* dst = static_cast<uint8_t*>(out.raw());
+  for (int64_t h = 0; h < n_head; ++h)
+    for (int64_t i = 0; i < D / 2; ++i)
+      for (int64_t j = 0; j < 2; ++j)
+        std::memcpy(dst + static_cast<size_t>(h * D + j * (D / 2) + i) * rb,
+                    src + static_cast<size_t>(h * D + 2 * i + j) * rb, rb);
+  return out;
+}
+
+std::unique_ptr<Model> load_llama_gguf(const io::GgufFile& f, const LoadOptions&) {
+  const std::string& where = f.path();
+  ModelConfig c;
+  c.arch = "llama";
+  c.source = where;
+  c.format = "gguf";
+  c.hidden = f.get_int("llama.embedding_length");
+  c.n_layers = f.get_int("llama.block_count");
+  c.n_heads = f.get_int("llama.attention.head_count");
+  c.n_kv_heads = f.get_int("llama.attention.head_count_kv", c.n_heads);
+  c.intermediate = f.get_int("llama.feed_forward_length");
+  c.max_positions = f.get_int("llama.context_length", 2048);
+  c.norm_eps = static_cast<float>(f.get_float("llama.attention.layer_norm_rms_epsilon", 1e-5));
+  c.rope_theta = static_cast<float>(f.get_float("llama.rope.freq_base", 10000.0));
+  check(c.n_heads > 0, where + ": key 'llama.attention.head_count' must be positive");
+  c.head_dim = f.get_int("llama.attention.key_length", c.hidden / c.n_heads);
+  check(f.get_int("llama.rope.dimension_count", c.head_dim) == c.head_dim,
+        where + ": key 'llama.rope.dimension_count' differs from the head size; partial RoPE is "
+                "not supported");
+  if (f.has("llama.rope.scaling.type")) {
+    std::string t = f.get_string("llama.rope.scaling.type");
+    check(t == "none", where + ": key 'llama.rope.scaling.type': '" + t + "' is not supported");
+  }
+  c.hidden_act = "silu";
+  check(f.has_tensor("token_embd.weight"), where + ": tensor 'token_embd.weight' is missing");
+  c.vocab = f.tensor_info("token_embd.weight").shape.at(0);
+  c.tied_embeddings = !f.has_tensor("output.weight");
+  c.attention_bias = f.has_tensor("blk.0.attn_q.bias");
+  check_llama_config(c, where);
+
+  WeightReader r;
+  r.file = where;
+  r.has = [&f](const std::string& n) { return f.has_tensor(n); };
+  // Types Linear cannot multiply come as F32 copies (tensor_f32 also covers Q4_K/Q6_K).
+  r.get = [&f](const std::string& n) {
+    const io::GgufTensorInfo& ti = f.tensor_info(n);
+    return ti.has_dtype ? f.tensor(n) : f.tensor_f32(n);
+  };
+  r.dtype_name = [&f](const std::string& n) { return io::ggml_type_name(f.tensor_info(n).ggml_type); };
+  auto name = [](const std::string& hf) -> std::string {
+    static const std::pair<const char*, const char*> kMap[] = {
+        {"input_layernorm", "attn_norm"},  {"self_attn.q_proj", "attn_q"},
+        {"self_attn.k_proj", "attn_k"},    {"self_attn.v_proj", "attn_v"},
+        {"self_attn.o_proj", "attn_output"}, {"post_attention_layernorm", "ffn_norm"},
+        {"mlp.gate_proj", "ffn_gate"},     {"mlp.up_proj", "ffn_up"},
+        {"mlp.down_proj", "ffn_down"}};
+    if (hf == "model.embed_tokens.weight") return "token_embd.weight";
+    if (hf == "model.norm.weight") return "output_norm.weight";
+    if (hf == "lm_head") return "output";
+    const std::string pre = "model.layers.";
+    size_t dot = hf.find('.', pre.size());
+    std::string layer = hf.substr(pre.size(), dot - pre.size());
+    std::string rest = hf.substr(dot + 1);
+    for (auto& [from, to] : kMap) {
+      const std::string hf_part = from;
+      if (rest.compare(0, hf_part.size(), hf_part) == 0)
+        return "blk." + layer + "." + to + rest.substr(hf_part.size());
+    }
+    throw Error("[models] no GGUF name for '" + hf + "'");
+  };
+  auto m = std::make_unique<LlamaModel>(c);
+  const int64_t nh = c.n_heads, nkv = c.n_kv_heads;
+  load_llama_weights(*m, r, name,
+                     [nh, nkv](Tensor t, bool is_q) { return unpermute_rows(t, is_q ? nh : nkv); });
+  return m;
+}
+
+}  // namespace detail
+}  // namespace lorafit::models

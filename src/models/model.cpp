@@ -1,0 +1,142 @@
+// Model base, weight-reading helpers and the architecture registry (load_model).
+#include <cmath>
+#include <filesystem>
+#include <map>
+
+#include "lorafit/quant.h"
+#include "models/models_internal.h"
+
+namespace lorafit::models {
+
+namespace fs = std::filesystem;
+
+int64_t Model::num_parameters() {
+  int64_t n = 0;
+  for (auto& [name, p] : named_parameters()) n += p->value.numel();
+  return n;
+}
+
+void Model::set_trainable(bool t) {
+  for (auto& [name, p] : named_parameters()) p->set_trainable(t);
+}
+
+void Model::zero_grad() {
+  for (auto& [name, p] : named_parameters()) p->zero_grad();
+}
+
+Tensor mean_pool(const Tensor& hidden, const Tensor& mask) {
+  detail::check(hidden.defined() && hidden.dtype() == DType::F32 && hidden.ndim() == 3,
+                "mean_pool: hidden is " + (hidden.defined() ? hidden.str() : std::string("undefined")) +
+                    ", expected F32[B, T, C]");
+  const int64_t B = hidden.dim(0), T = hidden.dim(1), C = hidden.dim(2);
+  Tensor m = detail::mask_f32(mask, B, T);
+  Tensor out = Tensor::zeros({B, C});
+  const float* h = hidden.f32();
+  const float* mp = m.f32();
+  float* o = out.f32();
+  for (int64_t b = 0; b < B; ++b) {
+    // sum_t h[b,t] m[b,t] / clamp(sum_t m[b,t], 1e-9), as sentence-transformers' Pooling
+    double msum = 0;
+    for (int64_t t = 0; t < T; ++t) {
+      const float w = mp[b * T + t];
+      msum += w;
+      if (w == 0.0f) continue;
+      for (int64_t c = 0; c < C; ++c) o[b * C + c] += w * h[(b * T + t) * C + c];
+    }
+    const float inv = 1.0f / static_cast<float>(std::max(msum, 1e-9));
+    for (int64_t c = 0; c < C; ++c) o[b * C + c] *= inv;
+  }
+  return out;
+}
+
+std::vector<std::string> supported_architectures() { return {"bert", "llama"}; }
+
+std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& opts) {
+  std::error_code ec;
+  detail::check(fs::exists(path, ec), path + ": no such file or folder");
+  if (!fs::is_directory(path, ec)) {
+    io::GgufFile f = io::GgufFile::open(path);
+    std::string arch = f.get_string("general.architecture");
+    if (arch == "llama") return detail::load_llama_gguf(f, opts);
+    throw Error("[models] " + path + ": general.architecture '" + arch +
+                "' is not supported (supported: llama)");
+  }
+  const std::string cfg_path = (fs::path(path) / "config.json").string();
+  detail::check(fs::exists(cfg_path, ec), path + ": no config.json (a Hugging Face model folder "
+                                                 "needs config.json and model.safetensors)");
+  io::json cfg = io::read_json_file(cfg_path);
+  detail::check(cfg.is_object(), cfg_path + ": expected a JSON object");
+  std::string type = io::json_string(cfg, "model_type", cfg_path);
+  if (type == "bert") return detail::load_bert_folder(path, cfg, opts);
+  if (type == "llama") return detail::load_llama_folder(path, cfg, opts);
+  throw Error("[models] " + cfg_path + ": field 'model_type': '" + type +
+              "' is not supported (supported: bert, llama)");
+}
+
+namespace detail {
+
+Tensor owned_f32(const Tensor& t) {
+  if (t.dtype() == DType::F32) return t.clone();
+  if (tensor::dtype_is_quantized(t.dtype())) return tensor::dequantize(t);
+  return t.to(DType::F32);
+}
+
+Tensor owned_linear_weight(const Tensor& t) {
+  if (t.dtype() == DType::F32 || t.dtype() == DType::F16 || t.dtype() == DType::BF16)
+    return t.clone();
+  return owned_f32(t);
+}
+
+Tensor read_weight(const WeightReader& r, const std::string& name, const Shape& want,
+                   bool keep_dtype, Model& m, const std::string& hf_name) {
+  check(r.has(name), r.file + ": tensor '" + name + "' is missing");
+  Tensor t = r.get(name);
+  check(t.shape() == want, r.file + ": tensor '" + name + "' is " + tensor::shape_str(t.shape()) +
+                               ", expected " + tensor::shape_str(want) + " from the config");
+  m.record_source(hf_name, r.dtype_name(name));
+  return keep_dtype ? owned_linear_weight(t) : owned_f32(t);
+}
+
+void load_linear(const WeightReader& r, const std::string& name, nn::Linear& lin, Model& m,
+                 const std::string& hf_name) {
+  lin.weight.value = read_weight(r, name + ".weight", {lin.out_features(), lin.in_features()},
+                                 true, m, hf_name + ".weight");
+  if (lin.has_bias())
+    lin.bias.value = read_weight(r, name + ".bias", {lin.out_features()}, false, m,
+                                 hf_name + ".bias");
+}
+
+void normal_init(Tensor& t, float std, uint64_t seed, uint64_t stream) {
+  float* p = t.f32();
+  const int64_t n = t.numel();
+  const uint64_t base = stream << 40;
+  for (int64_t i = 0; i < n; ++i) {
+    double u1 = nn::random_uniform(seed, base + 2 * static_cast<uint64_t>(i));
+    double u2 = nn::random_uniform(seed, base + 2 * static_cast<uint64_t>(i) + 1);
+    double z = std::sqrt(-2.0 * std::log(1.0 - u1)) * std::cos(2.0 * M_PI * u2);
+    p[i] = static_cast<float>(z * std);
+  }
+}
+
+Tensor mask_f32(const Tensor& mask, int64_t B, int64_t T) {
+  if (!mask.defined()) return Tensor::full({B, T}, 1.0f);
+  check(mask.shape() == Shape{B, T} && (mask.dtype() == DType::F32 || mask.dtype() == DType::I32),
+        "mask is " + mask.str() + ", expected F32 or I32[" + std::to_string(B) + ", " +
+            std::to_string(T) + "]");
+  if (mask.dtype() == DType::F32) return mask;
+  Tensor m = Tensor::empty({B, T});
+  for (int64_t i = 0; i < B * T; ++i) m.f32()[i] = static_cast<float>(mask.i32()[i]);
+  return m;
+}
+
+WeightReader folder_reader(const std::shared_ptr<io::SafetensorsFolder>& f, const std::string& dir) {
+  WeightReader r;
+  r.file = (fs::path(dir) / "model.safetensors").string();
+  r.has = [f](const std::string& n) { return f->contains(n); };
+  r.get = [f](const std::string& n) { return f->get(n); };
+  r.dtype_name = [f](const std::string& n) { return f->entry(n).dtype_name; };
+  return r;
+}
+
+}  // namespace detail
+}  // namespace lorafit::models

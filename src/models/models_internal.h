@@ -1,0 +1,56 @@
+// Private helpers shared by the models/ sources: weight reading with checked shapes, config
+// getters that name the file, small fp32 loops the kernels layer does not have.
+#pragma once
+
+#include <functional>
+#include <string>
+
+#include "lorafit/io.h"
+#include "lorafit/models.h"
+
+namespace lorafit::models::detail {
+
+// Throws Error("[models] msg") unless cond.
+inline void check(bool cond, const std::string& msg) { lorafit::check(cond, "models", msg); }
+
+// A stored tensor by name, as the file holds it (zero-copy view, any dtype), plus the dtype name
+// used in `info`. Returns an undefined tensor when absent.
+struct WeightReader {
+  std::string file;  // for messages
+  std::function<bool(const std::string&)> has;
+  std::function<Tensor(const std::string&)> get;
+  std::function<std::string(const std::string&)> dtype_name;
+};
+
+// Copies t into owned memory as F32 (dequantizing/converting as needed).
+Tensor owned_f32(const Tensor& t);
+// Copies t into owned memory in a dtype nn::Linear multiplies (F32, F16, BF16 kept; block types
+// dequantized to F32).
+Tensor owned_linear_weight(const Tensor& t);
+
+// Reads `name` from r, checks its shape, records its dtype under `hf_name` in model.source_dtypes
+// and returns an owned copy (F32 unless keep_dtype, where Linear-friendly dtypes stay).
+Tensor read_weight(const WeightReader& r, const std::string& name, const Shape& want,
+                   bool keep_dtype, Model& m, const std::string& hf_name);
+
+// Fills a Linear from "<name>.weight" (and "<name>.bias" when it has a bias).
+void load_linear(const WeightReader& r, const std::string& name, nn::Linear& lin, Model& m,
+                 const std::string& hf_name);
+
+// N(0, std²) values from a seeded counter stream (Box-Muller), for freshly initialized heads.
+void normal_init(Tensor& t, float std, uint64_t seed, uint64_t stream);
+
+// Mask [B, T] (I32 or F32, or undefined = all ones) as F32.
+Tensor mask_f32(const Tensor& mask, int64_t B, int64_t T);
+
+// Loaders registered in load_model.
+std::unique_ptr<Model> load_bert_folder(const std::string& dir, const io::json& cfg,
+                                        const LoadOptions& opts);
+std::unique_ptr<Model> load_llama_folder(const std::string& dir, const io::json& cfg,
+                                         const LoadOptions& opts);
+std::unique_ptr<Model> load_llama_gguf(const io::GgufFile& f, const LoadOptions& opts);
+
+// A safetensors folder as a WeightReader.
+WeightReader folder_reader(const std::shared_ptr<io::SafetensorsFolder>& f, const std::string& dir);
+
+}  // namespace lorafit::models::detail

@@ -1,0 +1,444 @@
+// models/: whole-model parity with Hugging Face transformers (fixtures made by
+// tools/ref_models.py), GGUF loading, KV cache, gradients, config errors.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "lorafit/io.h"
+#include "lorafit/kernels.h"
+#include "lorafit/models.h"
+
+namespace fs = std::filesystem;
+using lorafit::Error;
+using lorafit::tensor::DType;
+using lorafit::tensor::Tensor;
+namespace models = lorafit::models;
+namespace io = lorafit::io;
+namespace nn = lorafit::nn;
+
+namespace {
+
+const std::string kFix = std::string(LORAFIT_FIXTURES) + "/models";
+const std::string kModels = std::string(LORAFIT_SOURCE_DIR) + "/models";
+
+// max |a - b| over entries where keep(b, t) (mask [B, T] when given, applied to [B, T, ...]).
+double max_abs_diff(const Tensor& a, const Tensor& b, const Tensor& mask = Tensor()) {
+  EXPECT_EQ(a.shape(), b.shape()) << a.str() << " vs " << b.str();
+  if (a.shape() != b.shape()) return INFINITY;
+  const int64_t n = a.numel();
+  const int64_t per = mask.defined() ? n / mask.numel() : n;
+  double m = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (mask.defined() && mask.i32()[i / per] == 0) continue;
+    const double d = std::fabs(static_cast<double>(a.f32()[i]) - b.f32()[i]);
+    if (!(d <= m)) m = d;  // NaN propagates as a failure
+  }
+  return m;
+}
+
+struct Ref {
+  io::SafetensorsFile f;
+  explicit Ref(const std::string& name) : f(io::SafetensorsFile::open(kFix + "/" + name)) {}
+  Tensor f32(const std::string& n) const { return f.get_f32(n).clone(); }
+  Tensor i32(const std::string& n) const { return f.get(n).clone(); }
+};
+
+template <class T>
+std::unique_ptr<T> load_as(const std::string& path) {
+  auto m = models::load_model(path);
+  T* p = dynamic_cast<T*>(m.get());
+  EXPECT_NE(p, nullptr) << path;
+  m.release();
+  return std::unique_ptr<T>(p);
+}
+
+void require_model(const std::string& path) {
+  ASSERT_TRUE(fs::exists(path)) << path
+                                << " is missing: run tools/fetch_models.sh first (CI does)";
+}
+
+// Mean cross-entropy of logits [N, V] against targets [N] (ignore -100) and its gradient.
+float ce_loss(const Tensor& logits, const Tensor& targets, Tensor& dlogits) {
+  Tensor probs = Tensor::empty(logits.shape());
+  float loss = lorafit::kernels::cross_entropy_forward(logits, targets, -100, probs);
+  dlogits = Tensor::empty(logits.shape());
+  lorafit::kernels::cross_entropy_backward(probs, targets, -100, 1.0f, dlogits);
+  return loss;
+}
+
+}  // namespace
+
+// ---- tiny BERT ------------------------------------------------------------------------------
+
+TEST(TinyBert, HiddenPooledLogitsMatchTransformers) {
+  Ref ref("tiny_bert_ref.safetensors");
+  auto m = load_as<models::BertModel>(kFix + "/tiny_bert");
+  EXPECT_EQ(m->config().arch, "bert");
+  EXPECT_EQ(m->config().num_labels, 3);
+  EXPECT_TRUE(m->initialized().empty());
+  nn::Context ctx;
+  Tensor ids = ref.i32("input_ids"), mask = ref.i32("attention_mask");
+  Tensor h = m->forward(ctx, ids, mask, ref.i32("token_type_ids"));
+  const double dh = max_abs_diff(h, ref.f32("last_hidden"));
+  const double dp = max_abs_diff(models::mean_pool(h, mask), ref.f32("mean_pooled"));
+  const double dl = max_abs_diff(m->classify(ctx, h), ref.f32("logits"));
+  std::printf("tiny bert max abs err: hidden %.3g, pooled %.3g, logits %.3g\n", dh, dp, dl);
+  EXPECT_LT(dh, 1e-5);
+  EXPECT_LT(dp, 1e-5);
+  EXPECT_LT(dl, 1e-5);
+}
+
+TEST(TinyBert, GradientsMatchTorch) {
+  Ref ref("tiny_bert_ref.safetensors");
+  auto m = load_as<models::BertModel>(kFix + "/tiny_bert");
+  m->classifier.set_trainable(true);
+  nn::Context ctx;
+  Tensor ids = ref.i32("input_ids");
+  Tensor emb = m->word.forward(ctx, ids);  // inputs_embeds, as the fixture's torch run
+  Tensor h = m->forward_embeds(ctx, emb, ref.i32("attention_mask"), ref.i32("token_type_ids"));
+  Tensor logits = m->classify(ctx, h);
+  Tensor dlogits;
+  const float loss = ce_loss(logits, ref.i32("labels"), dlogits);
+  EXPECT_NEAR(loss, ref.f32("loss").f32()[0], 1e-5);
+  Tensor demb = m->backward(ctx, m->classify_backward(ctx, dlogits));
+  const double de = max_abs_diff(demb, ref.f32("grad_inputs_embeds"));
+  const double dw = max_abs_diff(m->classifier.weight.grad, ref.f32("grad_classifier_weight"));
+  const double db = max_abs_diff(m->classifier.bias.grad, ref.f32("grad_classifier_bias"));
+  std::printf("tiny bert grad max abs err: inputs_embeds %.3g, classifier.weight %.3g, bias %.3g\n",
+              de, dw, db);
+  EXPECT_LT(de, 1e-5);
+  EXPECT_LT(dw, 1e-5);
+  EXPECT_LT(db, 1e-5);
+  // Frozen parameters got no gradient memory.
+  EXPECT_FALSE(m->layers[0].attn.q.weight.grad.defined());
+}
+
+// Central finite differences of the loss (fp32 forward) against our backward, on a few input
+// embedding entries and classifier weights. eps 1e-2 on O(1) inputs: truncation ~eps² and
+// rounding ~1e-7/eps, so |fd - analytic| <= 1e-3 · max(1, |g|·10) is a real check.
+TEST(TinyBert, FiniteDifferenceInputAndHeadGradient) {
+  Ref ref("tiny_bert_ref.safetensors");
+  auto m = load_as<models::BertModel>(kFix + "/tiny_bert");
+  m->classifier.set_trainable(true);
+  Tensor ids = ref.i32("input_ids"), mask = ref.i32("attention_mask"),
+         tt = ref.i32("token_type_ids"), labels = ref.i32("labels");
+  nn::Context ctx;
+  Tensor emb = m->word.forward(ctx, ids).clone();
+  auto loss_of = [&](const Tensor& e) {
+    nn::Context c;
+    Tensor d;
+    return static_cast<double>(ce_loss(m->classify(c, m->forward_embeds(c, e, mask, tt)), labels, d));
+  };
+  Tensor dlogits;
+  ce_loss(m->classify(ctx, m->forward_embeds(ctx, emb, mask, tt)), labels, dlogits);
+  Tensor g = m->backward(ctx, m->classify_backward(ctx, dlogits)).clone();
+  Tensor gw = m->classifier.weight.grad.clone();
+  const float eps = 1e-2f;
+  double worst = 0;
+  for (int64_t i : {0L, 7L, 33L, 100L, 321L, 500L, 31 + 32 * 11L, 32 * 25L + 3}) {
+    Tensor e = emb.clone();
+    e.f32()[i] += eps;
+    double lp = loss_of(e);
+    e.f32()[i] -= 2 * eps;
+    double lm = loss_of(e);
+    double fd = (lp - lm) / (2 * eps);
+    worst = std::max(worst, std::fabs(fd - g.f32()[i]) / std::max(1e-2, std::fabs(fd)));
+    EXPECT_NEAR(fd, g.f32()[i], 2e-4 + 2e-2 * std::fabs(fd)) << "inputs_embeds[" << i << "]";
+  }
+  for (int64_t i : {0L, 5L, 40L, 95L}) {
+    float& w = m->classifier.weight.value.f32()[i];
+    const float w0 = w;
+    w = w0 + eps;
+    double lp = loss_of(emb);
+    w = w0 - eps;
+    double lm = loss_of(emb);
+    w = w0;
+    double fd = (lp - lm) / (2 * eps);
+    EXPECT_NEAR(fd, gw.f32()[i], 2e-4 + 2e-2 * std::fabs(fd)) << "classifier.weight[" << i << "]";
+  }
+  std::printf("tiny bert finite-difference worst rel err (inputs_embeds): %.3g\n", worst);
+}
+
+TEST(TinyBert, NamesAreHuggingFaceNames) {
+  auto m = load_as<models::BertModel>(kFix + "/tiny_bert");
+  io::SafetensorsFolder st = io::SafetensorsFolder::open(kFix + "/tiny_bert");
+  std::set<std::string> want;
+  for (const auto& n : st.names()) want.insert(n);
+  std::set<std::string> got;
+  for (const auto& [n, p] : m->named_parameters()) got.insert(n);
+  EXPECT_EQ(got, want);
+  auto lin = m->linears();
+  ASSERT_EQ(lin.size(), 2u * 6 + 2);
+  EXPECT_EQ(lin[0].first, "bert.encoder.layer.0.attention.self.query");
+  EXPECT_EQ(lin[3].first, "bert.encoder.layer.0.attention.output.dense");
+  EXPECT_EQ(lin.back().first, "classifier");
+  EXPECT_EQ(lin.back().second, &m->classifier);
+}
+
+// ---- tiny Llama -----------------------------------------------------------------------------
+
+TEST(TinyLlama, LogitsMatchTransformers) {
+  Ref ref("tiny_llama_ref.safetensors");
+  for (const char* name : {"tiny_llama", "tiny_llama_tied", "tiny_llama_bf16"}) {
+    auto m = load_as<models::LlamaModel>(kFix + "/" + name);
+    nn::Context ctx;
+    const double d = max_abs_diff(m->forward(ctx, ref.i32("input_ids")), ref.f32(std::string(name) + "_logits"));
+    std::printf("%s logits max abs err %.3g\n", name, d);
+    EXPECT_LT(d, 1e-5) << name;
+  }
+  auto tied = load_as<models::LlamaModel>(kFix + "/tiny_llama_tied");
+  EXPECT_TRUE(tied->config().tied_embeddings);
+  EXPECT_TRUE(tied->lm_head.weight.value.same_storage(tied->embed.weight.value));
+  auto bf = load_as<models::LlamaModel>(kFix + "/tiny_llama_bf16");
+  EXPECT_EQ(bf->layers[0].attn.q.weight.value.dtype(), DType::BF16);  // kept as stored
+  EXPECT_EQ(bf->source_dtypes().at("model.layers.0.self_attn.q_proj.weight"), "BF16");
+}
+
+TEST(TinyLlama, PaddedBatchesMatchTransformers) {
+  Ref ref("tiny_llama_ref.safetensors");
+  for (const char* name : {"tiny_llama", "tiny_llama_tied"}) {
+    auto m = load_as<models::LlamaModel>(kFix + "/" + name);
+    nn::Context ctx;
+    Tensor rm = ref.i32("pad_right_mask"), lm = ref.i32("pad_left_mask");
+    // Only real-token positions are meaningful (padded query rows differ by convention).
+    const double dr = max_abs_diff(m->forward(ctx, ref.i32("pad_right_ids"), rm),
+                                   ref.f32(std::string(name) + "_pad_right_logits"), rm);
+    const double dl = max_abs_diff(m->forward(ctx, ref.i32("pad_left_ids"), lm, ref.i32("pad_left_positions")),
+                                   ref.f32(std::string(name) + "_pad_left_logits"), lm);
+    std::printf("%s padded logits max abs err: right %.3g, left %.3g\n", name, dr, dl);
+    EXPECT_LT(dr, 1e-5) << name;
+    EXPECT_LT(dl, 1e-5) << name;
+  }
+}
+
+TEST(TinyLlama, GgufEqualsFolderAndTransformers) {
+  Ref ref("tiny_llama_ref.safetensors");
+  for (const char* name : {"tiny_llama", "tiny_llama_tied"}) {
+    auto g = load_as<models::LlamaModel>(kFix + "/" + name + ".gguf");
+    auto f = load_as<models::LlamaModel>(kFix + "/" + name);
+    EXPECT_EQ(g->config().format, "gguf");
+    EXPECT_EQ(g->config().tied_embeddings, std::string(name) == "tiny_llama_tied");
+    EXPECT_EQ(g->config().n_kv_heads, 2);
+    EXPECT_FLOAT_EQ(g->config().rope_theta, 100000.0f);
+    // Weights identical after un-permuting q/k.
+    for (size_t l = 0; l < 2; ++l) {
+      EXPECT_EQ(max_abs_diff(g->layers[l].attn.q.weight.value, f->layers[l].attn.q.weight.value), 0.0);
+      EXPECT_EQ(max_abs_diff(g->layers[l].attn.k.weight.value, f->layers[l].attn.k.weight.value), 0.0);
+    }
+    nn::Context ctx;
+    Tensor ids = ref.i32("input_ids");
+    Tensor lg = g->forward(ctx, ids);
+    EXPECT_EQ(max_abs_diff(lg, f->forward(ctx, ids)), 0.0) << name;
+    const double d = max_abs_diff(lg, ref.f32(std::string(name) + "_logits"));
+    std::printf("%s.gguf logits max abs err %.3g\n", name, d);
+    EXPECT_LT(d, 1e-5);
+  }
+}
+
+TEST(TinyLlama, InputGradientMatchesTorch) {
+  Ref ref("tiny_llama_ref.safetensors");
+  auto m = load_as<models::LlamaModel>(kFix + "/tiny_llama");
+  nn::Context ctx;
+  Tensor ids = ref.i32("input_ids");
+  const int64_t B = ids.dim(0), T = ids.dim(1), V = m->config().vocab;
+  Tensor logits = m->forward_embeds(ctx, m->embed.forward(ctx, ids));
+  // Causal-LM loss as transformers: logits[:, t] predicts ids[:, t + 1]; the last is ignored.
+  Tensor targets = Tensor::empty({B * T}, DType::I32);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < T; ++t)
+      targets.i32()[b * T + t] = t + 1 < T ? ids.i32()[b * T + t + 1] : -100;
+  Tensor dlogits;
+  const float loss = ce_loss(logits.view({B * T, V}), targets, dlogits);
+  EXPECT_NEAR(loss, ref.f32("tiny_llama_loss").f32()[0], 1e-5);
+  Tensor demb = m->backward(ctx, dlogits.view({B, T, V}));
+  const double d = max_abs_diff(demb, ref.f32("tiny_llama_grad_inputs_embeds"));
+  std::printf("tiny llama grad inputs_embeds max abs err %.3g\n", d);
+  EXPECT_LT(d, 1e-5);
+}
+
+TEST(TinyLlama, KvCacheEqualsFullForward) {
+  Ref ref("tiny_llama_ref.safetensors");
+  for (const char* name : {"tiny_llama", "tiny_llama_tied.gguf"}) {
+    auto m = load_as<models::LlamaModel>(kFix + "/" + name);
+    nn::Context ctx;
+    Tensor ids = ref.i32("input_ids");  // [2, 9]
+    const int64_t B = 2, T = 9, V = m->config().vocab;
+    Tensor full = m->forward(ctx, ids).clone();
+    models::KvCache cache = m->new_cache(B, 16);
+    // Prompt of 4 tokens, then one token at a time.
+    Tensor step_logits = Tensor::empty({B, T, V});
+    auto feed = [&](int64_t t0, int64_t t1) {
+      Tensor chunk = Tensor::empty({B, t1 - t0}, DType::I32);
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t t = t0; t < t1; ++t) chunk.i32()[b * (t1 - t0) + t - t0] = ids.i32()[b * T + t];
+      Tensor out = m->forward_cached(ctx, chunk, cache);
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t t = t0; t < t1; ++t)
+          for (int64_t v = 0; v < V; ++v)
+            step_logits.f32()[(b * T + t) * V + v] = out.f32()[(b * (t1 - t0) + t - t0) * V + v];
+    };
+    feed(0, 4);
+    for (int64_t t = 4; t < T; ++t) feed(t, t + 1);
+    EXPECT_EQ(cache.len, T);
+    const double d = max_abs_diff(step_logits, full);
+    std::printf("%s kv-cache vs full forward max abs err %.3g\n", name, d);
+    EXPECT_LT(d, 1e-5);
+    Tensor more = Tensor::zeros({B, 8}, DType::I32);
+    EXPECT_THROW(m->forward_cached(ctx, more, cache), Error);  // 9 + 8 > capacity 16
+  }
+}
+
+TEST(TinyLlama, NamesAreHuggingFaceNames) {
+  auto m = load_as<models::LlamaModel>(kFix + "/tiny_llama");
+  io::SafetensorsFolder st = io::SafetensorsFolder::open(kFix + "/tiny_llama");
+  const std::vector<std::string> names = st.names();  // by value
+  std::set<std::string> want(names.begin(), names.end()), got;
+  for (const auto& [n, p] : m->named_parameters()) got.insert(n);
+  EXPECT_EQ(got, want);
+  auto tied = load_as<models::LlamaModel>(kFix + "/tiny_llama_tied.gguf");
+  std::set<std::string> got_tied;
+  for (const auto& [n, p] : tied->named_parameters()) got_tied.insert(n);
+  want.erase("lm_head.weight");
+  EXPECT_EQ(got_tied, want);
+  auto lin = m->linears();
+  ASSERT_EQ(lin.size(), 2u * 7 + 1);
+  EXPECT_EQ(lin[0].first, "model.layers.0.self_attn.q_proj");
+  EXPECT_EQ(lin[6].first, "model.layers.0.mlp.down_proj");
+  EXPECT_EQ(lin.back().first, "lm_head");
+}
+
+// ---- config errors --------------------------------------------------------------------------
+
+namespace {
+std::string copy_with_config(const std::string& src, const std::string& tag,
+                             const std::function<void(io::json&)>& edit) {
+  fs::path dir = fs::temp_directory_path() / ("lorafit_models_test_" + tag + "_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  fs::copy_file(fs::path(src) / "model.safetensors", dir / "model.safetensors");
+  io::json j = io::read_json_file((fs::path(src) / "config.json").string());
+  edit(j);
+  std::ofstream(dir / "config.json") << j.dump(2);
+  return dir.string();
+}
+
+std::string error_of(const std::string& path) {
+  try {
+    models::load_model(path);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+}  // namespace
+
+TEST(Config, MissingOrWrongFieldNamesFileAndField) {
+  struct Case {
+    const char* model;
+    const char* tag;
+    std::function<void(io::json&)> edit;
+    const char* field;
+  };
+  const Case cases[] = {
+      {"tiny_bert", "bert_missing", [](io::json& j) { j.erase("hidden_size"); }, "hidden_size"},
+      {"tiny_bert", "bert_type", [](io::json& j) { j["num_hidden_layers"] = "two"; }, "num_hidden_layers"},
+      {"tiny_llama", "llama_missing", [](io::json& j) { j.erase("intermediate_size"); }, "intermediate_size"},
+      {"tiny_llama", "llama_type", [](io::json& j) { j["rms_norm_eps"] = "small"; }, "rms_norm_eps"},
+      {"tiny_llama", "llama_rope", [](io::json& j) { j["rope_parameters"]["rope_type"] = "yarn"; }, "rope_type"},
+      {"tiny_llama", "unknown_arch", [](io::json& j) { j["model_type"] = "gpt_neox"; }, "model_type"},
+      {"tiny_llama", "shape", [](io::json& j) { j["hidden_size"] = 64; }, "model.embed_tokens.weight"},
+  };
+  for (const auto& c : cases) {
+    std::string dir = copy_with_config(kFix + "/" + c.model, c.tag, c.edit);
+    std::string msg = error_of(dir);
+    const bool names_file = msg.find(dir + "/config.json") != std::string::npos ||
+                            msg.find(dir + "/model.safetensors") != std::string::npos;
+    EXPECT_TRUE(names_file) << c.tag << ": " << msg;
+    EXPECT_NE(msg.find(c.field), std::string::npos) << c.tag << ": " << msg;
+    std::printf("%s: %s\n", c.tag, msg.c_str());
+    fs::remove_all(dir);
+  }
+  EXPECT_NE(error_of(kFix + "/no_such_model").find("no_such_model"), std::string::npos);
+}
+
+// ---- real models ----------------------------------------------------------------------------
+
+TEST(MiniLM, HiddenAndMeanPooledMatchTransformers) {
+  const std::string dir = kModels + "/all-MiniLM-L6-v2";
+  require_model(dir + "/config.json");
+  Ref ref("minilm_ref.safetensors");
+  auto m = load_as<models::BertModel>(dir);
+  EXPECT_EQ(m->config().n_layers, 6);
+  EXPECT_EQ(m->config().hidden, 384);
+  nn::Context ctx;
+  Tensor mask = ref.i32("attention_mask");
+  Tensor h = m->forward(ctx, ref.i32("input_ids"), mask, ref.i32("token_type_ids"));
+  const double dh = max_abs_diff(h, ref.f32("last_hidden"));
+  const double dp = max_abs_diff(models::mean_pool(h, mask), ref.f32("mean_pooled"));
+  std::printf("MiniLM max abs err: hidden %.3g, mean pooled %.3g\n", dh, dp);
+  EXPECT_LT(dh, 1e-4);
+  EXPECT_LT(dp, 1e-4);
+}
+
+TEST(SmolLM2, GgufLogitsMatchTransformers) {
+  const std::string path = kModels + "/SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf";
+  require_model(path);
+  Ref ref("smollm2_ref.safetensors");
+  auto m = load_as<models::LlamaModel>(path);
+  EXPECT_EQ(m->config().n_layers, 30);
+  EXPECT_EQ(m->config().n_kv_heads, 3);
+  EXPECT_TRUE(m->config().tied_embeddings);
+  nn::Context ctx;
+  Tensor ids = ref.i32("input_ids");  // [2, 8]
+  Tensor logits = m->forward(ctx, ids);
+  const int64_t V = m->config().vocab, N = ids.numel();
+  Tensor cols = ref.i32("columns");
+  const int64_t K = cols.numel();
+  Tensor sub = Tensor::empty({ids.dim(0), ids.dim(1), K});
+  Tensor lse = Tensor::empty({ids.dim(0), ids.dim(1)});
+  Tensor want_argmax = ref.i32("argmax");
+  int argmax_mismatch = 0;
+  for (int64_t r = 0; r < N; ++r) {
+    const float* row = logits.f32() + r * V;
+    for (int64_t k = 0; k < K; ++k) sub.f32()[r * K + k] = row[cols.i32()[k]];
+    double mx = -INFINITY, s = 0;
+    int64_t am = 0;
+    for (int64_t v = 0; v < V; ++v)
+      if (row[v] > mx) mx = row[v], am = v;
+    for (int64_t v = 0; v < V; ++v) s += std::exp(row[v] - mx);
+    lse.f32()[r] = static_cast<float>(mx + std::log(s));
+    argmax_mismatch += am != want_argmax.i32()[r];
+  }
+  const double dl = max_abs_diff(sub, ref.f32("logits"));
+  const double ds = max_abs_diff(lse, ref.f32("logsumexp"));
+  std::printf("SmolLM2 Q4_1 GGUF max abs err: logits (2048 cols x 16 rows) %.3g, logsumexp %.3g, "
+              "argmax mismatches %d/16\n", dl, ds, argmax_mismatch);
+  EXPECT_LT(dl, 1e-3);
+  EXPECT_LT(ds, 1e-3);
+  EXPECT_EQ(argmax_mismatch, 0);
+}
+
+// ---- CLI ------------------------------------------------------------------------------------
+
+TEST(Cli, InfoListsArchitectureAndTargets) {
+  const std::string cmd = std::string(LORAFIT_BINARY) + " info " + kFix + "/tiny_llama_tied.gguf 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  ASSERT_NE(p, nullptr);
+  std::string out;
+  char buf[4096];
+  while (size_t n = fread(buf, 1, sizeof buf, p)) out.append(buf, n);
+  const int rc = pclose(p);
+  EXPECT_EQ(rc, 0) << out;
+  for (const char* s : {"architecture:  llama", "layers:        2", "kv heads 2",
+                        "model.layers.*.self_attn.q_proj", "tied to embed_tokens", "F32 x"})
+    EXPECT_NE(out.find(s), std::string::npos) << "missing '" << s << "' in:\n" << out;
+  const std::string bad = std::string(LORAFIT_BINARY) + " info " + kFix + "/nope 2>&1";
+  FILE* q = popen(bad.c_str(), "r");
+  while (fread(buf, 1, sizeof buf, q)) {}
+  EXPECT_NE(pclose(q), 0);
+}
