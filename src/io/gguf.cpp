@@ -82,7 +82,8 @@ double bits_as_float(GgufType t, uint64_t b) {
   return std::bit_cast<double>(b);
 }
 
-// ggml tensor types we know the block layout of (to validate sizes), and which of them we read.
+// ggml tensor types we know the block layout of (to validate sizes; as gguf-py 0.19's
+// GGML_QUANT_SIZES, less Q8_1, which never appears in files), and which of them we read.
 struct GgmlTypeInfo {
   uint32_t id;
   const char* name;
@@ -92,7 +93,7 @@ struct GgmlTypeInfo {
 constexpr GgmlTypeInfo kGgmlTypes[] = {
     {0, "F32", 1, 4},         {1, "F16", 1, 2},          {2, "Q4_0", 32, 18},
     {3, "Q4_1", 32, 20},      {6, "Q5_0", 32, 22},       {7, "Q5_1", 32, 24},
-    {8, "Q8_0", 32, 34},      {9, "Q8_1", 32, 36},       {10, "Q2_K", 256, 84},
+    {8, "Q8_0", 32, 34},      {10, "Q2_K", 256, 84},
     {11, "Q3_K", 256, 110},   {12, "Q4_K", 256, 144},    {13, "Q5_K", 256, 176},
     {14, "Q6_K", 256, 210},   {15, "Q8_K", 256, 292},    {16, "IQ2_XXS", 256, 66},
     {17, "IQ2_XS", 256, 74},  {18, "IQ3_XXS", 256, 98},  {19, "IQ1_S", 256, 50},
@@ -100,7 +101,8 @@ constexpr GgmlTypeInfo kGgmlTypes[] = {
     {23, "IQ4_XS", 256, 136}, {24, "I8", 1, 1},          {25, "I16", 1, 2},
     {26, "I32", 1, 4},        {27, "I64", 1, 8},         {28, "F64", 1, 8},
     {29, "IQ1_M", 256, 56},   {30, "BF16", 1, 2},        {34, "TQ1_0", 256, 54},
-    {35, "TQ2_0", 256, 66},   {39, "MXFP4", 32, 17},
+    {35, "TQ2_0", 256, 66},   {39, "MXFP4", 32, 17},     {40, "NVFP4", 64, 36},
+    {41, "Q1_0", 128, 18},
 };
 
 const GgmlTypeInfo* ggml_info(uint32_t t) {
@@ -632,15 +634,16 @@ GgufFile GgufFile::open(const std::string& path) {
       fail(path, what + ": n_dims " + std::to_string(n_dims) + " is out of range (1.." +
                      std::to_string(kMaxDims) + ")");
     uint64_t numel = 1;
-    bool overflow = false;
+    bool overflow = false, has_zero = false;
     for (uint32_t d = 0; d < n_dims; ++d) {
       const uint64_t ne = c.u64(what + " (ne)");
       if (ne > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
         fail(path, what + ": ne[" + std::to_string(d) + "] = " + std::to_string(static_cast<int64_t>(ne)) +
                        " is negative");
       t.ne.push_back(static_cast<int64_t>(ne));
-      if (ne != 0 && numel > std::numeric_limits<uint64_t>::max() / ne) overflow = true;
-      numel *= ne;
+      if (ne == 0) has_zero = true;
+      else if (numel > std::numeric_limits<uint64_t>::max() / ne) overflow = true;
+      else numel *= ne;
     }
     t.shape.assign(t.ne.rbegin(), t.ne.rend());
     t.ggml_type = c.u32(what + " (type)");
@@ -650,7 +653,7 @@ GgufFile GgufFile::open(const std::string& path) {
     if (t.ne[0] % ti->block_elems != 0)
       fail(path, what + ": ne[0] = " + std::to_string(t.ne[0]) + " is not a multiple of the " +
                      ti->name + " block size " + std::to_string(ti->block_elems));
-    if (numel == 0) overflow = false;
+    if (has_zero) numel = 0, overflow = false;
     const uint64_t blocks = numel / static_cast<uint64_t>(ti->block_elems);
     if (overflow || blocks > std::numeric_limits<uint64_t>::max() / static_cast<uint64_t>(ti->block_bytes))
       fail(path, what + ": shape " + tensor::shape_str(t.shape) + " is absurdly large");

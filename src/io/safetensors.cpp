@@ -121,16 +121,17 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
     if (sh == v.end() || !sh->is_array()) fail(path, where + ": 'shape' missing or not a list");
     // numel with overflow check; the byte count must fit in the file anyway.
     uint64_t numel = 1;
-    bool overflow = false;
+    bool overflow = false, has_zero = false;
     for (const json& d : *sh) {
       uint64_t k = 0;
       if (!header_uint(d, &k) || k > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
         fail(path, where + ": shape " + sh->dump() + " must hold non-negative integers");
       e.shape.push_back(static_cast<int64_t>(k));
-      if (k != 0 && numel > std::numeric_limits<uint64_t>::max() / k) overflow = true;
-      numel *= k;
+      if (k == 0) has_zero = true;
+      else if (numel > std::numeric_limits<uint64_t>::max() / k) overflow = true;
+      else numel *= k;
     }
-    if (numel == 0) overflow = false;
+    if (has_zero) numel = 0, overflow = false;  // an empty tensor, whatever the other dims
     auto off = v.find("data_offsets");
     if (off == v.end() || !off->is_array() || off->size() != 2 || !header_uint((*off)[0], &e.begin) ||
         !header_uint((*off)[1], &e.end))
@@ -142,8 +143,8 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
                      ") overruns the file (data section is " + std::to_string(data_size) +
                      " bytes, file " + std::to_string(size) + " bytes)");
     uint64_t want = numel * static_cast<uint64_t>(esize);
-    if (overflow || numel > std::numeric_limits<uint64_t>::max() / static_cast<uint64_t>(esize) ||
-        want != e.end - e.begin)
+    overflow = overflow || numel > std::numeric_limits<uint64_t>::max() / static_cast<uint64_t>(esize);
+    if (overflow || want != e.end - e.begin)
       fail(path, where + ": " + e.dtype_name + tensor::shape_str(e.shape) + " needs " +
                      (overflow ? std::string("more than 2^64") : std::to_string(want)) +
                      " bytes but data_offsets span " + std::to_string(e.end - e.begin));
