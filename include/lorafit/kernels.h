@@ -73,6 +73,8 @@ void softmax_forward(const Tensor& x, const Tensor& mask, Tensor& y);
 void softmax_backward(const Tensor& y, const Tensor& dy, Tensor& dx);
 
 // ---- normalisation (rows of x [N, C]) ---------------------------------------------------------
+// x may have any rank [..., C] (rows = numel / C); mean and rstd hold one value per row (any
+// shape with that many elements, e.g. [N] or [B, T]).
 // y = (x - mean) * rstd * w + b; mean and rstd [N] are saved for backward. b may be undefined.
 void layernorm_forward(const Tensor& x, const Tensor& w, const Tensor& b, float eps, Tensor& y,
                        Tensor& mean, Tensor& rstd);
@@ -104,7 +106,8 @@ void cross_entropy_backward(const Tensor& probs, const Tensor& targets, int32_t 
                             float dloss, Tensor& dlogits);
 
 // ---- embedding --------------------------------------------------------------------------------
-// out[i, :] = table[ids[i], :]; ids any shape of I32, out [numel(ids), C]. Out-of-range ids throw.
+// out[i, :] = table[ids[i], :]; ids any shape of I32, out [numel(ids), C] (or any [..., C] with
+// numel(ids) rows, e.g. [B, T, C]). Out-of-range ids throw.
 void embedding_forward(const Tensor& table, const Tensor& ids, Tensor& out);
 // dtable[ids[i], :] += dout[i, :] (scatter-add).
 void embedding_backward(const Tensor& dout, const Tensor& ids, Tensor& dtable);
