@@ -13,9 +13,10 @@
 // `model.layers.0.self_attn.q_proj`, `classifier`, `lm_head`.
 //
 // Weights: a model owns its weights (copied out of the file mapping, so they may be modified,
-// e.g. by a merge). Linear weights keep their stored dtype when nn::Linear multiplies it (F32,
-// F16, BF16); GGUF block-quantized weights (Q8_0, Q4_0, Q4_1, Q4_K, Q6_K) are dequantized to F32
-// at load for now. Norms, embeddings and biases are F32. Llama GGUF attn_q/attn_k rows are
+// e.g. by a merge). Linear weights and embedding tables keep their stored dtype when nn multiplies
+// it through fp32 tiles (F32, F16, BF16, Q8_0, Q4_0, Q4_1); other GGUF types (Q4_K, Q6_K) are
+// dequantized to F32 at load, and LoadOptions::dequantize makes every weight F32. Norm weights
+// and biases are always F32. Only F32 parameters can be made trainable. Llama GGUF attn_q/attn_k rows are
 // un-permuted at load, so internal weights are always in HF layout. Every parameter is frozen
 // after loading; set_trainable() on a parameter or module opts it in.
 //
@@ -71,6 +72,8 @@ struct LoadOptions {
   // transformers does: N(0, 0.02²) weights, zero bias, drawn from `seed`.
   int64_t num_labels = 0;
   uint64_t seed = 0;
+  // Store every weight as F32 (for merging or full fine-tuning) instead of its stored dtype.
+  bool dequantize = false;
 };
 
 using NamedLinears = std::vector<std::pair<std::string, nn::Linear*>>;

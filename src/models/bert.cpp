@@ -248,6 +248,7 @@ std::unique_ptr<Model> load_bert_folder(const std::string& dir, const io::json& 
 
   auto st = std::make_shared<io::SafetensorsFolder>(io::SafetensorsFolder::open(dir));
   WeightReader r = folder_reader(st, dir);
+  r.dequantize = opts.dequantize;
   // BertForSequenceClassification keys start with "bert."; a bare BertModel's do not.
   std::string pre;
   if (r.has("bert.embeddings.word_embeddings.weight"))
@@ -261,7 +262,7 @@ std::unique_ptr<Model> load_bert_folder(const std::string& dir, const io::json& 
   m->set_dropout(hp, ap, cp);
   Model& dt = *m;
   auto emb = [&](nn::Embedding& e, const std::string& n, int64_t rows) {
-    e.weight.value = read_weight(r, pre + n + ".weight", {rows, c.hidden}, false, dt, "bert." + n + ".weight");
+    e.weight.value = read_weight(r, pre + n + ".weight", {rows, c.hidden}, true, dt, "bert." + n + ".weight");
   };
   auto ln = [&](nn::LayerNorm& l, const std::string& n) {
     l.weight.value = read_weight(r, pre + n + ".weight", {c.hidden}, false, dt, "bert." + n + ".weight");

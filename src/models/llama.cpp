@@ -226,9 +226,9 @@ void load_llama_weights(LlamaModel& m, const WeightReader& r,
                         const std::function<std::string(const std::string&)>& file_name,
                         const std::function<Tensor(Tensor, bool is_q)>& fix_qk) {
   const ModelConfig& c = m.config();
-  // The embedding is F32 (nn::Embedding gathers rows; a tied lm_head shares it).
+  // nn::Embedding gathers (and dequantizes) rows of any stored dtype; a tied lm_head shares it.
   m.embed.weight.value = read_weight(r, file_name("model.embed_tokens.weight"), {c.vocab, c.hidden},
-                                     false, m, "model.embed_tokens.weight");
+                                     true, m, "model.embed_tokens.weight");
   auto lin = [&](nn::Linear& l, const std::string& hf, int fix) {
     load_linear(r, file_name(hf), l, m, hf);
     if (fix) {
@@ -262,7 +262,7 @@ void load_llama_weights(LlamaModel& m, const WeightReader& r,
 }  // namespace
 
 std::unique_ptr<Model> load_llama_folder(const std::string& dir, const io::json& j,
-                                         const LoadOptions&) {
+                                         const LoadOptions& opts) {
   const std::string where = (std::filesystem::path(dir) / "config.json").string();
   ModelConfig c;
   c.arch = "llama";
@@ -303,6 +303,7 @@ std::unique_ptr<Model> load_llama_folder(const std::string& dir, const io::json&
 
   auto st = std::make_shared<io::SafetensorsFolder>(io::SafetensorsFolder::open(dir));
   WeightReader r = folder_reader(st, dir);
+  r.dequantize = opts.dequantize;
   if (!c.tied_embeddings)
     check(r.has("lm_head.weight"), r.file + ": tensor 'lm_head.weight' is missing and " + where +
                                        " does not set tie_word_embeddings");
@@ -330,7 +331,7 @@ static Tensor unpermute_rows(const Tensor& w, int64_t n_head) {
   return out;
 }
 
-std::unique_ptr<Model> load_llama_gguf(const io::GgufFile& f, const LoadOptions&) {
+std::unique_ptr<Model> load_llama_gguf(const io::GgufFile& f, const LoadOptions& opts) {
   const std::string& where = f.path();
   ModelConfig c;
   c.arch = "llama";
@@ -362,8 +363,9 @@ std::unique_ptr<Model> load_llama_gguf(const io::GgufFile& f, const LoadOptions&
 
   WeightReader r;
   r.file = where;
+  r.dequantize = opts.dequantize;
   r.has = [&f](const std::string& n) { return f.has_tensor(n); };
-  // Types Linear cannot multiply come as F32 copies (tensor_f32 also covers Q4_K/Q6_K).
+  // Types without a tensor dtype (Q4_K, Q6_K) come as F32 copies.
   r.get = [&f](const std::string& n) {
     const io::GgufTensorInfo& ti = f.tensor_info(n);
     return ti.has_dtype ? f.tensor(n) : f.tensor_f32(n);

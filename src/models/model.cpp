@@ -82,8 +82,13 @@ Tensor owned_f32(const Tensor& t) {
 }
 
 Tensor owned_linear_weight(const Tensor& t) {
-  if (t.dtype() == DType::F32 || t.dtype() == DType::F16 || t.dtype() == DType::BF16)
-    return t.clone();
+  switch (t.dtype()) {
+    case DType::F32: case DType::F16: case DType::BF16:
+    case DType::Q8_0: case DType::Q4_0: case DType::Q4_1:
+      return t.clone();
+    default:
+      break;
+  }
   return owned_f32(t);
 }
 
@@ -94,7 +99,7 @@ Tensor read_weight(const WeightReader& r, const std::string& name, const Shape& 
   check(t.shape() == want, r.file + ": tensor '" + name + "' is " + tensor::shape_str(t.shape()) +
                                ", expected " + tensor::shape_str(want) + " from the config");
   m.record_source(hf_name, r.dtype_name(name));
-  return keep_dtype ? owned_linear_weight(t) : owned_f32(t);
+  return keep_dtype && !r.dequantize ? owned_linear_weight(t) : owned_f32(t);
 }
 
 void load_linear(const WeightReader& r, const std::string& name, nn::Linear& lin, Model& m,

@@ -20,16 +20,18 @@ struct WeightReader {
   std::function<bool(const std::string&)> has;
   std::function<Tensor(const std::string&)> get;
   std::function<std::string(const std::string&)> dtype_name;
+  bool dequantize = false;  // LoadOptions::dequantize
 };
 
 // Copies t into owned memory as F32 (dequantizing/converting as needed).
 Tensor owned_f32(const Tensor& t);
-// Copies t into owned memory in a dtype nn::Linear multiplies (F32, F16, BF16 kept; block types
-// dequantized to F32).
+// Copies t into owned memory in a dtype nn::Linear / nn::Embedding multiply (F32, F16, BF16,
+// Q8_0, Q4_0, Q4_1 kept; others dequantized to F32).
 Tensor owned_linear_weight(const Tensor& t);
 
 // Reads `name` from r, checks its shape, records its dtype under `hf_name` in model.source_dtypes
-// and returns an owned copy (F32 unless keep_dtype, where Linear-friendly dtypes stay).
+// and returns an owned copy (F32 unless keep_dtype and !r.dequantize, where dtypes that nn
+// multiplies stay).
 Tensor read_weight(const WeightReader& r, const std::string& name, const Shape& want,
                    bool keep_dtype, Model& m, const std::string& hf_name);
 

@@ -393,6 +393,10 @@ TEST(SmolLM2, GgufLogitsMatchTransformers) {
   EXPECT_EQ(m->config().n_layers, 30);
   EXPECT_EQ(m->config().n_kv_heads, 3);
   EXPECT_TRUE(m->config().tied_embeddings);
+  // Stored types stay (multiplied through fp32 tiles); q/k rows were un-permuted as bytes.
+  EXPECT_EQ(m->layers[0].attn.q.weight.value.dtype(), DType::Q4_1);
+  EXPECT_EQ(m->embed.weight.value.dtype(), DType::Q8_0);
+  EXPECT_EQ(m->source_dtypes().at("model.layers.0.self_attn.k_proj.weight"), "Q4_1");
   nn::Context ctx;
   Tensor ids = ref.i32("input_ids");  // [2, 8]
   Tensor logits = m->forward(ctx, ids);
