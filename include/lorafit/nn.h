@@ -251,9 +251,22 @@ class Attention : public Module {
   // Hugging Face Llama names: q_proj, k_proj, v_proj, o_proj (BERT's names live in models/).
   void parameters(const std::string& prefix, NamedParameters& out) override;
 
-  // Extension point for generation (not implemented yet): a KV cache [B, max_T, KV, D] for k
-  // (after RoPE) and v, appended by a forward_cached(ctx, x_new, cache, positions) that attends
-  // the new queries to cache[0 : len + T_new]; no backward.
+  // ---- generation (inference only: no backward, no dropout) ----
+  // Keys (after RoPE) and values of the tokens seen so far, [B, capacity, KV, D] each.
+  struct KVCache {
+    Tensor k, v;
+    int64_t len = 0;  // tokens stored per sequence
+    int64_t capacity() const { return k.defined() ? k.dim(1) : 0; }
+    void reset() { len = 0; }
+  };
+  KVCache make_cache(int64_t batch, int64_t max_len) const;
+  // x_new [B, Tn, C] are the tokens at positions cache.len .. cache.len + Tn - 1: their k and v
+  // are appended to the cache and each new query attends to cache[0 : len + Tn] (causal among
+  // the new tokens when cfg.causal). pad_mask [B, len + Tn] covers every cached token (undefined:
+  // none); positions [Tn] or [B, Tn] I32 for RoPE (undefined: len .. len + Tn - 1). Equals the
+  // rows of forward() on the whole sequence. Returns [B, Tn, C].
+  Tensor forward_cached(Context& ctx, const Tensor& x_new, KVCache& cache,
+                        const Tensor& pad_mask = Tensor(), const Tensor& positions = Tensor());
 
   AttentionConfig cfg;
   Linear q, k, v, o;

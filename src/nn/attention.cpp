@@ -3,6 +3,7 @@
 // Layouts: q [B, T, H, D], k and v [B, T, KV, D] straight out of the projections (no transpose):
 // the head h slice of batch b is a [T, D] matrix with leading dimension H·D (or KV·D), which is
 // what gemm_raw takes. P [B, H, T, T] holds the softmax probabilities.
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -231,6 +232,101 @@ Tensor Attention::backward(Context& ctx, const Tensor& dy, bool need_input_grad)
     kernels::add(dx, dxv, dx);
   }
   return dx;
+}
+
+}  // namespace lorafit::nn
+
+namespace lorafit::nn {
+
+Attention::KVCache Attention::make_cache(int64_t batch, int64_t max_len) const {
+  NN_CHECK(cfg.n_heads > 0 && batch > 0 && max_len > 0, kOp,
+           "make_cache needs a built module and positive batch and max_len, got batch " +
+               std::to_string(batch) + ", max_len " + std::to_string(max_len));
+  KVCache c;
+  c.k = Tensor::zeros({batch, max_len, cfg.n_kv_heads, cfg.head_dim});
+  c.v = Tensor::zeros({batch, max_len, cfg.n_kv_heads, cfg.head_dim});
+  return c;
+}
+
+Tensor Attention::forward_cached(Context& ctx, const Tensor& x, KVCache& cache,
+                                 const Tensor& pad_mask, const Tensor& positions) {
+  NN_CHECK(cfg.n_heads > 0, kOp, "module was default-constructed; build it from a config");
+  NN_CHECK(x.defined() && x.dtype() == DType::F32 && x.ndim() == 3 && x.dim(2) == cfg.hidden, kOp,
+           detail::desc("x", x) + ", expected F32[B, T, " + std::to_string(cfg.hidden) + "]");
+  const int64_t B = x.dim(0), Tn = x.dim(1), H = cfg.n_heads, KV = cfg.n_kv_heads, D = cfg.head_dim,
+                group = H / KV, past = cache.len, L = past + Tn;
+  NN_CHECK(cache.k.defined() && cache.k.dim(0) == B && cache.k.dim(2) == KV &&
+               cache.k.dim(3) == D && cache.v.shape() == cache.k.shape(),
+           kOp,
+           detail::desc("cache.k", cache.k) + ", expected [" + std::to_string(B) + ", max_len, " +
+               std::to_string(KV) + ", " + std::to_string(D) + "] (make_cache)");
+  NN_CHECK(L <= cache.capacity(), kOp,
+           "cache holds " + std::to_string(past) + " of " + std::to_string(cache.capacity()) +
+               " tokens; " + std::to_string(Tn) + " more do not fit");
+  if (pad_mask.defined())
+    NN_CHECK((pad_mask.dtype() == DType::F32 || pad_mask.dtype() == DType::I32) &&
+                 (pad_mask.shape() == Shape{B, L}),
+             kOp,
+             detail::desc("pad_mask", pad_mask) + ", expected F32 or I32[" + std::to_string(B) +
+                 ", " + std::to_string(L) + "] (every cached token)");
+  att_ = Tensor();  // the projections' saved inputs change: no backward after this
+
+  Tensor qf = q.forward(ctx, x);  // [B, Tn, H·D]
+  Tensor kf = k.forward(ctx, x);  // [B, Tn, KV·D]
+  Tensor vf = v.forward(ctx, x);
+  if (cfg.rope) {
+    Tensor pos = positions;
+    if (pos.defined()) {
+      NN_CHECK(
+          pos.dtype() == DType::I32 && (pos.shape() == Shape{Tn} || pos.shape() == Shape{B, Tn}),
+          kOp,
+          detail::desc("positions", pos) + ", expected I32[" + std::to_string(Tn) + "] or I32[" +
+              std::to_string(B) + ", " + std::to_string(Tn) + "]");
+    } else {
+      pos = ctx.alloc({Tn}, DType::I32);
+      for (int64_t t = 0; t < Tn; ++t) pos.i32()[t] = static_cast<int32_t>(past + t);
+    }
+    Tensor q4 = qf.view({B, Tn, H, D});
+    Tensor k4 = kf.view({B, Tn, KV, D});
+    kernels::rope_forward(q4, pos, cfg.rope_theta, cfg.rope_style);
+    kernels::rope_forward(k4, pos, cfg.rope_theta, cfg.rope_style);
+  }
+  // Append: cache[b, past + t] = k[b, t] (rows of KV·D floats).
+  const int64_t cap = cache.capacity(), row = KV * D;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < Tn; ++t) {
+      std::copy_n(kf.f32() + (b * Tn + t) * row, row, cache.k.f32() + (b * cap + past + t) * row);
+      std::copy_n(vf.f32() + (b * Tn + t) * row, row, cache.v.f32() + (b * cap + past + t) * row);
+    }
+  cache.len = L;
+
+  // Mask [B, Tn, L]: new query i sits at position past + i.
+  const float ninf = -std::numeric_limits<float>::infinity();
+  Tensor mask = ctx.alloc({B, Tn, L});
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t i = 0; i < Tn; ++i)
+      for (int64_t j = 0; j < L; ++j) {
+        bool keep = !(cfg.causal && j > past + i);
+        if (pad_mask.defined())
+          keep = keep && (pad_mask.dtype() == DType::F32 ? pad_mask.f32()[b * L + j] != 0.0f
+                                                         : pad_mask.i32()[b * L + j] != 0);
+        mask.f32()[(b * Tn + i) * L + j] = keep ? 0.0f : ninf;
+      }
+  Tensor out = ctx.alloc({B, Tn, H * D});
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  Tensor s = ctx.alloc({Tn, L}), p = ctx.alloc({Tn, L});
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h) {
+      const int64_t g = h / group;
+      const float* kg = cache.k.f32() + b * cap * row + g * D;  // [L, D], ld KV·D
+      const float* vg = cache.v.f32() + b * cap * row + g * D;
+      kernels::gemm_raw(false, true, Tn, L, D, scale, qf.f32() + b * Tn * H * D + h * D, H * D, kg,
+                        row, 0.0f, s.f32(), L);
+      kernels::softmax_forward(s, mask.row(b), p);
+      kernels::gemm_raw(false, false, Tn, D, L, 1.0f, p.f32(), L, vg, row, 0.0f,
+                        out.f32() + b * Tn * H * D + h * D, H * D);
+    }
+  return o.forward(ctx, out);
 }
 
 }  // namespace lorafit::nn

@@ -766,6 +766,60 @@ OPCHECK(Attention, FrozenBaseInputGradOnly) {
   for (auto& [name, p] : s.a.named_parameters()) EXPECT_FALSE(p->grad.defined()) << name;
 }
 
+// Generation: prefill + token-by-token through the KV cache equals the rows of one full forward.
+void check_cached(AttentionConfig cfg, bool pad, const std::string& what) {
+  AttnCase c;
+  c.cfg = cfg;
+  c.B = 2;
+  c.T = 7;
+  AttnSetup s(c);
+  Tensor pm;
+  if (pad) {  // batch 1: first two tokens are left padding
+    pm = Tensor::full({2, 7}, 1.0f);
+    pm.f32()[7] = pm.f32()[8] = 0.0f;
+  }
+  Context ctx;
+  Tensor full = s.a.forward(ctx, s.x, pm).clone();  // [2, 7, C]
+  auto cache = s.a.make_cache(2, 9);
+  const int64_t C = cfg.hidden;
+  int64_t t0 = 0;
+  for (int64_t len : {4, 1, 2}) {
+    Tensor xn = Tensor::empty({2, len, C});
+    for (int64_t b = 0; b < 2; ++b)
+      std::memcpy(xn.f32() + b * len * C, s.x.f32() + (b * 7 + t0) * C, len * C * sizeof(float));
+    Tensor pn;
+    if (pad) {
+      pn = Tensor::empty({2, t0 + len});
+      for (int64_t b = 0; b < 2; ++b)
+        std::memcpy(pn.f32() + b * (t0 + len), pm.f32() + b * 7, (t0 + len) * sizeof(float));
+    }
+    Tensor y = s.a.forward_cached(ctx, xn, cache, pn);
+    ASSERT_EQ(cache.len, t0 + len);
+    for (int64_t b = 0; b < 2; ++b)
+      for (int64_t t = 0; t < len; ++t)
+        for (int64_t e = 0; e < C; ++e) {
+          float got = y.f32()[(b * len + t) * C + e], want = full.f32()[(b * 7 + t0 + t) * C + e];
+          ASSERT_NEAR(got, want, 1e-5 + 1e-5 * std::fabs(want))
+              << what << " b " << b << " t " << t0 + t << " e " << e;
+        }
+    t0 += len;
+  }
+  std::string e = error_of([&] { s.a.forward_cached(ctx, opcheck::random({2, 3, C}, 1), cache); });
+  EXPECT_TRUE(contains(e, "[Attention]") && contains(e, "do not fit")) << e;
+  e = error_of([&] { s.a.backward(ctx, opcheck::random({2, 7, C}, 1)); });
+  EXPECT_TRUE(contains(e, "before forward")) << "no backward after forward_cached: " << e;
+}
+
+OPCHECK(Attention, KvCacheMatchesFullForward) {
+  AttentionConfig cfg = attn_cfg(12, 4, 2, 6);
+  cfg.causal = true;
+  cfg.rope = true;
+  cfg.qkv_bias = true;
+  check_cached(cfg, false, "GQA RoPE causal");
+  cfg.rope_style = RopeStyle::Adjacent;
+  check_cached(cfg, true, "GQA RoPE adjacent causal + left padding");
+}
+
 OPCHECK(Attention, NamesAndErrors) {
   AttentionConfig cfg = attn_cfg(12, 4, 2, 0);
   cfg.qkv_bias = true;
