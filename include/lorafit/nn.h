@@ -86,6 +86,26 @@ class Module {
   void set_trainable(bool t);
 };
 
+class Linear;
+
+// An adapter attached to a Linear (LoRA, and later DoRA, AdaLoRA, ...), owned elsewhere (peft/).
+// Linear::forward computes y = x Wᵀ + b, then calls forward() of every attached adapter that is
+// active(), in order; Linear::backward calls their backward() in reverse order. An adapter keeps
+// what its backward needs (as a module does), may read base.weight / base.bias (DoRA needs W·x
+// and row norms of W; recompute W·x from y − b or through the weight), and decides itself which
+// rows it applies to (mixed-batch routing). Several adapters on one Linear add up.
+class LinearAdapter {
+ public:
+  virtual ~LinearAdapter() = default;
+  // x [..., in]; y [..., out] holds x Wᵀ + b: add the adapter's part in place.
+  virtual void forward(Context& ctx, const Linear& base, const Tensor& x, Tensor& y) = 0;
+  // dy [..., out]. Accumulates the adapter's parameter gradients (+=, trainable ones only) and,
+  // when dx is not null, adds the input gradient of the adapter path to *dx [..., in].
+  virtual void backward(Context& ctx, const Linear& base, const Tensor& dy, Tensor* dx) = 0;
+  // false: skipped in forward and backward (disabled, or merged into the weight).
+  virtual bool active() const { return true; }
+};
+
 // y = x Wᵀ + b. weight [out, in], bias [out] optional (F32). A frozen weight may also be F16,
 // BF16, Q8_0, Q4_0 or Q4_1 (tensor::dequantize_row): it is multiplied through fp32 tiles of rows
 // (about 256 KiB), never a full dequantized copy. NF4 throws for now (extension point:
@@ -102,12 +122,16 @@ class Linear : public Module {
 
   Tensor forward(Context& ctx, const Tensor& x);  // x [..., in] -> [..., out]
   // dy [..., out]. Returns dx [..., in] when need_input_grad, else an undefined tensor.
-  // weight.grad += dyᵀ x and bias.grad += sum(dy) only for trainable parameters.
+  // weight.grad += dyᵀ x and bias.grad += sum(dy) only for trainable parameters. Active
+  // adapters run their backward either way (dx = nullptr when !need_input_grad).
   Tensor backward(Context& ctx, const Tensor& dy, bool need_input_grad = true);
   void parameters(const std::string& prefix, NamedParameters& out) override;
 
   Parameter weight;
   Parameter bias;
+  // Attached adapters, not owned (the peft layer attaches and detaches them). Applied after
+  // x Wᵀ + b in forward, in reverse in backward.
+  std::vector<LinearAdapter*> adapters;
 
  private:
   int64_t in_ = 0, out_ = 0;

@@ -83,6 +83,8 @@ Tensor Linear::forward(Context& ctx, const Tensor& x) {
     }
     if (has_bias()) kernels::add_bias(y2, bias.value);
   }
+  for (LinearAdapter* a : adapters)
+    if (a->active()) a->forward(ctx, *this, x, y);  // y += the adapter's part
   x_ = x;
   return y;
 }
@@ -100,7 +102,11 @@ Tensor Linear::backward(Context& ctx, const Tensor& dy, bool need_input_grad) {
   if (weight.trainable && n > 0)
     kernels::gemm(dy2, true, x_.view({n, in_}), false, weight.grad, 1.0f, 1.0f);  // dW += dyᵀ x
   if (has_bias() && bias.trainable && n > 0) kernels::bias_backward(dy2, bias.grad);  // db += Σ dy
-  if (!need_input_grad) return Tensor();
+  if (!need_input_grad) {
+    for (auto it = adapters.rbegin(); it != adapters.rend(); ++it)
+      if ((*it)->active()) (*it)->backward(ctx, *this, dy, nullptr);
+    return Tensor();
+  }
   Tensor dx = ctx.alloc(x_.shape());
   Tensor dx2 = dx.view({n, in_});
   if (n == 0) return dx;
@@ -118,6 +124,8 @@ Tensor Linear::backward(Context& ctx, const Tensor& dy, bool need_input_grad) {
                         r0 == 0 ? 0.0f : 1.0f, dx2.f32(), in_);
     }
   }
+  for (auto it = adapters.rbegin(); it != adapters.rend(); ++it)
+    if ((*it)->active()) (*it)->backward(ctx, *this, dy, &dx);  // dx += adapter path
   return dx;
 }
 
