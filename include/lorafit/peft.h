@@ -1,0 +1,231 @@
+// lorafit peft: LoRA adapters exactly as Hugging Face PEFT builds, trains, saves and merges them.
+//
+//   AdapterConfig      PEFT's LoraConfig field names and defaults; adapter_config.json read/write
+//   LoraLinear         the LoRA branch attached to one nn::Linear (an nn::LinearAdapter):
+//                        y = x Wᵀ + b + s · dropout(x) Aᵀ Bᵀ,  s = alpha / r  (rsLoRA: alpha / √r)
+//                      A = lora_A.weight [r, in], B = lora_B.weight [out, r], both F32 trainable.
+//   PeftModel          injects named adapters into a models::Model by target_modules, freezes the
+//                      base, lists trainable parameters, saves/loads PEFT adapter folders,
+//                      merges / unmerges / merge_and_unload.
+//
+// The model's own forward/backward is unchanged: nn::Linear calls its attached adapters, so
+// training runs model.forward → loss → model.backward and then steps PeftModel's trainable
+// parameters (every other parameter is frozen and has no gradient buffer).
+//
+// Names: parameters are listed with the keys of adapter_model.safetensors (no adapter name):
+//   base_model.model.<module path>.lora_A.weight, ...lora_B.weight,
+//   base_model.model.<modules_to_save path>.weight / .bias
+// Errors are lorafit::Error starting with "[peft]" and naming the file, field or tensor.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "lorafit/io.h"
+#include "lorafit/models.h"
+#include "lorafit/nn.h"
+#include "lorafit/tensor.h"
+
+namespace lorafit::peft {
+
+using tensor::Shape;
+using tensor::Tensor;
+
+// ---- configuration ---------------------------------------------------------------------------
+
+// PEFT's init_lora_weights: true (Kaiming-uniform A, B = 0), false (A and B both as nn.Linear's
+// default init, so the adapter is not a no-op; for tests), "gaussian" (A ~ N(0, 1/r²), B = 0),
+// "pissa" (principal singular vectors of W; the base becomes W − s·B A), "olora" (QR of W; same).
+enum class LoraInit { Default, Random, Gaussian, Pissa, Olora };
+const char* lora_init_name(LoraInit init);  // "true", "false", "gaussian", "pissa", "olora"
+
+// PEFT LoraConfig (peft 0.21 names and defaults). Only the fields below are read or written.
+struct AdapterConfig {
+  std::string peft_type = "LORA";  // only "LORA" for now
+  std::string task_type;           // "SEQ_CLS", "CAUSAL_LM", ... ("" = null)
+  std::string base_model_name_or_path;
+  int64_t r = 8;
+  double lora_alpha = 8.0;
+  double lora_dropout = 0.0;
+  // target_modules as PEFT takes it: a list of names, each matching a module path equal to it
+  // or ending in "." + name; or (target_modules_regex) one regex that must match the whole path;
+  // or the single name "all-linear": every Linear except the output head (lm_head / classifier
+  // for seq-cls). Empty list = error at injection (PEFT would guess from the architecture).
+  std::vector<std::string> target_modules;
+  bool target_modules_regex = false;  // true: target_modules[0] is a regex (JSON string form)
+  // Only layers with these indices (module path "...<layers_pattern>.<i>.<...>"; pattern empty =
+  // any of "layer", "layers", "h", "blocks"). Empty = all layers.
+  std::vector<int64_t> layers_to_transform;
+  std::vector<std::string> layers_pattern;
+  // Per-module overrides; keys match as regex (.*\.)?(KEY)$ against the module path, first
+  // match (in this order) wins.
+  std::vector<std::pair<std::string, int64_t>> rank_pattern;
+  std::vector<std::pair<std::string, double>> alpha_pattern;
+  // Modules made fully trainable and saved whole (e.g. "classifier"). nullopt = JSON null.
+  // For task_type SEQ_CLS PEFT adds the classifier head itself (see PeftModel).
+  std::optional<std::vector<std::string>> modules_to_save;
+  std::string bias = "none";  // only "none" is supported; others are refused
+  bool use_rslora = false;
+  bool use_dora = false;      // DoRA: refused for now (next issue)
+  bool fan_in_fan_out = false;  // must be false (no Conv1D models here)
+  LoraInit init_lora_weights = LoraInit::Default;
+  bool inference_mode = false;
+
+  // Scaling for a module with rank r and alpha a: a / r, or a / √r with use_rslora.
+  double scaling(int64_t rank, double alpha) const;
+  // Rank and alpha for a module path after rank_pattern / alpha_pattern.
+  int64_t rank_for(const std::string& module_path) const;
+  double alpha_for(const std::string& module_path) const;
+  // Throws "[peft] <where>: field 'r': must be positive, got 0" etc.
+  void validate(const std::string& where = "adapter_config.json") const;
+};
+
+// JSON <-> config. from_json validates and names the field in errors ("where" names the source,
+// usually the file path). to_json writes only keys PEFT knows.
+AdapterConfig config_from_json(const io::json& j, const std::string& where);
+io::json config_to_json(const AdapterConfig& cfg);
+AdapterConfig read_adapter_config(const std::string& adapter_dir);  // <dir>/adapter_config.json
+
+// Does a target_modules entry / the config select this Linear? (head = the model's output head)
+bool target_matches(const AdapterConfig& cfg, const std::string& module_path, bool is_head);
+
+// ---- the LoRA layer --------------------------------------------------------------------------
+
+// LoRA branch on one Linear. forward adds s · B A drop(x) to y; backward accumulates A.grad and
+// B.grad (when trainable) and adds the input gradient of the branch to dx:
+//   h = drop(x) Aᵀ [n, r];  y += s · h Bᵀ
+//   dB += s · dyᵀ h;  dh = s · dy B;  dA += dhᵀ drop(x);  dx += drop'(dh A)
+// Saved for backward: x (a reference) and h [n, r]; the dropout mask is regenerated.
+class LoraLinear : public nn::LinearAdapter {
+ public:
+  // A [r, in], B [out, r] allocated zero; init() fills them.
+  LoraLinear(const nn::Linear& base, int64_t r, double alpha, bool use_rslora, float dropout);
+
+  // Fills A and B as PEFT does for `init`, drawing from `seed` (counter-based, reproducible).
+  // Pissa/Olora also rewrite base.weight (must be F32) to W − s·B A.
+  void init(nn::Linear& base, LoraInit init, uint64_t seed);
+
+  void forward(nn::Context& ctx, const nn::Linear& base, const Tensor& x, Tensor& y) override;
+  void backward(nn::Context& ctx, const nn::Linear& base, const Tensor& dy, Tensor* dx) override;
+  bool active() const override { return enabled && !merged; }
+
+  // ΔW = s · B A [out, in].
+  Tensor delta_weight() const;
+  // W += ΔW / W −= ΔW on an F32 base weight (throws for a quantized base: dequantize first).
+  void merge(nn::Linear& base);
+  void unmerge(nn::Linear& base);
+
+  int64_t r() const { return r_; }
+  double alpha() const { return alpha_; }
+  float scaling() const { return scaling_; }
+
+  nn::Parameter A;  // lora_A.weight [r, in]
+  nn::Parameter B;  // lora_B.weight [out, r]
+  float dropout = 0.0f;
+  bool enabled = true;  // part of the active set (PeftModel::set_adapter)
+  bool merged = false;  // ΔW is inside base.weight: forward adds nothing
+
+ private:
+  int64_t r_ = 0;
+  double alpha_ = 0.0;
+  float scaling_ = 1.0f;
+  Tensor x_, h_;
+  bool dropped_ = false;
+  uint64_t drop_seed_ = 0, drop_counter_ = 0;
+};
+
+// ---- the adapted model -----------------------------------------------------------------------
+
+struct ParameterCount {
+  int64_t trainable = 0;
+  int64_t total = 0;  // as PEFT counts (base + adapters + modules_to_save copies)
+  double percent() const { return total ? 100.0 * static_cast<double>(trainable) / total : 0.0; }
+  // PEFT's print_trainable_parameters line:
+  // "trainable params: 294,912 || all params: 109,778,690 || trainable%: 0.2686"
+  std::string str() const;
+};
+
+// One model with one or more named adapters. The Model is not owned and must outlive this; its
+// Linear modules point at adapters owned here (detached again by the destructor).
+class PeftModel {
+ public:
+  // Injects adapter `name` into `model` per cfg (validated), initialized from `seed`, and makes
+  // it the active adapter. Every base parameter is frozen; the adapter's A, B and its
+  // modules_to_save are trainable. Throws when no module matches target_modules.
+  PeftModel(models::Model& model, const AdapterConfig& cfg, uint64_t seed = 0,
+            const std::string& name = "default");
+  // Loads a PEFT adapter folder (adapter_config.json + adapter_model.safetensors) onto `model`.
+  // Trainable only when is_trainable (as PEFT). Errors name the field or tensor: unknown
+  // peft_type, r = 0, target matching no module, missing / unexpected / misshapen tensors.
+  static std::unique_ptr<PeftModel> from_pretrained(models::Model& model,
+                                                    const std::string& adapter_dir,
+                                                    const std::string& name = "default",
+                                                    bool is_trainable = false);
+  ~PeftModel();
+  PeftModel(const PeftModel&) = delete;
+  PeftModel& operator=(const PeftModel&) = delete;
+
+  models::Model& model() { return *model_; }
+
+  // ---- several named adapters ----
+  void add_adapter(const std::string& name, const AdapterConfig& cfg, uint64_t seed = 0);
+  void load_adapter(const std::string& adapter_dir, const std::string& name,
+                    bool is_trainable = false);
+  // Active adapters add up in forward. set_adapter makes exactly these active (and trainable
+  // ones trainable, as PEFT). Throws for an unknown name.
+  void set_adapter(const std::string& name);
+  void set_adapters(const std::vector<std::string>& names);
+  const std::vector<std::string>& active_adapters() const { return active_; }
+  std::vector<std::string> adapter_names() const;
+  void disable_adapters();  // base model only (modules_to_save: original weights)
+  void enable_adapters();
+  void delete_adapter(const std::string& name);
+  const AdapterConfig& config(const std::string& name = "") const;  // "" = first active
+
+  // ---- training ----
+  // Trainable parameters of the active adapter(s), named as in adapter_model.safetensors
+  // (base_model.model.<path>.lora_A.weight, ...; modules_to_save .weight/.bias). Stable order.
+  nn::NamedParameters trainable_parameters();
+  void zero_grad();
+  ParameterCount count_parameters();
+  // LoRA layers of adapter `name` ("" = first active) with their module paths, in module order.
+  std::vector<std::pair<std::string, LoraLinear*>> lora_layers(const std::string& name = "");
+
+  // ---- files ----
+  // Writes <dir>/adapter_config.json and <dir>/adapter_model.safetensors (F32, metadata
+  // {"format":"pt"}) for adapter `name` ("" = first active), atomically (temp folder + rename).
+  void save_pretrained(const std::string& dir, const std::string& name = "") const;
+  // The tensors save_pretrained writes, by key.
+  std::vector<std::pair<std::string, Tensor>> adapter_state(const std::string& name = "") const;
+
+  // ---- merging ----
+  // W += s·B A for every active adapter (base weights must be F32: load with dequantize).
+  void merge();
+  void unmerge();  // W −= s·B A: W back within float rounding
+  bool merged() const;
+  // Merges the active adapters, detaches every adapter and returns the plain model (modules_to_save
+  // copies stay in it). The PeftModel is empty afterwards.
+  models::Model& merge_and_unload();
+
+ private:
+  struct Adapter;
+  models::Model* model_;
+  std::vector<std::unique_ptr<Adapter>> adapters_;
+  std::vector<std::string> active_;
+  bool disabled_ = false;
+  Adapter& find(const std::string& name);
+  const Adapter& find(const std::string& name) const;
+  void attach_all();
+};
+
+// Writes a merged model as a Hugging Face folder: config.json copied from `base_dir` (the folder
+// the model came from), model.safetensors with HF tensor names, all F32 (tokenizer files copied
+// when present). Atomic (temp folder + rename).
+void save_merged_hf(models::Model& model, const std::string& base_dir, const std::string& out_dir);
+
+}  // namespace lorafit::peft
