@@ -218,6 +218,8 @@ class PeftModel {
   std::vector<std::unique_ptr<Adapter>> adapters_;
   std::vector<std::string> active_;
   bool disabled_ = false;
+  // Base values of parameters that modules_to_save copies replace, restored when disabled.
+  std::map<nn::Parameter*, Tensor> originals_;
   Adapter& find(const std::string& name);
   const Adapter& find(const std::string& name) const;
   void attach_all();

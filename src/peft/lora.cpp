@@ -1,0 +1,149 @@
+// LoraLinear: the LoRA branch of one Linear (Hu et al. 2021, eq. 3; PEFT peft/tuners/lora/layer.py
+// Linear.forward): y = x Wᵀ + b + s · drop(x) Aᵀ Bᵀ.
+// Conventions (as llm.c): parameter gradients accumulate (+=); the input gradient of the branch
+// is added to the Linear's dx.
+#include <cmath>
+#include <vector>
+
+#include "lorafit/kernels.h"
+#include "lorafit/peft.h"
+#include "peft/peft_internal.h"
+
+namespace lorafit::peft {
+
+namespace {
+
+// Keep mask draw i of a dropout reservation: kept with probability 1 − p.
+inline bool keep(uint64_t seed, uint64_t counter, float p) {
+  return nn::random_uniform(seed, counter) >= static_cast<double>(p);
+}
+
+}  // namespace
+
+LoraLinear::LoraLinear(const nn::Linear& base, int64_t r, double alpha, bool use_rslora,
+                       float dropout_p)
+    : dropout(dropout_p), r_(r), alpha_(alpha) {
+  if (r <= 0) fail("LoRA rank must be positive, got " + std::to_string(r));
+  if (!(dropout_p >= 0.0f && dropout_p < 1.0f))
+    fail("lora_dropout must be in [0, 1), got " + std::to_string(dropout_p));
+  scaling_ = static_cast<float>(use_rslora ? alpha / std::sqrt(static_cast<double>(r))
+                                           : alpha / static_cast<double>(r));
+  A.value = Tensor::zeros({r, base.in_features()});
+  B.value = Tensor::zeros({base.out_features(), r});
+}
+
+void LoraLinear::init(nn::Linear& base, LoraInit how, uint64_t seed) {
+  const int64_t in = base.in_features();
+  uint64_t counter = 0;
+  // nn.init.kaiming_uniform_(a=√5) on a [rows, fan_in] weight: gain √(2/(1+5)) = √(1/3),
+  // bound = gain·√(3/fan_in) = 1/√fan_in (torch's nn.Linear default).
+  auto kaiming = [&](Tensor& t, int64_t fan_in) {
+    const double bound = 1.0 / std::sqrt(static_cast<double>(fan_in));
+    float* p = t.f32();
+    for (int64_t i = 0; i < t.numel(); ++i)
+      p[i] = static_cast<float>((2.0 * nn::random_uniform(seed, counter++) - 1.0) * bound);
+  };
+  switch (how) {
+    case LoraInit::Default:  // PEFT reset_lora_parameters(init_lora_weights=True)
+      kaiming(A.value, in);
+      B.value.zero();
+      break;
+    case LoraInit::Random:  // init_lora_weights=False: both keep nn.Linear's init
+      kaiming(A.value, in);
+      kaiming(B.value, r_);
+      break;
+    case LoraInit::Gaussian: {  // nn.init.normal_(A, std=1/r), B = 0
+      float* p = A.value.f32();
+      for (int64_t i = 0; i < A.value.numel(); ++i) {
+        // Box–Muller from two uniforms (1 − u keeps the log finite).
+        double u1 = 1.0 - nn::random_uniform(seed, counter++);
+        double u2 = nn::random_uniform(seed, counter++);
+        double z = std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * M_PI * u2);
+        p[i] = static_cast<float>(z / static_cast<double>(r_));
+      }
+      B.value.zero();
+      break;
+    }
+    default:
+      fail(std::string("init_lora_weights \"") + lora_init_name(how) + "\" is not supported yet");
+  }
+}
+
+void LoraLinear::forward(nn::Context& ctx, const nn::Linear& base, const Tensor& x, Tensor& y) {
+  const int64_t in = base.in_features(), out = base.out_features();
+  const int64_t n = x.numel() / in;
+  if (A.value.dim(1) != in || B.value.dim(0) != out)
+    fail("LoRA on Linear [" + std::to_string(out) + ", " + std::to_string(in) + "]: lora_A is " +
+         A.value.str() + ", lora_B is " + B.value.str());
+  // xd = drop(x) [n, in]: stored when dropout is on (the mask is not kept separately).
+  dropped_ = ctx.training && dropout > 0.0f && n > 0;
+  Tensor xd = x.view({n, in});
+  if (dropped_) {
+    drop_seed_ = ctx.seed;
+    drop_counter_ = ctx.take_rng(static_cast<uint64_t>(n * in));
+    xd = ctx.alloc({n, in});
+    const float* xs = x.f32();
+    float* d = xd.f32();
+    const float scale = 1.0f / (1.0f - dropout);
+    for (int64_t i = 0; i < n * in; ++i)
+      d[i] = keep(drop_seed_, drop_counter_ + static_cast<uint64_t>(i), dropout) ? xs[i] * scale : 0.0f;
+  }
+  x_ = xd;
+  h_ = ctx.alloc({n, r_});
+  if (n == 0) return;
+  kernels::gemm(xd, false, A.value, true, h_);  // h [n, r] = xd [n, in] · Aᵀ
+  Tensor y2 = y.view({n, out});
+  kernels::gemm(h_, false, B.value, true, y2, scaling_, 1.0f);  // y += s · h Bᵀ
+}
+
+void LoraLinear::backward(nn::Context& ctx, const nn::Linear& base, const Tensor& dy, Tensor* dx) {
+  if (!h_.defined()) fail("LoRA backward called before forward");
+  const int64_t in = base.in_features(), out = base.out_features();
+  const int64_t n = h_.dim(0);
+  if (n == 0) return;
+  Tensor dy2 = dy.view({n, out});
+  // forward was: y += s · h Bᵀ, h = xd Aᵀ
+  if (B.trainable) kernels::gemm(dy2, true, h_, false, B.grad, scaling_, 1.0f);  // dB += s dyᵀ h
+  if (!A.trainable && dx == nullptr) return;
+  Tensor dh = ctx.alloc({n, r_});
+  kernels::gemm(dy2, false, B.value, false, dh, scaling_, 0.0f);  // dh [n, r] = s · dy B
+  if (A.trainable) kernels::gemm(dh, true, x_, false, A.grad, 1.0f, 1.0f);  // dA += dhᵀ xd
+  if (dx == nullptr) return;
+  Tensor dx2 = dx->view({n, in});
+  if (!dropped_) {
+    kernels::gemm(dh, false, A.value, false, dx2, 1.0f, 1.0f);  // dx += dh A
+    return;
+  }
+  Tensor dxd = ctx.alloc({n, in});
+  kernels::gemm(dh, false, A.value, false, dxd);  // d(xd) = dh A, then through the mask
+  const float scale = 1.0f / (1.0f - dropout);
+  const float* s = dxd.f32();
+  float* d = dx2.f32();
+  for (int64_t i = 0; i < n * in; ++i)
+    if (keep(drop_seed_, drop_counter_ + static_cast<uint64_t>(i), dropout)) d[i] += s[i] * scale;
+}
+
+Tensor LoraLinear::delta_weight() const {
+  Tensor d = Tensor::zeros({B.value.dim(0), A.value.dim(1)});
+  kernels::gemm(B.value, false, A.value, false, d, scaling_, 0.0f);  // s · B [out, r] · A [r, in]
+  return d;
+}
+
+void LoraLinear::merge(nn::Linear& base) {
+  if (merged) return;
+  if (base.weight.value.dtype() != tensor::DType::F32)
+    fail(std::string("merge needs an F32 base weight, got ") +
+         tensor::dtype_name(base.weight.value.dtype()) + " (load the model with dequantize)");
+  Tensor d = delta_weight();
+  kernels::axpy(1.0f, d, base.weight.value);
+  merged = true;
+}
+
+void LoraLinear::unmerge(nn::Linear& base) {
+  if (!merged) return;
+  Tensor d = delta_weight();
+  kernels::axpy(-1.0f, d, base.weight.value);
+  merged = false;
+}
+
+}  // namespace lorafit::peft

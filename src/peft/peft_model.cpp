@@ -1,0 +1,450 @@
+// PeftModel: injection by target_modules, named adapters, modules_to_save, trainable parameters,
+// PEFT adapter folders (save/load), merge/unmerge, merged Hugging Face folder.
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <set>
+#include <unistd.h>
+
+#include "lorafit/kernels.h"
+#include "lorafit/peft.h"
+#include "peft/peft_internal.h"
+
+namespace lorafit::peft {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+const std::string kPrefix = "base_model.model.";
+
+std::string join(const std::vector<std::string>& v) {
+  std::string s;
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + v[i];
+  return s;
+}
+
+std::string thousands(int64_t v) {
+  std::string d = std::to_string(v < 0 ? -v : v), out;
+  for (size_t i = 0; i < d.size(); ++i) {
+    if (i && (d.size() - i) % 3 == 0) out += ',';
+    out += d[i];
+  }
+  return (v < 0 ? "-" : "") + out;
+}
+
+}  // namespace
+
+std::string ParameterCount::str() const {
+  char pct[64];
+  std::snprintf(pct, sizeof pct, "%.4f", percent());
+  return "trainable params: " + thousands(trainable) + " || all params: " + thousands(total) +
+         " || trainable%: " + pct;
+}
+
+// One named adapter: its LoRA layers and its own copies of the modules_to_save parameters.
+struct PeftModel::Adapter {
+  std::string name;
+  AdapterConfig cfg;
+  bool trainable = true;
+  std::vector<std::pair<std::string, nn::Linear*>> targets;  // module path, base Linear
+  std::vector<std::unique_ptr<LoraLinear>> layers;           // parallel to targets
+  struct Saved {
+    std::string name;       // HF parameter name, e.g. "classifier.weight"
+    nn::Parameter* param;   // the model's parameter
+    nn::Parameter own;      // this adapter's copy (value, grad when trainable)
+  };
+  std::vector<Saved> saved;
+};
+
+namespace {
+
+// modules_to_save for a config: the config's list, plus PEFT's automatic head for SEQ_CLS
+// (PeftModelForSequenceClassification adds ["classifier", "score"]).
+std::vector<std::string> effective_modules_to_save(AdapterConfig& cfg) {
+  std::vector<std::string> m = cfg.modules_to_save.value_or(std::vector<std::string>{});
+  if (cfg.task_type == "SEQ_CLS") {
+    for (const char* h : {"classifier", "score"})
+      if (std::find(m.begin(), m.end(), h) == m.end()) m.push_back(h);
+    cfg.modules_to_save = m;
+  }
+  return m;
+}
+
+}  // namespace
+
+PeftModel::PeftModel(models::Model& model, const AdapterConfig& cfg, uint64_t seed,
+                     const std::string& name)
+    : model_(&model) {
+  model.set_trainable(false);
+  add_adapter(name, cfg, seed);
+  set_adapter(name);
+}
+
+PeftModel::~PeftModel() {
+  for (auto& a : adapters_)
+    for (auto& [path, lin] : a->targets) lin->adapters.clear();
+  for (auto& [p, orig] : originals_) {
+    p->value = orig;
+    p->grad = Tensor();
+    p->trainable = false;
+  }
+}
+
+PeftModel::Adapter& PeftModel::find(const std::string& name) {
+  const std::string n = name.empty() ? (active_.empty() ? std::string() : active_[0]) : name;
+  for (auto& a : adapters_)
+    if (a->name == n) return *a;
+  fail("no adapter named '" + n + "' (have: " + join(adapter_names()) + ")");
+}
+
+const PeftModel::Adapter& PeftModel::find(const std::string& name) const {
+  return const_cast<PeftModel*>(this)->find(name);
+}
+
+std::vector<std::string> PeftModel::adapter_names() const {
+  std::vector<std::string> v;
+  for (auto& a : adapters_) v.push_back(a->name);
+  return v;
+}
+
+const AdapterConfig& PeftModel::config(const std::string& name) const { return find(name).cfg; }
+
+void PeftModel::add_adapter(const std::string& name, const AdapterConfig& cfg_in, uint64_t seed) {
+  if (name.empty()) fail("adapter name must not be empty");
+  for (auto& a : adapters_)
+    if (a->name == name) fail("adapter '" + name + "' already exists");
+  auto ad = std::make_unique<Adapter>();
+  ad->name = name;
+  ad->cfg = cfg_in;
+  ad->cfg.validate("adapter '" + name + "' config");
+  std::vector<std::string> mts = effective_modules_to_save(ad->cfg);
+  AdapterConfig& cfg = ad->cfg;
+
+  models::NamedLinears lins = model_->linears();
+  std::vector<std::string> matched;
+  for (size_t i = 0; i < lins.size(); ++i) {
+    const auto& [path, lin] = lins[i];
+    const bool is_head = i + 1 == lins.size();
+    if (!target_matches(cfg, path, is_head)) continue;
+    if (!mts.empty() && inside_any(mts, path)) continue;  // replaced whole by modules_to_save
+    const int64_t r = cfg.rank_for(path);
+    auto layer = std::make_unique<LoraLinear>(*lin, r, cfg.alpha_for(path), cfg.use_rslora,
+                                              static_cast<float>(cfg.lora_dropout));
+    // One stream per module: seed mixed with the module's index, so adding a target does not
+    // shift the others' initial values.
+    layer->init(*lin, cfg.init_lora_weights, nn::random_u64(seed, 0x10000 + i));
+    ad->targets.emplace_back(path, lin);
+    ad->layers.push_back(std::move(layer));
+    matched.push_back(path);
+  }
+  if (ad->targets.empty()) {
+    std::string t = cfg.target_modules_regex ? "regex '" + cfg.target_modules[0] + "'"
+                                             : "[" + join(cfg.target_modules) + "]";
+    fail("adapter '" + name + "': field 'target_modules': " + t + " matches no Linear module of the " +
+         model_->config().arch + " model (e.g. '" + (lins.empty() ? "" : lins[0].first) + "')");
+  }
+  // PEFT saves "all-linear" expanded to the matched module paths.
+  if (!cfg.target_modules_regex && cfg.target_modules.size() == 1 &&
+      cfg.target_modules[0] == "all-linear")
+    cfg.target_modules = matched;
+
+  // modules_to_save: every model parameter inside a listed module gets an adapter-owned copy.
+  if (!mts.empty()) {
+    for (auto& [pname, p] : model_->named_parameters()) {
+      const size_t dot = pname.rfind('.');
+      const std::string mod = dot == std::string::npos ? pname : pname.substr(0, dot);
+      if (!inside_any(mts, mod)) continue;
+      if (!originals_.count(p)) originals_[p] = p->value;
+      Adapter::Saved s{pname, p, {}};
+      s.own.value = originals_[p].to(tensor::DType::F32).clone();
+      ad->saved.push_back(std::move(s));
+    }
+    if (ad->saved.empty() && cfg.modules_to_save && !cfg.modules_to_save->empty() &&
+        cfg.task_type != "SEQ_CLS")
+      fail("adapter '" + name + "': field 'modules_to_save': [" + join(*cfg.modules_to_save) +
+           "] matches no module of the model");
+  }
+  // Attach: adapters are inactive until set_adapter(s).
+  for (size_t i = 0; i < ad->targets.size(); ++i) {
+    ad->layers[i]->enabled = false;
+    ad->targets[i].second->adapters.push_back(ad->layers[i].get());
+  }
+  adapters_.push_back(std::move(ad));
+}
+
+void PeftModel::set_adapter(const std::string& name) { set_adapters({name}); }
+
+void PeftModel::set_adapters(const std::vector<std::string>& names) {
+  for (const auto& n : names) (void)find(n);  // throws for unknown names
+  active_ = names;
+  attach_all();
+}
+
+void PeftModel::disable_adapters() {
+  disabled_ = true;
+  attach_all();
+}
+
+void PeftModel::enable_adapters() {
+  disabled_ = false;
+  attach_all();
+}
+
+// Applies active_/disabled_: LoRA layers enabled and trainable, modules_to_save copies swapped in.
+void PeftModel::attach_all() {
+  for (auto& [p, o] : originals_) {  // originals back first
+    p->value = o;
+    p->grad = Tensor();
+    p->trainable = false;
+  }
+  for (auto& a : adapters_) {
+    const bool on = !disabled_ &&
+                    std::find(active_.begin(), active_.end(), a->name) != active_.end();
+    for (auto& l : a->layers) {
+      l->enabled = on;
+      const bool t = on && a->trainable;
+      if (l->A.trainable != t) l->A.set_trainable(t);
+      if (l->B.trainable != t) l->B.set_trainable(t);
+    }
+    for (auto& s : a->saved) {
+      const bool t = on && a->trainable;
+      if (s.own.trainable != t) s.own.set_trainable(t);
+    }
+  }
+  if (disabled_) return;
+  // modules_to_save: the first active adapter that has a copy of a parameter provides it.
+  std::set<const nn::Parameter*> done;
+  for (const auto& n : active_) {
+    Adapter& a = find(n);
+    for (auto& s : a.saved) {
+      if (!done.insert(s.param).second) continue;
+      s.param->value = s.own.value;
+      s.param->grad = s.own.grad;
+      s.param->trainable = s.own.trainable;
+    }
+  }
+}
+
+void PeftModel::delete_adapter(const std::string& name) {
+  Adapter& a = find(name);
+  for (size_t i = 0; i < a.targets.size(); ++i) {
+    auto& v = a.targets[i].second->adapters;
+    if (a.layers[i]->merged) a.layers[i]->unmerge(*a.targets[i].second);
+    v.erase(std::remove(v.begin(), v.end(), a.layers[i].get()), v.end());
+  }
+  active_.erase(std::remove(active_.begin(), active_.end(), name), active_.end());
+  adapters_.erase(std::remove_if(adapters_.begin(), adapters_.end(),
+                                 [&](const auto& p) { return p.get() == &a; }),
+                  adapters_.end());
+  attach_all();
+}
+
+nn::NamedParameters PeftModel::trainable_parameters() {
+  nn::NamedParameters out;
+  for (const auto& n : active_) {
+    Adapter& a = find(n);
+    for (size_t i = 0; i < a.targets.size(); ++i) {
+      LoraLinear& l = *a.layers[i];
+      if (l.A.trainable) out.emplace_back(kPrefix + a.targets[i].first + ".lora_A.weight", &l.A);
+      if (l.B.trainable) out.emplace_back(kPrefix + a.targets[i].first + ".lora_B.weight", &l.B);
+    }
+    for (auto& s : a.saved)
+      if (s.param->trainable && s.param->value.same_storage(s.own.value))
+        out.emplace_back(kPrefix + s.name, s.param);
+  }
+  return out;
+}
+
+void PeftModel::zero_grad() {
+  for (auto& [n, p] : trainable_parameters()) p->zero_grad();
+}
+
+ParameterCount PeftModel::count_parameters() {
+  ParameterCount c;
+  c.total = model_->num_parameters();
+  for (auto& a : adapters_) {
+    for (auto& l : a->layers) {
+      c.total += l->A.value.numel() + l->B.value.numel();
+      if (l->A.trainable) c.trainable += l->A.value.numel();
+      if (l->B.trainable) c.trainable += l->B.value.numel();
+    }
+    for (auto& s : a->saved) {
+      c.total += s.own.value.numel();  // PEFT keeps the original and a copy per adapter
+      if (s.own.trainable) c.trainable += s.own.value.numel();
+    }
+  }
+  return c;
+}
+
+std::vector<std::pair<std::string, LoraLinear*>> PeftModel::lora_layers(const std::string& name) {
+  Adapter& a = find(name);
+  std::vector<std::pair<std::string, LoraLinear*>> v;
+  for (size_t i = 0; i < a.targets.size(); ++i) v.emplace_back(a.targets[i].first, a.layers[i].get());
+  return v;
+}
+
+// ---- files ----
+
+std::vector<std::pair<std::string, Tensor>> PeftModel::adapter_state(const std::string& name) const {
+  const Adapter& a = find(name);
+  std::vector<std::pair<std::string, Tensor>> t;
+  for (size_t i = 0; i < a.targets.size(); ++i) {
+    t.emplace_back(kPrefix + a.targets[i].first + ".lora_A.weight", a.layers[i]->A.value);
+    t.emplace_back(kPrefix + a.targets[i].first + ".lora_B.weight", a.layers[i]->B.value);
+  }
+  for (auto& s : a.saved) t.emplace_back(kPrefix + s.name, s.own.value);
+  return t;
+}
+
+namespace {
+
+// Writes files into a fresh temporary folder next to `dir`, then moves them in: a new folder is
+// renamed whole; into an existing folder each file is renamed over its old version.
+template <class F>
+void write_folder_atomic(const std::string& dir, F&& write_into) {
+  fs::path target(dir);
+  fs::path parent = target.has_parent_path() ? target.parent_path() : fs::path(".");
+  std::error_code ec;
+  fs::create_directories(parent, ec);
+  fs::path tmp = parent / (target.filename().string() + ".tmp." + std::to_string(::getpid()));
+  fs::remove_all(tmp, ec);
+  if (!fs::create_directory(tmp, ec)) fail(tmp.string() + ": cannot create folder: " + ec.message());
+  try {
+    write_into(tmp.string());
+    if (!fs::exists(target)) {
+      fs::rename(tmp, target);
+    } else {
+      if (!fs::is_directory(target)) fail(dir + ": exists and is not a folder");
+      for (auto& e : fs::directory_iterator(tmp)) fs::rename(e.path(), target / e.path().filename());
+      fs::remove_all(tmp);
+    }
+  } catch (...) {
+    fs::remove_all(tmp, ec);
+    throw;
+  }
+}
+
+}  // namespace
+
+void PeftModel::save_pretrained(const std::string& dir, const std::string& name) const {
+  const Adapter& a = find(name);
+  AdapterConfig cfg = a.cfg;
+  if (cfg.base_model_name_or_path.empty()) cfg.base_model_name_or_path = model_->config().source;
+  cfg.inference_mode = true;  // PEFT writes inference_mode true
+  auto state = adapter_state(name);
+  write_folder_atomic(dir, [&](const std::string& tmp) {
+    io::write_json_file(tmp + "/adapter_config.json", config_to_json(cfg));
+    io::write_safetensors(tmp + "/adapter_model.safetensors", state, {{"format", "pt"}});
+  });
+}
+
+void PeftModel::load_adapter(const std::string& adapter_dir, const std::string& name,
+                             bool is_trainable) {
+  AdapterConfig cfg = read_adapter_config(adapter_dir);
+  const std::string wpath = adapter_dir + "/adapter_model.safetensors";
+  if (!io::file_exists(wpath))
+    fail(adapter_dir + ": no adapter_model.safetensors (adapter_model.bin is not supported)");
+  io::SafetensorsFile f = io::SafetensorsFile::open(wpath);
+  add_adapter(name, cfg, 0);
+  Adapter& a = *adapters_.back();
+  a.trainable = is_trainable;
+  try {
+    std::set<std::string> expected;
+    auto take = [&](const std::string& key, Tensor& dst) {
+      expected.insert(key);
+      if (!f.contains(key))
+        fail(wpath + ": tensor '" + key + "' is missing (adapter_config.json targets this module)");
+      const io::SafetensorsEntry& e = f.entry(key);
+      if (e.shape != dst.shape())
+        fail(wpath + ": tensor '" + key + "' has shape " + tensor::shape_str(e.shape) +
+             ", the base model needs " + tensor::shape_str(dst.shape()));
+      dst.copy_from(f.get_f32(key));
+    };
+    for (size_t i = 0; i < a.targets.size(); ++i) {
+      take(kPrefix + a.targets[i].first + ".lora_A.weight", a.layers[i]->A.value);
+      take(kPrefix + a.targets[i].first + ".lora_B.weight", a.layers[i]->B.value);
+    }
+    for (auto& s : a.saved) {
+      const std::string key = kPrefix + s.name;
+      take(key, s.own.value);
+    }
+    for (const auto& n : f.names())
+      if (!expected.count(n))
+        fail(wpath + ": unexpected tensor '" + n +
+             "' (no such LoRA module or modules_to_save parameter for this config and model)");
+  } catch (...) {
+    delete_adapter(name);
+    throw;
+  }
+  attach_all();
+}
+
+std::unique_ptr<PeftModel> PeftModel::from_pretrained(models::Model& model,
+                                                      const std::string& adapter_dir,
+                                                      const std::string& name, bool is_trainable) {
+  AdapterConfig cfg = read_adapter_config(adapter_dir);
+  std::unique_ptr<PeftModel> pm(new PeftModel(model, cfg, 0, name));
+  pm->delete_adapter(name);
+  pm->load_adapter(adapter_dir, name, is_trainable);
+  pm->set_adapter(name);
+  return pm;
+}
+
+// ---- merging ----
+
+void PeftModel::merge() {
+  for (const auto& n : active_) {
+    Adapter& a = find(n);
+    for (size_t i = 0; i < a.targets.size(); ++i) a.layers[i]->merge(*a.targets[i].second);
+  }
+}
+
+void PeftModel::unmerge() {
+  for (auto& a : adapters_)
+    for (size_t i = 0; i < a->targets.size(); ++i) a->layers[i]->unmerge(*a->targets[i].second);
+}
+
+bool PeftModel::merged() const {
+  for (auto& a : adapters_)
+    for (auto& l : a->layers)
+      if (l->merged) return true;
+  return false;
+}
+
+models::Model& PeftModel::merge_and_unload() {
+  merge();
+  // Keep the active modules_to_save copies as the model's parameters (frozen).
+  std::map<nn::Parameter*, Tensor> keep;
+  for (const auto& n : active_)
+    for (auto& s : find(n).saved)
+      if (!keep.count(s.param)) keep[s.param] = s.own.value;
+  for (auto& a : adapters_)
+    for (auto& [path, lin] : a->targets) lin->adapters.clear();
+  adapters_.clear();
+  active_.clear();
+  originals_.clear();
+  for (auto& [p, v] : keep) {
+    p->value = v;
+    p->grad = Tensor();
+    p->trainable = false;
+  }
+  return *model_;
+}
+
+void save_merged_hf(models::Model& model, const std::string& base_dir, const std::string& out_dir) {
+  if (!io::file_exists(base_dir + "/config.json"))
+    fail(base_dir + ": no config.json (merged Hugging Face output needs a folder base model)");
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  for (auto& [name, p] : model.named_parameters())
+    tensors.emplace_back(name, p->value.dtype() == tensor::DType::F32 ? p->value
+                                                                      : p->value.to(tensor::DType::F32));
+  write_folder_atomic(out_dir, [&](const std::string& tmp) {
+    for (const char* f : {"config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
+                          "special_tokens_map.json", "generation_config.json"})
+      if (io::file_exists(base_dir + "/" + f)) fs::copy_file(base_dir + "/" + f, tmp + "/" + f);
+    io::write_safetensors(tmp + "/model.safetensors", tensors, {{"format", "pt"}});
+  });
+}
+
+}  // namespace lorafit::peft
