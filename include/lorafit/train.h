@@ -1,0 +1,239 @@
+// lorafit train: data sets and batches, AdamW, learning-rate schedules, metrics, checkpoints,
+// the training loop with evaluation, and the run log / report.
+//
+// The trainer works on a list of trainable nn::Parameter* (named as in the model's or the
+// adapter's named_parameters()), so the same loop trains LoRA adapters, a classifier head, or
+// every weight (full fine-tuning). Frozen parameters get no gradient and no optimizer state.
+//
+// Reproducibility: one seed fixes the shuffling (per epoch: seed + epoch), the dropout stream
+// (ctx.rng_counter is set from the micro-batch index), and the train/validation split, so a run
+// resumed from a checkpoint ends with the same parameters as an uninterrupted one.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "lorafit/models.h"
+#include "lorafit/nn.h"
+#include "lorafit/tensor.h"
+#include "lorafit/text.h"
+
+namespace lorafit::train {
+
+using tensor::Tensor;
+
+// ---- data -------------------------------------------------------------------------------------
+
+// Column names of a classification file; empty = detect. Detected text columns: sentence,
+// content, text, sentence1, question, premise, review; pairs: sentence2, question2, hypothesis,
+// passage; labels: label, labels, class, target.
+struct ColumnOptions {
+  std::string text, text_pair, label;
+  size_t max_line_bytes = 1 << 20;  // a longer line is an error (a wrong file, not a sentence)
+};
+
+struct ClassificationExample {
+  std::string text, text_pair;
+  int32_t label = -1;  // -1: unlabeled (predict)
+  int64_t line = 0;    // 1-based line in the file (JSONL/TSV/CSV), for messages
+};
+
+struct ClassificationData {
+  std::string path;
+  std::vector<ClassificationExample> examples;
+  std::vector<std::string> label_names;  // id -> name
+};
+
+// Reads TSV (.tsv), CSV (.csv) or JSONL (.jsonl/.json) by extension. With a header (TSV/CSV) or
+// keys (JSONL) naming the columns. Labels: when every label is an integer 0..n-1 they are used as
+// ids; otherwise names sorted get ids 0, 1, ... `label_names` (non-empty) fixes the mapping (for a
+// validation file: the training file's), and a label outside it is an error with file:line.
+// require_label = false accepts files without a label column (prediction).
+ClassificationData read_classification(const std::string& path, const ColumnOptions& cols,
+                                       const std::vector<std::string>& label_names = {},
+                                       bool require_label = true);
+
+// A tokenized example. Classification: target = label. LM: targets[t] is the id to predict at t
+// (-100 = no loss there).
+struct Sample {
+  std::vector<int32_t> ids, type_ids, targets;
+  int32_t label = -1;
+};
+
+std::vector<Sample> tokenize_classification(const ClassificationData& data,
+                                            const text::Tokenizer& tok, size_t max_length);
+// Plain text -> blocks of block_size tokens (the last partial block dropped unless it is the only
+// one); targets are the next token. Invalid UTF-8 is an error naming the file and line.
+std::vector<Sample> read_lm_text(const std::string& path, const text::Tokenizer& tok,
+                                 size_t block_size, int64_t begin_byte = 0, int64_t end_byte = -1);
+// The byte offset at `fraction` of a text file, moved to the next line start (the LM split).
+int64_t text_split_offset(const std::string& path, double fraction);
+
+// Splits off the validation part: a seeded shuffle, then the last `fraction` of it.
+std::pair<std::vector<Sample>, std::vector<Sample>> split_samples(std::vector<Sample> all,
+                                                                  double fraction, uint64_t seed);
+
+struct Batch {
+  Tensor ids, mask, type_ids;  // I32 [B, T]
+  Tensor targets;              // I32 [B] (classification) or [B, T] (LM)
+  int64_t tokens = 0;          // real (unpadded) tokens
+  int64_t counted = 0;         // rows that carry loss (B, or LM target tokens)
+  std::vector<size_t> index;   // sample indices
+};
+
+// Pads to the longest sample in the batch (dynamic padding) with pad_id.
+Batch make_batch(const std::vector<Sample>& samples, const std::vector<size_t>& index,
+                 int32_t pad_id, bool lm);
+
+// The batches of one epoch: a seeded shuffle (seed + epoch), then groups of 50 batches are sorted
+// by length so that a batch holds similar lengths (length bucketing), and the batch order is
+// shuffled again. shuffle = false keeps file order (evaluation).
+std::vector<std::vector<size_t>> epoch_batches(const std::vector<Sample>& samples,
+                                               size_t batch_size, uint64_t seed, int64_t epoch,
+                                               bool shuffle);
+
+// ---- optimisation -----------------------------------------------------------------------------
+
+struct ParamGroup {
+  std::string name;
+  nn::Parameter* param = nullptr;
+  float lr_mult = 1.0f;       // LoRA+: lora_B gets ratio x
+  float weight_decay = 0.0f;  // decoupled; 0 for biases and norms
+};
+
+// torch.optim.AdamW: p -= lr*wd*p; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g²;
+// p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps).
+struct AdamWOptions {
+  float beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f;
+};
+
+class AdamW {
+ public:
+  AdamW(std::vector<ParamGroup> groups, AdamWOptions opt = {});
+  void step(float lr);  // one update from the current grads
+  void zero_grad();
+  int64_t steps() const { return t_; }
+  const std::vector<ParamGroup>& groups() const { return groups_; }
+  // State as named tensors ("<name>.exp_avg", "<name>.exp_avg_sq", "step").
+  std::vector<std::pair<std::string, Tensor>> state() const;
+  void load_state(const std::map<std::string, Tensor>& st, const std::string& origin);
+
+ private:
+  std::vector<ParamGroup> groups_;
+  AdamWOptions opt_;
+  std::vector<Tensor> m_, v_;
+  int64_t t_ = 0;
+};
+
+// Global L2 norm of the gradients; scaled down to max_norm when larger (torch's
+// clip_grad_norm_, coefficient max_norm / (norm + 1e-6)). max_norm <= 0: only measure.
+double clip_grad_norm(const std::vector<ParamGroup>& groups, double max_norm);
+
+enum class ScheduleKind { Constant, Linear, Cosine };
+ScheduleKind parse_schedule(const std::string& s);
+const char* schedule_name(ScheduleKind k);
+
+// Multiplier of the base lr before update number `step` (0-based), as transformers'
+// get_{constant,linear,cosine}_schedule_with_warmup: step/warmup during warmup, then 1, or a
+// linear / half-cosine decay to 0 at total_steps.
+float lr_multiplier(ScheduleKind kind, int64_t step, int64_t warmup_steps, int64_t total_steps);
+
+// ---- metrics ----------------------------------------------------------------------------------
+
+struct ClassMetrics {
+  double accuracy = 0, f1 = 0, mcc = 0;  // F1: of class 1 when binary, macro otherwise
+  int64_t n = 0;
+};
+ClassMetrics classification_metrics(const std::vector<int32_t>& pred,
+                                    const std::vector<int32_t>& gold, int64_t num_labels);
+
+// ---- model task -------------------------------------------------------------------------------
+
+// Loss and gradients for one batch on a BERT classifier or a causal LM. Used by the trainer and
+// by `lorafit eval`. Returns the mean loss over batch.counted; backward (when dloss != 0)
+// accumulates gradients scaled by dloss.
+struct Task {
+  models::Model* model = nullptr;
+  bool lm = false;
+  // A function that sees the model before forward (dropout on/off etc.); optional.
+  float forward_backward(nn::Context& ctx, const Batch& b, float dloss,
+                         std::vector<float>* probs_out = nullptr);
+};
+
+// ---- training ---------------------------------------------------------------------------------
+
+struct TrainOptions {
+  std::string output_dir;
+  int64_t epochs = 1;
+  int64_t max_steps = 0;  // > 0: stop after this many optimizer steps (overrides epochs)
+  size_t batch_size = 16;
+  int64_t grad_accum = 1;
+  float lr = 5e-4f;
+  float weight_decay = 0.0f;
+  AdamWOptions adam;
+  ScheduleKind schedule = ScheduleKind::Linear;
+  double warmup_ratio = 0.06;
+  int64_t warmup_steps = -1;  // >= 0 overrides warmup_ratio
+  double max_grad_norm = 1.0;
+  float loraplus_ratio = 1.0f;  // lr multiplier of lora_B parameters
+  int64_t eval_every = 0;       // steps; 0 = only at the end
+  int64_t save_every = 0;       // steps; 0 = only at the end (and on SIGINT)
+  int64_t log_every = 10;
+  uint64_t seed = 42;
+  int64_t eval_batches = 0;     // > 0: limit each evaluation to this many batches
+  bool progress_bar = true;     // when stderr is a TTY
+  bool quiet = false;
+  std::string config_json;      // the run configuration, for the checkpoint and the report
+  // Saves the trainable state (adapter folder / safetensors) into a folder; set by the CLI.
+  std::function<void(const std::string& dir)> save_weights;
+  int64_t stop_after = 0;       // testing: stop (with a checkpoint) after this many steps
+};
+
+struct EvalResult {
+  double loss = 0;
+  double perplexity = 0;  // LM
+  ClassMetrics cls;       // classification
+  int64_t tokens = 0;
+};
+
+EvalResult evaluate(Task& task, const std::vector<Sample>& samples, size_t batch_size,
+                    int32_t pad_id, int64_t max_batches = 0,
+                    std::vector<std::vector<float>>* probs = nullptr);
+
+struct TrainSummary {
+  int64_t steps = 0;
+  double seconds = 0, tokens_per_second = 0;
+  int64_t peak_rss_bytes = 0;
+  EvalResult final_eval;
+  std::optional<EvalResult> best_eval;
+  int64_t best_step = 0;
+  bool interrupted = false;
+  std::string report_path;
+};
+
+// Runs training. params: the trainable parameters by name. `resume`: a checkpoint folder to
+// continue from (its optimizer state, step, data position and RNG). Writes into output_dir:
+// log.jsonl, checkpoint/ (latest, for --resume), best/ (best evaluation), final/, report.html.
+TrainSummary run_training(Task& task, const nn::NamedParameters& params,
+                          const std::vector<Sample>& train_set, const std::vector<Sample>& val_set,
+                          int32_t pad_id, const TrainOptions& opt,
+                          const std::string& resume = "");
+
+// Trainable parameter tensors <-> a safetensors file (names as given).
+void save_parameters(const std::string& path, const nn::NamedParameters& params);
+void load_parameters(const std::string& path, const nn::NamedParameters& params);
+
+// Peak resident memory of this process (getrusage maxrss), bytes.
+int64_t peak_rss_bytes();
+
+// Installs a SIGINT handler that asks the running training to save and stop; a second Ctrl-C
+// exits at once.
+void install_sigint_handler();
+
+}  // namespace lorafit::train

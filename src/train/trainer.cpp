@@ -1,0 +1,336 @@
+// The training loop: micro-batches, accumulation, clipping, AdamW, schedule, evaluation,
+// checkpoints (atomic folders), SIGINT, the JSONL log and the progress display.
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+
+#include "lorafit/io.h"
+#include "lorafit/train.h"
+#include "train_internal.h"
+
+namespace lorafit::train {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+std::atomic<int> g_sigint{0};
+
+void on_sigint(int) {
+  if (g_sigint.fetch_add(1) >= 1) _exit(130);  // second Ctrl-C: leave now
+}
+
+double now_seconds() {
+  using namespace std::chrono;
+  return duration<double>(steady_clock::now().time_since_epoch()).count();
+}
+
+io::json eval_json(const EvalResult& e, bool lm) {
+  io::json j = {{"loss", e.loss}};
+  if (lm) j["perplexity"] = e.perplexity;
+  else j.update({{"accuracy", e.cls.accuracy}, {"f1", e.cls.f1}, {"mcc", e.cls.mcc}, {"n", e.cls.n}});
+  return j;
+}
+
+// Higher is better: accuracy for classification, -loss for LM.
+double score_of(const EvalResult& e, bool lm) { return lm ? -e.loss : e.cls.accuracy; }
+
+// Writes a folder atomically: fill "<dir>.tmp", then swap it in place of <dir>.
+void write_folder_atomic(const std::string& dir, const std::function<void(const std::string&)>& fill) {
+  const std::string tmp = dir + ".tmp", old = dir + ".old";
+  fs::remove_all(tmp);
+  fs::create_directories(tmp);
+  fill(tmp);
+  fs::remove_all(old);
+  if (fs::exists(dir)) fs::rename(dir, old);
+  fs::rename(tmp, dir);
+  fs::remove_all(old);
+}
+
+}  // namespace
+
+void install_sigint_handler() {
+  struct sigaction sa {};
+  sa.sa_handler = on_sigint;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, nullptr);
+}
+
+int64_t peak_rss_bytes() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<int64_t>(ru.ru_maxrss) * 1024;
+}
+
+void save_parameters(const std::string& path, const nn::NamedParameters& params) {
+  std::vector<std::pair<std::string, Tensor>> ts;
+  for (auto& [n, p] : params) ts.emplace_back(n, p->value);
+  io::write_safetensors(path, ts, {{"format", "pt"}});
+}
+
+void load_parameters(const std::string& path, const nn::NamedParameters& params) {
+  auto f = io::SafetensorsFile::open(path);
+  for (auto& [n, p] : params) {
+    if (!f.contains(n)) throw Error("[train] " + path + ": no tensor '" + n + "'");
+    Tensor t = f.get_f32(n);
+    if (t.shape() != p->value.shape())
+      throw Error("[train] " + path + ": '" + n + "' is " + tensor::shape_str(t.shape()) +
+                  ", the model expects " + tensor::shape_str(p->value.shape()));
+    if (p->value.dtype() == tensor::DType::F32) p->value.copy_from(t);
+    else p->value.copy_from(t.to(p->value.dtype()));
+  }
+}
+
+float Task::forward_backward(nn::Context& ctx, const Batch& b, float dloss,
+                             std::vector<float>* probs_out) {
+  if (!lm) {
+    auto* bert = dynamic_cast<models::BertModel*>(model);
+    check(bert != nullptr, "train", "classification needs a BERT-family model, got " + model->config().arch);
+    Tensor hidden = bert->forward(ctx, b.ids, b.mask, b.type_ids);
+    Tensor logits = bert->classify(ctx, hidden);
+    Tensor probs = ctx.alloc(logits.shape());
+    float loss = kernels::cross_entropy_forward(logits, b.targets, -100, probs);
+    if (probs_out) probs_out->assign(probs.f32(), probs.f32() + probs.numel());
+    if (dloss != 0.0f) {
+      Tensor dlogits = ctx.alloc(logits.shape());
+      kernels::cross_entropy_backward(probs, b.targets, -100, dloss, dlogits);
+      Tensor dh = bert->classify_backward(ctx, dlogits);
+      bert->backward(ctx, dh);
+    }
+    return loss;
+  }
+  auto* llama = dynamic_cast<models::LlamaModel*>(model);
+  check(llama != nullptr, "train", "causal LM needs a Llama-family model, got " + model->config().arch);
+  Tensor logits = llama->forward(ctx, b.ids, b.mask);
+  const int64_t V = logits.dim(-1), N = logits.numel() / V;
+  Tensor flat = logits.view({N, V});
+  Tensor tg = b.targets.view({N});
+  Tensor probs = ctx.alloc({N, V});
+  float loss = kernels::cross_entropy_forward(flat, tg, -100, probs);
+  if (dloss != 0.0f) {
+    Tensor dlogits = ctx.alloc({N, V});
+    kernels::cross_entropy_backward(probs, tg, -100, dloss, dlogits);
+    llama->backward(ctx, dlogits.view(logits.shape()));
+  }
+  return loss;
+}
+
+EvalResult evaluate(Task& task, const std::vector<Sample>& samples, size_t batch_size,
+                    int32_t pad_id, int64_t max_batches, std::vector<std::vector<float>>* probs) {
+  tensor::Arena arena;
+  nn::Context ctx;
+  ctx.arena = &arena;
+  ctx.training = false;
+  EvalResult r;
+  double loss_sum = 0;
+  int64_t counted = 0;
+  std::vector<int32_t> pred, gold;
+  auto batches = epoch_batches(samples, batch_size, 0, 0, false);
+  int64_t nb = 0;
+  for (auto& idx : batches) {
+    if (max_batches > 0 && nb++ >= max_batches) break;
+    Batch b = make_batch(samples, idx, pad_id, task.lm);
+    std::vector<float> pr;
+    float loss = task.forward_backward(ctx, b, 0.0f, task.lm ? nullptr : &pr);
+    loss_sum += static_cast<double>(loss) * static_cast<double>(b.counted);
+    counted += b.counted;
+    r.tokens += b.tokens;
+    if (!task.lm) {
+      const size_t L = pr.size() / idx.size();
+      for (size_t i = 0; i < idx.size(); ++i) {
+        auto* row = pr.data() + i * L;
+        pred.push_back(static_cast<int32_t>(std::max_element(row, row + L) - row));
+        if (samples[idx[i]].label >= 0) gold.push_back(samples[idx[i]].label);
+        if (probs) probs->emplace_back(row, row + L);
+      }
+    }
+    arena.reset();
+  }
+  r.loss = counted ? loss_sum / static_cast<double>(counted) : 0.0;
+  r.perplexity = std::exp(r.loss);
+  if (!task.lm && gold.size() == pred.size()) {
+    const auto L = static_cast<int64_t>(task.model->config().num_labels);
+    r.cls = classification_metrics(pred, gold, std::max<int64_t>(L, 2));
+  }
+  return r;
+}
+
+TrainSummary run_training(Task& task, const nn::NamedParameters& params,
+                          const std::vector<Sample>& train_set, const std::vector<Sample>& val_set,
+                          int32_t pad_id, const TrainOptions& opt, const std::string& resume) {
+  check(!train_set.empty(), "train", "the training set is empty");
+  check(!params.empty(), "train", "no trainable parameters");
+  check(opt.grad_accum >= 1, "train", "grad_accum must be >= 1");
+  const std::string out = opt.output_dir;
+  fs::create_directories(out);
+
+  // Parameter groups: no weight decay on biases and norms (as transformers' Trainer); LoRA+
+  // (Hayou et al. 2024) trains lora_B with a larger learning rate.
+  std::vector<ParamGroup> groups;
+  for (auto& [name, p] : params) {
+    ParamGroup g{name, p, 1.0f, opt.weight_decay};
+    if (name.ends_with("bias") || name.find("norm") != std::string::npos ||
+        name.find("LayerNorm") != std::string::npos)
+      g.weight_decay = 0.0f;
+    if (name.find("lora_B") != std::string::npos) g.lr_mult = opt.loraplus_ratio;
+    groups.push_back(g);
+  }
+  AdamW adam(groups, opt.adam);
+
+  const auto n_batches = static_cast<int64_t>((train_set.size() + opt.batch_size - 1) / opt.batch_size);
+  const int64_t steps_per_epoch = std::max<int64_t>(1, n_batches / opt.grad_accum);
+  const int64_t total = opt.max_steps > 0 ? opt.max_steps : opt.epochs * steps_per_epoch;
+  const int64_t warmup = opt.warmup_steps >= 0
+                             ? opt.warmup_steps
+                             : static_cast<int64_t>(std::ceil(opt.warmup_ratio * static_cast<double>(total)));
+
+  RunState st;
+  st.total_steps = total;
+  st.warmup_steps = warmup;
+  if (!resume.empty()) {
+    load_checkpoint(resume, params, adam, st);
+    check(st.total_steps == total, "train",
+          resume + ": the checkpoint was for " + std::to_string(st.total_steps) +
+              " steps, this run has " + std::to_string(total) + "; resume with the same options");
+  }
+  Logger log(out + "/log.jsonl", !resume.empty(), opt, total);
+
+  tensor::Arena arena;
+  nn::Context ctx;
+  ctx.arena = &arena;
+  ctx.seed = opt.seed;
+  auto batches = epoch_batches(train_set, opt.batch_size, opt.seed, st.epoch, true);
+
+  auto save_ckpt = [&](const std::string& dir) {
+    write_folder_atomic(dir, [&](const std::string& tmp) {
+      if (opt.save_weights) opt.save_weights(tmp);
+      save_parameters(tmp + "/trainable.safetensors", params);
+      auto sd = adam.state();
+      io::write_safetensors(tmp + "/optimizer.safetensors", sd);
+      io::json j = st.to_json();
+      j["config"] = opt.config_json.empty() ? io::json::object() : io::json::parse(opt.config_json);
+      io::write_json_file(tmp + "/trainer_state.json", j);
+    });
+  };
+  auto run_eval = [&]() {
+    EvalResult e = evaluate(task, val_set, opt.batch_size * 2, pad_id, opt.eval_batches);
+    io::json j = eval_json(e, task.lm);
+    log.eval(st.step, j);
+    const double s = score_of(e, task.lm);
+    if (!st.has_best || s > st.best_score) {
+      st.has_best = true;
+      st.best_score = s;
+      st.best_step = st.step;
+      st.best_eval = j;
+      write_folder_atomic(out + "/best", [&](const std::string& tmp) {
+        if (opt.save_weights) opt.save_weights(tmp);
+        save_parameters(tmp + "/trainable.safetensors", params);
+        io::write_json_file(tmp + "/eval.json", io::json{{"step", st.step}, {"eval", j}});
+      });
+    }
+    return e;
+  };
+
+  TrainSummary sum;
+  const double t0 = now_seconds();
+  const double prior_seconds = st.seconds;
+  const int64_t prior_tokens = st.tokens;
+  const int64_t start_step = st.step;
+  g_sigint = 0;
+  while (st.step < total) {
+    // Gather the micro-batches of this step first: each one's loss is weighted by its share of
+    // the counted rows, so k micro-batches give exactly the gradient of one batch k x larger.
+    std::vector<Batch> micro;
+    int64_t counted = 0;
+    for (int64_t a = 0; a < opt.grad_accum; ++a) {
+      if (st.batch_pos >= static_cast<int64_t>(batches.size())) {
+        ++st.epoch;
+        st.batch_pos = 0;
+        batches = epoch_batches(train_set, opt.batch_size, opt.seed, st.epoch, true);
+      }
+      micro.push_back(make_batch(train_set, batches[static_cast<size_t>(st.batch_pos++)], pad_id, task.lm));
+      counted += micro.back().counted;
+    }
+    double loss = 0;
+    int64_t tokens = 0;
+    for (size_t a = 0; a < micro.size(); ++a) {
+      const Batch& b = micro[a];
+      ctx.training = true;
+      // Dropout stream position from the micro-batch number: a resumed run draws the same masks.
+      ctx.rng_counter = static_cast<uint64_t>(st.step * opt.grad_accum + static_cast<int64_t>(a)) << 32;
+      const double w = counted ? static_cast<double>(b.counted) / static_cast<double>(counted) : 0.0;
+      loss += w * task.forward_backward(ctx, b, static_cast<float>(w));
+      tokens += b.tokens;
+      arena.reset();
+    }
+    const double gnorm = clip_grad_norm(adam.groups(), opt.max_grad_norm);
+    const float lr = opt.lr * lr_multiplier(opt.schedule, st.step, warmup, total);
+    adam.step(lr);
+    adam.zero_grad();
+    ++st.step;
+    st.tokens += tokens;
+    st.seconds = prior_seconds + (now_seconds() - t0);
+    const double tps = static_cast<double>(st.tokens - prior_tokens) / std::max(1e-9, now_seconds() - t0);
+    const double eta = static_cast<double>(total - st.step) *
+                       (now_seconds() - t0) / static_cast<double>(st.step - start_step);
+    log.step(st.step, loss, lr, gnorm, tokens, tps, st.seconds, eta, st.epoch);
+
+    const bool last = st.step == total;
+    if (!last && opt.eval_every > 0 && st.step % opt.eval_every == 0 && !val_set.empty()) {
+      log.clear_line();
+      run_eval();
+    }
+    const bool stop = g_sigint.load() > 0 || (opt.stop_after > 0 && st.step - start_step >= opt.stop_after);
+    if (stop || last || (opt.save_every > 0 && st.step % opt.save_every == 0)) {
+      log.clear_line();
+      save_ckpt(out + "/checkpoint");
+    }
+    if (stop && !last) {
+      sum.interrupted = true;
+      log.note("stopped at step " + std::to_string(st.step) + "; checkpoint saved in " + out +
+               "/checkpoint (continue with --resume " + out + "/checkpoint)");
+      break;
+    }
+  }
+  log.clear_line();
+  sum.steps = st.step;
+  sum.seconds = st.seconds;
+  sum.tokens_per_second = static_cast<double>(st.tokens - prior_tokens) / std::max(1e-9, now_seconds() - t0);
+  if (!sum.interrupted) {
+    if (!val_set.empty()) {
+      sum.final_eval = run_eval();
+      sum.best_step = st.best_step;
+    }
+    write_folder_atomic(out + "/final", [&](const std::string& tmp) {
+      if (opt.save_weights) opt.save_weights(tmp);
+      save_parameters(tmp + "/trainable.safetensors", params);
+    });
+    save_ckpt(out + "/checkpoint");  // carries the best-eval record for a later report
+  }
+  sum.peak_rss_bytes = peak_rss_bytes();
+  ReportInfo ri;
+  ri.title = sum.interrupted ? "lorafit training run (interrupted)" : "lorafit training run";
+  ri.config_json = opt.config_json;
+  ri.seconds = st.seconds;
+  ri.tokens_per_second = sum.tokens_per_second;
+  ri.peak_rss = sum.peak_rss_bytes;
+  ri.steps = st.step;
+  ri.total_steps = total;
+  ri.lm = task.lm;
+  int64_t n_train = 0;
+  for (auto& [n, p] : params) n_train += p->value.numel();
+  ri.trainable = n_train;
+  ri.total_params = task.model->num_parameters();
+  if (st.has_best) ri.best = st.best_eval, ri.best_step = st.best_step;
+  sum.report_path = out + "/report.html";
+  write_report(sum.report_path, out + "/log.jsonl", ri);
+  return sum;
+}
+
+}  // namespace lorafit::train
