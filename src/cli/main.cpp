@@ -6,6 +6,9 @@
 #include "lorafit/tensor.h"
 
 int cmd_info(int argc, char** argv);  // cmd_info.cpp
+int cmd_train(int argc, char** argv);  // cmd_train.cpp
+int cmd_eval(int argc, char** argv, bool predict);
+int cmd_generate(int argc, char** argv);
 
 namespace {
 
@@ -17,6 +20,12 @@ Commands:
   --help, -h       show this help
   --version        print the version
   info PATH        architecture, sizes and targetable modules of a model folder or .gguf
+  train            fine-tune with LoRA (or fully) on classification or text data
+  eval             accuracy/F1/MCC or perplexity of a model (+ adapter) on a file
+  predict          classify a file, with probabilities (TSV or JSONL)
+  generate         continue a prompt (greedy or sampled, KV cache)
+
+Each command explains itself: lorafit <command> --help
 
 Work in progress: model loading, adapters and training arrive with the next milestones
 (see README.md).
@@ -35,6 +44,10 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (!std::strcmp(argv[1], "info")) return cmd_info(argc - 1, argv + 1);
+  if (!std::strcmp(argv[1], "train")) return cmd_train(argc - 1, argv + 1);
+  if (!std::strcmp(argv[1], "eval")) return cmd_eval(argc - 1, argv + 1, false);
+  if (!std::strcmp(argv[1], "predict")) return cmd_eval(argc - 1, argv + 1, true);
+  if (!std::strcmp(argv[1], "generate")) return cmd_generate(argc - 1, argv + 1);
   std::fprintf(stderr, "lorafit: unknown command '%s' (try lorafit --help)\n", argv[1]);
   return 2;
 }

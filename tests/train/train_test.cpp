@@ -1,0 +1,390 @@
+// train layer: AdamW vs its formula, schedules, metrics, data errors with file:line, gradient
+// accumulation, exact resume, and an end-to-end `lorafit train` run on the tiny BERT fixture.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+#include "lorafit/io.h"
+#include "lorafit/models.h"
+#include "lorafit/train.h"
+
+namespace fs = std::filesystem;
+using namespace lorafit;
+using namespace lorafit::train;
+
+namespace {
+
+fs::path temp_dir(const std::string& name) {
+  fs::path d = fs::temp_directory_path() / ("lorafit_train_" + name + "_" + std::to_string(getpid()));
+  fs::remove_all(d);
+  fs::create_directories(d);
+  return d;
+}
+
+void write(const fs::path& p, const std::string& s) { std::ofstream(p, std::ios::binary) << s; }
+
+template <class F>
+void expect_error(F f, std::initializer_list<std::string> parts) {
+  try {
+    f();
+    ADD_FAILURE() << "no error thrown";
+  } catch (const Error& e) {
+    for (auto& p : parts) EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << e.what() << " lacks " << p;
+  }
+}
+
+const std::vector<std::string> kWords = {"good", "bad", "great", "awful", "movie", "film", "plot",
+                                         "fine", "dull", "fun", "the", "a", "is", "was", "very", "not"};
+
+// A WordPiece tokenizer over kWords whose ids fit the tiny BERT's 99-row vocabulary.
+std::string tiny_tokenizer_json() {
+  std::string v = R"("[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3)";
+  for (size_t i = 0; i < kWords.size(); ++i) v += ", \"" + kWords[i] + "\": " + std::to_string(4 + i);
+  return R"({"model": {"type": "WordPiece", "vocab": {)" + v +
+         R"(}, "unk_token": "[UNK]", "continuing_subword_prefix": "##", "max_input_chars_per_word": 100},
+  "normalizer": null, "pre_tokenizer": {"type": "BertPreTokenizer"},
+  "post_processor": {"type": "BertProcessing", "sep": ["[SEP]", 3], "cls": ["[CLS]", 2]},
+  "decoder": null})";
+}
+
+// A sentiment-like TSV: label 1 when the sentence has a positive word.
+std::string synthetic_tsv(int n, uint64_t seed) {
+  std::string s = "label\tsentence\n";
+  for (int i = 0; i < n; ++i) {
+    uint64_t r = nn::random_u64(seed, static_cast<uint64_t>(i));
+    const int len = 2 + static_cast<int>(r % 7);
+    const bool pos = (r >> 8) & 1;
+    std::string t = pos ? (r >> 9 & 1 ? "good" : "great") : (r >> 9 & 1 ? "bad" : "awful");
+    for (int k = 0; k < len; ++k) t += " " + kWords[6 + (r >> (12 + 3 * k)) % 10];
+    s += std::string(pos ? "1" : "0") + "\t" + t + "\n";
+  }
+  return s;
+}
+
+// A copy of the tiny BERT fixture with the tokenizer above.
+fs::path tiny_model_dir() {
+  static fs::path d = [] {
+    fs::path dir = temp_dir("tiny_bert");
+    for (auto f : {"config.json", "model.safetensors"})
+      fs::copy_file(fs::path(LORAFIT_FIXTURES) / "models/tiny_bert" / f, dir / f);
+    write(dir / "tokenizer.json", tiny_tokenizer_json());
+    return dir;
+  }();
+  return d;
+}
+
+}  // namespace
+
+// ---- AdamW ------------------------------------------------------------------------------------
+
+TEST(AdamW, TwoStepsMatchTheFormula) {
+  nn::Parameter p;
+  p.value = Tensor::from_vector({4}, {1.0f, -2.0f, 0.5f, 0.0f});
+  p.set_trainable(true);
+  const float lr = 0.01f, wd = 0.1f, b1 = 0.9f, b2 = 0.999f, eps = 1e-8f;
+  AdamW opt({{"w", &p, 1.0f, wd}}, {b1, b2, eps});
+  std::vector<double> x = {1.0, -2.0, 0.5, 0.0}, m(4, 0), v(4, 0);
+  const std::vector<std::vector<float>> grads = {{0.1f, -0.3f, 2.0f, 0.0f}, {-0.2f, 0.05f, 1.0f, 3.0f}};
+  for (int t = 1; t <= 2; ++t) {
+    for (int i = 0; i < 4; ++i) p.grad.f32()[i] = grads[t - 1][i];
+    opt.step(lr);
+    for (int i = 0; i < 4; ++i) {
+      const double g = grads[t - 1][i];
+      x[i] *= 1.0 - lr * wd;
+      m[i] = b1 * m[i] + (1 - b1) * g;
+      v[i] = b2 * v[i] + (1 - b2) * g * g;
+      const double mh = m[i] / (1 - std::pow(b1, t)), vh = v[i] / (1 - std::pow(b2, t));
+      x[i] -= lr * mh / (std::sqrt(vh) + eps);
+      EXPECT_NEAR(p.value.f32()[i], x[i], 1e-6) << "step " << t << " element " << i;
+    }
+  }
+  // Step 1 by hand for element 0: 1 * (1 - 0.001) - 0.01 * sign(0.1) = 0.989.
+  EXPECT_EQ(opt.steps(), 2);
+  // A LoRA+ multiplier scales that group's lr.
+  nn::Parameter q;
+  q.value = Tensor::from_vector({1}, {1.0f});
+  q.set_trainable(true);
+  AdamW o2({{"lora_B", &q, 16.0f, 0.0f}});
+  q.grad.f32()[0] = 0.5f;
+  o2.step(0.001f);
+  EXPECT_NEAR(q.value.f32()[0], 1.0 - 0.016, 1e-6);
+}
+
+TEST(AdamW, StateRoundTripsThroughNamedTensors) {
+  nn::Parameter p;
+  p.value = Tensor::from_vector({3}, {1, 2, 3});
+  p.set_trainable(true);
+  AdamW a({{"w", &p, 1.0f, 0.0f}});
+  p.grad.fill(0.5f);
+  a.step(0.1f);
+  std::map<std::string, Tensor> st;
+  for (auto& [n, t] : a.state()) st[n] = t.clone();
+  nn::Parameter p2;
+  p2.value = p.value.clone();
+  p2.set_trainable(true);
+  AdamW b({{"w", &p2, 1.0f, 0.0f}});
+  b.load_state(st, "test");
+  EXPECT_EQ(b.steps(), 1);
+  p.grad.fill(-0.25f);
+  p2.grad.fill(-0.25f);
+  a.step(0.1f);
+  b.step(0.1f);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(p.value.f32()[i], p2.value.f32()[i]);
+  st.erase("w.exp_avg");
+  expect_error([&] { b.load_state(st, "opt.safetensors"); }, {"opt.safetensors", "w.exp_avg"});
+}
+
+TEST(Clip, ScalesToMaxNorm) {
+  nn::Parameter p;
+  p.value = Tensor::zeros({2});
+  p.set_trainable(true);
+  p.grad.f32()[0] = 3;
+  p.grad.f32()[1] = 4;
+  std::vector<ParamGroup> g = {{"p", &p, 1, 0}};
+  EXPECT_DOUBLE_EQ(clip_grad_norm(g, 1.0), 5.0);
+  EXPECT_NEAR(p.grad.f32()[0], 0.6, 1e-6);
+  EXPECT_NEAR(p.grad.f32()[1], 0.8, 1e-6);
+  EXPECT_NEAR(clip_grad_norm(g, 10.0), 1.0, 1e-6);  // below max: unchanged
+  EXPECT_NEAR(p.grad.f32()[1], 0.8, 1e-6);
+}
+
+// ---- schedules --------------------------------------------------------------------------------
+
+TEST(Schedule, WarmupThenDecayAsTransformers) {
+  using K = ScheduleKind;
+  EXPECT_FLOAT_EQ(lr_multiplier(K::Linear, 0, 10, 110), 0.0f);
+  EXPECT_FLOAT_EQ(lr_multiplier(K::Linear, 5, 10, 110), 0.5f);
+  EXPECT_FLOAT_EQ(lr_multiplier(K::Linear, 10, 10, 110), 1.0f);
+  EXPECT_FLOAT_EQ(lr_multiplier(K::Linear, 60, 10, 110), 0.5f);
+  EXPECT_FLOAT_EQ(lr_multiplier(K::Linear, 110, 10, 110), 0.0f);
+  EXPECT_FLOAT_EQ(lr_multiplier(K::Cosine, 60, 10, 110), 0.5f);
+  EXPECT_NEAR(lr_multiplier(K::Cosine, 35, 10, 110), 0.5 * (1 + std::cos(M_PI * 0.25)), 1e-6);
+  EXPECT_FLOAT_EQ(lr_multiplier(K::Constant, 3, 4, 100), 0.75f);
+  EXPECT_FLOAT_EQ(lr_multiplier(K::Constant, 99, 4, 100), 1.0f);
+  EXPECT_FLOAT_EQ(lr_multiplier(K::Linear, 0, 0, 10), 1.0f);  // no warmup
+  EXPECT_EQ(parse_schedule("cosine"), K::Cosine);
+  expect_error([] { parse_schedule("step"); }, {"'step'", "constant, linear or cosine"});
+}
+
+// ---- metrics ----------------------------------------------------------------------------------
+
+TEST(Metrics, BinaryByHand) {
+  // TP 3, FN 1, FP 1, TN 3.
+  auto m = classification_metrics({1, 0, 1, 0, 1, 0, 1, 0}, {1, 1, 1, 0, 0, 0, 1, 0}, 2);
+  EXPECT_DOUBLE_EQ(m.accuracy, 0.75);
+  EXPECT_DOUBLE_EQ(m.f1, 0.75);                // 2·3 / (2·3 + 1 + 1)
+  EXPECT_NEAR(m.mcc, 0.5, 1e-12);              // (3·3 − 1·1) / √(4·4·4·4)
+  auto all_one = classification_metrics({1, 1, 1}, {1, 0, 1}, 2);
+  EXPECT_DOUBLE_EQ(all_one.mcc, 0.0);          // a constant prediction: MCC 0 by convention
+  EXPECT_NEAR(all_one.f1, 0.8, 1e-12);         // 2·2 / (2·2 + 1)
+}
+
+TEST(Metrics, MulticlassByHand) {
+  auto m = classification_metrics({0, 2, 1, 0, 0, 2}, {0, 1, 2, 0, 1, 2}, 3);
+  EXPECT_DOUBLE_EQ(m.accuracy, 0.5);
+  EXPECT_NEAR(m.f1, (0.8 + 0.0 + 0.5) / 3, 1e-12);     // macro F1
+  EXPECT_NEAR(m.mcc, 6.0 / std::sqrt(22.0 * 24.0), 1e-12);  // Gorodkin: (3·6 − 12) / √(22·24)
+}
+
+// ---- data -------------------------------------------------------------------------------------
+
+TEST(Data, DetectsColumnsAndMapsLabels) {
+  auto d = temp_dir("cols");
+  write(d / "a.tsv", "label\tsentence\n1\tgood film\n0\tbad plot\n");
+  write(d / "b.tsv", "label\tcontent\n0\tdull\n");
+  auto a = read_classification((d / "a.tsv").string(), {});
+  ASSERT_EQ(a.examples.size(), 2u);
+  EXPECT_EQ(a.examples[0].text, "good film");
+  EXPECT_EQ(a.examples[0].label, 1);
+  EXPECT_EQ(a.examples[1].line, 3);
+  auto b = read_classification((d / "b.tsv").string(), {}, a.label_names);
+  EXPECT_EQ(b.examples[0].text, "dull");
+  write(d / "c.jsonl", "{\"text\": \"x\", \"label\": \"pos\"}\n{\"text\": \"y\", \"label\": \"neg\"}\n");
+  auto c = read_classification((d / "c.jsonl").string(), {});
+  ASSERT_EQ(c.label_names, (std::vector<std::string>{"neg", "pos"}));
+  EXPECT_EQ(c.examples[0].label, 1);
+  write(d / "p.csv", "question1,question2,label\n\"a, b\",\"say \"\"hi\"\"\",1\n");
+  auto p = read_classification((d / "p.csv").string(), {});
+  EXPECT_EQ(p.examples[0].text, "a, b");
+  EXPECT_EQ(p.examples[0].text_pair, "say \"hi\"");
+  fs::remove_all(d);
+}
+
+TEST(Data, ErrorsNameFileAndLine) {
+  auto d = temp_dir("errors");
+  const std::string f = (d / "x.tsv").string();
+  write(f, "label\ttext_a\n1\thello\n");
+  expect_error([&] { read_classification(f, {}); }, {f + ":1", "no text column", "text_a"});
+  write(f, "sentence\n hello\n");
+  expect_error([&] { read_classification(f, {}); }, {f + ":1", "no label column"});
+  write(f, "label\tsentence\n1\tgood\n1\tbad\textra\n");
+  expect_error([&] { read_classification(f, {}); }, {f + ":3", "expected 2 fields, got 3"});
+  write(f, "label\tsentence\n1\tgood\n7\tbad\n");
+  expect_error([&] { read_classification(f, {}, {"0", "1"}); }, {f + ":3", "unknown label '7'"});
+  write(f, "label\tsentence\n1\tgo\xC3\x28od\n");
+  expect_error([&] { read_classification(f, {}); }, {f + ":2", "invalid UTF-8"});
+  write(f, "");
+  expect_error([&] { read_classification(f, {}); }, {f, "no examples"});
+  write(f, "label\tsentence\n1\t" + std::string(200, 'a') + "\n");
+  ColumnOptions small;
+  small.max_line_bytes = 100;
+  expect_error([&] { read_classification(f, small); }, {f + ":2", "longer than 100"});
+  const std::string j = (d / "x.jsonl").string();
+  write(j, "{\"text\": \"a\", \"label\": 0}\n{\"label\": 1}\n");
+  expect_error([&] { read_classification(j, {}); }, {j + ":2", "'text' is missing"});
+  write(j, "{\"text\": \"a\", \"label\": 0}\nnot json\n");
+  expect_error([&] { read_classification(j, {}); }, {j + ":2", "not valid JSON"});
+  fs::remove_all(d);
+}
+
+TEST(Data, BatchesAreBucketedPaddedAndSeeded) {
+  std::vector<Sample> s;
+  for (int i = 0; i < 100; ++i) s.push_back({std::vector<int32_t>(1 + i % 17, 5), {}, {}, i % 2});
+  auto e0 = epoch_batches(s, 8, 1, 0, true);
+  EXPECT_EQ(e0, epoch_batches(s, 8, 1, 0, true));
+  EXPECT_NE(e0, epoch_batches(s, 8, 1, 1, true));
+  size_t seen = 0;
+  for (auto& b : e0) seen += b.size();
+  EXPECT_EQ(seen, 100u);
+  // Bucketing: padding is far below that of random batches (max length 17 each).
+  int64_t padded = 0, real = 0;
+  for (auto& idx : e0) {
+    Batch b = make_batch(s, idx, 0, false);
+    padded += b.ids.numel();
+    real += b.tokens;
+    ASSERT_EQ(b.mask.i32()[0], 1);
+  }
+  EXPECT_LT(static_cast<double>(padded), 1.3 * static_cast<double>(real));
+}
+
+// ---- gradient accumulation --------------------------------------------------------------------
+
+TEST(Accumulation, MicroBatchesEqualOneBigBatch) {
+  auto dir = tiny_model_dir();
+  auto tok = text::Tokenizer::from_file(dir.string());
+  auto tsv = temp_dir("accum") / "d.tsv";
+  write(tsv, synthetic_tsv(8, 3));
+  auto samples = tokenize_classification(read_classification(tsv.string(), {}), tok, 32);
+  auto model = models::load_model(dir.string());
+  model->set_trainable(true);
+  Task task{model.get(), false};
+  nn::Context ctx;  // eval mode: dropout off, so both runs see the same function
+  auto grads = [&] {
+    nn::NamedParameters ps = model->named_parameters();
+    std::vector<std::vector<float>> g;
+    for (auto& [n, p] : ps) g.emplace_back(p->grad.f32(), p->grad.f32() + p->grad.numel());
+    return g;
+  };
+  model->zero_grad();
+  task.forward_backward(ctx, make_batch(samples, {0, 1, 2, 3, 4, 5, 6, 7}, 0, false), 1.0f);
+  auto big = grads();
+  model->zero_grad();
+  for (std::vector<size_t> idx : {std::vector<size_t>{0, 1, 2, 3}, std::vector<size_t>{4, 5, 6, 7}})
+    task.forward_backward(ctx, make_batch(samples, idx, 0, false), 0.5f);
+  auto acc = grads();
+  ASSERT_EQ(big.size(), acc.size());
+  double max_abs = 0;
+  for (size_t i = 0; i < big.size(); ++i)
+    for (size_t j = 0; j < big[i].size(); ++j) {
+      EXPECT_NEAR(acc[i][j], big[i][j], 1e-5 + 1e-4 * std::fabs(big[i][j])) << "param " << i << " elem " << j;
+      max_abs = std::max(max_abs, static_cast<double>(std::fabs(big[i][j])));
+    }
+  EXPECT_GT(max_abs, 1e-4);  // the gradients are not trivially zero
+}
+
+// ---- resume -----------------------------------------------------------------------------------
+
+TEST(Resume, StoppedAndResumedEqualsUninterrupted) {
+  auto dir = tiny_model_dir();
+  auto tok = text::Tokenizer::from_file(dir.string());
+  auto work = temp_dir("resume");
+  write(work / "d.tsv", synthetic_tsv(48, 5));
+  auto samples = tokenize_classification(read_classification((work / "d.tsv").string(), {}), tok, 32);
+  auto [tr, va] = split_samples(samples, 0.25, 1);
+  TrainOptions o;
+  o.max_steps = 7;  // crosses an epoch boundary (36 examples / batch 8 = 5 batches)
+  o.batch_size = 8;
+  o.grad_accum = 1;
+  o.lr = 1e-2f;
+  o.weight_decay = 0.01f;
+  o.eval_every = 3;
+  o.quiet = true;
+  o.seed = 11;
+  auto train_once = [&](const std::string& out, int64_t stop_after, const std::string& resume) {
+    auto model = models::load_model(dir.string());
+    model->set_trainable(true);  // every weight (the tiny model is F32); dropout stays on
+    Task t{model.get(), false};
+    auto ps = model->named_parameters();
+    TrainOptions oo = o;
+    oo.output_dir = out;
+    oo.stop_after = stop_after;
+    auto s = run_training(t, ps, tr, va, 0, oo, resume);
+    std::vector<std::vector<float>> vals;
+    for (auto& [n, p] : ps) vals.emplace_back(p->value.f32(), p->value.f32() + p->value.numel());
+    return std::make_pair(s, vals);
+  };
+  auto [full, full_vals] = train_once((work / "a").string(), 0, "");
+  EXPECT_FALSE(full.interrupted);
+  EXPECT_EQ(full.steps, 7);
+  auto [part, part_vals] = train_once((work / "b").string(), 4, "");
+  EXPECT_TRUE(part.interrupted);
+  EXPECT_EQ(part.steps, 4);
+  ASSERT_TRUE(fs::exists(work / "b/checkpoint/optimizer.safetensors"));
+  auto [rest, rest_vals] = train_once((work / "b").string(), 0, (work / "b/checkpoint").string());
+  EXPECT_EQ(rest.steps, 7);
+  ASSERT_EQ(full_vals.size(), rest_vals.size());
+  bool changed = false;
+  for (size_t i = 0; i < full_vals.size(); ++i) {
+    ASSERT_EQ(full_vals[i], rest_vals[i]) << "parameter " << i << " differs after resume";
+    changed = changed || full_vals[i] != part_vals[i];
+  }
+  EXPECT_TRUE(changed);  // steps 5..7 did something
+  auto st = io::read_json_file((work / "b/checkpoint/trainer_state.json").string());
+  EXPECT_EQ(st["step"], 7);
+  EXPECT_TRUE(fs::exists(work / "b/best/trainable.safetensors"));
+  EXPECT_TRUE(fs::exists(work / "b/report.html"));
+  fs::remove_all(work);
+}
+
+// ---- end to end through the CLI ---------------------------------------------------------------
+
+namespace {
+int run(const std::string& cmd) {
+  int rc = std::system((cmd + " > /dev/null 2>&1").c_str());
+  return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
+}  // namespace
+
+TEST(Cli, TrainWritesAdapterLogAndReport) {
+  auto dir = tiny_model_dir();
+  auto work = temp_dir("cli");
+  write(work / "train.tsv", synthetic_tsv(64, 9));
+  const std::string bin = LORAFIT_BINARY;
+  const std::string base = bin + " train --model " + dir.string() + " --train " + (work / "train.tsv").string() +
+                           " --max-steps 4 --batch-size 8 --threads 1 --output " + (work / "out").string();
+  ASSERT_EQ(run(base), 0);
+  for (auto f : {"final/trainable.safetensors", "final/adapter_config.json", "final/adapter_model.safetensors",
+                 "checkpoint/optimizer.safetensors", "checkpoint/trainer_state.json", "best/trainable.safetensors",
+                 "log.jsonl", "report.html"})
+    EXPECT_TRUE(fs::exists(work / "out" / f)) << f;
+  std::string report = io::read_file((work / "out/report.html").string());
+  EXPECT_NE(report.find("<svg"), std::string::npos);
+  EXPECT_NE(report.find("trainable parameters"), std::string::npos);
+  // Never overwrite without --overwrite; a bad flag explains itself (exit 1, not a crash).
+  EXPECT_EQ(run(base), 1);
+  EXPECT_EQ(run(base + " --overwrite --method full"), 0);
+  EXPECT_EQ(run(base + " --overwrite --lr-rate 3"), 1);
+  EXPECT_EQ(run(base + " --overwrite --method full --lora-r 4"), 1);
+  // eval and predict on the trained weights.
+  const std::string ev = " --model " + dir.string() + " --adapter " + (work / "out/final").string() +
+                         " --data " + (work / "train.tsv").string();
+  EXPECT_EQ(run(bin + " eval" + ev), 0);
+  EXPECT_EQ(run(bin + " predict" + ev + " --output " + (work / "p.tsv").string()), 0);
+  std::string preds = io::read_file((work / "p.tsv").string());
+  EXPECT_EQ(std::count(preds.begin(), preds.end(), '\n'), 65);  // header + 64 rows
+  EXPECT_EQ(run(bin + " train --help"), 0);
+  fs::remove_all(work);
+}
