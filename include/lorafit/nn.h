@@ -288,7 +288,8 @@ class Attention : public Module {
   // are appended to the cache and each new query attends to cache[0 : len + Tn] (causal among
   // the new tokens when cfg.causal). pad_mask [B, len + Tn] covers every cached token (undefined:
   // none); positions [Tn] or [B, Tn] I32 for RoPE (undefined: len .. len + Tn - 1). Equals the
-  // rows of forward() on the whole sequence. Returns [B, Tn, C].
+  // rows of forward() on the whole sequence. Returns [B, Tn, C]. A pending backward() is
+  // invalidated (it throws), since the projections' saved inputs change.
   Tensor forward_cached(Context& ctx, const Tensor& x_new, KVCache& cache,
                         const Tensor& pad_mask = Tensor(), const Tensor& positions = Tensor());
 
