@@ -1,8 +1,18 @@
 #!/usr/bin/env bash
-# The main job: set up, build, and run lorafit with its defaults.
-# Today this builds the tool and shows its help; the training milestone turns it into
-# "fetch MiniLM and fine-tune it with LoRA on SST-2".
+# The main job: set up, build, fetch all-MiniLM-L6-v2 and fine-tune it with LoRA (r=8, query/value,
+# classifier trained) on SST-2, ending with the dev accuracy and the path of the HTML report.
+# Budget: 300 optimizer steps of 32 examples (9,600 of SST-2's 67,349 training sentences, about
+# 1/7 of an epoch), then the whole dev set (872); 10-20 minutes on an idle 2-core machine.
+# Override with env: LORAFIT_STEPS=N (more steps, better accuracy), LORAFIT_OUT=DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh build -DLORAFIT_BUILD_TESTS=OFF -DLORAFIT_BUILD_BENCH=OFF
-./build/lorafit --help
+bash tools/fetch_models.sh
+OUT=${LORAFIT_OUT:-runs/sst2-minilm-lora}
+# --overwrite: the main job is re-runnable; a user's own runs are never overwritten without it.
+./build/lorafit train \
+  --model models/all-MiniLM-L6-v2 \
+  --train ../shared/data/sst2/train.tsv \
+  --validation ../shared/data/sst2/dev.tsv \
+  --output "$OUT" --overwrite \
+  --max-steps "${LORAFIT_STEPS:-300}" --eval-every 100 --log-every 20
