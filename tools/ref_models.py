@@ -6,6 +6,10 @@ Writes tests/fixtures/models/:
                              logits, last_hidden, mean_pooled; plus the gradients of
                              loss = cross_entropy(logits, labels) (mean over the batch) w.r.t.
                              inputs_embeds (grad_inputs_embeds) and the classifier (grad_classifier_*).
+  tiny_roberta/, tiny_roberta_ref.safetensors        RobertaForSequenceClassification (pad id 1,
+                             positions from the ids as transformers computes them), same contents
+  tiny_distilbert/, tiny_distilbert_ref.safetensors  DistilBertForSequenceClassification, same
+                             contents (no token_type_ids)
   tiny_llama/, tiny_llama_tied/   LlamaForCausalLM (random, GQA 4/2 heads), untied and tied lm_head
   tiny_llama_bf16/           tiny_llama with weights stored as BF16 (reference run in fp32 on the
                              rounded weights)
@@ -88,6 +92,48 @@ def _write_llama_gguf(model, cfg, path, vocab):
     w.close()
 
 
+def _perturb(model):
+    # Random init has tiny LayerNorm/bias variation; perturb so that every parameter matters.
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "LayerNorm" in n or "layer_norm" in n or n.endswith("bias"):
+                p.add_(0.1 * torch.randn_like(p))
+
+
+def _encoder_fixture(model, out, name, ids, mask, tt, labels, word_embeddings, base):
+    d = os.path.join(out, name)
+    shutil.rmtree(d, ignore_errors=True)
+    model.save_pretrained(d, safe_serialization=True)
+    kw = {"attention_mask": mask}
+    if tt is not None:
+        kw["token_type_ids"] = tt
+    # Hidden states and logits from the ids (RoBERTa derives its position ids from them).
+    with torch.no_grad():
+        hid = base(input_ids=ids, **kw).last_hidden_state
+        logits = model(input_ids=ids, **kw).logits
+    emb = word_embeddings(ids).detach().requires_grad_(True)
+    o = model(inputs_embeds=emb, **kw)
+    loss = torch.nn.functional.cross_entropy(o.logits, labels)
+    loss.backward()
+    m = mask.unsqueeze(-1).float()
+    pooled = (hid * m).sum(1) / m.sum(1).clamp(min=1e-9)
+    head_w = model.classifier.out_proj.weight if hasattr(model.classifier, "out_proj") else model.classifier.weight
+    head_b = model.classifier.out_proj.bias if hasattr(model.classifier, "out_proj") else model.classifier.bias
+    t = {
+        "input_ids": ids.int().contiguous(), "attention_mask": mask.int().contiguous(),
+        "labels": labels.int(), "logits": logits.contiguous(), "last_hidden": hid.contiguous(),
+        "mean_pooled": pooled.contiguous(), "loss": loss.detach().reshape(1),
+        "logits_from_embeds": o.logits.detach().contiguous(),
+        "grad_inputs_embeds": emb.grad.contiguous(),
+        "grad_classifier_weight": head_w.grad.contiguous(),
+        "grad_classifier_bias": head_b.grad.contiguous(),
+    }
+    if tt is not None:
+        t["token_type_ids"] = tt.int().contiguous()
+    save_file(t, os.path.join(out, name + "_ref.safetensors"))
+    print(f"  {name}: logits {tuple(logits.shape)}, loss {loss.item():.6f}")
+
+
 def _bert(out):
     from transformers import BertConfig, BertForSequenceClassification
     torch.manual_seed(0)
@@ -96,15 +142,7 @@ def _bert(out):
                      type_vocab_size=2, num_labels=3, hidden_act="gelu", layer_norm_eps=1e-12,
                      attn_implementation="eager")
     model = BertForSequenceClassification(cfg).eval()
-    # Random init has tiny LayerNorm/bias variation; perturb so that every parameter matters.
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "LayerNorm" in n or n.endswith("bias"):
-                p.add_(0.1 * torch.randn_like(p))
-    d = os.path.join(out, "tiny_bert")
-    shutil.rmtree(d, ignore_errors=True)
-    model.save_pretrained(d, safe_serialization=True)
-
+    _perturb(model)
     ids = torch.tensor([[2, 17, 45, 8, 91, 33, 3, 60, 12, 3],
                         [2, 5, 71, 3, 44, 3, 0, 0, 0, 0],
                         [2, 98, 3, 0, 0, 0, 0, 0, 0, 0]], dtype=torch.long)
@@ -113,23 +151,44 @@ def _bert(out):
                        [0, 0, 0, 0, 1, 1, 0, 0, 0, 0],
                        [0] * 10], dtype=torch.long)
     labels = torch.tensor([2, 0, 1])
-    emb = model.bert.embeddings.word_embeddings(ids).detach().requires_grad_(True)
-    o = model(inputs_embeds=emb, attention_mask=mask, token_type_ids=tt, output_hidden_states=True)
-    loss = torch.nn.functional.cross_entropy(o.logits, labels)
-    loss.backward()
-    last = o.hidden_states[-1]
-    m = mask.unsqueeze(-1).float()
-    pooled = (last * m).sum(1) / m.sum(1).clamp(min=1e-9)
-    save_file({
-        "input_ids": ids.int().contiguous(), "attention_mask": mask.int().contiguous(),
-        "token_type_ids": tt.int().contiguous(), "labels": labels.int(),
-        "logits": o.logits.detach().contiguous(), "last_hidden": last.detach().contiguous(),
-        "mean_pooled": pooled.detach().contiguous(), "loss": loss.detach().reshape(1),
-        "grad_inputs_embeds": emb.grad.contiguous(),
-        "grad_classifier_weight": model.classifier.weight.grad.contiguous(),
-        "grad_classifier_bias": model.classifier.bias.grad.contiguous(),
-    }, os.path.join(out, "tiny_bert_ref.safetensors"))
-    print(f"  tiny_bert: logits {tuple(o.logits.shape)}, loss {loss.item():.6f}")
+    _encoder_fixture(model, out, "tiny_bert", ids, mask, tt, labels,
+                     model.bert.embeddings.word_embeddings, model.bert)
+
+
+def _roberta(out):
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+    torch.manual_seed(3)
+    cfg = RobertaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=37, vocab_size=99, max_position_embeddings=66,
+                        type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                        num_labels=3, layer_norm_eps=1e-5, attn_implementation="eager")
+    model = RobertaForSequenceClassification(cfg).eval()
+    _perturb(model)
+    # <s> = 0, </s> = 2, <pad> = 1 (RoBERTa's ids); padding on the right.
+    ids = torch.tensor([[0, 17, 45, 8, 91, 33, 2, 60, 12, 2],
+                        [0, 5, 71, 2, 44, 2, 1, 1, 1, 1],
+                        [0, 98, 2, 1, 1, 1, 1, 1, 1, 1]], dtype=torch.long)
+    mask = (ids != 1).long()
+    labels = torch.tensor([1, 2, 0])
+    _encoder_fixture(model, out, "tiny_roberta", ids, mask, None, labels,
+                     model.roberta.embeddings.word_embeddings, model.roberta)
+
+
+def _distilbert(out):
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+    torch.manual_seed(4)
+    cfg = DistilBertConfig(dim=32, n_layers=2, n_heads=4, hidden_dim=37, vocab_size=99,
+                           max_position_embeddings=64, num_labels=3, activation="gelu",
+                           attn_implementation="eager")
+    model = DistilBertForSequenceClassification(cfg).eval()
+    _perturb(model)
+    ids = torch.tensor([[2, 17, 45, 8, 91, 33, 3, 60, 12, 3],
+                        [2, 5, 71, 3, 44, 3, 0, 0, 0, 0],
+                        [2, 98, 3, 0, 0, 0, 0, 0, 0, 0]], dtype=torch.long)
+    mask = (ids != 0).long()
+    labels = torch.tensor([0, 2, 1])
+    _encoder_fixture(model, out, "tiny_distilbert", ids, mask, None, labels,
+                     model.distilbert.embeddings.word_embeddings, model.distilbert)
 
 
 def _llama(out):
@@ -274,7 +333,17 @@ def main(fixtures_dir, models_dir):
     out = os.path.join(fixtures_dir, "models")
     os.makedirs(out, exist_ok=True)
     torch.set_num_threads(2)
-    _bert(out)
-    _llama(out)
-    _minilm(out, models_dir)
-    _smollm2(out, models_dir)
+    parts = os.environ.get("LORAFIT_REF_MODELS_PARTS", "bert,roberta,distilbert,llama,minilm,smollm2")
+    parts = parts.split(",")
+    if "bert" in parts:
+        _bert(out)
+    if "roberta" in parts:
+        _roberta(out)
+    if "distilbert" in parts:
+        _distilbert(out)
+    if "llama" in parts:
+        _llama(out)
+    if "minilm" in parts:
+        _minilm(out, models_dir)
+    if "smollm2" in parts:
+        _smollm2(out, models_dir)

@@ -1,9 +1,10 @@
 // lorafit models: pretrained architectures built from nn modules, loaded from a Hugging Face
 // folder (config.json + *.safetensors) or a llama.cpp GGUF file, matching transformers' outputs.
 //
-//   BERT family (config.json model_type "bert"): embeddings (word + position + token type,
-//     LayerNorm), post-LN encoder layers with GELU MLPs, BERT's pooler (dense + tanh on [CLS]) and
-//     a sequence-classification head `classifier`, as BertForSequenceClassification.
+//   BERT family (config.json model_type "bert", "roberta", "distilbert"): embeddings (word +
+//     position + token type, LayerNorm), post-LN encoder layers with GELU MLPs and the
+//     sequence-classification head of *ForSequenceClassification (BERT's pooler + classifier,
+//     RoBERTa's classifier.dense/out_proj, DistilBERT's pre_classifier + classifier).
 //   Llama family (model_type "llama", GGUF general.architecture "llama"): RMSNorm, RoPE (HF
 //     rotate-half on HF-layout weights), grouped-query attention, SwiGLU, tied or separate
 //     `lm_head`, with a KV cache for generation.
@@ -42,7 +43,7 @@ using tensor::Tensor;
 
 // Hyper-parameters of a loaded model, whatever the file format.
 struct ModelConfig {
-  std::string arch;         // registry key: "bert", "llama"
+  std::string arch;         // registry key: "bert", "roberta", "distilbert", "llama"
   std::string source;       // folder or .gguf path it was loaded from
   std::string format;       // "safetensors" or "gguf"
   int64_t vocab = 0;
@@ -57,6 +58,7 @@ struct ModelConfig {
   // BERT
   int64_t type_vocab = 0;
   int64_t num_labels = 0;
+  int64_t pad_token_id = 0;  // RoBERTa position ids
   std::string hidden_act;   // "gelu" (erf), "gelu_new"/"gelu_pytorch_tanh" (tanh), "silu"
   // Llama
   float rope_theta = 10000.0f;
@@ -108,57 +110,75 @@ class Model {
   std::vector<std::string> initialized_;
 };
 
-// ---- BERT -----------------------------------------------------------------------------------
+// ---- BERT family ----------------------------------------------------------------------------
+// One encoder for three checkpoint layouts (config.json model_type):
+//   bert:       bert.encoder.layer.N.attention.self.{query,key,value}, attention.output.dense,
+//               intermediate.dense, output.dense; head bert.pooler.dense (tanh) + classifier.
+//   roberta:    the same under roberta.; position ids count real tokens from pad_token_id + 1
+//               (transformers' create_position_ids_from_input_ids); head classifier.dense (tanh) +
+//               classifier.out_proj, no pooler; one token type.
+//   distilbert: distilbert.transformer.layer.N.attention.{q_lin,k_lin,v_lin,out_lin}, ffn.lin1,
+//               ffn.lin2, sa_layer_norm, output_layer_norm; no token types; head pre_classifier
+//               (ReLU) + classifier.
+// The layer math is the same post-LN block in all three.
 
 struct BertLayer {
-  nn::Attention attn;          // q,k,v = attention.self.{query,key,value}; o = attention.output.dense
-  nn::LayerNorm attn_norm;     // attention.output.LayerNorm
-  nn::MLP mlp;                 // up = intermediate.dense, down = output.dense
-  nn::LayerNorm out_norm;      // output.LayerNorm
-  nn::Dropout attn_drop, out_drop;  // hidden_dropout_prob after attention.output.dense / output.dense
+  nn::Attention attn;          // q, k, v, o
+  nn::LayerNorm attn_norm;     // attention.output.LayerNorm | sa_layer_norm
+  nn::MLP mlp;                 // up = intermediate.dense | ffn.lin1; down = output.dense | ffn.lin2
+  nn::LayerNorm out_norm;      // output.LayerNorm | output_layer_norm
+  nn::Dropout attn_drop, out_drop;  // after the attention output / the MLP output
 };
 
 class BertModel : public Model {
  public:
-  explicit BertModel(const ModelConfig& cfg);
+  explicit BertModel(const ModelConfig& cfg);  // cfg.arch: bert, roberta or distilbert
 
   // Encoder: last hidden states [B, T, C]. ids I32 [B, T]; mask [B, T] (undefined: no padding);
-  // token_types I32 [B, T] (undefined: all 0).
+  // token_types I32 [B, T] (undefined: all 0; ignored by distilbert).
   Tensor forward(nn::Context& ctx, const Tensor& ids, const Tensor& mask = Tensor(),
                  const Tensor& token_types = Tensor());
-  // Same with the word embeddings given (as transformers' inputs_embeds) [B, T, C].
+  // Same with the word embeddings given (as transformers' inputs_embeds) [B, T, C]. RoBERTa then
+  // numbers positions pad_token_id + 1, ... for every token, as transformers does.
   Tensor forward_embeds(nn::Context& ctx, const Tensor& embeds, const Tensor& mask = Tensor(),
                         const Tensor& token_types = Tensor());
   // dhidden [B, T, C] -> gradient w.r.t. the word embeddings (inputs_embeds) [B, T, C];
   // accumulates gradients of trainable parameters (the word table too when forward got ids).
   Tensor backward(nn::Context& ctx, const Tensor& dhidden);
 
-  // Classification head on hidden [B, T, C]: pooler (tanh(dense(h[:, 0]))) then classifier ->
-  // logits [B, L]. Its backward returns dhidden [B, T, C] (nonzero at position 0 only).
+  // Sequence-classification head on hidden [B, T, C] -> logits [B, L]:
+  //   classifier(drop(act(head_dense(drop_in(h[:, 0])))))   act = tanh (BERT pooler, RoBERTa)
+  //   or ReLU (DistilBERT). Its backward returns dhidden [B, T, C] (nonzero at position 0 only).
   Tensor classify(nn::Context& ctx, const Tensor& hidden);
   Tensor classify_backward(nn::Context& ctx, const Tensor& dlogits);
 
-  // Dropout probabilities (active only when ctx.training): hidden (embeddings and both residual
-  // branches), attention probabilities, classifier input. The loader sets the config's values.
+  // Dropout probabilities (active only when ctx.training): hidden (embeddings and the residual
+  // branches), attention probabilities, classifier. The loader sets the config's values.
   void set_dropout(float hidden_p, float attention_p, float classifier_p);
+
+  // Hugging Face path of a part: "bert.", "roberta." or "distilbert." prefixed names.
+  const std::string& prefix() const { return prefix_; }
 
   NamedLinears linears() override;
   nn::NamedParameters named_parameters() override;
 
-  nn::Embedding word, position, token_type;
+  nn::Embedding word, position, token_type;  // token_type unused (default) for distilbert
   nn::LayerNorm emb_norm;
   nn::Dropout emb_drop;
   std::vector<BertLayer> layers;
-  nn::Linear pooler;  // bert.pooler.dense
+  nn::Dropout head_in_drop;  // RoBERTa only
+  nn::Linear head_dense;     // bert.pooler.dense | classifier.dense | pre_classifier
   nn::Dropout cls_drop;
-  nn::Linear classifier;
+  nn::Linear classifier;     // classifier | classifier.out_proj | classifier
 
  private:
-  float hidden_dropout = 0.0f;
+  std::string prefix_;
   Tensor mask_f32_;      // [B, T]
-  Tensor pooled_;        // [B, C] tanh output, for backward
+  Tensor head_act_;      // [B, C] activation output, for backward
   Shape hidden_shape_;   // [B, T, C] of the last classify input
   bool word_from_ids_ = false;
+  Tensor encode(nn::Context& ctx, const Tensor& embeds, const Tensor& mask,
+                const Tensor& token_types, const Tensor& positions);
 };
 
 // Sentence-transformers mean pooling: sum_t h[b,t] m[b,t] / max(sum_t m[b,t], 1e-9) -> [B, C].
@@ -173,11 +193,15 @@ struct LlamaLayer {
   nn::MLP mlp;            // mlp.{gate,up,down}_proj
 };
 
-// Keys and values of every layer for incremental decoding: k[l], v[l] are [B, capacity, Hkv, D]
-// (after RoPE for k); positions [0, len) are filled.
+// Keys (after RoPE) and values of every layer for incremental decoding, [B, capacity, KV, D]
+// each (nn::Attention's cache); positions [0, len()) are filled.
 struct KvCache {
-  std::vector<Tensor> k, v;
-  int64_t batch = 0, capacity = 0, len = 0;
+  std::vector<nn::Attention::KVCache> layers;
+  int64_t len() const { return layers.empty() ? 0 : layers[0].len; }
+  int64_t capacity() const { return layers.empty() ? 0 : layers[0].capacity(); }
+  void reset() {
+    for (auto& l : layers) l.reset();
+  }
 };
 
 class LlamaModel : public Model {
@@ -193,10 +217,13 @@ class LlamaModel : public Model {
   // dlogits [B, T, V] -> gradient w.r.t. the input embeddings [B, T, C].
   Tensor backward(nn::Context& ctx, const Tensor& dlogits);
 
-  // Incremental decoding (inference only, no padding): appends ids I32 [B, Tn] at positions
-  // cache.len .. cache.len + Tn - 1 and returns their logits [B, Tn, V].
+  // Incremental decoding (inference only): appends ids I32 [B, Tn] after the cache.len() tokens
+  // already seen and returns their logits [B, Tn, V], equal to the rows of forward() on the whole
+  // sequence. mask [B, len + Tn] covers every token so far (undefined: no padding); positions
+  // [Tn] or [B, Tn] I32 (undefined: len .. len + Tn - 1; with left padding pass HF's).
   KvCache new_cache(int64_t batch, int64_t capacity) const;
-  Tensor forward_cached(nn::Context& ctx, const Tensor& ids, KvCache& cache);
+  Tensor forward_cached(nn::Context& ctx, const Tensor& ids, KvCache& cache,
+                        const Tensor& mask = Tensor(), const Tensor& positions = Tensor());
 
   NamedLinears linears() override;
   nn::NamedParameters named_parameters() override;
@@ -216,7 +243,7 @@ class LlamaModel : public Model {
 // Loads a Hugging Face folder (config.json model_type) or a .gguf file (general.architecture).
 // Errors name the file and the field: "[models] /x/config.json: field 'hidden_size' is missing".
 std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& opts = {});
-// Registered architectures: {"bert", "llama"}.
+// Registered architectures: {"bert", "roberta", "distilbert", "llama"}.
 std::vector<std::string> supported_architectures();
 
 }  // namespace lorafit::models

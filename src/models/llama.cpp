@@ -7,7 +7,6 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
-#include <limits>
 
 #include "models/models_internal.h"
 
@@ -89,85 +88,33 @@ Tensor LlamaModel::backward(nn::Context& ctx, const Tensor& dlogits) {
 }
 
 KvCache LlamaModel::new_cache(int64_t batch, int64_t capacity) const {
-  detail::check(batch > 0 && capacity > 0, "new_cache: batch and capacity must be positive");
   KvCache c;
-  c.batch = batch;
-  c.capacity = capacity;
-  for (size_t i = 0; i < layers.size(); ++i) {
-    c.k.push_back(Tensor::zeros({batch, capacity, cfg_.n_kv_heads, cfg_.head_dim}));
-    c.v.push_back(Tensor::zeros({batch, capacity, cfg_.n_kv_heads, cfg_.head_dim}));
-  }
+  for (const auto& l : layers) c.layers.push_back(l.attn.make_cache(batch, capacity));
   return c;
 }
 
-// Attention of Tn new tokens against the cache (which already holds their keys and values):
-// query t (absolute position p0 + t) sees keys 0..p0 + t. Same math as nn::Attention with a
-// causal mask; inference only.
-static void cached_attention(const Tensor& q, const Tensor& kc, const Tensor& vc, int64_t p0,
-                             Tensor& out) {
-  // q, out [B, Tn, H, D]; kc, vc [B, cap, KV, D]
-  const int64_t B = q.dim(0), Tn = q.dim(1), H = q.dim(2), D = q.dim(3), cap = kc.dim(1),
-                KV = kc.dim(2), group = H / KV;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
-  std::vector<float> p(static_cast<size_t>(p0 + Tn));
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t t = 0; t < Tn; ++t)
-      for (int64_t h = 0; h < H; ++h) {
-        const int64_t g = h / group, n = p0 + t + 1;
-        const float* qp = q.f32() + ((b * Tn + t) * H + h) * D;
-        float mx = -std::numeric_limits<float>::infinity();
-        for (int64_t j = 0; j < n; ++j) {
-          const float* kp = kc.f32() + ((b * cap + j) * KV + g) * D;
-          float s = 0;
-          for (int64_t d = 0; d < D; ++d) s += qp[d] * kp[d];
-          p[j] = s * scale;
-          mx = std::max(mx, p[j]);
-        }
-        float sum = 0;
-        for (int64_t j = 0; j < n; ++j) sum += (p[j] = std::exp(p[j] - mx));
-        float* op = out.f32() + ((b * Tn + t) * H + h) * D;
-        for (int64_t d = 0; d < D; ++d) op[d] = 0;
-        for (int64_t j = 0; j < n; ++j) {
-          const float w = p[j] / sum;
-          const float* vp = vc.f32() + ((b * cap + j) * KV + g) * D;
-          for (int64_t d = 0; d < D; ++d) op[d] += w * vp[d];
-        }
-      }
-}
-
-Tensor LlamaModel::forward_cached(nn::Context& ctx, const Tensor& ids, KvCache& cache) {
-  detail::check(ids.defined() && ids.dtype() == DType::I32 && ids.ndim() == 2 &&
-                    ids.dim(0) == cache.batch,
+Tensor LlamaModel::forward_cached(nn::Context& ctx, const Tensor& ids, KvCache& cache,
+                                  const Tensor& mask, const Tensor& positions) {
+  detail::check(ids.defined() && ids.dtype() == DType::I32 && ids.ndim() == 2,
                 "forward_cached: ids is " + (ids.defined() ? ids.str() : std::string("undefined")) +
-                    ", expected I32[" + std::to_string(cache.batch) + ", T]");
-  const int64_t B = ids.dim(0), Tn = ids.dim(1), H = cfg_.n_heads, KV = cfg_.n_kv_heads,
-                D = cfg_.head_dim, p0 = cache.len;
-  detail::check(cache.k.size() == layers.size() && p0 + Tn <= cache.capacity,
-                "forward_cached: cache holds " + std::to_string(p0) + " of " +
-                    std::to_string(cache.capacity) + " positions, cannot append " +
+                    ", expected I32[B, T]");
+  detail::check(cache.layers.size() == layers.size(),
+                "forward_cached: the cache has " + std::to_string(cache.layers.size()) +
+                    " layers, the model " + std::to_string(layers.size()) + " (use new_cache)");
+  const int64_t Tn = ids.dim(1);
+  detail::check(cache.len() + Tn <= cache.capacity(),
+                "forward_cached: cache holds " + std::to_string(cache.len()) + " of " +
+                    std::to_string(cache.capacity()) + " positions, cannot append " +
                     std::to_string(Tn));
-  Tensor pos = Tensor::empty({Tn}, DType::I32);
-  for (int64_t t = 0; t < Tn; ++t) pos.i32()[t] = static_cast<int32_t>(p0 + t);
+  // Same block as forward(), with each attention reading and extending its layer's cache.
   Tensor x = embed.forward(ctx, ids);
-  for (size_t li = 0; li < layers.size(); ++li) {
-    LlamaLayer& l = layers[li];
-    Tensor a = l.attn_norm.forward(ctx, x);
-    Tensor q = l.attn.q.forward(ctx, a).view({B, Tn, H, D});
-    Tensor k = l.attn.k.forward(ctx, a).view({B, Tn, KV, D});
-    Tensor v = l.attn.v.forward(ctx, a).view({B, Tn, KV, D});
-    kernels::rope_forward(q, pos, cfg_.rope_theta, kernels::RopeStyle::HalfRotate);
-    kernels::rope_forward(k, pos, cfg_.rope_theta, kernels::RopeStyle::HalfRotate);
-    const size_t row = sizeof(float) * static_cast<size_t>(Tn * KV * D);
-    for (int64_t b = 0; b < B; ++b) {
-      std::memcpy(cache.k[li].f32() + (b * cache.capacity + p0) * KV * D, k.f32() + b * Tn * KV * D, row);
-      std::memcpy(cache.v[li].f32() + (b * cache.capacity + p0) * KV * D, v.f32() + b * Tn * KV * D, row);
-    }
-    Tensor att = ctx.alloc({B, Tn, H, D});
-    cached_attention(q, cache.k[li], cache.v[li], p0, att);
-    Tensor h = add_new(ctx, x, l.attn.o.forward(ctx, att.view({B, Tn, H * D})));
+  for (size_t i = 0; i < layers.size(); ++i) {
+    LlamaLayer& l = layers[i];
+    Tensor a = l.attn.forward_cached(ctx, l.attn_norm.forward(ctx, x), cache.layers[i], mask,
+                                     positions);
+    Tensor h = add_new(ctx, x, a);
     x = add_new(ctx, h, l.mlp.forward(ctx, l.mlp_norm.forward(ctx, h)));
   }
-  cache.len = p0 + Tn;
   return lm_head.forward(ctx, norm.forward(ctx, x));
 }
 

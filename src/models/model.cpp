@@ -49,7 +49,9 @@ Tensor mean_pool(const Tensor& hidden, const Tensor& mask) {
   return out;
 }
 
-std::vector<std::string> supported_architectures() { return {"bert", "llama"}; }
+std::vector<std::string> supported_architectures() {
+  return {"bert", "roberta", "distilbert", "llama"};
+}
 
 std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& opts) {
   std::error_code ec;
@@ -67,10 +69,11 @@ std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& op
   io::json cfg = io::read_json_file(cfg_path);
   detail::check(cfg.is_object(), cfg_path + ": expected a JSON object");
   std::string type = io::json_string(cfg, "model_type", cfg_path);
-  if (type == "bert") return detail::load_bert_folder(path, cfg, opts);
+  if (type == "bert" || type == "roberta" || type == "distilbert")
+    return detail::load_bert_folder(path, cfg, opts);
   if (type == "llama") return detail::load_llama_folder(path, cfg, opts);
   throw Error("[models] " + cfg_path + ": field 'model_type': '" + type +
-              "' is not supported (supported: bert, llama)");
+              "' is not supported (supported: bert, roberta, distilbert, llama)");
 }
 
 namespace detail {

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -75,47 +76,58 @@ float ce_loss(const Tensor& logits, const Tensor& targets, Tensor& dlogits) {
 
 // ---- tiny BERT ------------------------------------------------------------------------------
 
+Tensor token_types_of(const Ref& ref) {
+  return ref.f.contains("token_type_ids") ? ref.i32("token_type_ids") : Tensor();
+}
+
+const char* const kEncoders[] = {"tiny_bert", "tiny_roberta", "tiny_distilbert"};
+
 TEST(TinyBert, HiddenPooledLogitsMatchTransformers) {
-  Ref ref("tiny_bert_ref.safetensors");
-  auto m = load_as<models::BertModel>(kFix + "/tiny_bert");
-  EXPECT_EQ(m->config().arch, "bert");
-  EXPECT_EQ(m->config().num_labels, 3);
-  EXPECT_TRUE(m->initialized().empty());
-  nn::Context ctx;
-  Tensor ids = ref.i32("input_ids"), mask = ref.i32("attention_mask");
-  Tensor h = m->forward(ctx, ids, mask, ref.i32("token_type_ids"));
-  const double dh = max_abs_diff(h, ref.f32("last_hidden"));
-  const double dp = max_abs_diff(models::mean_pool(h, mask), ref.f32("mean_pooled"));
-  const double dl = max_abs_diff(m->classify(ctx, h), ref.f32("logits"));
-  std::printf("tiny bert max abs err: hidden %.3g, pooled %.3g, logits %.3g\n", dh, dp, dl);
-  EXPECT_LT(dh, 1e-5);
-  EXPECT_LT(dp, 1e-5);
-  EXPECT_LT(dl, 1e-5);
+  for (const std::string name : kEncoders) {
+    Ref ref(name + "_ref.safetensors");
+    auto m = load_as<models::BertModel>(kFix + "/" + name);
+    EXPECT_EQ(m->config().arch, name.substr(5));
+    EXPECT_EQ(m->config().num_labels, 3);
+    EXPECT_TRUE(m->initialized().empty());
+    nn::Context ctx;
+    Tensor ids = ref.i32("input_ids"), mask = ref.i32("attention_mask");
+    Tensor h = m->forward(ctx, ids, mask, token_types_of(ref));
+    const double dh = max_abs_diff(h, ref.f32("last_hidden"));
+    const double dp = max_abs_diff(models::mean_pool(h, mask), ref.f32("mean_pooled"));
+    const double dl = max_abs_diff(m->classify(ctx, h), ref.f32("logits"));
+    std::printf("%s max abs err: hidden %.3g, pooled %.3g, logits %.3g\n", name.c_str(), dh, dp, dl);
+    EXPECT_LT(dh, 1e-5) << name;
+    EXPECT_LT(dp, 1e-5) << name;
+    EXPECT_LT(dl, 1e-5) << name;
+  }
 }
 
 TEST(TinyBert, GradientsMatchTorch) {
-  Ref ref("tiny_bert_ref.safetensors");
-  auto m = load_as<models::BertModel>(kFix + "/tiny_bert");
-  m->classifier.set_trainable(true);
-  nn::Context ctx;
-  Tensor ids = ref.i32("input_ids");
-  Tensor emb = m->word.forward(ctx, ids);  // inputs_embeds, as the fixture's torch run
-  Tensor h = m->forward_embeds(ctx, emb, ref.i32("attention_mask"), ref.i32("token_type_ids"));
-  Tensor logits = m->classify(ctx, h);
-  Tensor dlogits;
-  const float loss = ce_loss(logits, ref.i32("labels"), dlogits);
-  EXPECT_NEAR(loss, ref.f32("loss").f32()[0], 1e-5);
-  Tensor demb = m->backward(ctx, m->classify_backward(ctx, dlogits));
-  const double de = max_abs_diff(demb, ref.f32("grad_inputs_embeds"));
-  const double dw = max_abs_diff(m->classifier.weight.grad, ref.f32("grad_classifier_weight"));
-  const double db = max_abs_diff(m->classifier.bias.grad, ref.f32("grad_classifier_bias"));
-  std::printf("tiny bert grad max abs err: inputs_embeds %.3g, classifier.weight %.3g, bias %.3g\n",
-              de, dw, db);
-  EXPECT_LT(de, 1e-5);
-  EXPECT_LT(dw, 1e-5);
-  EXPECT_LT(db, 1e-5);
-  // Frozen parameters got no gradient memory.
-  EXPECT_FALSE(m->layers[0].attn.q.weight.grad.defined());
+  for (const std::string name : kEncoders) {
+    Ref ref(name + "_ref.safetensors");
+    auto m = load_as<models::BertModel>(kFix + "/" + name);
+    m->classifier.set_trainable(true);
+    nn::Context ctx;
+    Tensor ids = ref.i32("input_ids");
+    Tensor emb = m->word.forward(ctx, ids);  // inputs_embeds, as the fixture's torch run
+    Tensor h = m->forward_embeds(ctx, emb, ref.i32("attention_mask"), token_types_of(ref));
+    Tensor logits = m->classify(ctx, h);
+    EXPECT_LT(max_abs_diff(logits, ref.f32("logits_from_embeds")), 1e-5) << name;
+    Tensor dlogits;
+    const float loss = ce_loss(logits, ref.i32("labels"), dlogits);
+    EXPECT_NEAR(loss, ref.f32("loss").f32()[0], 1e-5) << name;
+    Tensor demb = m->backward(ctx, m->classify_backward(ctx, dlogits));
+    const double de = max_abs_diff(demb, ref.f32("grad_inputs_embeds"));
+    const double dw = max_abs_diff(m->classifier.weight.grad, ref.f32("grad_classifier_weight"));
+    const double db = max_abs_diff(m->classifier.bias.grad, ref.f32("grad_classifier_bias"));
+    std::printf("%s grad max abs err: inputs_embeds %.3g, classifier.weight %.3g, bias %.3g\n",
+                name.c_str(), de, dw, db);
+    EXPECT_LT(de, 1e-5) << name;
+    EXPECT_LT(dw, 1e-5) << name;
+    EXPECT_LT(db, 1e-5) << name;
+    // Frozen parameters got no gradient memory.
+    EXPECT_FALSE(m->layers[0].attn.q.weight.grad.defined());
+  }
 }
 
 // Central finite differences of the loss (fp32 forward) against our backward, on a few input
@@ -165,19 +177,24 @@ TEST(TinyBert, FiniteDifferenceInputAndHeadGradient) {
 }
 
 TEST(TinyBert, NamesAreHuggingFaceNames) {
-  auto m = load_as<models::BertModel>(kFix + "/tiny_bert");
-  io::SafetensorsFolder st = io::SafetensorsFolder::open(kFix + "/tiny_bert");
-  std::set<std::string> want;
-  for (const auto& n : st.names()) want.insert(n);
-  std::set<std::string> got;
-  for (const auto& [n, p] : m->named_parameters()) got.insert(n);
-  EXPECT_EQ(got, want);
-  auto lin = m->linears();
-  ASSERT_EQ(lin.size(), 2u * 6 + 2);
-  EXPECT_EQ(lin[0].first, "bert.encoder.layer.0.attention.self.query");
-  EXPECT_EQ(lin[3].first, "bert.encoder.layer.0.attention.output.dense");
-  EXPECT_EQ(lin.back().first, "classifier");
-  EXPECT_EQ(lin.back().second, &m->classifier);
+  const char* first[] = {"bert.encoder.layer.0.attention.self.query",
+                         "roberta.encoder.layer.0.attention.self.query",
+                         "distilbert.transformer.layer.0.attention.q_lin"};
+  const char* head[] = {"classifier", "classifier.out_proj", "classifier"};
+  for (int i = 0; i < 3; ++i) {
+    const std::string name = kEncoders[i];
+    auto m = load_as<models::BertModel>(kFix + "/" + name);
+    io::SafetensorsFolder st = io::SafetensorsFolder::open(kFix + "/" + name);
+    const std::vector<std::string> names = st.names();
+    std::set<std::string> want(names.begin(), names.end()), got;
+    for (const auto& [n, p] : m->named_parameters()) got.insert(n);
+    EXPECT_EQ(got, want) << name;
+    auto lin = m->linears();
+    ASSERT_EQ(lin.size(), 2u * 6 + 2);
+    EXPECT_EQ(lin[0].first, first[i]);
+    EXPECT_EQ(lin.back().first, head[i]);
+    EXPECT_EQ(lin.back().second, &m->classifier);
+  }
 }
 
 // ---- tiny Llama -----------------------------------------------------------------------------
@@ -284,13 +301,41 @@ TEST(TinyLlama, KvCacheEqualsFullForward) {
     };
     feed(0, 4);
     for (int64_t t = 4; t < T; ++t) feed(t, t + 1);
-    EXPECT_EQ(cache.len, T);
+    EXPECT_EQ(cache.len(), T);
     const double d = max_abs_diff(step_logits, full);
     std::printf("%s kv-cache vs full forward max abs err %.3g\n", name, d);
     EXPECT_LT(d, 1e-5);
     Tensor more = Tensor::zeros({B, 8}, DType::I32);
     EXPECT_THROW(m->forward_cached(ctx, more, cache), Error);  // 9 + 8 > capacity 16
   }
+}
+
+// Left-padded batch generation: prefill 5 tokens, then one at a time, with the growing mask and
+// HF generate's position ids; real positions equal transformers' full forward.
+TEST(TinyLlama, KvCacheLeftPaddedMatchesTransformers) {
+  Ref ref("tiny_llama_ref.safetensors");
+  auto m = load_as<models::LlamaModel>(kFix + "/tiny_llama");
+  Tensor ids = ref.i32("pad_left_ids"), mask = ref.i32("pad_left_mask"),
+         pos = ref.i32("pad_left_positions"), want = ref.f32("tiny_llama_pad_left_logits");
+  const int64_t B = ids.dim(0), T = ids.dim(1), V = m->config().vocab;
+  models::KvCache cache = m->new_cache(B, T);
+  Tensor got = Tensor::zeros({B, T, V});
+  nn::Context ctx;
+  auto cols = [&](const Tensor& src, int64_t t0, int64_t t1) {  // src[:, t0:t1]
+    Tensor out = Tensor::empty({B, t1 - t0}, DType::I32);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t t = t0; t < t1; ++t) out.i32()[b * (t1 - t0) + t - t0] = src.i32()[b * T + t];
+    return out;
+  };
+  for (int64_t t0 = 0, t1 = 5; t0 < T; t0 = t1, t1 = t0 + 1) {
+    Tensor out = m->forward_cached(ctx, cols(ids, t0, t1), cache, cols(mask, 0, t1), cols(pos, t0, t1));
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t t = t0; t < t1; ++t)
+        std::memcpy(got.f32() + (b * T + t) * V, out.f32() + (b * (t1 - t0) + t - t0) * V, V * 4);
+  }
+  const double d = max_abs_diff(got, want, mask);
+  std::printf("tiny_llama left-padded kv-cache max abs err vs transformers %.3g\n", d);
+  EXPECT_LT(d, 1e-5);
 }
 
 TEST(TinyLlama, NamesAreHuggingFaceNames) {
