@@ -76,6 +76,12 @@ void AdapterConfig::validate(const std::string& where) const {
                                  "\" is not supported yet (true, false, \"gaussian\")");
   for (const auto& [k, v] : rank_pattern)
     if (v <= 0) bad("rank_pattern", "rank for '" + k + "' must be positive, got " + std::to_string(v));
+  const bool str_targets =
+      target_modules_regex || (target_modules.size() == 1 && target_modules[0] == "all-linear");
+  if (!layers_to_transform.empty() && str_targets)  // as PEFT's LoraConfig.__post_init__
+    bad("layers_to_transform", "cannot be used when target_modules is a string");
+  if (!layers_pattern.empty() && layers_to_transform.empty())
+    bad("layers_pattern", "needs layers_to_transform");
   if (!layers_to_transform.empty())
     for (int64_t i : layers_to_transform)
       if (i < 0) bad("layers_to_transform", "negative layer index " + std::to_string(i));

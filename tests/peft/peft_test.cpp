@@ -1,0 +1,508 @@
+// peft layer tests: LoRA layer finite differences, parity with PEFT 0.21.2 fixtures
+// (tools/ref_peft.py: logits, disabled-adapter logits, gradients of every adapter tensor, parameter
+// counts), merge/unmerge, save/load round trip, several adapters, config errors.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include "lorafit/io.h"
+#include "lorafit/models.h"
+#include "lorafit/peft.h"
+#include "ops/op_check.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+using lorafit::Error;
+using lorafit::nn::Context;
+using lorafit::nn::Linear;
+using lorafit::peft::AdapterConfig;
+using lorafit::peft::LoraLinear;
+using lorafit::peft::PeftModel;
+using lorafit::tensor::Tensor;
+namespace io = lorafit::io;
+namespace models = lorafit::models;
+namespace peft = lorafit::peft;
+
+const std::string kFix = std::string(LORAFIT_FIXTURES) + "/peft/";
+const std::string kRoot = std::string(LORAFIT_SOURCE_DIR) + "/";
+
+std::string temp_dir(const std::string& name) {
+  fs::path p = fs::temp_directory_path() / ("lorafit_peft_test_" + std::to_string(::getpid()) + "_" + name);
+  fs::remove_all(p);
+  return p.string();
+}
+
+double max_abs_diff(const Tensor& a, const Tensor& b) {
+  EXPECT_EQ(a.shape(), b.shape());
+  if (a.shape() != b.shape()) return INFINITY;
+  const float* pa = a.f32();
+  const float* pb = b.f32();
+  double m = 0;
+  for (int64_t i = 0; i < a.numel(); ++i) m = std::max(m, std::fabs(static_cast<double>(pa[i]) - pb[i]));
+  return m;
+}
+double max_abs(const Tensor& a) {
+  const float* p = a.f32();
+  double m = 0;
+  for (int64_t i = 0; i < a.numel(); ++i) m = std::max(m, std::fabs(static_cast<double>(p[i])));
+  return m;
+}
+
+// ---- the LoRA layer against finite differences -------------------------------------------------
+
+struct LoraCase {
+  bool bias, rslora, trainable_base;
+  float dropout;
+};
+
+void check_lora_layer(const LoraCase& c) {
+  Linear lin(7, 5, c.bias);
+  lin.weight.value = opcheck::random({5, 7}, 1);
+  if (c.bias) lin.bias.value = opcheck::random({5}, 2);
+  LoraLinear lora(lin, 3, 5.0, c.rslora, c.dropout);
+  lora.init(lin, peft::LoraInit::Random, 7);  // A and B nonzero
+  lora.A.set_trainable(true);
+  lora.B.set_trainable(true);
+  if (c.trainable_base) lin.set_trainable(true);
+  lora.enabled = true;
+  lin.adapters.push_back(&lora);
+  Tensor x = opcheck::random({2, 3, 7}, 3);
+  Tensor r = opcheck::random({2, 3, 5}, 4);
+  Context ctx;
+  ctx.training = c.dropout > 0;
+  ctx.seed = 99;
+  auto loss = [&]() {
+    Context c2 = ctx;  // same dropout mask every evaluation
+    return opcheck::dot(lin.forward(c2, x), r);
+  };
+  Context c1 = ctx;
+  lin.forward(c1, x);
+  Tensor dx = lin.backward(c1, r);
+  opcheck::expect_grad(dx, opcheck::finite_diff(x, loss, 1e-2f), 1e-4, "dx");
+  opcheck::expect_grad(lora.A.grad, opcheck::finite_diff(lora.A.value, loss, 1e-2f), 1e-4, "dA");
+  opcheck::expect_grad(lora.B.grad, opcheck::finite_diff(lora.B.value, loss, 1e-2f), 1e-4, "dB");
+  if (c.trainable_base)
+    opcheck::expect_grad(lin.weight.grad, opcheck::finite_diff(lin.weight.value, loss, 1e-2f), 1e-4,
+                         "dW");
+  // Scaling as PEFT: alpha / r or alpha / sqrt(r).
+  EXPECT_FLOAT_EQ(lora.scaling(), c.rslora ? 5.0f / std::sqrt(3.0f) : 5.0f / 3.0f);
+  // Frozen A and B get no gradient and no buffer; backward without dx still fills B's grad.
+  lin.adapters.clear();
+}
+
+TEST(LoraLinear, FiniteDifferences) { check_lora_layer({true, false, false, 0.0f}); }
+TEST(LoraLinear, FiniteDifferencesRsloraNoBias) { check_lora_layer({false, true, false, 0.0f}); }
+TEST(LoraLinear, FiniteDifferencesDropout) { check_lora_layer({true, false, false, 0.3f}); }
+TEST(LoraLinear, FiniteDifferencesTrainableBase) { check_lora_layer({true, false, true, 0.0f}); }
+
+TEST(LoraLinear, NoInputGradStillAccumulatesAdapterGrads) {
+  Linear lin(4, 3, true);
+  lin.weight.value = opcheck::random({3, 4}, 1);
+  LoraLinear lora(lin, 2, 2.0, false, 0.0f);
+  lora.init(lin, peft::LoraInit::Random, 1);
+  lora.A.set_trainable(true);
+  lora.B.set_trainable(true);
+  lin.adapters.push_back(&lora);
+  Context ctx;
+  Tensor x = opcheck::random({5, 4}, 2);
+  lin.forward(ctx, x);
+  Tensor dx = lin.backward(ctx, opcheck::random({5, 3}, 3), false);
+  EXPECT_FALSE(dx.defined());
+  EXPECT_GT(max_abs(lora.A.grad), 0.0);
+  EXPECT_GT(max_abs(lora.B.grad), 0.0);
+}
+
+TEST(LoraLinear, DefaultInitIsKaimingUniformAndZeroB) {
+  Linear lin(100, 6, false);
+  LoraLinear lora(lin, 8, 16.0, false, 0.0f);
+  lora.init(lin, peft::LoraInit::Default, 5);
+  const double bound = 1.0 / std::sqrt(100.0);
+  double lo = 1, hi = -1;
+  for (int64_t i = 0; i < lora.A.value.numel(); ++i) {
+    lo = std::min<double>(lo, lora.A.value.f32()[i]);
+    hi = std::max<double>(hi, lora.A.value.f32()[i]);
+  }
+  EXPECT_LE(hi, bound);
+  EXPECT_GE(lo, -bound);
+  EXPECT_GT(hi, 0.8 * bound);  // 800 draws fill the interval
+  EXPECT_LT(lo, -0.8 * bound);
+  EXPECT_EQ(max_abs(lora.B.value), 0.0);
+  // Same seed, same values; another seed, other values.
+  LoraLinear again(lin, 8, 16.0, false, 0.0f), other(lin, 8, 16.0, false, 0.0f);
+  again.init(lin, peft::LoraInit::Default, 5);
+  other.init(lin, peft::LoraInit::Default, 6);
+  EXPECT_EQ(max_abs_diff(lora.A.value, again.A.value), 0.0);
+  EXPECT_GT(max_abs_diff(lora.A.value, other.A.value), 0.0);
+}
+
+// ---- parity with PEFT --------------------------------------------------------------------------
+
+struct ModelRun {
+  Tensor logits;
+  double loss = 0;
+};
+
+// Forward + loss (cross-entropy / causal-LM as tools/ref_peft.py) + backward.
+ModelRun run_model(models::Model& m, const io::SafetensorsFile& ref, bool backward) {
+  Context ctx;
+  ModelRun out;
+  Tensor ids = ref.get("input_ids").clone();
+  Tensor mask = ref.get("attention_mask").clone();
+  if (auto* bert = dynamic_cast<models::BertModel*>(&m)) {
+    Tensor tt = ref.get("token_type_ids").clone();
+    Tensor labels = ref.get("labels");
+    Tensor h = bert->forward(ctx, ids, mask, tt);
+    out.logits = bert->classify(ctx, h).clone();
+    const int64_t B = out.logits.dim(0), L = out.logits.dim(1);
+    Tensor dl = Tensor::zeros({B, L});
+    for (int64_t b = 0; b < B; ++b) {
+      const float* z = out.logits.f32() + b * L;
+      double mx = z[0], s = 0;
+      for (int64_t j = 1; j < L; ++j) mx = std::max<double>(mx, z[j]);
+      for (int64_t j = 0; j < L; ++j) s += std::exp(z[j] - mx);
+      const int y = labels.i32()[b];
+      out.loss += (std::log(s) + mx - z[y]) / B;
+      for (int64_t j = 0; j < L; ++j)
+        dl.f32()[b * L + j] = static_cast<float>((std::exp(z[j] - mx) / s - (j == y)) / B);
+    }
+    if (backward) bert->backward(ctx, bert->classify_backward(ctx, dl));
+  } else {
+    auto* llama = dynamic_cast<models::LlamaModel*>(&m);
+    EXPECT_NE(llama, nullptr);
+    out.logits = llama->forward(ctx, ids, mask).clone();
+    const int64_t B = out.logits.dim(0), T = out.logits.dim(1), V = out.logits.dim(2);
+    const double n = static_cast<double>(B * (T - 1));
+    Tensor dl = Tensor::zeros({B, T, V});
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t t = 0; t + 1 < T; ++t) {
+        const float* z = out.logits.f32() + (b * T + t) * V;
+        double mx = z[0], s = 0;
+        for (int64_t j = 1; j < V; ++j) mx = std::max<double>(mx, z[j]);
+        for (int64_t j = 0; j < V; ++j) s += std::exp(z[j] - mx);
+        const int y = ids.i32()[b * T + t + 1];
+        out.loss += (std::log(s) + mx - z[y]) / n;
+        float* d = dl.f32() + (b * T + t) * V;
+        for (int64_t j = 0; j < V; ++j) d[j] = static_cast<float>((std::exp(z[j] - mx) / s - (j == y)) / n);
+      }
+    if (backward) llama->backward(ctx, dl);
+  }
+  return out;
+}
+
+struct ParityCase {
+  const char* name;
+  double logits_tol;
+};
+
+class PeftParity : public ::testing::TestWithParam<ParityCase> {};
+
+TEST_P(PeftParity, LogitsGradientsCountsMerge) {
+  const ParityCase c = GetParam();
+  const std::string ref_path = kFix + c.name + "_ref.safetensors";
+  if (!fs::exists(ref_path)) GTEST_SKIP() << ref_path << " missing (tools/make_reference.py peft)";
+  io::SafetensorsFile ref = io::SafetensorsFile::open(ref_path);
+  const std::string base = kRoot + ref.metadata().at("base");
+  if (!fs::exists(base)) GTEST_SKIP() << base << " missing (tools/fetch_models.sh)";
+  models::LoadOptions lo;
+  lo.num_labels = ref.get("logits").ndim() == 2 ? ref.get("logits").dim(1) : 0;
+  auto model = models::load_model(base, lo);
+  auto pm = PeftModel::from_pretrained(*model, kFix + c.name, "default", /*is_trainable=*/true);
+
+  // Parameter counts as PEFT's get_nb_trainable_parameters.
+  peft::ParameterCount cnt = pm->count_parameters();
+  EXPECT_EQ(cnt.trainable, std::stoll(ref.metadata().at("trainable"))) << c.name;
+  EXPECT_EQ(cnt.total, std::stoll(ref.metadata().at("all"))) << c.name;
+
+  // Logits and loss.
+  ModelRun run = run_model(*model, ref, true);
+  const double err = max_abs_diff(run.logits, ref.get("logits"));
+  std::printf("[ %s ] max |logits - PEFT| = %.3g (scale %.3g)\n", c.name, err, max_abs(ref.get("logits")));
+  EXPECT_LT(err, c.logits_tol) << c.name;
+  EXPECT_NEAR(run.loss, ref.get("loss").f32()[0], 1e-5 * std::max(1.0, std::fabs(run.loss)));
+  // The adapter changes the output (random B), so the comparison above is not the base model's.
+  EXPECT_GT(max_abs_diff(ref.get("logits"), ref.get("base_logits")), 100 * c.logits_tol);
+
+  // Gradients of every adapter tensor (relative to the largest entry of the reference).
+  auto params = pm->trainable_parameters();
+  int checked = 0;
+  double worst = 0;
+  for (auto& [key, p] : params) {
+    ASSERT_TRUE(ref.contains("grad." + key)) << "PEFT has no gradient for " << key;
+    Tensor want = ref.get("grad." + key);
+    const double rel = max_abs_diff(p->grad, want) / std::max(max_abs(want), 1e-12);
+    worst = std::max(worst, rel);
+    EXPECT_LT(rel, 1e-4) << c.name << " " << key;
+    ++checked;
+  }
+  int ref_grads = 0;
+  for (const auto& n : ref.names()) ref_grads += n.rfind("grad.", 0) == 0;
+  EXPECT_EQ(checked, ref_grads) << "trainable parameters vs PEFT's gradients";
+  std::printf("[ %s ] %d gradients, max relative error %.3g\n", c.name, checked, worst);
+
+  // Disabled adapters give the base model.
+  // (Only when the base is the checkpoint's: a head missing from it, like MiniLM's classifier, is
+  // initialized differently by transformers and by our loader.)
+  pm->disable_adapters();
+  ModelRun base_run = run_model(*model, ref, false);
+  if (model->initialized().empty())
+    EXPECT_LT(max_abs_diff(base_run.logits, ref.get("base_logits")), c.logits_tol);
+  else
+    EXPECT_GT(max_abs_diff(base_run.logits, run.logits), 100 * c.logits_tol);  // head swapped back
+  pm->enable_adapters();
+
+  // Merge: same logits; unmerge: W back.
+  std::vector<std::pair<Linear*, Tensor>> before;
+  for (auto& [path, l] : model->linears()) before.emplace_back(l, l->weight.value.clone());
+  pm->merge();
+  EXPECT_TRUE(pm->merged());
+  ModelRun merged = run_model(*model, ref, false);
+  EXPECT_LT(max_abs_diff(merged.logits, run.logits), 1e-5 * std::max(1.0, max_abs(run.logits)));
+  pm->unmerge();
+  double werr = 0;
+  for (auto& [l, w] : before) werr = std::max(werr, max_abs_diff(l->weight.value, w));
+  EXPECT_LT(werr, 1e-6);
+  ModelRun again = run_model(*model, ref, false);
+  EXPECT_LT(max_abs_diff(again.logits, run.logits), 1e-6 * std::max(1.0, max_abs(run.logits)));
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, PeftParity,
+                         ::testing::Values(ParityCase{"bert_qv", 1e-5}, ParityCase{"bert_all_rslora", 1e-5},
+                                           ParityCase{"llama_qv", 1e-5},
+                                           ParityCase{"llama_all_rslora", 1e-5},
+                                           ParityCase{"llama_layers", 1e-5},
+                                           ParityCase{"minilm_qv", 1e-4}),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+// ---- save / load -------------------------------------------------------------------------------
+
+TEST(PeftSave, RoundTripMatchesPeftFolder) {
+  for (const char* name : {"bert_qv", "bert_all_rslora", "llama_layers"}) {
+    io::SafetensorsFile ref = io::SafetensorsFile::open(kFix + name + "_ref.safetensors");
+    models::LoadOptions lo;
+    lo.num_labels = ref.get("logits").ndim() == 2 ? ref.get("logits").dim(1) : 0;
+    auto model = models::load_model(kRoot + ref.metadata().at("base"), lo);
+    auto pm = PeftModel::from_pretrained(*model, kFix + name);
+    const std::string out = temp_dir(name);
+    pm->save_pretrained(out);
+    io::SafetensorsFile ours = io::SafetensorsFile::open(out + "/adapter_model.safetensors");
+    io::SafetensorsFile theirs = io::SafetensorsFile::open(kFix + name + "/adapter_model.safetensors");
+    EXPECT_EQ(ours.metadata().at("format"), "pt");
+    auto sorted = [](std::vector<std::string> v) { std::sort(v.begin(), v.end()); return v; };
+    EXPECT_EQ(sorted(ours.names()), sorted(theirs.names())) << name;
+    for (const auto& k : theirs.names()) {
+      if (!ours.contains(k)) continue;
+      EXPECT_EQ(max_abs_diff(ours.get_f32(k), theirs.get_f32(k)), 0.0) << k;
+    }
+    io::json a = io::read_json_file(out + "/adapter_config.json");
+    io::json b = io::read_json_file(kFix + name + "/adapter_config.json");
+    for (const char* k : {"peft_type", "r", "lora_alpha", "use_rslora", "task_type", "bias",
+                          "rank_pattern", "alpha_pattern", "layers_to_transform"})
+      EXPECT_EQ(a[k], b[k]) << name << " " << k;
+    auto ta = a["target_modules"].get<std::vector<std::string>>();
+    auto tb = b["target_modules"].get<std::vector<std::string>>();
+    EXPECT_EQ(sorted(ta), sorted(tb)) << name;
+    auto ma = a["modules_to_save"], mb = b["modules_to_save"];
+    EXPECT_EQ(ma.is_null(), mb.is_null()) << name;
+    // No temporary folder left behind; saving again over the folder works.
+    pm->save_pretrained(out);
+    for (auto& e : fs::directory_iterator(fs::path(out).parent_path()))
+      EXPECT_EQ(e.path().filename().string().find(fs::path(out).filename().string() + ".tmp."),
+                std::string::npos);
+    // And it loads back to the same logits.
+    auto model2 = models::load_model(kRoot + ref.metadata().at("base"), lo);
+    auto pm2 = PeftModel::from_pretrained(*model2, out);
+    EXPECT_LT(max_abs_diff(run_model(*model2, ref, false).logits, ref.get("logits")), 1e-5);
+    fs::remove_all(out);
+  }
+}
+
+TEST(PeftInject, CountsAndNamesMiniLM) {
+  const std::string base = kRoot + "models/all-MiniLM-L6-v2";
+  if (!fs::exists(base)) GTEST_SKIP() << "models/all-MiniLM-L6-v2 missing";
+  auto model = models::load_model(base);
+  AdapterConfig cfg;
+  cfg.r = 8;
+  cfg.lora_alpha = 16;
+  cfg.target_modules = {"query", "value"};
+  PeftModel pm(*model, cfg, 42);
+  // 6 layers x 2 modules x (8·384 + 384·8), as the formula in REFERENCE.md.
+  EXPECT_EQ(pm.count_parameters().trainable, 6 * 2 * (8 * 384 * 2));
+  auto params = pm.trainable_parameters();
+  ASSERT_EQ(params.size(), 24u);
+  EXPECT_EQ(params[0].first, "base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.weight");
+  EXPECT_EQ(params[1].first, "base_model.model.bert.encoder.layer.0.attention.self.query.lora_B.weight");
+  for (auto& [n, p] : model->named_parameters()) EXPECT_FALSE(p->trainable) << n;
+  EXPECT_NE(pm.count_parameters().str().find("trainable params: 73,728 || all params: "),
+            std::string::npos)
+      << pm.count_parameters().str();
+  // B = 0 at init: the adapted model equals the base model.
+  for (auto& [path, l] : pm.lora_layers()) EXPECT_EQ(max_abs(l->B.value), 0.0) << path;
+}
+
+TEST(PeftInject, SeveralAdaptersAddUpAndMerge) {
+  io::SafetensorsFile ref = io::SafetensorsFile::open(kFix + "llama_qv_ref.safetensors");
+  auto model = models::load_model(kRoot + "tests/fixtures/models/tiny_llama");
+  auto pm = PeftModel::from_pretrained(*model, kFix + "llama_qv", "one");
+  pm->load_adapter(kFix + "llama_all_rslora", "two");
+  EXPECT_EQ(pm->adapter_names(), (std::vector<std::string>{"one", "two"}));
+  pm->set_adapter("one");
+  Tensor one = run_model(*model, ref, false).logits;
+  EXPECT_LT(max_abs_diff(one, ref.get("logits")), 1e-5);
+  pm->set_adapter("two");
+  io::SafetensorsFile ref2 = io::SafetensorsFile::open(kFix + "llama_all_rslora_ref.safetensors");
+  EXPECT_LT(max_abs_diff(run_model(*model, ref2, false).logits, ref2.get("logits")), 1e-5);
+  // Both active: equals the base with both deltas merged in.
+  pm->set_adapters({"one", "two"});
+  Tensor both = run_model(*model, ref, false).logits;
+  EXPECT_GT(max_abs_diff(both, one), 1e-3);
+  pm->merge();
+  EXPECT_LT(max_abs_diff(run_model(*model, ref, false).logits, both), 1e-5);
+  pm->unmerge();
+  pm->delete_adapter("two");
+  EXPECT_EQ(pm->active_adapters(), (std::vector<std::string>{"one"}));
+  EXPECT_LT(max_abs_diff(run_model(*model, ref, false).logits, one), 1e-6);
+  EXPECT_THROW(pm->set_adapter("two"), Error);
+}
+
+TEST(PeftMerge, MergeAndUnloadWritesPlainHfFolder) {
+  io::SafetensorsFile ref = io::SafetensorsFile::open(kFix + "bert_qv_ref.safetensors");
+  const std::string base = kRoot + "tests/fixtures/models/tiny_bert";
+  models::LoadOptions lo;
+  lo.num_labels = 3;
+  auto model = models::load_model(base, lo);
+  {
+    auto pm = PeftModel::from_pretrained(*model, kFix + "bert_qv");
+    pm->merge_and_unload();
+  }
+  for (auto& [p, l] : model->linears()) EXPECT_TRUE(l->adapters.empty()) << p;
+  EXPECT_LT(max_abs_diff(run_model(*model, ref, false).logits, ref.get("logits")), 1e-5);
+  const std::string out = temp_dir("merged");
+  peft::save_merged_hf(*model, base, out);
+  EXPECT_TRUE(fs::exists(out + "/config.json"));
+  auto plain = models::load_model(out, lo);
+  EXPECT_LT(max_abs_diff(run_model(*plain, ref, false).logits, ref.get("logits")), 1e-5);
+  fs::remove_all(out);
+}
+
+// ---- errors ------------------------------------------------------------------------------------
+
+// Copies a fixture folder, lets `edit` change it, and expects loading to throw a message
+// containing `needle`.
+void expect_load_error(const std::function<void(const std::string&)>& edit, const std::string& needle) {
+  const std::string dir = temp_dir("bad");
+  fs::copy(kFix + "bert_qv", dir);
+  edit(dir);
+  models::LoadOptions lo;
+  lo.num_labels = 3;
+  auto model = models::load_model(kRoot + "tests/fixtures/models/tiny_bert", lo);
+  try {
+    PeftModel::from_pretrained(*model, dir);
+    ADD_FAILURE() << "expected an error containing '" << needle << "'";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    EXPECT_EQ(std::string(e.what()).rfind("[", 0), 0u) << e.what();
+  }
+  // A failed load leaves the model untouched.
+  for (auto& [p, l] : model->linears()) EXPECT_TRUE(l->adapters.empty()) << p;
+  fs::remove_all(dir);
+}
+
+void edit_config(const std::string& dir, const std::function<void(io::json&)>& f) {
+  io::json j = io::read_json_file(dir + "/adapter_config.json");
+  f(j);
+  io::write_json_file(dir + "/adapter_config.json", j);
+}
+
+void edit_tensors(const std::string& dir,
+                  const std::function<void(std::vector<std::pair<std::string, Tensor>>&)>& f) {
+  io::SafetensorsFile in = io::SafetensorsFile::open(dir + "/adapter_model.safetensors");
+  std::vector<std::pair<std::string, Tensor>> t;
+  for (const auto& n : in.names()) t.emplace_back(n, in.get_f32(n).clone());
+  f(t);
+  io::write_safetensors(dir + "/adapter_model.safetensors", t, {{"format", "pt"}});
+}
+
+TEST(PeftErrors, BadConfigsNameTheField) {
+  expect_load_error([](auto& d) { edit_config(d, [](io::json& j) { j["peft_type"] = "IA3"; }); },
+                    "'peft_type'");
+  expect_load_error([](auto& d) { edit_config(d, [](io::json& j) { j["r"] = 0; }); }, "'r'");
+  expect_load_error([](auto& d) { edit_config(d, [](io::json& j) { j["r"] = "8"; }); }, "'r'");
+  expect_load_error(
+      [](auto& d) { edit_config(d, [](io::json& j) { j["target_modules"] = {"q_proj"}; }); },
+      "'target_modules': [q_proj] matches no Linear");
+  expect_load_error([](auto& d) { edit_config(d, [](io::json& j) { j["bias"] = "all"; }); },
+                    "'bias'");
+  expect_load_error([](auto& d) { edit_config(d, [](io::json& j) { j["use_dora"] = true; }); },
+                    "'use_dora'");
+  expect_load_error([](auto& d) { edit_config(d, [](io::json& j) { j.erase("peft_type"); }); },
+                    "'peft_type' is missing");
+  expect_load_error([](auto& d) { fs::remove(d + "/adapter_config.json"); }, "adapter_config.json");
+  // r in the config does not fit the tensors.
+  expect_load_error([](auto& d) { edit_config(d, [](io::json& j) { j["r"] = 8; }); },
+                    "lora_A.weight' has shape [4, 32], the base model needs [8, 32]");
+}
+
+TEST(PeftErrors, BadTensorsNameTheTensor) {
+  const std::string key = "base_model.model.bert.encoder.layer.1.attention.self.value.lora_B.weight";
+  expect_load_error(
+      [&](auto& d) {
+        edit_tensors(d, [&](auto& t) {
+          std::erase_if(t, [&](auto& p) { return p.first == key; });
+        });
+      },
+      "'" + key + "' is missing");
+  expect_load_error(
+      [&](auto& d) {
+        edit_tensors(d, [&](auto& t) { t.emplace_back("base_model.model.bert.x.lora_A.weight", Tensor::zeros({4, 32})); });
+      },
+      "unexpected tensor 'base_model.model.bert.x.lora_A.weight'");
+  expect_load_error(
+      [&](auto& d) {
+        edit_tensors(d, [&](auto& t) {
+          for (auto& p : t)
+            if (p.first == key) p.second = Tensor::zeros({32, 5});
+        });
+      },
+      "'" + key + "' has shape [32, 5]");
+}
+
+TEST(PeftConfig, PatternsAndMatching) {
+  AdapterConfig c;
+  c.target_modules = {"query", "value"};
+  EXPECT_TRUE(peft::target_matches(c, "bert.encoder.layer.0.attention.self.query", false));
+  EXPECT_FALSE(peft::target_matches(c, "bert.encoder.layer.0.attention.self.xquery", false));
+  c.target_modules = {".*layer\\.1\\..*(query|key)"};
+  c.target_modules_regex = true;
+  EXPECT_TRUE(peft::target_matches(c, "bert.encoder.layer.1.attention.self.key", false));
+  EXPECT_FALSE(peft::target_matches(c, "bert.encoder.layer.0.attention.self.key", false));
+  c.target_modules = {"all-linear"};
+  c.target_modules_regex = false;
+  EXPECT_TRUE(peft::target_matches(c, "model.layers.0.mlp.up_proj", false));
+  EXPECT_FALSE(peft::target_matches(c, "lm_head", true));
+  c.target_modules = {"q_proj"};
+  c.layers_to_transform = {1};
+  EXPECT_TRUE(peft::target_matches(c, "model.layers.1.self_attn.q_proj", false));
+  EXPECT_FALSE(peft::target_matches(c, "model.layers.0.self_attn.q_proj", false));
+  c.rank_pattern = {{"q_proj", 3}, {"layers.1.self_attn.q_proj", 5}};
+  c.alpha_pattern = {{"v_.*", 2.5}};
+  EXPECT_EQ(c.rank_for("model.layers.1.self_attn.q_proj"), 3);  // first match wins
+  EXPECT_EQ(c.rank_for("model.layers.1.self_attn.k_proj"), 8);
+  EXPECT_EQ(c.alpha_for("model.layers.0.self_attn.v_proj"), 2.5);
+  EXPECT_EQ(c.alpha_for("model.layers.0.self_attn.xv_proj"), 8.0);
+  // JSON round trip keeps the pattern order and the fields.
+  AdapterConfig back = peft::config_from_json(peft::config_to_json(c), "roundtrip");
+  EXPECT_EQ(back.rank_pattern.size(), 2u);
+  EXPECT_EQ(back.layers_to_transform, c.layers_to_transform);
+  // PEFT refuses layers_to_transform with a string target_modules.
+  io::json j = peft::config_to_json(c);
+  j["target_modules"] = "all-linear";
+  EXPECT_THROW(peft::config_from_json(j, "x"), Error);
+}
+
+}  // namespace
