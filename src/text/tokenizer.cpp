@@ -88,15 +88,33 @@ struct Tokenizer::Impl {
         continue;
       }
       size_t b = i, e = i + best->content.size();
-      if (best->lstrip)
-        while (b > text_start && is_rust_whitespace(static_cast<unsigned char>(s[b - 1]))) --b;
-      if (best->rstrip)
-        while (e < s.size() && is_rust_whitespace(static_cast<unsigned char>(s[e]))) ++e;
+      if (best->lstrip) b = skip_space_back(s, text_start, b);
+      if (best->rstrip) e = skip_space_forward(s, e);
       if (b > text_start) out.push_back({-1, s.substr(text_start, b - text_start)});
       out.push_back({best->id, {}});
       text_start = i = e;
     }
     if (text_start < s.size()) out.push_back({-1, s.substr(text_start)});
+  }
+
+  // lstrip / rstrip swallow the (Unicode) whitespace next to the token.
+  static size_t skip_space_back(const std::string& s, size_t floor, size_t b) {
+    while (b > floor) {
+      size_t k = b - 1;
+      while (k > floor && (static_cast<uint8_t>(s[k]) & 0xC0) == 0x80) --k;
+      if (!is_rust_whitespace(utf8_decode(std::string_view(s).substr(k, b - k))[0])) break;
+      b = k;
+    }
+    return b;
+  }
+  static size_t skip_space_forward(const std::string& s, size_t e) {
+    while (e < s.size()) {
+      const auto b0 = static_cast<uint8_t>(s[e]);
+      const size_t n = b0 < 0x80 ? 1 : b0 < 0xE0 ? 2 : b0 < 0xF0 ? 3 : 4;
+      if (!is_rust_whitespace(utf8_decode(std::string_view(s).substr(e, n))[0])) break;
+      e += n;
+    }
+    return e;
   }
 
   static bool is_word_char(char32_t c) { return c == U'_' || is_letter(c) || is_number(c); }

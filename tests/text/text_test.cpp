@@ -428,3 +428,49 @@ TEST(Decode, InvalidBytesBecomeReplacementCharacters) {
   EXPECT_EQ(lorafit::text::utf8_lossy("a\xF0\x9F\x98z"), "a\xEF\xBF\xBDz");  // one U+FFFD per maximal subpart
   EXPECT_EQ(lorafit::text::utf8_lossy("\xC0\xAF"), "\xEF\xBF\xBD\xEF\xBF\xBD");
 }
+
+// ---- GGUF adapter on small files written with io::write_gguf --------------------------------
+
+namespace {
+std::string write_tiny_gguf(const std::string& name, const std::string& model,
+                            std::vector<std::pair<std::string, lorafit::io::GgufValue>> extra = {}) {
+  using lorafit::io::GgufType;
+  using lorafit::io::GgufValue;
+  const std::string path = (fs::temp_directory_path() / name).string();
+  // Byte-level spelling: "Ġ" is the space byte.
+  std::vector<std::pair<std::string, GgufValue>> kv = {
+      {"general.architecture", GgufValue::string("llama")},
+      {"tokenizer.ggml.model", GgufValue::string(model)},
+      {"tokenizer.ggml.pre", GgufValue::string("gpt2")},
+      {"tokenizer.ggml.tokens", GgufValue::string_array({"<s>", "h", "i", "Ġ", "hi", "Ġhi", "<tool>"})},
+      {"tokenizer.ggml.token_type", GgufValue::int_array(GgufType::I32, {3, 1, 1, 1, 1, 1, 4})},
+      {"tokenizer.ggml.merges", GgufValue::string_array({"h i", "Ġ hi"})},
+      {"tokenizer.ggml.bos_token_id", GgufValue::u32(0)},
+  };
+  for (auto& e : extra) kv.push_back(std::move(e));
+  lorafit::io::write_gguf(path, kv, {});
+  return path;
+}
+}  // namespace
+
+TEST(Gguf, TinyVocabularyThroughTheAdapter) {
+  const std::string path = write_tiny_gguf("lorafit_text_tiny.gguf", "gpt2",
+                                           {{"tokenizer.ggml.add_bos_token", lorafit::io::GgufValue::boolean(true)}});
+  const Tokenizer t = Tokenizer::from_gguf(path);
+  // "hi hi<tool>hi": merges give hi, Ġhi; <tool> is a user-defined token matched whole; BOS first.
+  EXPECT_EQ(t.encode("hi hi<tool>hi").ids, (std::vector<int32_t>{0, 4, 5, 6, 4}));
+  EXPECT_EQ(t.encode("hi", false).ids, (std::vector<int32_t>{4}));
+  EXPECT_EQ(t.decode(t.encode("hi hi<tool>hi").ids, true), "hi hi<tool>hi");  // <tool> is not special
+  EXPECT_EQ(t.decode(t.encode("hi hi").ids, false), "<s>hi hi");
+  EXPECT_TRUE(t.is_special(0));
+  EXPECT_FALSE(t.is_special(6));
+  EXPECT_EQ(t.special_ids().bos, 0);
+  fs::remove(path);
+}
+
+TEST(Gguf, UnsupportedModelIsAnError) {
+  const std::string path = write_tiny_gguf("lorafit_text_llama.gguf", "llama");
+  expect_error([&] { Tokenizer::from_gguf(path); }, {path, "tokenizer.ggml.model", "'llama'"});
+  fs::remove(path);
+  expect_error([] { Tokenizer::from_gguf("/nonexistent/x.gguf"); }, {"/nonexistent/x.gguf"});
+}
