@@ -208,10 +208,7 @@ def check_cpp(test_binary):
         for e in expect["gguf"]["metadata"]:
             field = r.fields[e["key"]]
             assert field.types[0].name.lower() == e["type"], (e["key"], field.types)
-            if e["type"] == "array":
-                vals = field.contents()
-            else:
-                vals = field.contents()
+            vals = field.contents()
             if isinstance(e["value"], float):
                 assert abs(vals - e["value"]) <= 1e-6 * max(1.0, abs(e["value"])), (e, vals)
             else:

@@ -223,10 +223,15 @@ class Cursor {
   }
   uint32_t u32(const std::string& what) { return static_cast<uint32_t>(uint(4, what)); }
   uint64_t u64(const std::string& what) { return uint(8, what); }
-  std::string str(const std::string& what) {
-    uint64_t n = u64(what + " (string length)");
+  // index >= 0: element `index` of the array `what` (the name is built only on failure; token
+  // lists have 10^5 strings).
+  std::string str(const std::string& what, int64_t index = -1) {
+    auto name = [&] { return index < 0 ? what : what + "[" + std::to_string(index) + "]"; };
+    if (left() < 8) need(8, name() + " (string length)");
+    uint64_t n = load_bits(p_ + pos_, 8);
+    pos_ += 8;
     if (n > left())
-      fail(path_, what + ": string length " + std::to_string(n) + " at offset " +
+      fail(path_, name() + ": string length " + std::to_string(n) + " at offset " +
                       std::to_string(pos_ - 8) + " runs past the end of the file (" +
                       std::to_string(size_) + " bytes)");
     std::string s(reinterpret_cast<const char*>(p_ + pos_), n);
@@ -540,7 +545,7 @@ struct ValueReader {
     if (e == GgufType::STRING) {
       std::vector<std::string> v;
       v.reserve(n);
-      for (uint64_t i = 0; i < n; ++i) v.push_back(c.str(what + "[" + std::to_string(i) + "]"));
+      for (uint64_t i = 0; i < n; ++i) v.push_back(c.str(what, static_cast<int64_t>(i)));
       return GgufValue::string_array(std::move(v));
     }
     if (e == GgufType::ARRAY) {
