@@ -388,3 +388,33 @@ TEST(Cli, TrainWritesAdapterLogAndReport) {
   EXPECT_EQ(run(bin + " train --help"), 0);
   fs::remove_all(work);
 }
+
+TEST(Cli, LoraResumeThroughTheCliIsExact) {
+  auto dir = tiny_model_dir();
+  auto work = temp_dir("cli_resume");
+  write(work / "train.tsv", synthetic_tsv(48, 4));
+  const std::string base = std::string(LORAFIT_BINARY) + " train --model " + dir.string() + " --train " +
+                           (work / "train.tsv").string() + " --max-steps 5 --batch-size 8 --threads 1 --lr 1e-2";
+  ASSERT_EQ(run(base + " --output " + (work / "a").string()), 0);
+  EXPECT_EQ(run(base + " --output " + (work / "b").string() + " --stop-after 2"), 130);  // as after Ctrl-C
+  ASSERT_TRUE(fs::exists(work / "b/checkpoint/trainer_state.json"));
+  EXPECT_FALSE(fs::exists(work / "b/final"));
+  ASSERT_EQ(run(base + " --output " + (work / "b").string() + " --resume " + (work / "b/checkpoint").string()), 0);
+  auto a = io::SafetensorsFile::open((work / "a/final/trainable.safetensors").string());
+  auto b = io::SafetensorsFile::open((work / "b/final/trainable.safetensors").string());
+  ASSERT_EQ(a.names(), b.names());
+  bool has_lora = false;
+  for (auto& n : a.names()) {
+    has_lora = has_lora || n.find("lora_B") != std::string::npos;
+    Tensor ta = a.get_f32(n), tb = b.get_f32(n);
+    ASSERT_EQ(ta.numel(), tb.numel());
+    for (int64_t i = 0; i < ta.numel(); ++i) ASSERT_EQ(ta.f32()[i], tb.f32()[i]) << n << " element " << i;
+  }
+  EXPECT_TRUE(has_lora);
+  // Resuming with other options is refused rather than silently changing the run.
+  EXPECT_EQ(run(std::string(LORAFIT_BINARY) + " train --model " + dir.string() + " --train " +
+                (work / "train.tsv").string() + " --max-steps 9 --batch-size 8 --output " + (work / "b").string() +
+                " --resume " + (work / "b/checkpoint").string()),
+            1);
+  fs::remove_all(work);
+}
