@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <string>
 
 #include "lorafit/io.h"
@@ -506,3 +507,58 @@ TEST(PeftConfig, PatternsAndMatching) {
 }
 
 }  // namespace
+
+// ---- export for tools/check_peft_load.py ------------------------------------------------------
+// With LORAFIT_PEFT_EXPORT=<dir>, writes adapters made by lorafit (A and B both random, so the
+// adapter changes the output) and our logits on a fixed batch: <dir>/<case>/ (PEFT folder) and
+// <dir>/<case>_ours.safetensors. The Python side loads them with PeftModel.from_pretrained.
+TEST(PeftExport, ForPythonCheck) {
+  const char* dir = std::getenv("LORAFIT_PEFT_EXPORT");
+  if (!dir) GTEST_SKIP() << "set LORAFIT_PEFT_EXPORT=<dir> (tools/check_peft_load.py does)";
+  struct Case {
+    const char* name;
+    const char* base;
+    const char* ref;  // a fixture whose inputs we reuse
+    std::vector<std::string> targets;
+    bool rslora;
+    std::optional<std::vector<std::string>> mts;
+    const char* task;
+    int64_t labels;
+  };
+  const std::vector<Case> cases = {
+      {"bert_all_linear", "tests/fixtures/models/tiny_bert", "bert_qv", {"all-linear"}, true,
+       std::nullopt, "SEQ_CLS", 3},
+      {"llama_qv", "tests/fixtures/models/tiny_llama", "llama_qv", {"q_proj", "v_proj"}, false,
+       std::nullopt, "CAUSAL_LM", 0},
+      {"llama_all_linear", "tests/fixtures/models/tiny_llama", "llama_qv", {"all-linear"}, false,
+       std::nullopt, "CAUSAL_LM", 0},
+      {"minilm_qv_classifier", "models/all-MiniLM-L6-v2", "minilm_qv", {"query", "value"}, false,
+       std::vector<std::string>{"classifier"}, "SEQ_CLS", 2},
+  };
+  for (const auto& c : cases) {
+    if (!fs::exists(kRoot + c.base)) continue;
+    io::SafetensorsFile ref = io::SafetensorsFile::open(kFix + c.ref + "_ref.safetensors");
+    models::LoadOptions lo;
+    lo.num_labels = c.labels;
+    lo.seed = 5;
+    auto model = models::load_model(kRoot + c.base, lo);
+    AdapterConfig cfg;
+    cfg.r = 4;
+    cfg.lora_alpha = 8;
+    cfg.target_modules = c.targets;
+    cfg.use_rslora = c.rslora;
+    cfg.modules_to_save = c.mts;
+    cfg.task_type = c.task;
+    cfg.init_lora_weights = peft::LoraInit::Random;
+    cfg.base_model_name_or_path = c.base;
+    PeftModel pm(*model, cfg, 1234);
+    pm.save_pretrained(std::string(dir) + "/" + c.name);
+    ModelRun run = run_model(*model, ref, false);
+    std::vector<std::pair<std::string, Tensor>> t = {{"logits", run.logits}};
+    for (const char* k : {"input_ids", "attention_mask", "token_type_ids"})
+      if (ref.contains(k)) t.emplace_back(k, ref.get(k).clone());
+    io::write_safetensors(std::string(dir) + "/" + c.name + "_ours.safetensors", t,
+                          {{"base", c.base}, {"count", pm.count_parameters().str()}});
+    std::printf("exported %s: %s\n", c.name, pm.count_parameters().str().c_str());
+  }
+}
