@@ -225,6 +225,18 @@ class PeftModel {
   void attach_all();
 };
 
+// Writes adapter `name` ("" = first active) of a Llama-family model as a llama.cpp LoRA GGUF:
+// general.architecture "llama", general.type "adapter", adapter.type "lora", adapter.lora.alpha
+// (f32); tensors "<gguf base name>.lora_a" (ne [in, r], the bytes of lora_A) and ".lora_b"
+// (ne [r, out]), F32; lora_b rows of attn_q / attn_k permuted to GGUF order (n_head / n_kv_head).
+// llama.cpp scales every module by alpha / r: alpha is written as s·r of the first module, and a
+// module whose s·r differs (rsLoRA with rank_pattern, alpha_pattern) gets the ratio folded into
+// its lora_b, so llama.cpp applies exactly s · B A. Atomic.
+void save_llama_cpp_lora(const PeftModel& pm, const std::string& path, const std::string& name = "");
+// The llama.cpp tensor name of a Hugging Face Llama module path ("model.layers.3.self_attn.q_proj"
+// -> "blk.3.attn_q.weight", "lm_head" -> "output.weight"); throws for other paths.
+std::string llama_gguf_name(const std::string& hf_module_path);
+
 // Writes a merged model as a Hugging Face folder: config.json copied from `base_dir` (the folder
 // the model came from), model.safetensors with HF tensor names, all F32 (tokenizer files copied
 // when present). Atomic (temp folder + rename).

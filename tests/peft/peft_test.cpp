@@ -6,12 +6,14 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <optional>
 #include <string>
 
 #include "lorafit/io.h"
+#include "lorafit/kernels.h"
 #include "lorafit/models.h"
 #include "lorafit/peft.h"
 #include "ops/op_check.h"
@@ -560,5 +562,60 @@ TEST(PeftExport, ForPythonCheck) {
     io::write_safetensors(std::string(dir) + "/" + c.name + "_ours.safetensors", t,
                           {{"base", c.base}, {"count", pm.count_parameters().str()}});
     std::printf("exported %s: %s\n", c.name, pm.count_parameters().str().c_str());
+  }
+}
+
+// ---- llama.cpp LoRA GGUF -----------------------------------------------------------------------
+// Reads the file back and rebuilds each module's delta the way llama.cpp does (alpha / r ·
+// lora_b · lora_a, r from lora_b's ne[0]) in GGUF row order, un-permutes q/k rows with the
+// GGUF -> HF formula of REFERENCE.md and compares with PEFT's s · B A (from the PEFT fixture).
+TEST(PeftGguf, LlamaCppLoraMatchesPeftDelta) {
+  for (const char* name : {"llama_qv", "llama_all_rslora"}) {
+    auto model = models::load_model(kRoot + "tests/fixtures/models/tiny_llama");
+    auto pm = PeftModel::from_pretrained(*model, kFix + name);
+    const std::string path = temp_dir(std::string(name) + ".gguf");
+    peft::save_llama_cpp_lora(*pm, path);
+    io::GgufFile f = io::GgufFile::open(path);
+    EXPECT_EQ(f.get_string("general.type"), "adapter");
+    EXPECT_EQ(f.get_string("adapter.type"), "lora");
+    EXPECT_EQ(f.get_string("general.architecture"), "llama");
+    const double alpha = f.get_float("adapter.lora.alpha");
+    const auto& mc = model->config();
+    io::SafetensorsFile theirs = io::SafetensorsFile::open(kFix + name + "/adapter_model.safetensors");
+    io::json cfg = io::read_json_file(kFix + name + "/adapter_config.json");
+    auto layers = pm->lora_layers();
+    EXPECT_EQ(f.tensors().size(), 2 * layers.size());
+    for (auto& [hf, l] : layers) {
+      const std::string g = peft::llama_gguf_name(hf);
+      Tensor a = f.tensor_f32(g + ".lora_a"), b = f.tensor_f32(g + ".lora_b");
+      EXPECT_EQ(f.tensor_info(g + ".lora_a").ne, (std::vector<int64_t>{l->A.value.dim(1), l->r()}));
+      EXPECT_EQ(f.tensor_info(g + ".lora_b").ne, (std::vector<int64_t>{l->r(), l->B.value.dim(0)}));
+      const int64_t r = b.dim(1), out = b.dim(0), in = a.dim(1);
+      Tensor d = Tensor::zeros({out, in});
+      lorafit::kernels::gemm(b, false, a, false, d, static_cast<float>(alpha / r), 0.0f);
+      const int64_t heads = g.find("attn_q") != std::string::npos   ? mc.n_heads
+                            : g.find("attn_k") != std::string::npos ? mc.n_kv_heads
+                                                                    : 0;
+      if (heads) {  // GGUF -> HF: reshape(n_head, D/2, 2, in).swapaxes(1, 2)
+        Tensor u = Tensor::empty(d.shape());
+        const int64_t D = out / heads;
+        for (int64_t h = 0; h < heads; ++h)
+          for (int64_t i = 0; i < D / 2; ++i)
+            for (int64_t j = 0; j < 2; ++j)
+              std::memcpy(u.f32() + (h * D + j * (D / 2) + i) * in, d.f32() + (h * D + 2 * i + j) * in,
+                          sizeof(float) * in);
+        d = u;
+      }
+      // PEFT's delta from its own files: s · B A with s from its config.
+      Tensor A = theirs.get_f32("base_model.model." + hf + ".lora_A.weight");
+      Tensor B = theirs.get_f32("base_model.model." + hf + ".lora_B.weight");
+      const double rr = static_cast<double>(A.dim(0));
+      const double s = cfg["use_rslora"].get<bool>() ? cfg["lora_alpha"].get<double>() / std::sqrt(rr)
+                                                     : cfg["lora_alpha"].get<double>() / rr;
+      Tensor want = Tensor::zeros({out, in});
+      lorafit::kernels::gemm(B, false, A, false, want, static_cast<float>(s), 0.0f);
+      EXPECT_LT(max_abs_diff(d, want), 1e-6 * std::max(1.0, max_abs(want))) << name << " " << hf;
+    }
+    fs::remove(path);
   }
 }
