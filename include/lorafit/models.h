@@ -17,9 +17,9 @@
 // e.g. by a merge). Linear weights and embedding tables keep their stored dtype when nn multiplies
 // it through fp32 tiles (F32, F16, BF16, Q8_0, Q4_0, Q4_1); other GGUF types (Q4_K, Q6_K) are
 // dequantized to F32 at load, and LoadOptions::dequantize makes every weight F32. Norm weights
-// and biases are always F32. Only F32 parameters can be made trainable. Llama GGUF attn_q/attn_k rows are
-// un-permuted at load, so internal weights are always in HF layout. Every parameter is frozen
-// after loading; set_trainable() on a parameter or module opts it in.
+// and biases are always F32. Llama GGUF attn_q/attn_k rows are un-permuted at load, so internal
+// weights are always in HF layout. Every parameter is frozen after loading; set_trainable() on a
+// parameter or module opts it in (only F32 parameters can be trainable).
 //
 // Shapes: ids/masks [B, T]; hidden states [B, T, C]; logits [B, T, V] (causal LM) or [B, L]
 // (classification). Masks are I32 or F32, 1 = token, 0 = padding.
@@ -43,9 +43,9 @@ using tensor::Tensor;
 
 // Hyper-parameters of a loaded model, whatever the file format.
 struct ModelConfig {
-  std::string arch;         // registry key: "bert", "roberta", "distilbert", "llama"
-  std::string source;       // folder or .gguf path it was loaded from
-  std::string format;       // "safetensors" or "gguf"
+  std::string arch;    // registry key: "bert", "roberta", "distilbert", "llama"
+  std::string source;  // folder or .gguf path it was loaded from
+  std::string format;  // "safetensors" or "gguf"
   int64_t vocab = 0;
   int64_t hidden = 0;
   int64_t n_layers = 0;
@@ -59,7 +59,7 @@ struct ModelConfig {
   int64_t type_vocab = 0;
   int64_t num_labels = 0;
   int64_t pad_token_id = 0;  // RoBERTa position ids
-  std::string hidden_act;   // "gelu" (erf), "gelu_new"/"gelu_pytorch_tanh" (tanh), "silu"
+  std::string hidden_act;    // "gelu" (erf), "gelu_new"/"gelu_pytorch_tanh" (tanh), "silu"
   // Llama
   float rope_theta = 10000.0f;
   bool tied_embeddings = false;
@@ -123,10 +123,10 @@ class Model {
 // The layer math is the same post-LN block in all three.
 
 struct BertLayer {
-  nn::Attention attn;          // q, k, v, o
-  nn::LayerNorm attn_norm;     // attention.output.LayerNorm | sa_layer_norm
-  nn::MLP mlp;                 // up = intermediate.dense | ffn.lin1; down = output.dense | ffn.lin2
-  nn::LayerNorm out_norm;      // output.LayerNorm | output_layer_norm
+  nn::Attention attn;       // q, k, v, o
+  nn::LayerNorm attn_norm;  // attention.output.LayerNorm | sa_layer_norm
+  nn::MLP mlp;              // up = intermediate.dense | ffn.lin1; down = output.dense | ffn.lin2
+  nn::LayerNorm out_norm;   // output.LayerNorm | output_layer_norm
   nn::Dropout attn_drop, out_drop;  // after the attention output / the MLP output
 };
 
@@ -169,13 +169,13 @@ class BertModel : public Model {
   nn::Dropout head_in_drop;  // RoBERTa only
   nn::Linear head_dense;     // bert.pooler.dense | classifier.dense | pre_classifier
   nn::Dropout cls_drop;
-  nn::Linear classifier;     // classifier | classifier.out_proj | classifier
+  nn::Linear classifier;  // classifier | classifier.out_proj | classifier
 
  private:
   std::string prefix_;
-  Tensor mask_f32_;      // [B, T]
-  Tensor head_act_;      // [B, C] activation output, for backward
-  Shape hidden_shape_;   // [B, T, C] of the last classify input
+  Tensor mask_f32_;     // [B, T]
+  Tensor head_act_;     // [B, C] activation output, for backward
+  Shape hidden_shape_;  // [B, T, C] of the last classify input
   bool word_from_ids_ = false;
   Tensor encode(nn::Context& ctx, const Tensor& embeds, const Tensor& mask,
                 const Tensor& token_types, const Tensor& positions);
@@ -231,7 +231,9 @@ class LlamaModel : public Model {
   nn::Embedding embed;
   std::vector<LlamaLayer> layers;
   nn::RMSNorm norm;
-  nn::Linear lm_head;  // shares embed's weight tensor when tied
+  // Shares embed's weight tensor when tied (the value only: were both trainable, their
+  // gradients would stay separate).
+  nn::Linear lm_head;
 
  private:
   std::vector<Tensor> resid_;  // saved residual-stream inputs per layer, for backward

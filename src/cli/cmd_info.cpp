@@ -44,11 +44,12 @@ std::string pattern_of(const std::string& path) {
 
 int cmd_info(int argc, char** argv) {
   if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
-    std::fputs("Usage: lorafit info PATH\n"
-               "  PATH: a Hugging Face model folder (config.json + model.safetensors) or a .gguf "
-               "file.\n  Prints the architecture, sizes, parameter count, stored dtypes and the "
-               "Linear modules\n  that adapters can target (target_modules).\n",
-               argc < 2 ? stderr : stdout);
+    std::fputs(
+        "Usage: lorafit info PATH\n"
+        "  PATH: a Hugging Face model folder (config.json + model.safetensors) or a .gguf "
+        "file.\n  Prints the architecture, sizes, parameter count, stored dtypes and the "
+        "Linear modules\n  that adapters can target (target_modules).\n",
+        argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;
   }
   try {

@@ -30,20 +30,48 @@ struct BertNames {
 };
 
 const BertNames& names_of(const std::string& arch) {
-  static const BertNames bert{"bert.", "encoder.layer.", "attention.self.query",
-                              "attention.self.key", "attention.self.value",
-                              "attention.output.dense", "attention.output.LayerNorm",
-                              "intermediate.dense", "output.dense", "output.LayerNorm",
-                              "bert.pooler.dense", "classifier", true, true};
-  static const BertNames roberta{"roberta.", "encoder.layer.", "attention.self.query",
-                                 "attention.self.key", "attention.self.value",
-                                 "attention.output.dense", "attention.output.LayerNorm",
-                                 "intermediate.dense", "output.dense", "output.LayerNorm",
-                                 "classifier.dense", "classifier.out_proj", true, true};
-  static const BertNames distil{"distilbert.", "transformer.layer.", "attention.q_lin",
-                                "attention.k_lin", "attention.v_lin", "attention.out_lin",
-                                "sa_layer_norm", "ffn.lin1", "ffn.lin2", "output_layer_norm",
-                                "pre_classifier", "classifier", false, false};
+  static const BertNames bert{"bert.",
+                              "encoder.layer.",
+                              "attention.self.query",
+                              "attention.self.key",
+                              "attention.self.value",
+                              "attention.output.dense",
+                              "attention.output.LayerNorm",
+                              "intermediate.dense",
+                              "output.dense",
+                              "output.LayerNorm",
+                              "bert.pooler.dense",
+                              "classifier",
+                              true,
+                              true};
+  static const BertNames roberta{"roberta.",
+                                 "encoder.layer.",
+                                 "attention.self.query",
+                                 "attention.self.key",
+                                 "attention.self.value",
+                                 "attention.output.dense",
+                                 "attention.output.LayerNorm",
+                                 "intermediate.dense",
+                                 "output.dense",
+                                 "output.LayerNorm",
+                                 "classifier.dense",
+                                 "classifier.out_proj",
+                                 true,
+                                 true};
+  static const BertNames distil{"distilbert.",
+                                "transformer.layer.",
+                                "attention.q_lin",
+                                "attention.k_lin",
+                                "attention.v_lin",
+                                "attention.out_lin",
+                                "sa_layer_norm",
+                                "ffn.lin1",
+                                "ffn.lin2",
+                                "output_layer_norm",
+                                "pre_classifier",
+                                "classifier",
+                                false,
+                                false};
   if (arch == "roberta") return roberta;
   if (arch == "distilbert") return distil;
   return bert;
@@ -95,7 +123,8 @@ Tensor BertModel::forward(nn::Context& ctx, const Tensor& ids, const Tensor& mas
                           const Tensor& token_types) {
   detail::check(ids.defined() && ids.dtype() == DType::I32 && ids.ndim() == 2,
                 cfg_.arch + " forward: ids is " +
-                    (ids.defined() ? ids.str() : std::string("undefined")) + ", expected I32[B, T]");
+                    (ids.defined() ? ids.str() : std::string("undefined")) +
+                    ", expected I32[B, T]");
   const int64_t B = ids.dim(0), T = ids.dim(1);
   Tensor pos;
   if (cfg_.arch == "roberta") {
@@ -126,11 +155,11 @@ Tensor BertModel::forward_embeds(nn::Context& ctx, const Tensor& embeds, const T
 Tensor BertModel::encode(nn::Context& ctx, const Tensor& embeds, const Tensor& mask,
                          const Tensor& token_types, const Tensor& positions) {
   const int64_t C = cfg_.hidden;
-  detail::check(embeds.defined() && embeds.dtype() == DType::F32 && embeds.ndim() == 3 &&
-                    embeds.dim(2) == C,
-                cfg_.arch + " forward: embeds is " +
-                    (embeds.defined() ? embeds.str() : std::string("undefined")) +
-                    ", expected F32[B, T, " + std::to_string(C) + "]");
+  detail::check(
+      embeds.defined() && embeds.dtype() == DType::F32 && embeds.ndim() == 3 && embeds.dim(2) == C,
+      cfg_.arch + " forward: embeds is " +
+          (embeds.defined() ? embeds.str() : std::string("undefined")) + ", expected F32[B, T, " +
+          std::to_string(C) + "]");
   word_from_ids_ = false;
   const int64_t B = embeds.dim(0), T = embeds.dim(1);
   // Absolute positions 0..T-1 (RoBERTa: pad+1.. unless computed from the ids).
@@ -187,11 +216,11 @@ Tensor BertModel::backward(nn::Context& ctx, const Tensor& dhidden) {
 
 Tensor BertModel::classify(nn::Context& ctx, const Tensor& hidden) {
   const int64_t C = cfg_.hidden;
-  detail::check(hidden.defined() && hidden.dtype() == DType::F32 && hidden.ndim() == 3 &&
-                    hidden.dim(2) == C,
-                cfg_.arch + " classify: hidden is " +
-                    (hidden.defined() ? hidden.str() : std::string("undefined")) +
-                    ", expected F32[B, T, " + std::to_string(C) + "]");
+  detail::check(
+      hidden.defined() && hidden.dtype() == DType::F32 && hidden.ndim() == 3 && hidden.dim(2) == C,
+      cfg_.arch + " classify: hidden is " +
+          (hidden.defined() ? hidden.str() : std::string("undefined")) + ", expected F32[B, T, " +
+          std::to_string(C) + "]");
   const int64_t B = hidden.dim(0), T = hidden.dim(1);
   hidden_shape_ = hidden.shape();
   Tensor cls = ctx.alloc({B, C});  // h[:, 0, :]
@@ -286,12 +315,11 @@ std::unique_ptr<Model> load_bert_folder(const std::string& dir, const io::json& 
   c.intermediate = io::json_int(j, distil ? "hidden_dim" : "intermediate_size", where);
   c.max_positions = io::json_int(j, "max_position_embeddings", where);
   c.type_vocab = distil ? 0 : io::json_int(j, "type_vocab_size", where, 2);
-  c.norm_eps = distil ? 1e-12f
-                      : static_cast<float>(io::json_number(j, "layer_norm_eps", where, 1e-12));
+  c.norm_eps =
+      distil ? 1e-12f : static_cast<float>(io::json_number(j, "layer_norm_eps", where, 1e-12));
   c.pad_token_id = io::json_int(j, "pad_token_id", where, arch == "roberta" ? 1 : 0);
   c.hidden_act = io::json_string(j, distil ? "activation" : "hidden_act", where, "gelu");
-  check(c.hidden_act == "gelu" || c.hidden_act == "gelu_new" ||
-            c.hidden_act == "gelu_pytorch_tanh",
+  check(c.hidden_act == "gelu" || c.hidden_act == "gelu_new" || c.hidden_act == "gelu_pytorch_tanh",
         where + ": field '" + (distil ? "activation" : "hidden_act") + "': '" + c.hidden_act +
             "' is not supported (gelu, gelu_new, gelu_pytorch_tanh)");
   if (distil) {
@@ -299,8 +327,8 @@ std::unique_ptr<Model> load_bert_folder(const std::string& dir, const io::json& 
           where + ": field 'sinusoidal_pos_embds': true is not supported");
   } else {
     std::string pe = io::json_string(j, "position_embedding_type", where, "absolute");
-    check(pe == "absolute", where + ": field 'position_embedding_type': '" + pe +
-                                "' is not supported (absolute)");
+    check(pe == "absolute",
+          where + ": field 'position_embedding_type': '" + pe + "' is not supported (absolute)");
   }
   check(c.vocab > 0 && c.hidden > 0 && c.n_layers > 0 && c.n_heads > 0 && c.intermediate > 0 &&
             c.max_positions > 0 && c.type_vocab >= 0,
@@ -317,8 +345,8 @@ std::unique_ptr<Model> load_bert_folder(const std::string& dir, const io::json& 
   c.num_labels = labels;
   const float hp = static_cast<float>(
       io::json_number(j, distil ? "dropout" : "hidden_dropout_prob", where, 0.1));
-  const float ap = static_cast<float>(
-      io::json_number(j, distil ? "attention_dropout" : "attention_probs_dropout_prob", where, 0.1));
+  const float ap = static_cast<float>(io::json_number(
+      j, distil ? "attention_dropout" : "attention_probs_dropout_prob", where, 0.1));
   const float cp = static_cast<float>(
       io::json_number(j, distil ? "seq_classif_dropout" : "classifier_dropout", where, hp));
 
@@ -331,8 +359,10 @@ std::unique_ptr<Model> load_bert_folder(const std::string& dir, const io::json& 
     pre = n.prefix;
   else
     check(r.has("embeddings.word_embeddings.weight"),
-          r.file + ": tensor '" + n.prefix + "embeddings.word_embeddings.weight' (or "
-                   "'embeddings.word_embeddings.weight') is missing: not a " + arch + " checkpoint?");
+          r.file + ": tensor '" + n.prefix +
+              "embeddings.word_embeddings.weight' (or "
+              "'embeddings.word_embeddings.weight') is missing: not a " +
+              arch + " checkpoint?");
 
   auto m = std::make_unique<BertModel>(c);
   m->set_dropout(hp, ap, cp);
@@ -342,8 +372,10 @@ std::unique_ptr<Model> load_bert_folder(const std::string& dir, const io::json& 
                                  n.prefix + name + ".weight");
   };
   auto ln = [&](nn::LayerNorm& l, const std::string& name) {
-    l.weight.value = read_weight(r, pre + name + ".weight", {c.hidden}, false, dt, n.prefix + name + ".weight");
-    l.bias.value = read_weight(r, pre + name + ".bias", {c.hidden}, false, dt, n.prefix + name + ".bias");
+    l.weight.value =
+        read_weight(r, pre + name + ".weight", {c.hidden}, false, dt, n.prefix + name + ".weight");
+    l.bias.value =
+        read_weight(r, pre + name + ".bias", {c.hidden}, false, dt, n.prefix + name + ".bias");
   };
   auto lin = [&](nn::Linear& l, const std::string& name) {
     load_linear(r, pre + name, l, dt, n.prefix + name);

@@ -110,8 +110,8 @@ Tensor LlamaModel::forward_cached(nn::Context& ctx, const Tensor& ids, KvCache& 
   Tensor x = embed.forward(ctx, ids);
   for (size_t i = 0; i < layers.size(); ++i) {
     LlamaLayer& l = layers[i];
-    Tensor a = l.attn.forward_cached(ctx, l.attn_norm.forward(ctx, x), cache.layers[i], mask,
-                                     positions);
+    Tensor a =
+        l.attn.forward_cached(ctx, l.attn_norm.forward(ctx, x), cache.layers[i], mask, positions);
     Tensor h = add_new(ctx, x, a);
     x = add_new(ctx, h, l.mlp.forward(ctx, l.mlp_norm.forward(ctx, h)));
   }
@@ -161,10 +161,9 @@ void check_llama_config(const ModelConfig& c, const std::string& where) {
             std::to_string(c.hidden) + ", layers " + std::to_string(c.n_layers) + ", heads " +
             std::to_string(c.n_heads) + "/" + std::to_string(c.n_kv_heads) + ", intermediate " +
             std::to_string(c.intermediate) + ")");
-  check(c.n_heads % c.n_kv_heads == 0, where + ": the number of key/value heads (" +
-                                           std::to_string(c.n_kv_heads) +
-                                           ") must divide the number of heads (" +
-                                           std::to_string(c.n_heads) + ")");
+  check(c.n_heads % c.n_kv_heads == 0,
+        where + ": the number of key/value heads (" + std::to_string(c.n_kv_heads) +
+            ") must divide the number of heads (" + std::to_string(c.n_heads) + ")");
   check(c.head_dim % 2 == 0, where + ": head_dim must be even for RoPE");
 }
 
@@ -192,14 +191,15 @@ void load_llama_weights(LlamaModel& m, const WeightReader& r,
     lin(l.attn.k, p + "self_attn.k_proj", 2);
     lin(l.attn.v, p + "self_attn.v_proj", 0);
     lin(l.attn.o, p + "self_attn.o_proj", 0);
-    l.mlp_norm.weight.value = read_weight(r, file_name(p + "post_attention_layernorm.weight"),
-                                          {c.hidden}, false, m, p + "post_attention_layernorm.weight");
+    l.mlp_norm.weight.value =
+        read_weight(r, file_name(p + "post_attention_layernorm.weight"), {c.hidden}, false, m,
+                    p + "post_attention_layernorm.weight");
     lin(l.mlp.gate, p + "mlp.gate_proj", 0);
     lin(l.mlp.up, p + "mlp.up_proj", 0);
     lin(l.mlp.down, p + "mlp.down_proj", 0);
   }
-  m.norm.weight.value = read_weight(r, file_name("model.norm.weight"), {c.hidden}, false, m,
-                                    "model.norm.weight");
+  m.norm.weight.value =
+      read_weight(r, file_name("model.norm.weight"), {c.hidden}, false, m, "model.norm.weight");
   if (c.tied_embeddings)
     m.lm_head.weight.value = m.embed.weight.value;  // same storage, as torch's tied parameter
   else
@@ -226,8 +226,8 @@ std::unique_ptr<Model> load_llama_folder(const std::string& dir, const io::json&
   check(c.n_heads > 0, where + ": field 'num_attention_heads' must be positive");
   c.head_dim = io::json_int(j, "head_dim", where, c.hidden / c.n_heads);
   c.hidden_act = io::json_string(j, "hidden_act", where, "silu");
-  check(c.hidden_act == "silu", where + ": field 'hidden_act': '" + c.hidden_act +
-                                    "' is not supported (silu)");
+  check(c.hidden_act == "silu",
+        where + ": field 'hidden_act': '" + c.hidden_act + "' is not supported (silu)");
   c.tied_embeddings = io::json_bool(j, "tie_word_embeddings", where, false);
   c.attention_bias = io::json_bool(j, "attention_bias", where, false);
   c.mlp_bias = io::json_bool(j, "mlp_bias", where, false);
@@ -237,12 +237,11 @@ std::unique_ptr<Model> load_llama_folder(const std::string& dir, const io::json&
   for (const char* key : {"rope_parameters", "rope_scaling"}) {
     if (!io::json_has(j, key)) continue;
     const std::string w = where + ": " + key;
-    check(j[key].is_object(), where + ": field '" + key + "': expected object, got " +
-                                  io::json_type_name(j[key]));
-    std::string type = io::json_string(j[key], "rope_type", w,
-                                       io::json_string(j[key], "type", w, "default"));
-    check(type == "default", w + ": field 'rope_type': '" + type +
-                                 "' is not supported (default)");
+    check(j[key].is_object(),
+          where + ": field '" + key + "': expected object, got " + io::json_type_name(j[key]));
+    std::string type =
+        io::json_string(j[key], "rope_type", w, io::json_string(j[key], "type", w, "default"));
+    check(type == "default", w + ": field 'rope_type': '" + type + "' is not supported (default)");
     theta = io::json_number(j[key], "rope_theta", w, theta);
   }
   c.rope_theta = static_cast<float>(theta);
@@ -255,8 +254,8 @@ std::unique_ptr<Model> load_llama_folder(const std::string& dir, const io::json&
     check(r.has("lm_head.weight"), r.file + ": tensor 'lm_head.weight' is missing and " + where +
                                        " does not set tie_word_embeddings");
   auto m = std::make_unique<LlamaModel>(c);
-  load_llama_weights(*m, r, [](const std::string& n) { return n; },
-                     [](Tensor t, bool) { return t; });
+  load_llama_weights(
+      *m, r, [](const std::string& n) { return n; }, [](Tensor t, bool) { return t; });
   return m;
 }
 
@@ -295,8 +294,9 @@ std::unique_ptr<Model> load_llama_gguf(const io::GgufFile& f, const LoadOptions&
   check(c.n_heads > 0, where + ": key 'llama.attention.head_count' must be positive");
   c.head_dim = f.get_int("llama.attention.key_length", c.hidden / c.n_heads);
   check(f.get_int("llama.rope.dimension_count", c.head_dim) == c.head_dim,
-        where + ": key 'llama.rope.dimension_count' differs from the head size; partial RoPE is "
-                "not supported");
+        where +
+            ": key 'llama.rope.dimension_count' differs from the head size; partial RoPE is "
+            "not supported");
   if (f.has("llama.rope.scaling.type")) {
     std::string t = f.get_string("llama.rope.scaling.type");
     check(t == "none", where + ": key 'llama.rope.scaling.type': '" + t + "' is not supported");
@@ -317,13 +317,15 @@ std::unique_ptr<Model> load_llama_gguf(const io::GgufFile& f, const LoadOptions&
     const io::GgufTensorInfo& ti = f.tensor_info(n);
     return ti.has_dtype ? f.tensor(n) : f.tensor_f32(n);
   };
-  r.dtype_name = [&f](const std::string& n) { return io::ggml_type_name(f.tensor_info(n).ggml_type); };
+  r.dtype_name = [&f](const std::string& n) {
+    return io::ggml_type_name(f.tensor_info(n).ggml_type);
+  };
   auto name = [](const std::string& hf) -> std::string {
     static const std::pair<const char*, const char*> kMap[] = {
-        {"input_layernorm", "attn_norm"},  {"self_attn.q_proj", "attn_q"},
-        {"self_attn.k_proj", "attn_k"},    {"self_attn.v_proj", "attn_v"},
+        {"input_layernorm", "attn_norm"},    {"self_attn.q_proj", "attn_q"},
+        {"self_attn.k_proj", "attn_k"},      {"self_attn.v_proj", "attn_v"},
         {"self_attn.o_proj", "attn_output"}, {"post_attention_layernorm", "ffn_norm"},
-        {"mlp.gate_proj", "ffn_gate"},     {"mlp.up_proj", "ffn_up"},
+        {"mlp.gate_proj", "ffn_gate"},       {"mlp.up_proj", "ffn_up"},
         {"mlp.down_proj", "ffn_down"}};
     if (hf == "model.embed_tokens.weight") return "token_embd.weight";
     if (hf == "model.norm.weight") return "output_norm.weight";

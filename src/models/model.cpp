@@ -26,7 +26,8 @@ void Model::zero_grad() {
 
 Tensor mean_pool(const Tensor& hidden, const Tensor& mask) {
   detail::check(hidden.defined() && hidden.dtype() == DType::F32 && hidden.ndim() == 3,
-                "mean_pool: hidden is " + (hidden.defined() ? hidden.str() : std::string("undefined")) +
+                "mean_pool: hidden is " +
+                    (hidden.defined() ? hidden.str() : std::string("undefined")) +
                     ", expected F32[B, T, C]");
   const int64_t B = hidden.dim(0), T = hidden.dim(1), C = hidden.dim(2);
   Tensor m = detail::mask_f32(mask, B, T);
@@ -64,8 +65,9 @@ std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& op
                 "' is not supported (supported: llama)");
   }
   const std::string cfg_path = (fs::path(path) / "config.json").string();
-  detail::check(fs::exists(cfg_path, ec), path + ": no config.json (a Hugging Face model folder "
-                                                 "needs config.json and model.safetensors)");
+  detail::check(fs::exists(cfg_path, ec), path +
+                                              ": no config.json (a Hugging Face model folder "
+                                              "needs config.json and model.safetensors)");
   io::json cfg = io::read_json_file(cfg_path);
   detail::check(cfg.is_object(), cfg_path + ": expected a JSON object");
   std::string type = io::json_string(cfg, "model_type", cfg_path);
@@ -86,8 +88,12 @@ Tensor owned_f32(const Tensor& t) {
 
 Tensor owned_linear_weight(const Tensor& t) {
   switch (t.dtype()) {
-    case DType::F32: case DType::F16: case DType::BF16:
-    case DType::Q8_0: case DType::Q4_0: case DType::Q4_1:
+    case DType::F32:
+    case DType::F16:
+    case DType::BF16:
+    case DType::Q8_0:
+    case DType::Q4_0:
+    case DType::Q4_1:
       return t.clone();
     default:
       break;
@@ -107,11 +113,11 @@ Tensor read_weight(const WeightReader& r, const std::string& name, const Shape& 
 
 void load_linear(const WeightReader& r, const std::string& name, nn::Linear& lin, Model& m,
                  const std::string& hf_name) {
-  lin.weight.value = read_weight(r, name + ".weight", {lin.out_features(), lin.in_features()},
-                                 true, m, hf_name + ".weight");
+  lin.weight.value = read_weight(r, name + ".weight", {lin.out_features(), lin.in_features()}, true,
+                                 m, hf_name + ".weight");
   if (lin.has_bias())
-    lin.bias.value = read_weight(r, name + ".bias", {lin.out_features()}, false, m,
-                                 hf_name + ".bias");
+    lin.bias.value =
+        read_weight(r, name + ".bias", {lin.out_features()}, false, m, hf_name + ".bias");
 }
 
 void normal_init(Tensor& t, float std, uint64_t seed, uint64_t stream) {
@@ -137,7 +143,8 @@ Tensor mask_f32(const Tensor& mask, int64_t B, int64_t T) {
   return m;
 }
 
-WeightReader folder_reader(const std::shared_ptr<io::SafetensorsFolder>& f, const std::string& dir) {
+WeightReader folder_reader(const std::shared_ptr<io::SafetensorsFolder>& f,
+                           const std::string& dir) {
   WeightReader r;
   r.file = (fs::path(dir) / "model.safetensors").string();
   r.has = [f](const std::string& n) { return f->contains(n); };

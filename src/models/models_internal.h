@@ -11,7 +11,9 @@
 namespace lorafit::models::detail {
 
 // Throws Error("[models] msg") unless cond.
-inline void check(bool cond, const std::string& msg) { lorafit::check(cond, "models", msg); }
+inline void check(bool cond, const std::string& msg) {
+  lorafit::check(cond, "models", msg);
+}
 
 // A stored tensor by name, as the file holds it (zero-copy view, any dtype), plus the dtype name
 // used in `info`. Returns an undefined tensor when absent.

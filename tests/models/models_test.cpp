@@ -59,8 +59,7 @@ std::unique_ptr<T> load_as(const std::string& path) {
 }
 
 void require_model(const std::string& path) {
-  ASSERT_TRUE(fs::exists(path)) << path
-                                << " is missing: run tools/fetch_models.sh first (CI does)";
+  ASSERT_TRUE(fs::exists(path)) << path << " is missing: run tools/fetch_models.sh first (CI does)";
 }
 
 // Mean cross-entropy of logits [N, V] against targets [N] (ignore -100) and its gradient.
@@ -95,7 +94,8 @@ TEST(TinyBert, HiddenPooledLogitsMatchTransformers) {
     const double dh = max_abs_diff(h, ref.f32("last_hidden"));
     const double dp = max_abs_diff(models::mean_pool(h, mask), ref.f32("mean_pooled"));
     const double dl = max_abs_diff(m->classify(ctx, h), ref.f32("logits"));
-    std::printf("%s max abs err: hidden %.3g, pooled %.3g, logits %.3g\n", name.c_str(), dh, dp, dl);
+    std::printf("%s max abs err: hidden %.3g, pooled %.3g, logits %.3g\n", name.c_str(), dh, dp,
+                dl);
     EXPECT_LT(dh, 1e-5) << name;
     EXPECT_LT(dp, 1e-5) << name;
     EXPECT_LT(dl, 1e-5) << name;
@@ -144,7 +144,8 @@ TEST(TinyBert, FiniteDifferenceInputAndHeadGradient) {
   auto loss_of = [&](const Tensor& e) {
     nn::Context c;
     Tensor d;
-    return static_cast<double>(ce_loss(m->classify(c, m->forward_embeds(c, e, mask, tt)), labels, d));
+    return static_cast<double>(
+        ce_loss(m->classify(c, m->forward_embeds(c, e, mask, tt)), labels, d));
   };
   Tensor dlogits;
   ce_loss(m->classify(ctx, m->forward_embeds(ctx, emb, mask, tt)), labels, dlogits);
@@ -204,7 +205,8 @@ TEST(TinyLlama, LogitsMatchTransformers) {
   for (const char* name : {"tiny_llama", "tiny_llama_tied", "tiny_llama_bf16"}) {
     auto m = load_as<models::LlamaModel>(kFix + "/" + name);
     nn::Context ctx;
-    const double d = max_abs_diff(m->forward(ctx, ref.i32("input_ids")), ref.f32(std::string(name) + "_logits"));
+    const double d =
+        max_abs_diff(m->forward(ctx, ref.i32("input_ids")), ref.f32(std::string(name) + "_logits"));
     std::printf("%s logits max abs err %.3g\n", name, d);
     EXPECT_LT(d, 1e-5) << name;
   }
@@ -225,8 +227,9 @@ TEST(TinyLlama, PaddedBatchesMatchTransformers) {
     // Only real-token positions are meaningful (padded query rows differ by convention).
     const double dr = max_abs_diff(m->forward(ctx, ref.i32("pad_right_ids"), rm),
                                    ref.f32(std::string(name) + "_pad_right_logits"), rm);
-    const double dl = max_abs_diff(m->forward(ctx, ref.i32("pad_left_ids"), lm, ref.i32("pad_left_positions")),
-                                   ref.f32(std::string(name) + "_pad_left_logits"), lm);
+    const double dl =
+        max_abs_diff(m->forward(ctx, ref.i32("pad_left_ids"), lm, ref.i32("pad_left_positions")),
+                     ref.f32(std::string(name) + "_pad_left_logits"), lm);
     std::printf("%s padded logits max abs err: right %.3g, left %.3g\n", name, dr, dl);
     EXPECT_LT(dr, 1e-5) << name;
     EXPECT_LT(dl, 1e-5) << name;
@@ -244,8 +247,10 @@ TEST(TinyLlama, GgufEqualsFolderAndTransformers) {
     EXPECT_FLOAT_EQ(g->config().rope_theta, 100000.0f);
     // Weights identical after un-permuting q/k.
     for (size_t l = 0; l < 2; ++l) {
-      EXPECT_EQ(max_abs_diff(g->layers[l].attn.q.weight.value, f->layers[l].attn.q.weight.value), 0.0);
-      EXPECT_EQ(max_abs_diff(g->layers[l].attn.k.weight.value, f->layers[l].attn.k.weight.value), 0.0);
+      EXPECT_EQ(max_abs_diff(g->layers[l].attn.q.weight.value, f->layers[l].attn.q.weight.value),
+                0.0);
+      EXPECT_EQ(max_abs_diff(g->layers[l].attn.k.weight.value, f->layers[l].attn.k.weight.value),
+                0.0);
     }
     nn::Context ctx;
     Tensor ids = ref.i32("input_ids");
@@ -292,7 +297,8 @@ TEST(TinyLlama, KvCacheEqualsFullForward) {
     auto feed = [&](int64_t t0, int64_t t1) {
       Tensor chunk = Tensor::empty({B, t1 - t0}, DType::I32);
       for (int64_t b = 0; b < B; ++b)
-        for (int64_t t = t0; t < t1; ++t) chunk.i32()[b * (t1 - t0) + t - t0] = ids.i32()[b * T + t];
+        for (int64_t t = t0; t < t1; ++t)
+          chunk.i32()[b * (t1 - t0) + t - t0] = ids.i32()[b * T + t];
       Tensor out = m->forward_cached(ctx, chunk, cache);
       for (int64_t b = 0; b < B; ++b)
         for (int64_t t = t0; t < t1; ++t)
@@ -328,7 +334,8 @@ TEST(TinyLlama, KvCacheLeftPaddedMatchesTransformers) {
     return out;
   };
   for (int64_t t0 = 0, t1 = 5; t0 < T; t0 = t1, t1 = t0 + 1) {
-    Tensor out = m->forward_cached(ctx, cols(ids, t0, t1), cache, cols(mask, 0, t1), cols(pos, t0, t1));
+    Tensor out =
+        m->forward_cached(ctx, cols(ids, t0, t1), cache, cols(mask, 0, t1), cols(pos, t0, t1));
     for (int64_t b = 0; b < B; ++b)
       for (int64_t t = t0; t < t1; ++t)
         std::memcpy(got.f32() + (b * T + t) * V, out.f32() + (b * (t1 - t0) + t - t0) * V, V * 4);
@@ -362,7 +369,8 @@ TEST(TinyLlama, NamesAreHuggingFaceNames) {
 namespace {
 std::string copy_with_config(const std::string& src, const std::string& tag,
                              const std::function<void(io::json&)>& edit) {
-  fs::path dir = fs::temp_directory_path() / ("lorafit_models_test_" + tag + "_" + std::to_string(::getpid()));
+  fs::path dir =
+      fs::temp_directory_path() / ("lorafit_models_test_" + tag + "_" + std::to_string(::getpid()));
   fs::remove_all(dir);
   fs::create_directories(dir);
   fs::copy_file(fs::path(src) / "model.safetensors", dir / "model.safetensors");
@@ -391,12 +399,18 @@ TEST(Config, MissingOrWrongFieldNamesFileAndField) {
   };
   const Case cases[] = {
       {"tiny_bert", "bert_missing", [](io::json& j) { j.erase("hidden_size"); }, "hidden_size"},
-      {"tiny_bert", "bert_type", [](io::json& j) { j["num_hidden_layers"] = "two"; }, "num_hidden_layers"},
-      {"tiny_llama", "llama_missing", [](io::json& j) { j.erase("intermediate_size"); }, "intermediate_size"},
-      {"tiny_llama", "llama_type", [](io::json& j) { j["rms_norm_eps"] = "small"; }, "rms_norm_eps"},
-      {"tiny_llama", "llama_rope", [](io::json& j) { j["rope_parameters"]["rope_type"] = "yarn"; }, "rope_type"},
-      {"tiny_llama", "unknown_arch", [](io::json& j) { j["model_type"] = "gpt_neox"; }, "model_type"},
-      {"tiny_llama", "shape", [](io::json& j) { j["hidden_size"] = 64; }, "model.embed_tokens.weight"},
+      {"tiny_bert", "bert_type", [](io::json& j) { j["num_hidden_layers"] = "two"; },
+       "num_hidden_layers"},
+      {"tiny_llama", "llama_missing", [](io::json& j) { j.erase("intermediate_size"); },
+       "intermediate_size"},
+      {"tiny_llama", "llama_type", [](io::json& j) { j["rms_norm_eps"] = "small"; },
+       "rms_norm_eps"},
+      {"tiny_llama", "llama_rope", [](io::json& j) { j["rope_parameters"]["rope_type"] = "yarn"; },
+       "rope_type"},
+      {"tiny_llama", "unknown_arch", [](io::json& j) { j["model_type"] = "gpt_neox"; },
+       "model_type"},
+      {"tiny_llama", "shape", [](io::json& j) { j["hidden_size"] = 64; },
+       "model.embed_tokens.weight"},
   };
   for (const auto& c : cases) {
     std::string dir = copy_with_config(kFix + "/" + c.model, c.tag, c.edit);
@@ -465,8 +479,10 @@ TEST(SmolLM2, GgufLogitsMatchTransformers) {
   }
   const double dl = max_abs_diff(sub, ref.f32("logits"));
   const double ds = max_abs_diff(lse, ref.f32("logsumexp"));
-  std::printf("SmolLM2 Q4_1 GGUF max abs err: logits (2048 cols x 16 rows) %.3g, logsumexp %.3g, "
-              "argmax mismatches %d/16\n", dl, ds, argmax_mismatch);
+  std::printf(
+      "SmolLM2 Q4_1 GGUF max abs err: logits (2048 cols x 16 rows) %.3g, logsumexp %.3g, "
+      "argmax mismatches %d/16\n",
+      dl, ds, argmax_mismatch);
   EXPECT_LT(dl, 1e-3);
   EXPECT_LT(ds, 1e-3);
   EXPECT_EQ(argmax_mismatch, 0);
@@ -475,7 +491,8 @@ TEST(SmolLM2, GgufLogitsMatchTransformers) {
 // ---- CLI ------------------------------------------------------------------------------------
 
 TEST(Cli, InfoListsArchitectureAndTargets) {
-  const std::string cmd = std::string(LORAFIT_BINARY) + " info " + kFix + "/tiny_llama_tied.gguf 2>&1";
+  const std::string cmd =
+      std::string(LORAFIT_BINARY) + " info " + kFix + "/tiny_llama_tied.gguf 2>&1";
   FILE* p = popen(cmd.c_str(), "r");
   ASSERT_NE(p, nullptr);
   std::string out;
@@ -488,6 +505,7 @@ TEST(Cli, InfoListsArchitectureAndTargets) {
     EXPECT_NE(out.find(s), std::string::npos) << "missing '" << s << "' in:\n" << out;
   const std::string bad = std::string(LORAFIT_BINARY) + " info " + kFix + "/nope 2>&1";
   FILE* q = popen(bad.c_str(), "r");
-  while (fread(buf, 1, sizeof buf, q)) {}
+  while (fread(buf, 1, sizeof buf, q)) {
+  }
   EXPECT_NE(pclose(q), 0);
 }
