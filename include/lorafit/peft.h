@@ -151,7 +151,16 @@ struct ParameterCount {
 };
 
 // One model with one or more named adapters. The Model is not owned and must outlive this; its
-// Linear modules point at adapters owned here (detached again by the destructor).
+// Linear modules point at adapters owned here. The destructor leaves the model as it was (merged
+// deltas removed, adapters detached, modules_to_save originals back) unless merge_and_unload()
+// ran.
+//
+// Training with it (what train/ does):
+//   PeftModel pm(*model, cfg, seed);              // or from_pretrained(..., is_trainable = true)
+//   auto params = pm.trainable_parameters();      // A, B (+ modules_to_save), PEFT key names
+//   loop: pm.zero_grad(); model forward (ctx.training = true for lora_dropout) -> loss ->
+//         model backward (Linear calls the LoRA backward) -> optimizer step on params
+//   pm.save_pretrained(dir);                      // PEFT folder; save_llama_cpp_lora for GGUF
 class PeftModel {
  public:
   // Injects adapter `name` into `model` per cfg (validated), initialized from `seed`, and makes

@@ -82,6 +82,9 @@ PeftModel::PeftModel(models::Model& model, const AdapterConfig& cfg, uint64_t se
 }
 
 PeftModel::~PeftModel() {
+  // Leave the model as it was: merged deltas out, adapters detached, modules_to_save originals
+  // back (merge_and_unload() empties this object first, so its merge stays).
+  unmerge();
   for (auto& a : adapters_)
     for (auto& [path, lin] : a->targets) lin->adapters.clear();
   for (auto& [p, orig] : originals_) {

@@ -619,3 +619,19 @@ TEST(PeftGguf, LlamaCppLoraMatchesPeftDelta) {
     fs::remove(path);
   }
 }
+
+TEST(PeftInject, DestructorLeavesTheModelAsItWas) {
+  io::SafetensorsFile ref = io::SafetensorsFile::open(kFix + "bert_qv_ref.safetensors");
+  models::LoadOptions lo;
+  lo.num_labels = 3;
+  auto model = models::load_model(kRoot + "tests/fixtures/models/tiny_bert", lo);
+  Tensor base = run_model(*model, ref, false).logits;
+  EXPECT_LT(max_abs_diff(base, ref.get("base_logits")), 1e-5);
+  {
+    auto pm = PeftModel::from_pretrained(*model, kFix + "bert_qv", "default", true);
+    pm->merge();
+    EXPECT_GT(max_abs_diff(run_model(*model, ref, false).logits, base), 1e-3);
+  }
+  EXPECT_LT(max_abs_diff(run_model(*model, ref, false).logits, base), 1e-6);
+  for (auto& [n, p] : model->named_parameters()) EXPECT_FALSE(p->trainable) << n;
+}
