@@ -212,7 +212,21 @@ io::json config_to_json(const AdapterConfig& c) {
 AdapterConfig read_adapter_config(const std::string& adapter_dir) {
   const std::string path = adapter_dir + "/adapter_config.json";
   if (!io::file_exists(path)) fail(adapter_dir + ": no adapter_config.json");
-  return config_from_json(io::read_json_file(path), path);
+  AdapterConfig c = config_from_json(io::read_json_file(path), path);
+  // "First match wins" follows the file's key order (Python dict order); io::json sorts keys, so
+  // take the order from an order-preserving parse of the same (already validated) text.
+  const auto ordered = nlohmann::ordered_json::parse(io::read_file(path));
+  auto reorder = [&](const char* field, auto& pats) {
+    if (!ordered.contains(field) || !ordered[field].is_object()) return;
+    std::decay_t<decltype(pats)> out;
+    for (auto it = ordered[field].begin(); it != ordered[field].end(); ++it)
+      for (auto& kv : pats)
+        if (kv.first == it.key()) out.push_back(kv);
+    pats = out;
+  };
+  reorder("rank_pattern", c.rank_pattern);
+  reorder("alpha_pattern", c.alpha_pattern);
+  return c;
 }
 
 namespace {

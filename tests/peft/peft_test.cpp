@@ -502,6 +502,14 @@ TEST(PeftConfig, PatternsAndMatching) {
   AdapterConfig back = peft::config_from_json(peft::config_to_json(c), "roundtrip");
   EXPECT_EQ(back.rank_pattern.size(), 2u);
   EXPECT_EQ(back.layers_to_transform, c.layers_to_transform);
+  // The file's key order decides (as Python's dict order), not the sorted order.
+  const std::string d = temp_dir("order");
+  fs::create_directories(d);
+  std::ofstream(d + "/adapter_config.json")
+      << R"({"peft_type": "LORA", "r": 8, "target_modules": ["q_proj"],
+             "rank_pattern": {"q_proj": 3, "layers.1.self_attn.q_proj": 5}})";
+  EXPECT_EQ(peft::read_adapter_config(d).rank_for("model.layers.1.self_attn.q_proj"), 3);
+  fs::remove_all(d);
   // PEFT refuses layers_to_transform with a string target_modules.
   io::json j = peft::config_to_json(c);
   j["target_modules"] = "all-linear";
