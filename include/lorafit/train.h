@@ -193,6 +193,7 @@ struct TrainOptions {
   // Saves the trainable state (adapter folder / safetensors) into a folder; set by the CLI.
   std::function<void(const std::string& dir)> save_weights;
   int64_t stop_after = 0;       // testing: stop (with a checkpoint) after this many steps
+  int64_t total_params = 0;     // for the report's trainable %; 0 = the model's own count
 };
 
 struct EvalResult {

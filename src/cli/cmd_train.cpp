@@ -520,6 +520,7 @@ int cmd_train(int argc, char** argv) {
     int64_t n_train = 0;
     for (auto& [n, p] : params) n_train += p->value.numel();
     const int64_t n_total = pm ? pm->count_parameters().total : model->num_parameters();
+    to.total_params = n_total;
     int64_t tr_tokens = 0;
     for (auto& s : tr) tr_tokens += static_cast<int64_t>(s.ids.size());
     if (!to.quiet) {

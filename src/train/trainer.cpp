@@ -326,7 +326,7 @@ TrainSummary run_training(Task& task, const nn::NamedParameters& params,
   int64_t n_train = 0;
   for (auto& [n, p] : params) n_train += p->value.numel();
   ri.trainable = n_train;
-  ri.total_params = task.model->num_parameters();
+  ri.total_params = opt.total_params > 0 ? opt.total_params : task.model->num_parameters();
   if (st.has_best) ri.best = st.best_eval, ri.best_step = st.best_step;
   sum.report_path = out + "/report.html";
   write_report(sum.report_path, out + "/log.jsonl", ri);
