@@ -337,9 +337,9 @@ Writes into OUTPUT: final/ (adapter_config.json + adapter_model.safetensors, a P
 (for --resume: + optimizer.safetensors, trainer_state.json), log.jsonl, report.html.
 Ctrl-C saves a checkpoint and exits; resume with --resume OUTPUT/checkpoint.
 
-Example (SST-2 with MiniLM, about 12 minutes on 2 cores):
+Example (SST-2 with MiniLM, the main job: 10-20 minutes on an idle 2-core machine):
   lorafit train --model models/all-MiniLM-L6-v2 --train ../shared/data/sst2/train.tsv \
-      --validation ../shared/data/sst2/dev.tsv --output runs/sst2 --max-steps 600
+      --validation ../shared/data/sst2/dev.tsv --output runs/sst2 --max-steps 300
 )";
 
 // Refuses an existing output folder without --overwrite; removes it only when `remove` (after
