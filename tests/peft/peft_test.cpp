@@ -208,10 +208,10 @@ class PeftParity : public ::testing::TestWithParam<ParityCase> {};
 TEST_P(PeftParity, LogitsGradientsCountsMerge) {
   const ParityCase c = GetParam();
   const std::string ref_path = kFix + c.name + "_ref.safetensors";
-  if (!fs::exists(ref_path)) GTEST_SKIP() << ref_path << " missing (tools/make_reference.py peft)";
+  ASSERT_TRUE(fs::exists(ref_path)) << ref_path << " missing (tools/make_reference.py peft)";
   io::SafetensorsFile ref = io::SafetensorsFile::open(ref_path);
   const std::string base = kRoot + ref.metadata().at("base");
-  if (!fs::exists(base)) GTEST_SKIP() << base << " missing (tools/fetch_models.sh)";
+  ASSERT_TRUE(fs::exists(base)) << base << " missing: run tools/fetch_models.sh";
   models::LoadOptions lo;
   lo.num_labels = ref.get("logits").ndim() == 2 ? ref.get("logits").dim(1) : 0;
   auto model = models::load_model(base, lo);
@@ -327,7 +327,7 @@ TEST(PeftSave, RoundTripMatchesPeftFolder) {
 
 TEST(PeftInject, CountsAndNamesMiniLM) {
   const std::string base = kRoot + "models/all-MiniLM-L6-v2";
-  if (!fs::exists(base)) GTEST_SKIP() << "models/all-MiniLM-L6-v2 missing";
+  ASSERT_TRUE(fs::exists(base)) << base << " missing: run tools/fetch_models.sh";
   auto model = models::load_model(base);
   AdapterConfig cfg;
   cfg.r = 8;
@@ -522,9 +522,11 @@ TEST(PeftConfig, PatternsAndMatching) {
 // With LORAFIT_PEFT_EXPORT=<dir>, writes adapters made by lorafit (A and B both random, so the
 // adapter changes the output) and our logits on a fixed batch: <dir>/<case>/ (PEFT folder) and
 // <dir>/<case>_ours.safetensors. The Python side loads them with PeftModel.from_pretrained.
+// Without it (CI), the same export goes to a temporary folder and is checked for completeness.
 TEST(PeftExport, ForPythonCheck) {
-  const char* dir = std::getenv("LORAFIT_PEFT_EXPORT");
-  if (!dir) GTEST_SKIP() << "set LORAFIT_PEFT_EXPORT=<dir> (tools/check_peft_load.py does)";
+  const char* env_dir = std::getenv("LORAFIT_PEFT_EXPORT");
+  const std::string tmp = env_dir ? std::string() : temp_dir("peft_export");
+  const char* dir = env_dir ? env_dir : tmp.c_str();
   struct Case {
     const char* name;
     const char* base;
@@ -546,7 +548,7 @@ TEST(PeftExport, ForPythonCheck) {
        std::vector<std::string>{"classifier"}, "SEQ_CLS", 2},
   };
   for (const auto& c : cases) {
-    if (!fs::exists(kRoot + c.base)) continue;
+    ASSERT_TRUE(fs::exists(kRoot + c.base)) << c.base << " missing: run tools/fetch_models.sh";
     io::SafetensorsFile ref = io::SafetensorsFile::open(kFix + c.ref + "_ref.safetensors");
     models::LoadOptions lo;
     lo.num_labels = c.labels;
@@ -570,7 +572,18 @@ TEST(PeftExport, ForPythonCheck) {
     io::write_safetensors(std::string(dir) + "/" + c.name + "_ours.safetensors", t,
                           {{"base", c.base}, {"count", pm.count_parameters().str()}});
     std::printf("exported %s: %s\n", c.name, pm.count_parameters().str().c_str());
+    const std::string folder = std::string(dir) + "/" + c.name;
+    EXPECT_TRUE(fs::exists(folder + "/adapter_config.json")) << folder;
+    EXPECT_TRUE(fs::exists(folder + "/adapter_model.safetensors")) << folder;
+    // Reloading our own folder onto a fresh base gives the same logits.
+    auto fresh = models::load_model(kRoot + c.base, lo);
+    auto back = PeftModel::from_pretrained(*fresh, folder);
+    ModelRun again = run_model(*fresh, ref, false);
+    EXPECT_EQ(again.logits.shape(), run.logits.shape());
+    for (int64_t i = 0; i < run.logits.numel(); ++i)
+      ASSERT_NEAR(again.logits.f32()[i], run.logits.f32()[i], 1e-6) << c.name << " at " << i;
   }
+  if (!env_dir) fs::remove_all(tmp);
 }
 
 // ---- llama.cpp LoRA GGUF -----------------------------------------------------------------------
