@@ -64,6 +64,7 @@ struct BpeLists {
   std::string pre = "gpt2";
   int32_t bos_id = -1, eos_id = -1, unk_id = -1, pad_id = -1;
   bool add_bos = false, add_eos = false;
+  std::string chat_template;  // tokenizer.chat_template (Jinja source), "" when absent
 };
 
 enum class ModelKind { WordPiece, Bpe };
@@ -112,12 +113,68 @@ class Tokenizer {
   size_t num_special_tokens_to_add(bool pair) const;
   // tokenizer_config.json's model_max_length when it is sensible, else 0.
   size_t model_max_length() const;
+  // The model's chat template (Jinja source from tokenizer_config.json "chat_template" or GGUF
+  // "tokenizer.chat_template"); "" when it has none. See ChatTemplate.
+  const std::string& chat_template() const;
 
   struct Impl;
 
  private:
   explicit Tokenizer(std::shared_ptr<const Impl> impl) : impl_(std::move(impl)) {}
   std::shared_ptr<const Impl> impl_;
+};
+
+// ---- chat templates ---------------------------------------------------------------------------
+
+struct ChatMessage {
+  std::string role;  // "system", "user", "assistant", ...
+  std::string content;
+};
+
+// A rendered piece of a conversation. `trained` marks what an instruction-tuning loss is taken
+// on: each assistant reply and the token that ends its turn (so the model learns to stop).
+struct ChatSegment {
+  std::string text;
+  bool trained = false;
+};
+
+// The chat formats lorafit renders itself instead of running Jinja. Like llama.cpp
+// (llm_chat_detect_template), a model's template is recognised by its markers; the rendering then
+// equals transformers' apply_chat_template for that template (tests/text, fixture from
+// tools/ref_chat.py):
+//   ChatML   "<|im_start|>{role}\n{content}<|im_end|>\n" (SmolLM2, Qwen, ...); a default system
+//            message the template inserts when the first message is not a system one is read
+//            from the template source (SmolLM2 has one).
+//   Llama3   bos "<|start_header_id|>{role}<|end_header_id|>\n\n{trim(content)}<|eot_id|>"
+//   Plain    for models without a template: "### {Role}:\n{content}\n\n", the reply ends
+//            with the EOS token text.
+enum class ChatFormat { ChatML, Llama3, Plain };
+const char* chat_format_name(ChatFormat f);  // "chatml", "llama3", "plain"
+
+class ChatTemplate {
+ public:
+  // From a Jinja source: ChatML or Llama3 when its markers are present. An unrecognised
+  // non-empty template is an Error naming `origin` and the supported formats (the caller may
+  // then choose one explicitly); an empty one gives Plain.
+  static ChatTemplate detect(const std::string& jinja, const std::string& origin);
+  // "auto" (= detect(tok.chat_template())), "chatml", "llama3" or "plain", for this tokenizer
+  // (its BOS/EOS texts are used where the format needs them).
+  static ChatTemplate for_tokenizer(const Tokenizer& tok, const std::string& choice = "auto");
+
+  ChatFormat format() const { return format_; }
+  const std::string& default_system() const { return default_system_; }
+  // The conversation as segments; add_generation_prompt appends the assistant header (for
+  // generation). Concatenated texts = transformers' rendered string.
+  std::vector<ChatSegment> render(const std::vector<ChatMessage>& messages,
+                                  bool add_generation_prompt) const;
+  std::string render_text(const std::vector<ChatMessage>& messages,
+                          bool add_generation_prompt) const;
+
+  std::string bos_text, eos_text;  // used by Llama3 (BOS) and Plain (EOS)
+
+ private:
+  ChatFormat format_ = ChatFormat::Plain;
+  std::string default_system_;
 };
 
 }  // namespace lorafit::text

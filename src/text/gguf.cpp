@@ -29,6 +29,7 @@ BpeLists Tokenizer::bpe_lists_from_gguf(const io::GgufFile& f) {
   l.pad_id = id("tokenizer.ggml.padding_token_id");
   l.add_bos = f.get_bool("tokenizer.ggml.add_bos_token", false);
   l.add_eos = f.get_bool("tokenizer.ggml.add_eos_token", false);
+  l.chat_template = f.get_string("tokenizer.chat_template", "");
   return l;
 }
 

@@ -55,6 +55,7 @@ struct Tokenizer::Impl {
   std::vector<TemplateItem> single, pair;
   SpecialTokenIds special;
   size_t model_max_length = 0;
+  std::string chat_template;  // Jinja source, "" when the tokenizer has none
 
   void add_token(AddedToken t) {
     if (t.content.empty()) fail(origin + ": an added token (id " + std::to_string(t.id) + ") is empty");
@@ -619,6 +620,16 @@ Tokenizer Tokenizer::from_json(std::string_view tokenizer_json, std::string_view
     const double m = it->get<double>();
     if (m > 0 && m < 1e9) impl->model_max_length = static_cast<size_t>(m);  // 1e30 means "none"
   }
+  // chat_template: a string, or a list of {"name", "template"} (the "default" one is used).
+  if (auto it = cfg.find("chat_template"); it != cfg.end()) {
+    if (it->is_string()) {
+      impl->chat_template = it->get<std::string>();
+    } else if (it->is_array()) {
+      for (const auto& e : *it)
+        if (e.is_object() && e.value("name", "") == "default" && e.contains("template") && e["template"].is_string())
+          impl->chat_template = e["template"].get<std::string>();
+    }
+  }
   return Tokenizer(std::move(impl));
 }
 
@@ -732,6 +743,7 @@ Tokenizer Tokenizer::from_bpe_lists(const BpeLists& l, const std::string& origin
       }
     }
   }
+  impl->chat_template = l.chat_template;
   return Tokenizer(std::move(impl));
 }
 
@@ -801,5 +813,6 @@ ModelKind Tokenizer::model_kind() const { return impl_->kind; }
 size_t Tokenizer::num_special_tokens_to_add(bool pair) const { return impl_->added_count(pair); }
 
 size_t Tokenizer::model_max_length() const { return impl_->model_max_length; }
+const std::string& Tokenizer::chat_template() const { return impl_->chat_template; }
 
 }  // namespace lorafit::text

@@ -474,3 +474,85 @@ TEST(Gguf, UnsupportedModelIsAnError) {
   fs::remove(path);
   expect_error([] { Tokenizer::from_gguf("/nonexistent/x.gguf"); }, {"/nonexistent/x.gguf"});
 }
+
+// ---- chat templates (fixture: tools/ref_chat.py, transformers' apply_chat_template) ----------
+
+namespace {
+
+lorafit::io::json chat_fixture() {
+  return lorafit::io::read_json_file(std::string(LORAFIT_FIXTURES) + "/tokens/chat.json");
+}
+
+}  // namespace
+
+TEST(Chat, SmolLM2TemplateIsReadFromTheGgufAndDetected) {
+  const auto fx = chat_fixture();
+  EXPECT_EQ(smollm2().chat_template(), fx["templates"]["smollm2"].get<std::string>());
+  auto t = lorafit::text::ChatTemplate::for_tokenizer(smollm2());
+  EXPECT_EQ(t.format(), lorafit::text::ChatFormat::ChatML);
+  EXPECT_EQ(t.default_system(), "You are a helpful AI assistant named SmolLM, trained by Hugging Face");
+  EXPECT_EQ(t.bos_text, fx["bos_token"].get<std::string>());
+}
+
+TEST(Chat, RenderingEqualsTransformersAndSegmentIdsEqualWholeTextIds) {
+  using lorafit::text::ChatMessage;
+  using lorafit::text::ChatTemplate;
+  const auto fx = chat_fixture();
+  int checked = 0, with_ids = 0;
+  for (const auto& c : fx["cases"]) {
+    const std::string name = c["template"].get<std::string>();
+    ChatTemplate t = ChatTemplate::detect(fx["templates"][name].get<std::string>(), name);
+    t.bos_text = fx["bos_token"].get<std::string>();
+    std::vector<ChatMessage> msgs;
+    for (const auto& m : c["messages"]) msgs.push_back({m["role"].get<std::string>(), m["content"].get<std::string>()});
+    const bool gen = c["add_generation_prompt"].get<bool>();
+    const auto segs = t.render(msgs, gen);
+    std::string text;
+    for (const auto& s : segs) text += s.text;
+    EXPECT_EQ(text, c["text"].get<std::string>()) << name << " case " << checked;
+    ++checked;
+    if (!c.contains("ids")) continue;
+    // Instruction data tokenizes segment by segment (to know which ids carry loss): that must
+    // give the ids of the whole rendered text.
+    std::vector<int32_t> ids;
+    for (const auto& s : segs) {
+      auto e = smollm2().encode(s.text, false);
+      ids.insert(ids.end(), e.ids.begin(), e.ids.end());
+    }
+    EXPECT_EQ(ids, c["ids"].get<std::vector<int32_t>>()) << "case " << checked - 1;
+    EXPECT_EQ(smollm2().encode(text, false).ids, ids);
+    ++with_ids;
+  }
+  EXPECT_EQ(checked, 15);
+  EXPECT_GE(with_ids, 5);
+}
+
+TEST(Chat, AssistantRepliesAndTheirEndTokenAreTheTrainedSegments) {
+  using lorafit::text::ChatTemplate;
+  const auto fx = chat_fixture();
+  auto t = ChatTemplate::detect(fx["templates"]["chatml"].get<std::string>(), "chatml");
+  auto segs = t.render({{"user", "hi"}, {"assistant", "hello"}, {"user", "bye"}, {"assistant", "ciao"}}, false);
+  std::vector<std::string> trained;
+  for (auto& s : segs)
+    if (s.trained) trained.push_back(s.text);
+  EXPECT_EQ(trained, (std::vector<std::string>{"hello<|im_end|>", "ciao<|im_end|>"}));
+  auto l3 = ChatTemplate::detect(fx["templates"]["llama3"].get<std::string>(), "llama3");
+  segs = l3.render({{"user", "q"}, {"assistant", "  a  "}}, false);
+  ASSERT_EQ(segs.size(), 2u);
+  EXPECT_EQ(segs[1].text, "a<|eot_id|>");
+  EXPECT_TRUE(segs[1].trained);
+}
+
+TEST(Chat, UnknownTemplateOrChoiceIsRefusedWithTheChoices) {
+  try {
+    lorafit::text::ChatTemplate::detect("{{ messages[0]['content'] }}<s>[INST]", "my-model");
+    FAIL() << "expected an error";
+  } catch (const lorafit::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("my-model"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("--chat-template"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(lorafit::text::ChatTemplate::for_tokenizer(smollm2(), "vicuna"), lorafit::Error);
+  auto plain = lorafit::text::ChatTemplate::for_tokenizer(smollm2(), "plain");
+  EXPECT_EQ(plain.render_text({{"user", "u"}, {"assistant", "a"}}, false),
+            "### User:\nu\n\n### Assistant:\na<|im_end|>\n\n");
+}
