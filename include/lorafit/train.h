@@ -72,6 +72,22 @@ std::vector<Sample> tokenize_classification(const ClassificationData& data,
 // one); targets are the next token. Invalid UTF-8 is an error naming the file and line.
 std::vector<Sample> read_lm_text(const std::string& path, const text::Tokenizer& tok,
                                  size_t block_size, int64_t begin_byte = 0, int64_t end_byte = -1);
+// Instruction / chat data for a causal LM: JSONL, one example per line, as
+//   {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}
+//   {"prompt": "...", "response": "..."}           ("completion" for "response"; "system" optional)
+//   {"instruction": "...", "input": "...", "output": "..."}   (Alpaca; input optional)
+// rendered with `tpl` (the model's chat template) and tokenized; the loss is taken only on the
+// assistant replies and the token that ends each reply (targets -100 elsewhere). Examples longer
+// than max_length tokens are cut; one with no reply token left is skipped (counted in stats).
+// Errors name file:line (bad JSON, missing fields, no assistant message, invalid UTF-8, a line
+// longer than max_line_bytes).
+struct InstructionStats {
+  size_t truncated = 0, skipped = 0;
+};
+std::vector<Sample> read_instruction_data(const std::string& path, const text::Tokenizer& tok,
+                                          const text::ChatTemplate& tpl, size_t max_length,
+                                          InstructionStats* stats = nullptr,
+                                          size_t max_line_bytes = 1 << 20);
 // The byte offset at `fraction` of a text file, moved to the next line start (the LM split).
 int64_t text_split_offset(const std::string& path, double fraction);
 

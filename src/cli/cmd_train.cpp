@@ -235,6 +235,13 @@ std::string resolve_model(const std::string& p) {
   return p;
 }
 
+// A Llama-family model (GGUF, or an HF folder whose config.json says model_type "llama").
+bool is_causal_lm(const std::string& model_path) {
+  if (is_gguf(model_path)) return true;
+  const fs::path cfg = fs::path(model_path) / "config.json";
+  return fs::exists(cfg) && lorafit::io::read_json_file(cfg.string()).value("model_type", "") == "llama";
+}
+
 int32_t pad_id_of(const lorafit::text::Tokenizer& tok) {
   const auto& sp = tok.special_ids();
   if (sp.pad >= 0) return sp.pad;
@@ -278,7 +285,7 @@ json read_task_info(const std::string& dir) {
 const std::vector<OptSpec> kTrainOpts = {
     {"config", "str", "", "JSON file of options (keys as the flags, - or _)"},
     {"model", "str", "", "model folder (config.json + safetensors) or .gguf file (required)"},
-    {"train", "str", "", "training data: .tsv/.csv/.jsonl (classification) or .txt (causal LM) (required)"},
+    {"train", "str", "", "training data: .tsv/.csv/.jsonl (classification); .txt or instruction .jsonl (causal LM) (required)"},
     {"validation", "str", "", "validation file; none: split off --val-fraction of the training data"},
     {"output", "str", "", "output folder (required); refused when it exists unless --overwrite or --resume"},
     {"task", "str", "auto", "classification | lm | auto (BERT family: classification, Llama: lm)"},
@@ -306,7 +313,8 @@ const std::vector<OptSpec> kTrainOpts = {
     {"grad-accum", "int", "1", "micro-batches per optimizer step"},
     {"max-grad-norm", "num", "1.0", "clip the global gradient norm (0: off)"},
     {"max-length", "int", "128", "classification: tokens per example, longer ones are truncated"},
-    {"block-size", "int", "128", "LM: tokens per training block"},
+    {"block-size", "int", "128", "LM: tokens per training block (instruction data: longest example)"},
+    {"chat-template", "str", "auto", "LM instruction data: auto (the model's template) | chatml | llama3 | plain"},
     {"val-fraction", "num", "0.1", "held-out part when --validation is not given (LM: the last part of the text)"},
     {"eval-every", "int", "0", "evaluate every N steps (0: only at the end); the best is kept in best/"},
     {"eval-max-batches", "int", "0", "limit each evaluation to N batches (0: all)"},
@@ -330,7 +338,11 @@ Fine-tunes a model with LoRA (default), fully, or only its classifier head, on t
   Classification (BERT family: BERT, RoBERTa, DistilBERT, MiniLM): a .tsv/.csv with a header or
   a .jsonl; columns detected (sentence/content/text..., label) or named with --text-column and
   --label-column. Labels may be integers 0..n-1 or strings (sorted, mapped to 0..n-1).
-  Causal LM (Llama family, e.g. SmolLM2 GGUF): a plain .txt cut into --block-size blocks.
+  Causal LM (Llama family, e.g. SmolLM2 GGUF): a plain .txt cut into --block-size blocks, or
+  instruction data as .jsonl, one example per line: {"prompt": ..., "response": ...},
+  {"instruction": ..., "input": ..., "output": ...} or {"messages": [{"role", "content"}, ...]}.
+  It is rendered with the model's chat template (--chat-template) and the loss is taken only
+  on the replies.
 
 Writes into OUTPUT: final/ (adapter_config.json + adapter_model.safetensors, a PEFT folder that
 `PeftModel.from_pretrained` loads; trainable.safetensors), best/ (best evaluation), checkpoint/
@@ -389,7 +401,7 @@ int cmd_train(int argc, char** argv) {
     std::string task = o.str("task");
     const std::string train_path = o.str("train");
     const bool is_txt = train_path.size() > 4 && train_path.substr(train_path.size() - 4) == ".txt";
-    if (task == "auto") task = is_gguf(model_path) || is_txt ? "lm" : "classification";
+    if (task == "auto") task = is_causal_lm(model_path) || is_txt ? "lm" : "classification";
     if (task != "lm" && task != "classification")
       throw Error("[train] --task '" + task + "': expected classification, lm or auto");
     const bool lm = task == "lm";
@@ -401,7 +413,24 @@ int cmd_train(int argc, char** argv) {
     std::vector<std::string> label_names;
     train::ColumnOptions cols{o.str("text-column"), o.str("text-pair-column"), o.str("label-column")};
     const double val_fraction = o.number("val-fraction");
-    if (lm) {
+    const bool instruct = lm && !is_txt;
+    if (instruct) {
+      // JSONL prompt/response or chat messages, rendered with the chat template.
+      const auto bs = static_cast<size_t>(o.integer("block-size"));
+      const auto tpl = lorafit::text::ChatTemplate::for_tokenizer(tok, o.str("chat-template"));
+      train::InstructionStats ist, vst;
+      auto all = train::read_instruction_data(train_path, tok, tpl, bs, &ist);
+      if (o.str("validation").empty()) {
+        std::tie(tr, va) = train::split_samples(std::move(all), val_fraction, seed);
+      } else {
+        tr = std::move(all);
+        va = train::read_instruction_data(o.str("validation"), tok, tpl, bs, &vst);
+      }
+      if (!o.flag("quiet"))
+        std::fprintf(stderr, "instruction data: chat template %s; %zu examples cut to --block-size %zu, %zu skipped "
+                     "(reply beyond it)\n", lorafit::text::chat_format_name(tpl.format()),
+                     ist.truncated + vst.truncated, bs, ist.skipped + vst.skipped);
+    } else if (lm) {
       const auto bs = static_cast<size_t>(o.integer("block-size"));
       if (o.str("validation").empty()) {
         int64_t cut = train::text_split_offset(train_path, 1.0 - val_fraction);
@@ -511,7 +540,7 @@ int cmd_train(int argc, char** argv) {
     to.config_json = cfg.dump();
     json task_info = {{"task", task}, {"method", method}, {"model", o.str("model")},
                       {"labels", label_names}, {"max_length", o.integer("max-length")},
-                      {"block_size", o.integer("block-size")}};
+                      {"block_size", o.integer("block-size")}, {"chat_template", o.str("chat-template")}};
     to.save_weights = [&](const std::string& dir) {
       if (pm) pm->save_pretrained(dir);
       lorafit::io::write_json_file(dir + "/lorafit_task.json", task_info);
@@ -567,6 +596,7 @@ const std::vector<OptSpec> kEvalOpts = {
     {"batch-size", "int", "32", "examples per batch"},
     {"max-length", "int", "0", "classification: tokens per example (0: as trained, else 128)"},
     {"block-size", "int", "0", "LM: tokens per block (0: as trained, else 128)"},
+    {"chat-template", "str", "", "LM instruction .jsonl: auto | chatml | llama3 | plain (default: as trained, else auto)"},
     {"text-column", "str", "", "text column"},
     {"text-pair-column", "str", "", "second text column"},
     {"label-column", "str", "", "label column"},
@@ -586,7 +616,7 @@ Loaded load_for_inference(const Options& o, const std::string& cmd) {
   const std::string model_path = resolve_model(o.str("model"));
   json info = o.str("adapter").empty() ? json::object() : read_task_info(o.str("adapter"));
   std::string task = o.str("task");
-  if (task == "auto") task = info.value("task", is_gguf(model_path) ? "lm" : "classification");
+  if (task == "auto") task = info.value("task", is_causal_lm(model_path) ? "lm" : "classification");
   models::LoadOptions lo;
   auto labels = info.value("labels", std::vector<std::string>{});
   lo.num_labels = static_cast<int64_t>(labels.size());
@@ -622,10 +652,23 @@ int cmd_eval(int argc, char** argv, bool predict) {
     if (l.lm) {
       int64_t bs = o.integer("block-size");
       if (bs == 0) bs = l.info.value("block_size", 128);
-      auto samples = train::read_lm_text(o.str("data"), l.tok, static_cast<size_t>(bs));
+      const std::string data = o.str("data");
+      const bool txt = data.size() > 4 && data.substr(data.size() - 4) == ".txt";
+      std::vector<train::Sample> samples;
+      if (txt) {
+        samples = train::read_lm_text(data, l.tok, static_cast<size_t>(bs));
+      } else {  // instruction data: loss on the replies only
+        std::string choice = o.str("chat-template");
+        if (choice.empty()) choice = l.info.value("chat_template", "auto");
+        samples = train::read_instruction_data(data, l.tok, lorafit::text::ChatTemplate::for_tokenizer(l.tok, choice),
+                                               static_cast<size_t>(bs));
+      }
       auto r = train::evaluate(t, samples, bsz, pad_id_of(l.tok));
-      std::printf("loss %.4f\nperplexity %.3f\nblocks %zu of %lld tokens\n", r.loss, r.perplexity, samples.size(),
-                  static_cast<long long>(bs));
+      int64_t counted = 0;
+      for (const auto& s : samples)
+        for (int32_t y : s.targets) counted += y != -100;
+      std::printf("loss %.4f\nperplexity %.3f\n%s %zu (%lld %s)\n", r.loss, r.perplexity, txt ? "blocks" : "examples",
+                  samples.size(), static_cast<long long>(counted), txt ? "predicted tokens" : "reply tokens");
       return 0;
     }
     int64_t ml = o.integer("max-length");
@@ -690,6 +733,9 @@ const std::vector<OptSpec> kGenOpts = {
     {"top-k", "int", "0", "sample among the k most likely tokens (0: all)"},
     {"top-p", "num", "1", "sample among the smallest set with probability >= p"},
     {"seed", "int", "42", "sampling seed"},
+    {"chat", "bool", "false", "send --prompt as a user message through the chat template; print only the reply"},
+    {"system", "str", "", "with --chat: a system message"},
+    {"chat-template", "str", "auto", "with --chat: auto (the model's) | chatml | llama3 | plain"},
     {"threads", "int", "0", "compute threads (0: all cores)"},
 };
 
@@ -699,7 +745,10 @@ int cmd_generate(int argc, char** argv) {
   if (wants_help(argc, argv)) {
     print_help("Usage: lorafit generate --model PATH [--adapter DIR] --prompt TEXT [options]\n\n"
                "Continues the prompt with a KV cache: greedy by default, or sampling with --temperature,\n"
-               "--top-k and --top-p (seeded, so the same command gives the same text).\n",
+               "--top-k and --top-p (seeded, so the same command gives the same text).\n"
+               "With --chat the prompt is a user message in the model's chat template (SmolLM2: ChatML)\n"
+               "and only the reply is printed, e.g.\n"
+               "  lorafit generate --model models/SmolLM2-135M-Instruct --chat --prompt \"Name three rivers.\"\n",
                kGenOpts, nullptr);
     return 0;
   }
@@ -724,8 +773,23 @@ int cmd_generate(int argc, char** argv) {
     Loaded l = load_for_inference(eo, "generate");
     auto* llama = dynamic_cast<models::LlamaModel*>(l.model.get());
     if (!llama) throw Error("[generate] needs a Llama-family model");
-    auto enc = l.tok.encode(o.str("prompt"), true);
-    std::vector<int32_t> ids = enc.ids;
+    const bool chat = o.flag("chat");
+    if (!chat && (o.has("system") || o.has("chat-template")))
+      throw Error("[generate] --system and --chat-template need --chat");
+    std::vector<int32_t> ids;
+    std::vector<int32_t> stop = {l.tok.special_ids().eos};
+    if (chat) {
+      const auto tpl = lorafit::text::ChatTemplate::for_tokenizer(l.tok, o.str("chat-template"));
+      std::vector<lorafit::text::ChatMessage> msgs;
+      if (!o.str("system").empty()) msgs.push_back({"system", o.str("system")});
+      msgs.push_back({"user", o.str("prompt")});
+      ids = l.tok.encode(tpl.render_text(msgs, true), false).ids;
+      // The end-of-turn token stops a reply too.
+      for (const char* t : {"<|im_end|>", "<|eot_id|>"})
+        if (auto id = l.tok.token_to_id(t)) stop.push_back(*id);
+    } else {
+      ids = l.tok.encode(o.str("prompt"), true).ids;
+    }
     if (ids.empty()) throw Error("[generate] the prompt encodes to no tokens");
     const auto seed = static_cast<uint64_t>(o.integer("seed"));
     auto cache = llama->new_cache(1, static_cast<int64_t>(ids.size()) + n_new + 1);
@@ -735,8 +799,7 @@ int cmd_generate(int argc, char** argv) {
     auto logits = llama->forward_cached(ctx, lorafit::tensor::Tensor::from_ints({1, static_cast<int64_t>(ids.size())}, ids), cache);
     std::vector<int32_t> out;
     const int64_t V = logits.dim(-1);
-    const auto eos = l.tok.special_ids().eos;
-    std::fputs(o.str("prompt").c_str(), stdout);
+    if (!chat) std::fputs(o.str("prompt").c_str(), stdout);
     std::string shown;
     for (int64_t s = 0; s < n_new; ++s) {
       const float* row = logits.f32() + (logits.numel() - V);
@@ -767,7 +830,7 @@ int cmd_generate(int argc, char** argv) {
           if (u <= 0) { next = e.second; break; }
         }
       }
-      if (next == eos) break;
+      if (std::find(stop.begin(), stop.end(), next) != stop.end()) break;
       out.push_back(next);
       // Print the new text as it comes (decode the whole continuation: BPE bytes may join).
       std::string text = l.tok.decode(out, true);

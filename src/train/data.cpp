@@ -412,3 +412,122 @@ std::vector<std::vector<size_t>> epoch_batches(const std::vector<Sample>& sample
 }
 
 }  // namespace lorafit::train
+
+// ---- instruction / chat data ------------------------------------------------------------------
+
+namespace lorafit::train {
+
+namespace {
+
+std::string field_string(const io::json& obj, const char* key, const std::string& path, int64_t line) {
+  const auto& v = obj[key];
+  if (!v.is_string()) fail_at(path, line, std::string("field '") + key + "' must be a string");
+  return v.get<std::string>();
+}
+
+// The conversation of one JSONL object: "messages", or prompt/response (also "completion"), or
+// Alpaca's instruction [+ input] + output; "system" optional with the last two.
+std::vector<text::ChatMessage> conversation_of(const io::json& obj, const std::string& path, int64_t line) {
+  std::vector<text::ChatMessage> msgs;
+  if (obj.contains("messages")) {
+    const auto& m = obj["messages"];
+    if (!m.is_array() || m.empty()) fail_at(path, line, "field 'messages' must be a non-empty list of {\"role\", \"content\"}");
+    for (size_t i = 0; i < m.size(); ++i) {
+      if (!m[i].is_object() || !m[i].contains("role") || !m[i].contains("content") ||
+          !m[i]["role"].is_string() || !m[i]["content"].is_string())
+        fail_at(path, line, "messages[" + std::to_string(i) + "] must be {\"role\": string, \"content\": string}");
+      msgs.push_back({m[i]["role"].get<std::string>(), m[i]["content"].get<std::string>()});
+    }
+    return msgs;
+  }
+  std::string prompt, response;
+  if (obj.contains("prompt")) {
+    prompt = field_string(obj, "prompt", path, line);
+    if (obj.contains("response")) response = field_string(obj, "response", path, line);
+    else if (obj.contains("completion")) response = field_string(obj, "completion", path, line);
+    else fail_at(path, line, "field 'prompt' without 'response' (or 'completion')");
+  } else if (obj.contains("instruction")) {
+    prompt = field_string(obj, "instruction", path, line);
+    if (obj.contains("input") && !obj["input"].is_null()) {
+      std::string in = field_string(obj, "input", path, line);
+      if (!in.empty()) prompt += "\n\n" + in;
+    }
+    if (!obj.contains("output")) fail_at(path, line, "field 'instruction' without 'output'");
+    response = field_string(obj, "output", path, line);
+  } else {
+    fail_at(path, line, "expected 'messages' (chat), 'prompt' + 'response', or 'instruction' + 'output'");
+  }
+  if (obj.contains("system")) msgs.push_back({"system", field_string(obj, "system", path, line)});
+  msgs.push_back({"user", prompt});
+  msgs.push_back({"assistant", response});
+  return msgs;
+}
+
+}  // namespace
+
+std::vector<Sample> read_instruction_data(const std::string& path, const text::Tokenizer& tok,
+                                          const text::ChatTemplate& tpl, size_t max_length,
+                                          InstructionStats* stats, size_t max_line_bytes) {
+  check(max_length >= 2, kOp, "max_length must be at least 2");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(std::string("[") + kOp + "] " + path + ": cannot open");
+  InstructionStats st;
+  std::vector<Sample> out;
+  std::string line;
+  int64_t lineno = 0;
+  while (std::getline(in, line)) {
+    ++lineno;
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line.size() > max_line_bytes)
+      fail_at(path, lineno, "line is " + std::to_string(line.size()) + " bytes, longer than " +
+                                std::to_string(max_line_bytes));
+    if (auto bad = utf8_invalid_at(line); bad != std::string::npos)
+      fail_at(path, lineno, "invalid UTF-8 at byte " + std::to_string(bad + 1) + " of the line");
+    if (lineno == 1 && line.size() >= 3 && line.compare(0, 3, "\xEF\xBB\xBF") == 0) line.erase(0, 3);
+    if (line.find_first_not_of(" \t") == std::string::npos) continue;
+    io::json obj;
+    try {
+      obj = io::json::parse(line);
+    } catch (const std::exception& e) {
+      fail_at(path, lineno, std::string("not valid JSON: ") + e.what());
+    }
+    if (!obj.is_object()) fail_at(path, lineno, "expected a JSON object per line");
+    const auto msgs = conversation_of(obj, path, lineno);
+    bool has_reply = false;
+    for (auto& m : msgs) has_reply = has_reply || m.role == "assistant";
+    if (!has_reply) fail_at(path, lineno, "no assistant message: nothing to learn from this example");
+    // Token by token: which ids are trained (assistant replies + their end-of-turn token).
+    std::vector<int32_t> ids;
+    std::vector<uint8_t> trained;
+    for (const auto& seg : tpl.render(msgs, false)) {
+      auto e = tok.encode(seg.text, false);
+      ids.insert(ids.end(), e.ids.begin(), e.ids.end());
+      trained.insert(trained.end(), e.ids.size(), seg.trained ? 1 : 0);
+    }
+    if (ids.size() > max_length) {
+      ids.resize(max_length);
+      trained.resize(max_length);
+      ++st.truncated;
+    }
+    Sample s;
+    s.ids = ids;
+    s.targets.assign(ids.size(), -100);
+    bool any = false;
+    for (size_t t = 0; t + 1 < ids.size(); ++t)
+      if (trained[t + 1]) s.targets[t] = ids[t + 1], any = true;
+    if (!any) {
+      ++st.skipped;  // the reply starts after max_length tokens
+      continue;
+    }
+    out.push_back(std::move(s));
+  }
+  if (out.empty())
+    throw Error(std::string("[") + kOp + "] " + path + ": no usable example" +
+                (st.skipped ? " (" + std::to_string(st.skipped) +
+                                  " had their reply beyond the length limit; raise --block-size)"
+                            : " (empty file)"));
+  if (stats) *stats = st;
+  return out;
+}
+
+}  // namespace lorafit::train

@@ -418,3 +418,198 @@ TEST(Cli, LoraResumeThroughTheCliIsExact) {
             1);
   fs::remove_all(work);
 }
+
+// ---- causal LM: plain text and instruction data ------------------------------------------------
+
+namespace {
+
+// A byte-level BPE over letters, digits, a few marks, space and newline, with ChatML special
+// tokens: ids fit the tiny Llama's 100-row vocabulary. tokenizer_config.json carries a ChatML
+// chat template as Hugging Face folders do.
+fs::path tiny_llama_dir() {
+  static fs::path d = [] {
+    fs::path dir = temp_dir("tiny_llama_lm");
+    for (auto f : {"config.json", "model.safetensors"})
+      fs::copy_file(fs::path(LORAFIT_FIXTURES) / "models/tiny_llama" / f, dir / f);
+    std::string chars = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,:!?'-#";
+    std::string v = R"("<|im_start|>": 0, "<|im_end|>": 1, "\u0120": 2, "\u010a": 3)";
+    for (size_t i = 0; i < chars.size(); ++i) {
+      std::string c(1, chars[i]);
+      if (c == "\\" || c == "\"") c = "\\" + c;
+      v += ", \"" + c + "\": " + std::to_string(4 + i);
+    }
+    write(dir / "tokenizer.json",
+          R"({"added_tokens": [{"id": 0, "content": "<|im_start|>", "special": true, "single_word": false,
+               "lstrip": false, "rstrip": false, "normalized": false},
+              {"id": 1, "content": "<|im_end|>", "special": true, "single_word": false,
+               "lstrip": false, "rstrip": false, "normalized": false}],
+             "normalizer": null,
+             "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+             "post_processor": null, "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+             "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                       "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+                       "vocab": {)" + v + R"(}, "merges": []}})");
+    write(dir / "tokenizer_config.json",
+          R"({"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "pad_token": "<|im_end|>",
+              "chat_template": "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"})");
+    return dir;
+  }();
+  return d;
+}
+
+// Runs a command and returns its stdout (stderr dropped) and exit code.
+std::pair<int, std::string> run_out(const std::string& cmd) {
+  std::string out;
+  FILE* p = popen((cmd + " 2>/dev/null").c_str(), "r");
+  if (!p) return {-1, ""};
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  int rc = pclose(p);
+  return {WIFEXITED(rc) ? WEXITSTATUS(rc) : -1, out};
+}
+
+double value_after(const std::string& out, const std::string& key) {
+  auto p = out.find(key + " ");
+  if (p == std::string::npos) return std::nan("");
+  return std::atof(out.c_str() + p + key.size() + 1);
+}
+
+}  // namespace
+
+TEST(Instruction, LossOnlyOnRepliesAndTheirEndToken) {
+  auto dir = tiny_llama_dir();
+  auto work = temp_dir("instr");
+  write(work / "d.jsonl",
+        "{\"prompt\": \"add 2 and 3\", \"response\": \"5\"}\n"
+        "\n"
+        "{\"instruction\": \"Say hi\", \"input\": \"to Ann\", \"output\": \"Hi Ann!\", \"system\": \"Be kind.\"}\n"
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}, {\"role\": \"assistant\", \"content\": \"b\"},"
+        " {\"role\": \"user\", \"content\": \"c\"}, {\"role\": \"assistant\", \"content\": \"dd\"}]}\n");
+  auto tok = text::Tokenizer::from_file(dir.string());
+  auto tpl = text::ChatTemplate::for_tokenizer(tok);
+  ASSERT_EQ(tpl.format(), text::ChatFormat::ChatML);
+  train::InstructionStats st;
+  auto s = train::read_instruction_data((work / "d.jsonl").string(), tok, tpl, 64, &st);
+  ASSERT_EQ(s.size(), 3u);
+  const std::vector<std::string> want = {"5<|im_end|>", "Hi Ann!<|im_end|>", "b<|im_end|>dd<|im_end|>"};
+  const std::vector<std::string> whole = {
+      "<|im_start|>user\nadd 2 and 3<|im_end|>\n<|im_start|>assistant\n5<|im_end|>\n",
+      "<|im_start|>system\nBe kind.<|im_end|>\n<|im_start|>user\nSay hi\n\nto Ann<|im_end|>\n"
+      "<|im_start|>assistant\nHi Ann!<|im_end|>\n",
+      "<|im_start|>user\na<|im_end|>\n<|im_start|>assistant\nb<|im_end|>\n<|im_start|>user\nc<|im_end|>\n"
+      "<|im_start|>assistant\ndd<|im_end|>\n"};
+  for (size_t i = 0; i < s.size(); ++i) {
+    EXPECT_EQ(tok.decode(s[i].ids, false), whole[i]);
+    ASSERT_EQ(s[i].targets.size(), s[i].ids.size());
+    std::vector<int32_t> trained;
+    for (size_t t = 0; t < s[i].targets.size(); ++t) {
+      if (s[i].targets[t] == -100) continue;
+      ASSERT_LT(t + 1, s[i].ids.size());
+      EXPECT_EQ(s[i].targets[t], s[i].ids[t + 1]);  // next-token targets
+      trained.push_back(s[i].targets[t]);
+    }
+    EXPECT_EQ(tok.decode(trained, false), want[i]) << i;
+  }
+  EXPECT_EQ(st.truncated, 0u);
+  // Cut to 24 tokens: the first two replies start beyond (skipped and counted), the third example
+  // keeps its first reply "b<|im_end|>" only.
+  auto cut = train::read_instruction_data((work / "d.jsonl").string(), tok, tpl, 24, &st);
+  EXPECT_EQ(st.truncated, 3u);
+  EXPECT_EQ(st.skipped, 2u);
+  ASSERT_EQ(cut.size(), 1u);
+  EXPECT_EQ(cut[0].ids.size(), 24u);
+  std::vector<int32_t> kept;
+  for (auto t : cut[0].targets)
+    if (t != -100) kept.push_back(t);
+  EXPECT_EQ(tok.decode(kept, false), "b<|im_end|>");
+  // Nothing left at all is an error that says what to change.
+  expect_error([&] { train::read_instruction_data((work / "d.jsonl").string(), tok, tpl, 8); },
+               {"d.jsonl", "no usable example", "--block-size"});
+  fs::remove_all(work);
+}
+
+TEST(Instruction, BadLinesNameFileLineAndWhatWasExpected) {
+  auto dir = tiny_llama_dir();
+  auto work = temp_dir("instr_bad");
+  auto tok = text::Tokenizer::from_file(dir.string());
+  auto tpl = text::ChatTemplate::for_tokenizer(tok);
+  auto bad = [&](const std::string& content, std::initializer_list<std::string> parts) {
+    write(work / "b.jsonl", content);
+    expect_error([&] { train::read_instruction_data((work / "b.jsonl").string(), tok, tpl, 64); }, parts);
+  };
+  bad("{\"prompt\": \"a\", \"response\": \"b\"}\n{\"question\": \"x\"}\n", {"b.jsonl:2", "'messages'", "'prompt'"});
+  bad("{\"prompt\": \"a\"}\n", {"b.jsonl:1", "'response'"});
+  bad("{\"messages\": [{\"role\": \"user\", \"content\": \"only a question\"}]}\n", {"b.jsonl:1", "no assistant"});
+  bad("{\"messages\": [{\"role\": \"user\"}]}\n", {"b.jsonl:1", "messages[0]"});
+  bad("{\"prompt\": \"a\", \"response\": 3}\n", {"b.jsonl:1", "'response' must be a string"});
+  bad("{\"prompt\": \"a\xff\", \"response\": \"b\"}\n", {"b.jsonl:1", "invalid UTF-8"});
+  bad("not json\n", {"b.jsonl:1", "not valid JSON"});
+  bad("", {"b.jsonl", "no usable example", "empty"});
+  bad("{\"prompt\": \"" + std::string(2 << 20, 'a') + "\", \"response\": \"b\"}\n", {"b.jsonl:1", "longer than"});
+  fs::remove_all(work);
+}
+
+TEST(Cli, LmTrainingLowersHeldOutPerplexity) {
+  auto dir = tiny_llama_dir();
+  auto work = temp_dir("cli_lm");
+  // Text with structure a model can learn quickly: a few short sentences in seeded order.
+  const std::vector<std::string> lines = {"the cat sat on the mat.", "a dog ran to the park.",
+                                          "the sun is warm today.", "we like to read books."};
+  std::string txt;
+  for (int i = 0; i < 160; ++i) txt += lines[nn::random_u64(3, static_cast<uint64_t>(i)) % lines.size()] + "\n";
+  write(work / "all.txt", txt);
+  write(work / "heldout.txt", txt.substr(txt.size() * 9 / 10));
+  const std::string bin = LORAFIT_BINARY;
+  auto before = run_out(bin + " eval --model " + dir.string() + " --data " + (work / "heldout.txt").string() +
+                        " --block-size 32 --threads 1");
+  ASSERT_EQ(before.first, 0) << before.second;
+  const double ppl0 = value_after(before.second, "perplexity");
+  auto tr = run_out(bin + " train --model " + dir.string() + " --train " + (work / "all.txt").string() +
+                    " --output " + (work / "out").string() +
+                    " --block-size 32 --batch-size 8 --max-steps 40 --lr 1e-2 --lora-dropout 0 --threads 1"
+                    " --target-modules q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj");
+  ASSERT_EQ(tr.first, 0) << tr.second;
+  const double ppl_val = value_after(tr.second, "perplexity");  // on the last 10%, held out
+  auto after = run_out(bin + " eval --model " + dir.string() + " --adapter " + (work / "out/final").string() +
+                       " --data " + (work / "heldout.txt").string() + " --block-size 32 --threads 1");
+  ASSERT_EQ(after.first, 0) << after.second;
+  const double ppl1 = value_after(after.second, "perplexity");
+  EXPECT_GT(ppl0, 50.0);  // a random 100-token model: about uniform
+  EXPECT_LT(ppl1, 0.5 * ppl0) << "before " << ppl0 << " after " << ppl1;
+  EXPECT_NEAR(ppl_val, ppl1, 0.25 * ppl1);  // the trainer's held-out evaluation says the same
+  fs::remove_all(work);
+}
+
+TEST(Cli, InstructionTrainingLearnsTheReplies) {
+  auto dir = tiny_llama_dir();
+  auto work = temp_dir("cli_instr");
+  std::string d;
+  const std::vector<std::pair<std::string, std::string>> qa = {{"color of sky", "blue"}, {"color of grass", "green"},
+                                                               {"color of snow", "white"}, {"color of coal", "black"}};
+  for (int i = 0; i < 64; ++i) {
+    auto& [q, a] = qa[static_cast<size_t>(i) % qa.size()];
+    d += "{\"prompt\": \"" + q + "\", \"response\": \"" + a + "\"}\n";
+  }
+  write(work / "qa.jsonl", d);
+  const std::string bin = LORAFIT_BINARY;
+  const std::string ev = " --model " + dir.string() + " --data " + (work / "qa.jsonl").string() + " --threads 1";
+  auto before = run_out(bin + " eval" + ev);
+  ASSERT_EQ(before.first, 0) << before.second;
+  auto tr = run_out(bin + " train --model " + dir.string() + " --train " + (work / "qa.jsonl").string() +
+                    " --output " + (work / "out").string() +
+                    " --batch-size 8 --max-steps 40 --lr 1e-2 --lora-dropout 0 --threads 1 --block-size 48"
+                    " --target-modules q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj");
+  ASSERT_EQ(tr.first, 0) << tr.second;
+  auto after = run_out(bin + " eval" + ev + " --adapter " + (work / "out/final").string());
+  ASSERT_EQ(after.first, 0) << after.second;
+  const double l0 = value_after(before.second, "loss"), l1 = value_after(after.second, "loss");
+  EXPECT_LT(l1, 0.5 * l0) << "reply loss before " << l0 << " after " << l1;
+  // The loss counts only reply tokens: "blue<|im_end|>" is 5 ids, and so on (5+6+6+6 per 4 rows).
+  EXPECT_NE(after.second.find("examples 64 (368 reply tokens)"), std::string::npos) << after.second;
+  // Unknown template choice explains itself.
+  EXPECT_EQ(run(bin + " train --model " + dir.string() + " --train " + (work / "qa.jsonl").string() + " --output " +
+                (work / "o2").string() + " --chat-template vicuna"),
+            1);
+  fs::remove_all(work);
+}
