@@ -6,7 +6,11 @@
 //                      A = lora_A.weight [r, in], B = lora_B.weight [out, r], both F32 trainable.
 //   PeftModel          injects named adapters into a models::Model by target_modules, freezes the
 //                      base, lists trainable parameters, saves/loads PEFT adapter folders,
-//                      merges / unmerges / merge_and_unload.
+//                      merges / unmerges / merge_and_unload, combines adapters
+//                      (add_weighted_adapter: cat / linear / svd).
+//   MixedBatch         inference where each example of a batch names its adapter (or the base).
+//   save_llama_cpp_lora / save_merged_gguf / save_merged_hf   llama.cpp LoRA GGUF, merged GGUF
+//                      or Hugging Face folder.
 //
 // The model's own forward/backward is unchanged: nn::Linear calls its attached adapters, so
 // training runs model.forward → loss → model.backward and then steps PeftModel's trainable
