@@ -35,6 +35,9 @@ struct Context {
   bool training = false;
   uint64_t seed = 0;
   uint64_t rng_counter = 0;  // advanced by every random draw, so a step is reproducible
+  // Mixed-batch adapter routing (inference; set by peft::MixedBatch): one adapter name per
+  // example of the batch. Adapters that route apply only to their examples' rows. nullptr = off.
+  const std::vector<std::string>* adapter_names = nullptr;
 
   Tensor alloc(const Shape& shape, DType dtype = DType::F32);
   Tensor zeros(const Shape& shape, DType dtype = DType::F32);

@@ -6,7 +6,11 @@
 //                      A = lora_A.weight [r, in], B = lora_B.weight [out, r], both F32 trainable.
 //   PeftModel          injects named adapters into a models::Model by target_modules, freezes the
 //                      base, lists trainable parameters, saves/loads PEFT adapter folders,
-//                      merges / unmerges / merge_and_unload.
+//                      merges / unmerges / merge_and_unload, combines adapters
+//                      (add_weighted_adapter: cat / linear / svd).
+//   MixedBatch         inference where each example of a batch names its adapter (or the base).
+//   save_llama_cpp_lora / save_merged_gguf / save_merged_hf   llama.cpp LoRA GGUF, merged GGUF
+//                      or Hugging Face folder.
 //
 // The model's own forward/backward is unchanged: nn::Linear calls its attached adapters, so
 // training runs model.forward → loss → model.backward and then steps PeftModel's trainable
@@ -112,7 +116,8 @@ class LoraLinear : public nn::LinearAdapter {
 
   void forward(nn::Context& ctx, const nn::Linear& base, const Tensor& x, Tensor& y) override;
   void backward(nn::Context& ctx, const nn::Linear& base, const Tensor& dy, Tensor* dx) override;
-  bool active() const override { return enabled && !merged; }
+  // Mixed-batch routing (MixedBatch) makes every layer active; it then applies to its rows only.
+  bool active() const override { return (enabled || routing) && !merged; }
 
   // ΔW = s · B A [out, in].
   Tensor delta_weight() const;
@@ -129,6 +134,8 @@ class LoraLinear : public nn::LinearAdapter {
   float dropout = 0.0f;
   bool enabled = true;  // part of the active set (PeftModel::set_adapter)
   bool merged = false;  // ΔW is inside base.weight: forward adds nothing
+  std::string adapter_name;  // the adapter this layer belongs to (mixed-batch routing)
+  bool routing = false;      // set by MixedBatch: forward reads ctx.adapter_names
 
  private:
   int64_t r_ = 0;
@@ -136,6 +143,8 @@ class LoraLinear : public nn::LinearAdapter {
   float scaling_ = 1.0f;
   Tensor x_, h_;
   bool dropped_ = false;
+  bool routed_ = false;  // last forward was a mixed batch (no backward)
+  void forward_routed(nn::Context& ctx, const nn::Linear& base, const Tensor& x, Tensor& y);
   uint64_t drop_seed_ = 0, drop_counter_ = 0;
 };
 
@@ -192,9 +201,21 @@ class PeftModel {
   const std::vector<std::string>& active_adapters() const { return active_; }
   std::vector<std::string> adapter_names() const;
   void disable_adapters();  // base model only (modules_to_save: original weights)
+  bool adapters_disabled() const { return disabled_; }
   void enable_adapters();
   void delete_adapter(const std::string& name);
   const AdapterConfig& config(const std::string& name = "") const;  // "" = first active
+
+  // PEFT's add_weighted_adapter (combine.cpp): a new inactive adapter `new_name` combining
+  // `adapters` with `weights`. combination_type "cat" (exact, rank Σ rᵢ: ΔW = Σ wᵢ·sᵢ·BᵢAᵢ),
+  // "linear" (PEFT's approximation Σ√(wᵢsᵢ)Bᵢ · Σ√(wᵢsᵢ)Aᵢ, equal ranks) or "svd" (best rank
+  // svd_rank approximation of Σ wᵢ·sᵢ·BᵢAᵢ; 0 = the largest rank). New config as PEFT's:
+  // r = lora_alpha = new rank, union of target_modules. Scaling is applied once also with
+  // rsLoRA (PEFT applies it twice there; see combine.cpp). Throws for unknown adapters, rank
+  // mismatch (linear), two adapters with the same modules_to_save module, an existing new_name.
+  void add_weighted_adapter(const std::vector<std::string>& adapters,
+                            const std::vector<double>& weights, const std::string& new_name,
+                            std::string combination_type = "svd", int64_t svd_rank = 0);
 
   // ---- training ----
   // Trainable parameters of the active adapter(s), named as in adapter_model.safetensors
@@ -234,6 +255,36 @@ class PeftModel {
   void attach_all();
 };
 
+// Mixed-batch inference (PEFT's `adapter_names=[...]` forward argument): example i of the batch
+// goes through adapter names[i] alone ("__base__": the base model), whatever set_adapter chose.
+// While this object lives, ctx.adapter_names points at the names and every LoRA layer applies
+// itself only to the rows of its examples (a Linear input [B, ..., in] has rows / B rows per
+// example), so the models' forward (and cached generation) need no change. names.size() must be
+// the batch size: a layer can only check that its row count divides evenly. modules_to_save
+// copies are routed too when the module is a Linear (classifier heads); other modules_to_save
+// throw. Inference only: a forward with ctx.training and any backward throw; refused while an
+// adapter is merged. The destructor restores the PeftModel's active state (gradients of
+// trainable adapters are reset).
+//   { peft::MixedBatch mb(pm, ctx, {"a", "__base__", "b"}); logits = model.forward(ctx, ids); }
+class MixedBatch {
+ public:
+  static constexpr const char* kBase = "__base__";
+  MixedBatch(PeftModel& pm, nn::Context& ctx, std::vector<std::string> names);
+  ~MixedBatch();
+  MixedBatch(const MixedBatch&) = delete;
+  MixedBatch& operator=(const MixedBatch&) = delete;
+
+ private:
+  struct Override;  // modules_to_save routing on one Linear
+  PeftModel& pm_;
+  nn::Context& ctx_;
+  std::vector<std::string> names_;
+  const std::vector<std::string>* prev_names_;
+  bool was_disabled_;
+  std::vector<LoraLinear*> layers_;
+  std::vector<std::pair<nn::Linear*, std::unique_ptr<Override>>> overrides_;
+};
+
 // Writes adapter `name` ("" = first active) of a Llama-family model as a llama.cpp LoRA GGUF:
 // general.architecture "llama", general.type "adapter", adapter.type "lora", adapter.lora.alpha
 // (f32); tensors "<gguf base name>.lora_a" (ne [in, r], the bytes of lora_A) and ".lora_b"
@@ -245,6 +296,18 @@ void save_llama_cpp_lora(const PeftModel& pm, const std::string& path, const std
 // The llama.cpp tensor name of a Hugging Face Llama module path ("model.layers.3.self_attn.q_proj"
 // -> "blk.3.attn_q.weight", "lm_head" -> "output.weight"); throws for other paths.
 std::string llama_gguf_name(const std::string& hf_module_path);
+
+// Writes a merged Llama-family model as a GGUF next to its GGUF base (gguf_merge.cpp), a plain
+// model that llama.cpp and lorafit load with no adapter: every metadata key of `base_gguf` copied
+// in order (tokenizer included), tensors in the base's order; the weights of `merged_modules`
+// (HF module paths, e.g. the LoRA targets) written from the model's F32 values as `type` (F32,
+// F16, Q8_0, Q4_0, Q4_1), attn_q / attn_k rows back in GGUF order; every other tensor copied
+// byte for byte. Throws when a merged module has no tensor in the base (e.g. lm_head tied to
+// token_embd), for another architecture, or when an untouched tensor's type cannot be written
+// (Q4_K, Q6_K: write_gguf has no encoder for them). Atomic.
+void save_merged_gguf(models::Model& model, const std::vector<std::string>& merged_modules,
+                      const std::string& base_gguf, const std::string& out_path,
+                      tensor::DType type = tensor::DType::F16);
 
 // Writes a merged model as a Hugging Face folder: config.json copied from `base_dir` (the folder
 // the model came from), model.safetensors with HF tensor names, all F32 (tokenizer files copied

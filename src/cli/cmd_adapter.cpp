@@ -1,6 +1,9 @@
-// lorafit adapter info|merge|export-gguf: inspect a PEFT adapter folder, merge it into its base
-// model, or convert it to a llama.cpp LoRA GGUF.
+// lorafit adapter info|merge|combine|export-gguf: inspect a PEFT adapter folder, merge it into its
+// base model (HF folder or GGUF), combine several into one, or convert one to a llama.cpp LoRA
+// GGUF.
 #include <cstdio>
+#include <cstdlib>
+#include <memory>
 #include <cstring>
 #include <filesystem>
 #include <string>
@@ -19,6 +22,15 @@ const char* kAdapterUsage = R"(Usage:
   lorafit adapter merge ADAPTER_DIR --base MODEL_DIR --out OUT_DIR
       W += s·B·A for every LoRA module, then writes a plain Hugging Face folder (config.json and
       tokenizer files copied, model.safetensors in F32).
+  lorafit adapter merge ADAPTER_DIR --base MODEL.gguf --out OUT.gguf [--type f16]
+      Same for a GGUF base (Llama family): a plain GGUF with every metadata key (tokenizer
+      included) copied, the merged weights stored as --type (f32, f16, q8_0, q4_0, q4_1; default
+      f16) and every other tensor copied byte for byte.
+  lorafit adapter combine DIR1 DIR2 ... --base MODEL --weights W1,W2,... --out OUT_DIR
+                          [--type cat|linear|svd] [--svd-rank K]
+      One adapter from a weighted combination (PEFT's add_weighted_adapter): cat (exact, rank =
+      sum of ranks), linear (PEFT's approximation; equal ranks), svd (default; best rank-K
+      approximation of sum wi·si·Bi·Ai, K default the largest rank). Writes a PEFT folder.
   lorafit adapter export-gguf ADAPTER_DIR --base MODEL --out FILE.gguf
       llama.cpp LoRA GGUF (Llama-family bases).
 )";
@@ -29,6 +41,59 @@ std::string option(int argc, char** argv, const char* name) {
   return "";
 }
 
+bool ends_with(const std::string& s, const std::string& e) {
+  return s.size() >= e.size() && s.compare(s.size() - e.size(), e.size(), e) == 0;
+}
+
+// lorafit adapter combine DIR... --base MODEL --weights W,... --out DIR [--type T] [--svd-rank K]
+int cmd_combine(int argc, char** argv) {
+  namespace peft = lorafit::peft;
+  std::vector<std::string> dirs;
+  for (int i = 2; i < argc && std::strncmp(argv[i], "--", 2) != 0; ++i) dirs.push_back(argv[i]);
+  const std::string base = option(argc, argv, "--base"), out = option(argc, argv, "--out");
+  const std::string ws = option(argc, argv, "--weights");
+  std::string type = option(argc, argv, "--type");
+  const std::string rank = option(argc, argv, "--svd-rank");
+  if (dirs.empty() || base.empty() || out.empty() || ws.empty()) {
+    std::fputs(kAdapterUsage, stderr);
+    return 2;
+  }
+  if (type.empty()) type = "svd";
+  try {
+    std::vector<double> weights;
+    size_t a = 0;
+    while (a <= ws.size()) {
+      size_t b = ws.find(',', a);
+      if (b == std::string::npos) b = ws.size();
+      const std::string w = ws.substr(a, b - a);
+      char* end = nullptr;
+      const double v = std::strtod(w.c_str(), &end);
+      if (w.empty() || *end)
+        throw lorafit::Error("[adapter] --weights: '" + w + "' is not a number");
+      weights.push_back(v);
+      a = b + 1;
+    }
+    auto model = lorafit::models::load_model(base);
+    std::unique_ptr<peft::PeftModel> pm;
+    std::vector<std::string> names;
+    for (size_t i = 0; i < dirs.size(); ++i) {
+      const std::string name = "adapter" + std::to_string(i);
+      if (!pm) pm = peft::PeftModel::from_pretrained(*model, dirs[i], name);
+      else pm->load_adapter(dirs[i], name);
+      names.push_back(name);
+    }
+    pm->add_weighted_adapter(names, weights, "combined", type,
+                             rank.empty() ? 0 : std::stoll(rank));
+    pm->save_pretrained(out, "combined");
+    std::printf("combined %zu adapters (%s, r %lld) -> %s\n", dirs.size(), type.c_str(),
+                static_cast<long long>(pm->config("combined").r), out.c_str());
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "lorafit adapter combine: %s\n", e.what());
+    return 1;
+  }
+}
+
 }  // namespace
 
 int cmd_adapter(int argc, char** argv) {
@@ -36,6 +101,7 @@ int cmd_adapter(int argc, char** argv) {
     std::fputs(kAdapterUsage, argc < 3 ? stderr : stdout);
     return argc < 3 ? 2 : 0;
   }
+  if (!std::strcmp(argv[1], "combine")) return cmd_combine(argc, argv);
   const std::string sub = argv[1], dir = argv[2];
   std::string base = option(argc, argv, "--base");
   const std::string out = option(argc, argv, "--out");
@@ -70,6 +136,32 @@ int cmd_adapter(int argc, char** argv) {
     if (base.empty() || out.empty()) {
       std::fputs(kAdapterUsage, stderr);
       return 2;
+    }
+    if (sub == "merge" && ends_with(base, ".gguf")) {
+      namespace ts = lorafit::tensor;
+      const std::string t = option(argc, argv, "--type");
+      ts::DType type = ts::DType::F16;
+      if (t == "f32") type = ts::DType::F32;
+      else if (t == "q8_0") type = ts::DType::Q8_0;
+      else if (t == "q4_0") type = ts::DType::Q4_0;
+      else if (t == "q4_1") type = ts::DType::Q4_1;
+      else if (!t.empty() && t != "f16")
+        throw lorafit::Error("[adapter] --type: '" + t + "' is not one of f32, f16, q8_0, q4_0, q4_1");
+      lorafit::models::LoadOptions lo;
+      lo.dequantize = true;
+      auto model = lorafit::models::load_model(base, lo);
+      std::vector<std::string> paths;
+      {
+        auto pm = peft::PeftModel::from_pretrained(*model, dir);
+        if (pm->config().modules_to_save && !pm->config().modules_to_save->empty())
+          throw lorafit::Error("[adapter] " + dir + ": modules_to_save cannot be merged into a GGUF");
+        for (auto& [p, l] : pm->lora_layers()) paths.push_back(p);
+        pm->merge_and_unload();
+      }
+      peft::save_merged_gguf(*model, paths, base, out, type);
+      std::printf("merged %s into %s -> %s (%zu tensors re-encoded as %s)\n", dir.c_str(),
+                  base.c_str(), out.c_str(), paths.size(), ts::dtype_name(type));
+      return 0;
     }
     if (sub == "merge") {
       lorafit::models::LoadOptions lo;

@@ -71,9 +71,6 @@ void AdapterConfig::validate(const std::string& where) const {
     bad("bias", "'" + bias + "' is not supported (only \"none\"; bias training is not implemented)");
   if (use_dora) bad("use_dora", "DoRA is not supported yet");
   if (fan_in_fan_out) bad("fan_in_fan_out", "must be false (no Conv1D layers here)");
-  if (init_lora_weights == LoraInit::Pissa || init_lora_weights == LoraInit::Olora)
-    bad("init_lora_weights", std::string("\"") + lora_init_name(init_lora_weights) +
-                                 "\" is not supported yet (true, false, \"gaussian\")");
   for (const auto& [k, v] : rank_pattern)
     if (v <= 0) bad("rank_pattern", "rank for '" + k + "' must be positive, got " + std::to_string(v));
   const bool str_targets =

@@ -28,8 +28,6 @@ std::string llama_gguf_name(const std::string& hf) {
   fail("module '" + hf + "' has no llama.cpp GGUF name");
 }
 
-namespace {
-
 // HF -> GGUF row order of q/k (llama.cpp convert_hf_to_gguf.py LlamaModel.permute):
 // reshape(n_head, 2, D/2, cols).swapaxes(1, 2): gguf[h*D + 2*i + j] = hf[h*D + j*(D/2) + i].
 Tensor permute_rows(const Tensor& w, int64_t n_head) {
@@ -44,8 +42,6 @@ Tensor permute_rows(const Tensor& w, int64_t n_head) {
                     static_cast<size_t>(cols) * sizeof(float));
   return out;
 }
-
-}  // namespace
 
 void save_llama_cpp_lora(const PeftModel& pm_const, const std::string& path, const std::string& name) {
   auto& pm = const_cast<PeftModel&>(pm_const);  // lora_layers() is non-const; nothing is changed

@@ -64,12 +64,19 @@ void LoraLinear::init(nn::Linear& base, LoraInit how, uint64_t seed) {
       B.value.zero();
       break;
     }
+    case LoraInit::Pissa:  // principal singular vectors / QR of W; base becomes W − s·B A
+    case LoraInit::Olora:
+      init_from_weight(*this, base, how);
+      break;
     default:
       fail(std::string("init_lora_weights \"") + lora_init_name(how) + "\" is not supported yet");
   }
 }
 
 void LoraLinear::forward(nn::Context& ctx, const nn::Linear& base, const Tensor& x, Tensor& y) {
+  routed_ = false;
+  if (routing && ctx.adapter_names) return forward_routed(ctx, base, x, y);  // mixed_batch.cpp
+  if (!enabled) return;  // attached for routing only
   const int64_t in = base.in_features(), out = base.out_features();
   const int64_t n = x.numel() / in;
   if (A.value.dim(1) != in || B.value.dim(0) != out)
@@ -97,6 +104,8 @@ void LoraLinear::forward(nn::Context& ctx, const nn::Linear& base, const Tensor&
 }
 
 void LoraLinear::backward(nn::Context& ctx, const nn::Linear& base, const Tensor& dy, Tensor* dx) {
+  if (routed_) fail("mixed-batch (adapter_names) forward is inference only: no backward");
+  if (!enabled) return;  // forward added nothing (attached for routing only)
   if (!h_.defined()) fail("LoRA backward called before forward");
   const int64_t in = base.in_features(), out = base.out_features();
   const int64_t n = h_.dim(0);

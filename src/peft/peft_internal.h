@@ -16,3 +16,41 @@ bool path_matches_any(const std::vector<std::string>& names, const std::string& 
 bool inside_any(const std::vector<std::string>& names, const std::string& key);
 
 }  // namespace lorafit::peft
+
+namespace lorafit::peft::linalg {
+
+// Dense linear algebra on row-major double matrices, through LAPACK (libopenblas exports the
+// Fortran routines; they are column-major, so we hand them the transpose and read back the
+// transposed factors).
+
+// Thin SVD a [m, n] = U diag(S) Vt: U [m, k], S [k] (descending), Vt [k, n], k = min(m, n).
+void svd(const std::vector<double>& a, int64_t m, int64_t n, std::vector<double>& U,
+         std::vector<double>& S, std::vector<double>& Vt);
+// Reduced QR a [m, n] = Q R (Householder, LAPACK's signs, as torch.linalg.qr): Q [m, k],
+// R [k, n] upper triangular, k = min(m, n).
+void qr(const std::vector<double>& a, int64_t m, int64_t n, std::vector<double>& Q,
+        std::vector<double>& R);
+
+}  // namespace lorafit::peft::linalg
+
+namespace lorafit::nn {
+class Linear;
+}
+
+namespace lorafit::peft {
+
+class LoraLinear;
+enum class LoraInit;
+// PiSSA / OLoRA init of one LoRA layer (init_svd.cpp): fills A and B from the SVD / QR of the F32
+// base weight and rewrites it to W − s·B A.
+void init_from_weight(LoraLinear& layer, nn::Linear& base, LoraInit how);
+
+}  // namespace lorafit::peft
+
+namespace lorafit::peft {
+
+// HF -> GGUF row order of a q/k weight [n_head·D, cols] (llama.cpp convert_hf_to_gguf.py
+// LlamaModel.permute; gguf_lora.cpp). The GGUF loader applies the inverse.
+tensor::Tensor permute_rows(const tensor::Tensor& w, int64_t n_head);
+
+}  // namespace lorafit::peft

@@ -137,6 +137,7 @@ void PeftModel::add_adapter(const std::string& name, const AdapterConfig& cfg_in
     // One stream per module: seed mixed with the module's index, so adding a target does not
     // shift the others' initial values.
     layer->init(*lin, cfg.init_lora_weights, nn::random_u64(seed, 0x10000 + i));
+    layer->adapter_name = name;
     ad->targets.emplace_back(path, lin);
     ad->layers.push_back(std::move(layer));
     matched.push_back(path);

@@ -1,0 +1,182 @@
+// lorafit logits: run prompts through a model (+ adapters) as one batch and print or save the
+// logits; with --route, a mixed batch where each prompt names its adapter (peft::MixedBatch).
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "lorafit/io.h"
+#include "lorafit/models.h"
+#include "lorafit/peft.h"
+#include "lorafit/text.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+namespace peft = lorafit::peft;
+namespace models = lorafit::models;
+using lorafit::Error;
+using lorafit::tensor::Tensor;
+
+const char* kLogitsUsage = R"(Usage: lorafit logits --model PATH --prompt TEXT [--prompt TEXT ...] [options]
+
+Runs the prompts as one batch (right-padded) and prints, per prompt, the top tokens / labels, or
+saves every logit. Llama-family models: next-token logits at every prompt position [T, V];
+BERT-family classifiers: class logits [L].
+
+Options:
+  --model PATH           model folder or .gguf (required)
+  --prompt TEXT          a prompt (repeatable, at least one)
+  --adapter DIR          a PEFT adapter folder, active for every prompt
+  --adapter NAME=DIR     a named adapter (repeatable); without --route all of them are active
+                         (their deltas add up)
+  --route N1,N2,...      mixed batch: prompt i goes through adapter N_i alone ("__base__": the base
+                         model), as PEFT's adapter_names=[...]; one name per prompt
+  --num-labels N         classifiers without a stored head: number of labels (default: 2)
+  --no-special           do not add BOS/CLS... tokens when encoding
+  --out FILE             write a safetensors file: ids.<i> (I32 [T_i]) and logits.<i> (F32) per
+                         prompt i, metadata model/adapters/route
+  --threads N            compute threads (0: all cores)
+)";
+
+std::vector<std::string> split(const std::string& s, char c) {
+  std::vector<std::string> v;
+  size_t a = 0;
+  while (true) {
+    size_t b = s.find(c, a);
+    v.push_back(s.substr(a, b == std::string::npos ? std::string::npos : b - a));
+    if (b == std::string::npos) break;
+    a = b + 1;
+  }
+  return v;
+}
+
+bool is_gguf(const std::string& p) { return p.size() > 5 && p.substr(p.size() - 5) == ".gguf"; }
+
+}  // namespace
+
+int cmd_logits(int argc, char** argv) {
+  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
+    std::fputs(kLogitsUsage, argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  try {
+    std::string model_path, out, route;
+    std::vector<std::string> prompts;
+    std::vector<std::pair<std::string, std::string>> adapters;  // name, dir
+    int64_t num_labels = 0, threads = 0;
+    bool special = true;
+    for (int i = 1; i < argc; ++i) {
+      const std::string a = argv[i];
+      auto val = [&]() -> std::string {
+        if (i + 1 >= argc) throw Error("[logits] " + a + " needs a value");
+        return argv[++i];
+      };
+      if (a == "--model") model_path = val();
+      else if (a == "--prompt") prompts.push_back(val());
+      else if (a == "--adapter") {
+        const std::string v = val();
+        const size_t eq = v.find('=');
+        if (eq == std::string::npos || fs::exists(v)) adapters.emplace_back("default", v);
+        else adapters.emplace_back(v.substr(0, eq), v.substr(eq + 1));
+      } else if (a == "--route") route = val();
+      else if (a == "--num-labels") num_labels = std::stoll(val());
+      else if (a == "--threads") threads = std::stoll(val());
+      else if (a == "--no-special") special = false;
+      else if (a == "--out") out = val();
+      else throw Error("[logits] unknown option '" + a + "' (see lorafit logits --help)");
+    }
+    if (model_path.empty()) throw Error("[logits] --model is required");
+    if (prompts.empty()) throw Error("[logits] give at least one --prompt");
+    lorafit::kernels::set_num_threads(static_cast<int>(threads));
+    if (fs::is_directory(model_path) && !fs::exists(fs::path(model_path) / "config.json"))
+      for (auto& e : fs::directory_iterator(model_path))
+        if (is_gguf(e.path().string())) model_path = e.path().string();
+    models::LoadOptions lo;
+    lo.num_labels = num_labels;
+    auto model = models::load_model(model_path, lo);
+    auto tok = is_gguf(model_path) ? lorafit::text::Tokenizer::from_gguf(model_path)
+                                   : lorafit::text::Tokenizer::from_file(model_path);
+    std::unique_ptr<peft::PeftModel> pm;
+    std::vector<std::string> names;
+    for (auto& [name, dir] : adapters) {
+      if (std::find(names.begin(), names.end(), name) != names.end())
+        throw Error("[logits] adapter name '" + name + "' given twice");
+      if (!pm) pm = peft::PeftModel::from_pretrained(*model, dir, name);
+      else pm->load_adapter(dir, name);
+      names.push_back(name);
+    }
+    if (pm) pm->set_adapters(names);
+    std::vector<std::string> routes;
+    if (!route.empty()) {
+      routes = split(route, ',');
+      if (routes.size() != prompts.size())
+        throw Error("[logits] --route names " + std::to_string(routes.size()) + " adapters for " +
+                    std::to_string(prompts.size()) + " prompts (one per prompt)");
+      if (!pm) throw Error("[logits] --route needs --adapter NAME=DIR adapters");
+    }
+    // Encode and right-pad.
+    const int64_t B = static_cast<int64_t>(prompts.size());
+    std::vector<std::vector<int32_t>> enc;
+    size_t T = 0;
+    for (auto& p : prompts) {
+      enc.push_back(tok.encode(p, special).ids);
+      if (enc.back().empty()) throw Error("[logits] prompt '" + p + "' encodes to no tokens");
+      T = std::max(T, enc.back().size());
+    }
+    const auto& sp = tok.special_ids();
+    const int32_t pad = sp.pad >= 0 ? sp.pad : (sp.eos >= 0 ? sp.eos : 0);
+    std::vector<int32_t> ids(static_cast<size_t>(B) * T, pad), mask(static_cast<size_t>(B) * T, 0);
+    for (int64_t b = 0; b < B; ++b)
+      for (size_t t = 0; t < enc[b].size(); ++t) ids[b * T + t] = enc[b][t], mask[b * T + t] = 1;
+    const int64_t Ti = static_cast<int64_t>(T);
+    Tensor tid = Tensor::from_ints({B, Ti}, ids), tmask = Tensor::from_ints({B, Ti}, mask);
+    lorafit::nn::Context ctx;
+    std::unique_ptr<peft::MixedBatch> mb;
+    if (!routes.empty()) mb = std::make_unique<peft::MixedBatch>(*pm, ctx, routes);
+    Tensor logits;
+    auto* llama = dynamic_cast<models::LlamaModel*>(model.get());
+    auto* bert = dynamic_cast<models::BertModel*>(model.get());
+    if (llama) logits = llama->forward(ctx, tid, tmask);
+    else if (bert) logits = bert->classify(ctx, bert->forward(ctx, tid, tmask));
+    else throw Error("[logits] unsupported model architecture '" + model->config().arch + "'");
+    mb.reset();
+    const int64_t V = logits.dim(-1);
+    std::vector<std::pair<std::string, Tensor>> tensors;
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t n = static_cast<int64_t>(enc[b].size());
+      Tensor row = llama ? Tensor::empty({n, V}) : Tensor::empty({V});
+      const float* src = logits.f32() + (llama ? b * Ti * V : b * V);
+      std::copy(src, src + row.numel(), row.f32());
+      std::string who = routes.empty() ? (names.empty() ? "base" : "adapters") : routes[b];
+      // Print: the most likely next token after the prompt (LM) or the label scores.
+      const float* last = llama ? row.f32() + (n - 1) * V : row.f32();
+      const int64_t arg = std::max_element(last, last + V) - last;
+      if (llama)
+        std::printf("prompt %lld [%s] %lld tokens; next token %lld %s (logit %.4f)\n",
+                    static_cast<long long>(b), who.c_str(), static_cast<long long>(n),
+                    static_cast<long long>(arg), tok.decode(std::vector<int32_t>{static_cast<int32_t>(arg)}, false).c_str(),
+                    last[arg]);
+      else {
+        std::printf("prompt %lld [%s] label %lld logits", static_cast<long long>(b), who.c_str(),
+                    static_cast<long long>(arg));
+        for (int64_t j = 0; j < V; ++j) std::printf(" %.6f", last[j]);
+        std::printf("\n");
+      }
+      tensors.emplace_back("ids." + std::to_string(b), Tensor::from_ints({n}, enc[b]));
+      tensors.emplace_back("logits." + std::to_string(b), row);
+    }
+    if (!out.empty()) {
+      std::string ad;
+      for (auto& [n, d] : adapters) ad += (ad.empty() ? "" : ",") + n + "=" + d;
+      lorafit::io::write_safetensors(out, tensors, {{"model", model_path}, {"adapters", ad}, {"route", route}});
+      std::printf("wrote %s\n", out.c_str());
+    }
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "lorafit logits: %s\n", e.what());
+    return 1;
+  }
+}

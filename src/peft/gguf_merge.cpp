@@ -1,0 +1,68 @@
+// Merged GGUF output: base + adapter written as one plain GGUF (lorafit adapter merge with a
+// GGUF base). Untouched tensors keep their exact bytes (a zero-copy view of the mapped base goes
+// straight to write_gguf), merged ones are re-encoded from the F32 merged weights with the
+// byte-exact quantizers of tensor/quant.
+#include <map>
+#include <set>
+
+#include "lorafit/peft.h"
+#include "lorafit/quant.h"
+#include "peft/peft_internal.h"
+
+namespace lorafit::peft {
+
+void save_merged_gguf(models::Model& model, const std::vector<std::string>& merged_modules,
+                      const std::string& base_gguf, const std::string& out_path,
+                      tensor::DType type) {
+  using tensor::DType;
+  const models::ModelConfig& mc = model.config();
+  if (mc.arch != "llama")
+    fail(out_path + ": merged GGUF output supports Llama-family models, not '" + mc.arch + "'");
+  if (type != DType::F32 && type != DType::F16 && type != DType::Q8_0 && type != DType::Q4_0 &&
+      type != DType::Q4_1)
+    fail(out_path + ": merged tensor type " + tensor::dtype_name(type) +
+         " is not supported (f32, f16, q8_0, q4_0, q4_1)");
+  io::GgufFile base = io::GgufFile::open(base_gguf);
+  if (base.get_string("general.architecture", "") != "llama")
+    fail(base_gguf + ": key 'general.architecture': expected \"llama\", got \"" +
+         base.get_string("general.architecture", "") + "\"");
+  std::map<std::string, nn::Linear*> lins;
+  for (auto& [path, l] : model.linears()) lins[path] = l;
+  // GGUF tensor name -> the merged Linear.
+  std::map<std::string, std::pair<std::string, nn::Linear*>> merged;
+  for (const auto& path : merged_modules) {
+    auto it = lins.find(path);
+    if (it == lins.end()) fail(out_path + ": module '" + path + "' is not a Linear of the model");
+    const std::string g = llama_gguf_name(path);
+    if (!base.has_tensor(g))
+      fail(base_gguf + ": no tensor '" + g + "' for merged module '" + path + "'" +
+           (path == "lm_head" ? " (the output head is tied to token_embd.weight)" : ""));
+    merged[g] = {path, it->second};
+  }
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  for (const auto& ti : base.tensors()) {
+    auto it = merged.find(ti.name);
+    if (it == merged.end()) {
+      if (!ti.has_dtype)
+        fail(base_gguf + ": tensor '" + ti.name + "' is " + io::ggml_type_name(ti.ggml_type) +
+             ", which lorafit cannot write back byte for byte (F32, F16, BF16, Q8_0, Q4_0, Q4_1)");
+      tensors.emplace_back(ti.name, base.tensor(ti.name));  // the mapped bytes, unchanged
+      continue;
+    }
+    nn::Linear& lin = *it->second.second;
+    Tensor w = lin.weight.value.dtype() == DType::F32 ? lin.weight.value
+                                                      : lin.weight.value.to(DType::F32);
+    if (w.shape() != ti.shape)
+      fail(base_gguf + ": tensor '" + ti.name + "' has shape " + tensor::shape_str(ti.shape) +
+           ", the merged module '" + it->second.first + "' is " + w.str());
+    if (ti.name.find(".attn_q.") != std::string::npos) w = permute_rows(w, mc.n_heads);
+    if (ti.name.find(".attn_k.") != std::string::npos) w = permute_rows(w, mc.n_kv_heads);
+    if (type != DType::F32 && type != DType::F16 && w.dim(1) % tensor::kQK != 0)
+      fail(out_path + ": tensor '" + ti.name + "' has rows of " + std::to_string(w.dim(1)) +
+           " values, not a multiple of the " + tensor::dtype_name(type) + " block size 32");
+    tensors.emplace_back(ti.name, type == DType::F32 ? w : tensor::quantize(w, type));
+  }
+  io::write_gguf(out_path, base.metadata(), tensors);
+}
+
+}  // namespace lorafit::peft
