@@ -2,7 +2,7 @@
 """Writes the reference fixtures that the C++ tests read (tests/fixtures/).
 
 Run through the reference venv:   tools/make_reference.sh [PART ...]
-Parts: io, tokens, models, peft, chat (default: all). Each part is a module in tools/ref_<part>.py with a
+Parts: io, tokens, models, peft, chat, peft_combine (default: all). Each part is a module in tools/ref_<part>.py with a
 main(fixtures_dir, models_dir) function. Real models come from tools/fetch_models.sh (models/).
 """
 import importlib
