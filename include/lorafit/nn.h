@@ -127,6 +127,15 @@ class Linear : public Module {
   Tensor backward(Context& ctx, const Tensor& dy, bool need_input_grad = true);
   void parameters(const std::string& prefix, NamedParameters& out) override;
 
+  // Products with the weight alone (no bias, no adapters), through the same fp32 tiles as
+  // forward/backward for a quantized weight (adapters such as DoRA need W·x and row norms of W):
+  //   matmul_weight:   y [n, out] = x [n, in] · Wᵀ + beta · y
+  //   matmul_weight_t: dx [n, in] = dy [n, out] · W + beta · dx
+  //   weight_rows:     rows [r0, r1) of W as fp32 into dst [(r1 - r0) · in]
+  void matmul_weight(const Tensor& x, Tensor& y, float beta = 0.0f) const;
+  void matmul_weight_t(const Tensor& dy, Tensor& dx, float beta = 0.0f) const;
+  void weight_rows(int64_t r0, int64_t r1, float* dst) const;
+
   Parameter weight;
   Parameter bias;
   // Attached adapters, not owned (the peft layer attaches and detaches them). Applied after
