@@ -10,6 +10,7 @@ int cmd_train(int argc, char** argv);  // cmd_train.cpp
 int cmd_eval(int argc, char** argv, bool predict);
 int cmd_generate(int argc, char** argv);
 int cmd_adapter(int argc, char** argv);  // cmd_adapter.cpp
+int cmd_analyze(int argc, char** argv);  // cmd_analyze.cpp
 
 namespace {
 
@@ -26,6 +27,7 @@ Commands:
   predict          classify a file, with probabilities (TSV or JSONL)
   generate         continue a prompt (greedy or sampled, KV cache)
   adapter          info | merge | export-gguf of a PEFT adapter folder
+  analyze          DoRA's magnitude/direction analysis of fine-tuned weights (CSV + SVG)
 
 Each command explains itself: lorafit <command> --help
 
@@ -51,6 +53,7 @@ int main(int argc, char** argv) {
   if (!std::strcmp(argv[1], "predict")) return cmd_eval(argc - 1, argv + 1, true);
   if (!std::strcmp(argv[1], "generate")) return cmd_generate(argc - 1, argv + 1);
   if (!std::strcmp(argv[1], "adapter")) return cmd_adapter(argc - 1, argv + 1);
+  if (!std::strcmp(argv[1], "analyze")) return cmd_analyze(argc - 1, argv + 1);
   std::fprintf(stderr, "lorafit: unknown command '%s' (try lorafit --help)\n", argv[1]);
   return 2;
 }
