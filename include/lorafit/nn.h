@@ -104,6 +104,12 @@ class LinearAdapter {
   virtual void backward(Context& ctx, const Linear& base, const Tensor& dy, Tensor* dx) = 0;
   // false: skipped in forward and backward (disabled, or merged into the weight).
   virtual bool active() const { return true; }
+  // Optional per-output-feature factors c [out] for the base path's gradient: when an active
+  // adapter returns them (after its forward), Linear::backward takes W's and x's gradients
+  // through x Wᵀ with c ⊙ dy instead of dy (the bias still gets dy). DoRA without dropout
+  // rescales the base output row-wise (y = k ⊙ x Wᵀ + ...): this saves it a second product with
+  // W. At most one active adapter of a Linear may return factors.
+  virtual const float* base_grad_scale() const { return nullptr; }
 };
 
 // y = x Wᵀ + b. weight [out, in], bias [out] optional (F32). A frozen weight may also be F16,

@@ -162,6 +162,9 @@ enum class DoraNorm { Fast, Reference };
 // Backward (v = u + s · h Bᵀ saved [n, out], h = drop(x) Aᵀ [n, r]):
 //   dm += Σ_rows dy ⊙ v / ‖·‖;  g = k ⊙ dy;  dB += s gᵀ h;  dh = s g B;  dA += dhᵀ drop(x)
 //   dx += drop'(((k − 1) ⊙ dy) W + dh A)
+// Without dropout the (k − 1) term is folded into the base product instead (base_grad_scale()
+// returns k: Linear computes (k ⊙ dy) W once, as autograd does for PEFT), so DoRA adds no
+// product with W to LoRA's backward; with dropout it is a second product, as in PEFT.
 // Training with another adapter active before this one on the same Linear (no dropout) would
 // need the (k − 1) factor inside that adapter's backward: backward throws for it (forward is
 // PEFT's). magnitude = lora_magnitude_vector [out], F32, trainable with A and B.
@@ -186,6 +189,8 @@ class DoraLinear : public LoraLinear {
   std::vector<std::pair<std::string, nn::Parameter*>> extra_parameters() override {
     return {{"lora_magnitude_vector", &magnitude}};
   }
+  // k after a forward without dropout (see above); nullptr otherwise.
+  const float* base_grad_scale() const override;
 
   nn::Parameter magnitude;            // lora_magnitude_vector [out]
   DoraNorm norm_mode = DoraNorm::Fast;
@@ -339,7 +344,7 @@ std::pair<int64_t, std::string> split_layer_path(const std::string& module_path)
 void write_analysis_csv(const std::string& path, const std::vector<AnalysisPoint>& points);
 // A standalone SVG like the paper's Fig. 2: one scatter panel per method (in first-seen order),
 // ΔD on x, ΔM on y, colour = layer, marker shape = checkpoint, filled/hollow = module; each panel
-// notes the least-squares slope and Pearson correlation of its points. Atomic.
+// notes the Pearson correlation of ΔD and ΔM within each checkpoint (≥ 3 points). Atomic.
 void write_analysis_svg(const std::string& path, const std::vector<AnalysisPoint>& points,
                         const std::string& title);
 

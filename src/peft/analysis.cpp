@@ -234,30 +234,25 @@ void write_analysis_svg(const std::string& path, const std::vector<AnalysisPoint
          "\" text-anchor=\"middle\" font-size=\"13\">ΔD (direction)</text>\n";
     s += "<text transform=\"translate(" + num(x0 - 55) + "," + num(y0 + ph / 2) +
          ") rotate(-90)\" text-anchor=\"middle\" font-size=\"13\">ΔM (magnitude)</text>\n";
-    // Least-squares slope of ΔM on ΔD and Pearson correlation.
+    // Pearson correlation of ΔM and ΔD within each checkpoint (across layers and modules), as
+    // the paper reads its figure (full fine-tuning negative, LoRA positive).
     std::string stats;
-    if (pts.size() >= 2) {
-      double mx = 0, my = 0;
-      for (auto* p : pts) mx += p->delta_d, my += p->delta_m;
-      mx /= pts.size();
-      my /= pts.size();
+    for (const auto& ck : checkpoints) {
+      double n = 0, mx = 0, my = 0;
+      for (auto* p : pts)
+        if (p->checkpoint == ck) n += 1, mx += p->delta_d, my += p->delta_m;
+      if (n < 3) continue;
+      mx /= n;
+      my /= n;
       double sxx = 0, syy = 0, sxy = 0;
       for (auto* p : pts) {
+        if (p->checkpoint != ck) continue;
         sxx += (p->delta_d - mx) * (p->delta_d - mx);
         syy += (p->delta_m - my) * (p->delta_m - my);
         sxy += (p->delta_d - mx) * (p->delta_m - my);
       }
-      if (sxx > 0) {
-        const double slope = sxy / sxx;
-        const double corr = syy > 0 ? sxy / std::sqrt(sxx * syy) : 0.0;
-        stats = "slope " + num(slope, "%.3g") + ", r = " + num(corr, "%.2f");
-        const double ya = my + slope * (xlo - mx), yb = my + slope * (xhi - mx);
-        s += "<clipPath id=\"c" + std::to_string(pi) + "\"><rect x=\"" + num(x0) + "\" y=\"" +
-             num(y0) + "\" width=\"" + num(pw) + "\" height=\"" + num(ph) + "\"/></clipPath>\n";
-        s += "<line clip-path=\"url(#c" + std::to_string(pi) + ")\" x1=\"" + num(X(xlo), "%.2f") +
-             "\" y1=\"" + num(Y(ya), "%.2f") + "\" x2=\"" + num(X(xhi), "%.2f") + "\" y2=\"" +
-             num(Y(yb), "%.2f") + "\" stroke=\"#888\" stroke-dasharray=\"5,4\"/>\n";
-      }
+      if (sxx <= 0 || syy <= 0) continue;
+      stats += (stats.empty() ? "r(ΔD, ΔM): " : ", ") + ck + " " + num(sxy / std::sqrt(sxx * syy), "%.2f");
     }
     const std::string name = methods.empty() ? std::string("(no points)") : methods[static_cast<size_t>(pi)];
     s += "<text x=\"" + num(x0 + pw / 2) + "\" y=\"" + num(y0 - 22) +

@@ -158,6 +158,12 @@ void DoraLinear::forward(nn::Context& ctx, const nn::Linear& base, const Tensor&
     for (int64_t i = 0; i < out; ++i) py[t * out + i] += k[i] * pv[t * out + i];
 }
 
+const float* DoraLinear::base_grad_scale() const {
+  // Without dropout u is the base output itself (y − b), so its gradient factor k goes into the
+  // base product. Stacked adapters would need it too: backward refuses that case.
+  return (!dropped_ && k_.defined() && h_.defined()) ? k_.f32() : nullptr;
+}
+
 void DoraLinear::backward(nn::Context& ctx, const nn::Linear& base, const Tensor& dy, Tensor* dx) {
   if (!h_.defined()) fail("DoRA backward called before forward");
   if (stacked_ && !dropped_)
@@ -185,8 +191,9 @@ void DoraLinear::backward(nn::Context& ctx, const nn::Linear& base, const Tensor
   }
   const bool need_dh = A.trainable || dx != nullptr;
   if (!B.trainable && !need_dh) return;
-  // g = k ⊙ dy: the LoRA branch's output gradient.
-  Tensor g = ctx.alloc({n, out});
+  // g = k ⊙ dy: the LoRA branch's output gradient. A heap temporary, freed on return (the arena
+  // would hold it until the end of the step).
+  Tensor g = Tensor::empty({n, out});
   float* pg = g.f32();
   for (int64_t t = 0; t < n; ++t)
     for (int64_t i = 0; i < out; ++i) pg[t * out + i] = k[i] * pdy[t * out + i];
@@ -195,15 +202,26 @@ void DoraLinear::backward(nn::Context& ctx, const nn::Linear& base, const Tensor
   Tensor dh = ctx.alloc({n, r});
   kernels::gemm(g, false, B.value, false, dh, s, 0.0f);  // dh = s · g B
   if (A.trainable) kernels::gemm(dh, true, xd_, false, A.grad, 1.0f, 1.0f);  // dA += dhᵀ drop(x)
-  if (dx == nullptr) return;
+  if (dx == nullptr && !(dropped_ && base.weight.trainable)) return;
+  if (dx == nullptr) {
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t i = 0; i < out; ++i) pg[t * out + i] = (k[i] - 1.0f) * pdy[t * out + i];
+    Tensor wg = base.weight.grad;
+    kernels::gemm(g, true, xd_, false, wg, 1.0f, 1.0f);
+    return;
+  }
+  Tensor dx2 = dx->view({n, in});
+  if (!dropped_) {
+    // ((k − 1) ⊙ dy) W is already in dx: Linear used k ⊙ dy for the base (base_grad_scale).
+    kernels::gemm(dh, false, A.value, false, dx2, 1.0f, 1.0f);
+    return;
+  }
   // d(drop x) = ((k − 1) ⊙ dy) W + dh A; g is reused for (k − 1) ⊙ dy.
   for (int64_t t = 0; t < n; ++t)
     for (int64_t i = 0; i < out; ++i) pg[t * out + i] = (k[i] - 1.0f) * pdy[t * out + i];
-  Tensor dx2 = dx->view({n, in});
-  if (!dropped_) {
-    base.matmul_weight_t(g, dx2, 1.0f);
-    kernels::gemm(dh, false, A.value, false, dx2, 1.0f, 1.0f);
-    return;
+  if (base.weight.trainable) {  // a trainable base (not PEFT's use): u = drop(x) Wᵀ adds to dW
+    Tensor wg = base.weight.grad;  // shares the gradient's storage
+    kernels::gemm(g, true, xd_, false, wg, 1.0f, 1.0f);
   }
   Tensor dxd = ctx.alloc({n, in});
   base.matmul_weight_t(g, dxd);

@@ -98,10 +98,12 @@ struct Layer {
 struct FdCase {
   bool bias, rslora;
   float dropout;
+  bool trainable_base = false;
 };
 
 void check_dora_layer(const FdCase& c) {
   Layer l(7, 5, c.bias, c.rslora, c.dropout, 11);
+  if (c.trainable_base) l.lin.set_trainable(true);
   // The norm is a constant in DoRA's backward: freeze it so finite differences see the same.
   l.dora.fixed_norm = l.dora.weight_norm(l.lin, DoraNorm::Fast);
   Tensor x = opcheck::random({2, 3, 7}, 3);
@@ -121,6 +123,13 @@ void check_dora_layer(const FdCase& c) {
   opcheck::expect_grad(l.dora.B.grad, opcheck::finite_diff(l.dora.B.value, loss, 1e-2f), 1e-4, "dB");
   opcheck::expect_grad(l.dora.magnitude.grad,
                        opcheck::finite_diff(l.dora.magnitude.value, loss, 1e-2f), 1e-4, "dm");
+  if (c.trainable_base) {
+    opcheck::expect_grad(l.lin.weight.grad, opcheck::finite_diff(l.lin.weight.value, loss, 1e-2f),
+                         1e-4, "dW");
+    if (c.bias)
+      opcheck::expect_grad(l.lin.bias.grad, opcheck::finite_diff(l.lin.bias.value, loss, 1e-2f),
+                           1e-4, "db");
+  }
   // The gradient with the live norm (no fixed_norm) is the same: the norm is detached.
   l.dora.fixed_norm = Tensor();
   Tensor ga = l.dora.A.grad.clone(), gm = l.dora.magnitude.grad.clone();
@@ -137,6 +146,10 @@ void check_dora_layer(const FdCase& c) {
 TEST(DoraLinear, FiniteDifferences) { check_dora_layer({true, false, 0.0f}); }
 TEST(DoraLinear, FiniteDifferencesRsloraNoBias) { check_dora_layer({false, true, 0.0f}); }
 TEST(DoraLinear, FiniteDifferencesDropout) { check_dora_layer({true, false, 0.3f}); }
+// A trainable base weight (not PEFT's use) still gets the exact gradient, with and without the
+// base-gradient factors that Linear applies for DoRA.
+TEST(DoraLinear, FiniteDifferencesTrainableBase) { check_dora_layer({true, false, 0.0f, true}); }
+TEST(DoraLinear, FiniteDifferencesTrainableBaseDropout) { check_dora_layer({true, false, 0.3f, true}); }
 
 TEST(DoraLinear, FastNormsEqualReferenceAndDirectSum) {
   for (DType t : {DType::F32, DType::BF16, DType::Q8_0}) {
@@ -657,8 +670,8 @@ TEST(DoraAnalysis, CsvAndSvg) {
   EXPECT_NE(svg.find("test &lt;plot&gt;"), std::string::npos);
   EXPECT_NE(svg.find(">ft</text>"), std::string::npos);
   EXPECT_NE(svg.find(">lora</text>"), std::string::npos);
-  // ΔM falls as ΔD rises in both panels: a negative slope and r = -1.
-  EXPECT_NE(svg.find("r = -1.00"), std::string::npos);
+  // ΔM falls as ΔD rises in both panels: r = -1 within the checkpoint.
+  EXPECT_NE(svg.find("r(ΔD, ΔM): final -1.00"), std::string::npos);
   size_t markers = 0;
   for (size_t p = svg.find("<title>"); p != std::string::npos; p = svg.find("<title>", p + 1)) ++markers;
   EXPECT_EQ(markers, pts.size());
