@@ -5,7 +5,8 @@
 
 Runs `<BUILD_DIR>/test_peft --gtest_filter=PeftExport.*` with LORAFIT_PEFT_EXPORT=<tmp>, which
 makes adapters with lorafit (random A and B, so the adapter changes the output) on the tiny BERT,
-tiny Llama and MiniLM bases, saves them with PeftModel::save_pretrained and writes lorafit's
+tiny Llama and MiniLM bases (LoRA, and DoRA with lora_magnitude_vector from
+PeftExport.DoraForPythonCheck in tests/peft/dora_test.cpp), saves them with PeftModel::save_pretrained and writes lorafit's
 logits on a fixed batch. For each adapter this script then
   1. loads it with PeftModel.from_pretrained (transformers + peft from PyPI),
   2. asserts that every tensor in adapter_model.safetensors was loaded (set_peft_model_state_dict

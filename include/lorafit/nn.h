@@ -107,6 +107,12 @@ class LinearAdapter {
   virtual void backward(Context& ctx, const Linear& base, const Tensor& dy, Tensor* dx) = 0;
   // false: skipped in forward and backward (disabled, or merged into the weight).
   virtual bool active() const { return true; }
+  // Optional per-output-feature factors c [out] for the base path's gradient: when an active
+  // adapter returns them (after its forward), Linear::backward takes W's and x's gradients
+  // through x Wᵀ with c ⊙ dy instead of dy (the bias still gets dy). DoRA without dropout
+  // rescales the base output row-wise (y = k ⊙ x Wᵀ + ...): this saves it a second product with
+  // W. At most one active adapter of a Linear may return factors.
+  virtual const float* base_grad_scale() const { return nullptr; }
 };
 
 // y = x Wᵀ + b. weight [out, in], bias [out] optional (F32). A frozen weight may also be F16,
@@ -129,6 +135,15 @@ class Linear : public Module {
   // adapters run their backward either way (dx = nullptr when !need_input_grad).
   Tensor backward(Context& ctx, const Tensor& dy, bool need_input_grad = true);
   void parameters(const std::string& prefix, NamedParameters& out) override;
+
+  // Products with the weight alone (no bias, no adapters), through the same fp32 tiles as
+  // forward/backward for a quantized weight (adapters such as DoRA need W·x and row norms of W):
+  //   matmul_weight:   y [n, out] = x [n, in] · Wᵀ + beta · y
+  //   matmul_weight_t: dx [n, in] = dy [n, out] · W + beta · dx
+  //   weight_rows:     rows [r0, r1) of W as fp32 into dst [(r1 - r0) · in]
+  void matmul_weight(const Tensor& x, Tensor& y, float beta = 0.0f) const;
+  void matmul_weight_t(const Tensor& dy, Tensor& dx, float beta = 0.0f) const;
+  void weight_rows(int64_t r0, int64_t r1, float* dst) const;
 
   Parameter weight;
   Parameter bias;

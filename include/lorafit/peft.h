@@ -75,7 +75,7 @@ struct AdapterConfig {
   std::optional<std::vector<std::string>> modules_to_save;
   std::string bias = "none";  // only "none" is supported; others are refused
   bool use_rslora = false;
-  bool use_dora = false;      // DoRA: refused for now (next issue)
+  bool use_dora = false;      // DoRA: adapters are DoraLinear (magnitude vector per row)
   bool fan_in_fan_out = false;  // must be false (no Conv1D models here)
   LoraInit init_lora_weights = LoraInit::Default;
   bool inference_mode = false;
@@ -112,7 +112,8 @@ class LoraLinear : public nn::LinearAdapter {
 
   // Fills A and B as PEFT does for `init`, drawing from `seed` (counter-based, reproducible).
   // Pissa/Olora also rewrite base.weight (must be F32) to W − s·B A.
-  void init(nn::Linear& base, LoraInit init, uint64_t seed);
+  // (virtual: DoraLinear also sets its magnitude.)
+  virtual void init(nn::Linear& base, LoraInit init, uint64_t seed);
 
   void forward(nn::Context& ctx, const nn::Linear& base, const Tensor& x, Tensor& y) override;
   void backward(nn::Context& ctx, const nn::Linear& base, const Tensor& dy, Tensor* dx) override;
@@ -122,8 +123,11 @@ class LoraLinear : public nn::LinearAdapter {
   // ΔW = s · B A [out, in].
   Tensor delta_weight() const;
   // W += ΔW / W −= ΔW on an F32 base weight (throws for a quantized base: dequantize first).
-  void merge(nn::Linear& base);
-  void unmerge(nn::Linear& base);
+  virtual void merge(nn::Linear& base);
+  virtual void unmerge(nn::Linear& base);
+  // Trainable tensors besides A and B, with the key suffix they are saved under after
+  // "base_model.model.<module path>." (DoRA: {"lora_magnitude_vector", &magnitude}).
+  virtual std::vector<std::pair<std::string, nn::Parameter*>> extra_parameters() { return {}; }
 
   int64_t r() const { return r_; }
   double alpha() const { return alpha_; }
@@ -146,6 +150,68 @@ class LoraLinear : public nn::LinearAdapter {
   bool routed_ = false;  // last forward was a mixed batch (no backward)
   void forward_routed(nn::Context& ctx, const nn::Linear& base, const Tensor& x, Tensor& y);
   uint64_t drop_seed_ = 0, drop_counter_ = 0;
+};
+
+// ---- DoRA (Liu et al. 2024; PEFT use_dora) ----------------------------------------------------
+
+// How DoraLinear gets the row norms ‖W + s·B A‖ [out]:
+//   Fast       ‖w_i‖² + 2s·B_i (A w_i) + s²·B_i (A Aᵀ) B_iᵀ: one [r, in]·Wᵀ product and an r×r
+//              Gram matrix; nothing of size [out, in] is allocated.
+//   Reference  materializes W + s·B A [out, in] and takes its row norms, as PEFT does (kept for
+//              tests and for the benchmark).
+enum class DoraNorm { Fast, Reference };
+
+// DoRA on one Linear: W' = m ⊙ (W + s·B A) / ‖W + s·B A‖ row-wise, with the norm treated as a
+// constant in backward (DoRA §4.3; PEFT always detaches it). Forward as PEFT's DoraLinearLayer,
+// with k = m / ‖W + s·B A‖ [out]:
+//   no dropout (or eval):  u = y − b (y as it arrives: x Wᵀ + b plus any adapter attached
+//                          before this one, exactly as PEFT's base_result)
+//   dropout in training:   u = drop(x) Wᵀ (a second product with the base weight)
+//   y += (k − 1) ⊙ u + k ⊙ s · drop(x) Aᵀ Bᵀ
+// Backward (v = u + s · h Bᵀ saved [n, out], h = drop(x) Aᵀ [n, r]):
+//   dm += Σ_rows dy ⊙ v / ‖·‖;  g = k ⊙ dy;  dB += s gᵀ h;  dh = s g B;  dA += dhᵀ drop(x)
+//   dx += drop'(((k − 1) ⊙ dy) W + dh A)
+// Without dropout the (k − 1) term is folded into the base product instead (base_grad_scale()
+// returns k: Linear computes (k ⊙ dy) W once, as autograd does for PEFT), so DoRA adds no
+// product with W to LoRA's backward; with dropout it is a second product, as in PEFT.
+// Training with another adapter active before this one on the same Linear (no dropout) would
+// need the (k − 1) factor inside that adapter's backward: backward throws for it (forward is
+// PEFT's). magnitude = lora_magnitude_vector [out], F32, trainable with A and B.
+class DoraLinear : public LoraLinear {
+ public:
+  DoraLinear(const nn::Linear& base, int64_t r, double alpha, bool use_rslora, float dropout);
+
+  // LoRA init, then m = ‖W + s·B A‖ per row, as PEFT's dora_init (so the adapted weight starts
+  // equal to W + s·B A; with B = 0, m = ‖W‖).
+  void init(nn::Linear& base, LoraInit init, uint64_t seed) override;
+
+  void forward(nn::Context& ctx, const nn::Linear& base, const Tensor& x, Tensor& y) override;
+  void backward(nn::Context& ctx, const nn::Linear& base, const Tensor& dy, Tensor* dx) override;
+
+  // ‖W + s·B A‖ per output row [out] (F32; accumulated in double), by `how`.
+  Tensor weight_norm(const nn::Linear& base, DoraNorm how) const;
+  // W ← (m / ‖W + s·B A‖) ⊙ (W + s·B A) row-wise (F32 base); the norm is kept for unmerge, which
+  // computes W ← W / (m / norm) − s·B A. Throws when another adapter is merged into the same
+  // base (PEFT then takes the norm of the weight without it; not supported here).
+  void merge(nn::Linear& base) override;
+  void unmerge(nn::Linear& base) override;
+  std::vector<std::pair<std::string, nn::Parameter*>> extra_parameters() override {
+    return {{"lora_magnitude_vector", &magnitude}};
+  }
+  // k after a forward without dropout (see above); nullptr otherwise.
+  const float* base_grad_scale() const override;
+
+  nn::Parameter magnitude;            // lora_magnitude_vector [out]
+  DoraNorm norm_mode = DoraNorm::Fast;
+  // For finite-difference checks only: when defined ([out]), forward uses it as ‖W + s·B A‖, so
+  // the norm is a true constant and the detached-norm gradients are exact derivatives.
+  Tensor fixed_norm;
+
+ private:
+  Tensor xd_, h_, v_, norm_, k_;  // saved by forward
+  bool dropped_ = false, stacked_ = false;
+  uint64_t drop_seed_ = 0, drop_counter_ = 0;
+  Tensor merged_norm_;  // ‖W + s·B A‖ at merge time
 };
 
 // ---- the adapted model -----------------------------------------------------------------------
@@ -313,5 +379,36 @@ void save_merged_gguf(models::Model& model, const std::vector<std::string>& merg
 // the model came from), model.safetensors with HF tensor names, all F32 (tokenizer files copied
 // when present). Atomic (temp folder + rename).
 void save_merged_hf(models::Model& model, const std::string& base_dir, const std::string& out_dir);
+
+// ---- DoRA's weight-decomposition analysis (Liu et al. 2024, §2.2 and Fig. 2) ------------------
+
+// Magnitude and direction change of a fine-tuned weight W_ft against its base W_0 (both F32
+// [out, in]), per output row i (the paper's columns, m = ‖w_i‖):
+//   ΔM = mean_i |‖w_ft,i‖ − ‖w_0,i‖|,   ΔD = mean_i (1 − cos(w_ft,i, w_0,i))   (in double).
+// A zero row counts as cosine 1 with another zero row and 0 otherwise. Throws on shape mismatch.
+struct WeightDelta {
+  double delta_m = 0;
+  double delta_d = 0;
+};
+WeightDelta weight_decomposition_delta(const Tensor& w0, const Tensor& wft, const std::string& what = "");
+
+// One point of the analysis: a module of one checkpoint of one method.
+struct AnalysisPoint {
+  std::string method;      // e.g. "ft", "lora", "dora"
+  std::string checkpoint;  // e.g. "final", "step100"
+  std::string module_path; // HF path, e.g. "bert.encoder.layer.3.attention.self.query"
+  int64_t layer = -1;      // the number after layer/layers/h/blocks in the path (-1: none)
+  std::string module;      // the path after "<layers>.<i>." (the whole path when no layer)
+  double delta_m = 0, delta_d = 0;
+};
+// Splits a module path into (layer index, module name) as AnalysisPoint describes.
+std::pair<int64_t, std::string> split_layer_path(const std::string& module_path);
+// CSV with header method,checkpoint,layer,module,module_path,delta_m,delta_d (%.9g), atomic.
+void write_analysis_csv(const std::string& path, const std::vector<AnalysisPoint>& points);
+// A standalone SVG like the paper's Fig. 2: one scatter panel per method (in first-seen order),
+// ΔD on x, ΔM on y, colour = layer, marker shape = checkpoint, filled/hollow = module; each panel
+// notes the Pearson correlation of ΔD and ΔM within each checkpoint (≥ 3 points). Atomic.
+void write_analysis_svg(const std::string& path, const std::vector<AnalysisPoint>& points,
+                        const std::string& title);
 
 }  // namespace lorafit::peft

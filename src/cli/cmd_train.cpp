@@ -296,6 +296,7 @@ const std::vector<OptSpec> kTrainOpts = {
     {"target-modules", "list", "", "modules that get LoRA; default by architecture: BERT query,value; Llama q_proj,v_proj"},
     {"modules-to-save", "list", "", "modules trained whole besides LoRA; default for classification: classifier"},
     {"use-rslora", "bool", "false", "scale by alpha/sqrt(r) (rsLoRA)"},
+    {"use-dora", "bool", "false", "DoRA: LoRA direction + a trained magnitude per output row (PEFT use_dora)"},
     {"train-modules", "list", "", "method full: only parameters whose name contains one of these"},
     {"lr", "num", "", "peak learning rate [default: 5e-4 for lora/head, 5e-5 for full]"},
     {"loraplus-ratio", "num", "1", "LoRA+: lr of lora_B = ratio x lr (the paper suggests 16)"},
@@ -391,7 +392,8 @@ int cmd_train(int argc, char** argv) {
     const std::string method = o.str("method");
     if (method != "lora" && method != "full" && method != "head")
       throw Error("[train] --method '" + method + "': expected lora, full or head");
-    if (method != "lora" && (o.has("lora-r") || o.has("target-modules") || o.has("lora-alpha")))
+    if (method != "lora" && (o.has("lora-r") || o.has("target-modules") || o.has("lora-alpha") ||
+                             o.has("use-dora")))
       throw Error("[train] --lora-* and --target-modules apply to --method lora only (method is " + method + ")");
     if (method != "full" && o.has("train-modules"))
       throw Error("[train] --train-modules applies to --method full only; with LoRA use --target-modules / --modules-to-save");
@@ -480,6 +482,7 @@ int cmd_train(int argc, char** argv) {
       acfg.lora_alpha = o.number("lora-alpha");
       acfg.lora_dropout = o.number("lora-dropout");
       acfg.use_rslora = o.flag("use-rslora");
+      acfg.use_dora = o.flag("use-dora");
       acfg.target_modules = o.list("target-modules");
       if (acfg.target_modules.empty()) acfg.target_modules = default_targets(mc.arch);
       if (o.has("modules-to-save")) acfg.modules_to_save = o.list("modules-to-save");

@@ -68,19 +68,7 @@ Tensor Linear::forward(Context& ctx, const Tensor& x) {
   Tensor x2 = x.view({n, in_});
   Tensor y2 = y.view({n, out_});
   if (n > 0) {
-    if (w.dtype() == DType::F32) {
-      kernels::gemm(x2, false, w, true, y2);  // y [n, out] = x [n, in] · Wᵀ
-    } else {
-      // y[:, r0:r1] = x · W[r0:r1]ᵀ, one fp32 tile of W at a time.
-      int64_t tr = tile_rows(in_, out_);
-      std::vector<float> tile(static_cast<size_t>(tr * in_));
-      for (int64_t r0 = 0; r0 < out_; r0 += tr) {
-        int64_t r1 = std::min(out_, r0 + tr);
-        weight_rows_to_f32(w, r0, r1, tile.data());
-        kernels::gemm_raw(false, true, n, r1 - r0, in_, 1.0f, x2.f32(), in_, tile.data(), in_, 0.0f,
-                          y2.f32() + r0, out_);
-      }
-    }
+    matmul_weight(x2, y2);  // y [n, out] = x [n, in] · Wᵀ
     if (has_bias()) kernels::add_bias(y2, bias.value);
   }
   for (LinearAdapter* a : adapters)
@@ -98,9 +86,25 @@ Tensor Linear::backward(Context& ctx, const Tensor& dy, bool need_input_grad) {
           tensor::shape_str(detail::with_last(x_.shape(), out_)));
   const int64_t n = x_.numel() / in_;
   Tensor dy2 = dy.view({n, out_});
+  // An adapter may rescale the base output per feature (DoRA): dyw = c ⊙ dy for x Wᵀ's part.
+  const float* c = nullptr;
+  for (LinearAdapter* a : adapters) {
+    if (!a->active()) continue;
+    const float* ca = a->base_grad_scale();
+    NN_CHECK(!(ca && c), kOp, "two active adapters rescale the base output of one Linear");
+    if (ca) c = ca;
+  }
+  Tensor dyw = dy2;
+  if (c != nullptr && n > 0) {
+    dyw = Tensor::empty({n, out_});  // heap: freed when backward returns
+    const float* s = dy2.f32();
+    float* d = dyw.f32();
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t i = 0; i < out_; ++i) d[t * out_ + i] = c[i] * s[t * out_ + i];
+  }
   // forward was: y = x Wᵀ + b
   if (weight.trainable && n > 0)
-    kernels::gemm(dy2, true, x_.view({n, in_}), false, weight.grad, 1.0f, 1.0f);  // dW += dyᵀ x
+    kernels::gemm(dyw, true, x_.view({n, in_}), false, weight.grad, 1.0f, 1.0f);  // dW += dywᵀ x
   if (has_bias() && bias.trainable && n > 0) kernels::bias_backward(dy2, bias.grad);  // db += Σ dy
   if (!need_input_grad) {
     for (auto it = adapters.rbegin(); it != adapters.rend(); ++it)
@@ -110,23 +114,71 @@ Tensor Linear::backward(Context& ctx, const Tensor& dy, bool need_input_grad) {
   Tensor dx = ctx.alloc(x_.shape());
   Tensor dx2 = dx.view({n, in_});
   if (n == 0) return dx;
-  const Tensor& w = weight.value;
-  if (w.dtype() == DType::F32) {
-    kernels::gemm(dy2, false, w, false, dx2);  // dx [n, in] = dy [n, out] · W [out, in]
-  } else {
-    // dx = Σ_tiles dy[:, r0:r1] · W[r0:r1]
-    int64_t tr = tile_rows(in_, out_);
-    std::vector<float> tile(static_cast<size_t>(tr * in_));
-    for (int64_t r0 = 0; r0 < out_; r0 += tr) {
-      int64_t r1 = std::min(out_, r0 + tr);
-      weight_rows_to_f32(w, r0, r1, tile.data());
-      kernels::gemm_raw(false, false, n, in_, r1 - r0, 1.0f, dy2.f32() + r0, out_, tile.data(), in_,
-                        r0 == 0 ? 0.0f : 1.0f, dx2.f32(), in_);
-    }
-  }
+  matmul_weight_t(dyw, dx2);  // dx [n, in] = dyw [n, out] · W [out, in]
   for (auto it = adapters.rbegin(); it != adapters.rend(); ++it)
     if ((*it)->active()) (*it)->backward(ctx, *this, dy, &dx);  // dx += adapter path
   return dx;
+}
+
+void Linear::matmul_weight(const Tensor& x, Tensor& y, float beta) const {
+  const Tensor& w = weight.value;
+  const int64_t n = x.numel() / in_;
+  NN_CHECK(x.numel() == n * in_ && y.numel() == n * out_, kOp,
+           "matmul_weight: " + detail::desc("x", x) + " and " + detail::desc("y", y) +
+               " do not fit weight " + w.str());
+  if (n == 0) return;
+  Tensor x2 = x.view({n, in_});
+  Tensor y2 = y.view({n, out_});
+  if (w.dtype() == DType::F32) {
+    kernels::gemm(x2, false, w, true, y2, 1.0f, beta);  // y = x · Wᵀ + beta · y
+    return;
+  }
+  // y[:, r0:r1] = x · W[r0:r1]ᵀ, one fp32 tile of W at a time.
+  int64_t tr = tile_rows(in_, out_);
+  std::vector<float> tile(static_cast<size_t>(tr * in_));
+  for (int64_t r0 = 0; r0 < out_; r0 += tr) {
+    int64_t r1 = std::min(out_, r0 + tr);
+    weight_rows_to_f32(w, r0, r1, tile.data());
+    kernels::gemm_raw(false, true, n, r1 - r0, in_, 1.0f, x2.f32(), in_, tile.data(), in_, beta,
+                      y2.f32() + r0, out_);
+  }
+}
+
+void Linear::matmul_weight_t(const Tensor& dy, Tensor& dx, float beta) const {
+  const Tensor& w = weight.value;
+  const int64_t n = dy.numel() / out_;
+  NN_CHECK(dy.numel() == n * out_ && dx.numel() == n * in_, kOp,
+           "matmul_weight_t: " + detail::desc("dy", dy) + " and " + detail::desc("dx", dx) +
+               " do not fit weight " + w.str());
+  if (n == 0) return;
+  Tensor dy2 = dy.view({n, out_});
+  Tensor dx2 = dx.view({n, in_});
+  if (w.dtype() == DType::F32) {
+    kernels::gemm(dy2, false, w, false, dx2, 1.0f, beta);  // dx = dy · W + beta · dx
+    return;
+  }
+  // dx = Σ_tiles dy[:, r0:r1] · W[r0:r1]
+  int64_t tr = tile_rows(in_, out_);
+  std::vector<float> tile(static_cast<size_t>(tr * in_));
+  for (int64_t r0 = 0; r0 < out_; r0 += tr) {
+    int64_t r1 = std::min(out_, r0 + tr);
+    weight_rows_to_f32(w, r0, r1, tile.data());
+    kernels::gemm_raw(false, false, n, in_, r1 - r0, 1.0f, dy2.f32() + r0, out_, tile.data(), in_,
+                      r0 == 0 ? beta : 1.0f, dx2.f32(), in_);
+  }
+}
+
+void Linear::weight_rows(int64_t r0, int64_t r1, float* dst) const {
+  const Tensor& w = weight.value;
+  NN_CHECK(0 <= r0 && r0 <= r1 && r1 <= out_, kOp,
+           "weight_rows [" + std::to_string(r0) + ", " + std::to_string(r1) + ") outside " + w.str());
+  if (w.dtype() == DType::F32) {
+    std::copy(w.f32() + r0 * in_, w.f32() + r1 * in_, dst);
+    return;
+  }
+  NN_CHECK(weight_dtype_supported(w.dtype()), kOp,
+           std::string("weight dtype ") + tensor::dtype_name(w.dtype()) + " is not supported yet");
+  weight_rows_to_f32(w, r0, r1, dst);
 }
 
 }  // namespace lorafit::nn

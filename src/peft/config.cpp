@@ -69,7 +69,6 @@ void AdapterConfig::validate(const std::string& where) const {
   }
   if (bias != "none")
     bad("bias", "'" + bias + "' is not supported (only \"none\"; bias training is not implemented)");
-  if (use_dora) bad("use_dora", "DoRA is not supported yet");
   if (fan_in_fan_out) bad("fan_in_fan_out", "must be false (no Conv1D layers here)");
   for (const auto& [k, v] : rank_pattern)
     if (v <= 0) bad("rank_pattern", "rank for '" + k + "' must be positive, got " + std::to_string(v));

@@ -132,8 +132,13 @@ void PeftModel::add_adapter(const std::string& name, const AdapterConfig& cfg_in
     if (!target_matches(cfg, path, is_head)) continue;
     if (!mts.empty() && inside_any(mts, path)) continue;  // replaced whole by modules_to_save
     const int64_t r = cfg.rank_for(path);
-    auto layer = std::make_unique<LoraLinear>(*lin, r, cfg.alpha_for(path), cfg.use_rslora,
-                                              static_cast<float>(cfg.lora_dropout));
+    std::unique_ptr<LoraLinear> layer;
+    if (cfg.use_dora)
+      layer = std::make_unique<DoraLinear>(*lin, r, cfg.alpha_for(path), cfg.use_rslora,
+                                           static_cast<float>(cfg.lora_dropout));
+    else
+      layer = std::make_unique<LoraLinear>(*lin, r, cfg.alpha_for(path), cfg.use_rslora,
+                                           static_cast<float>(cfg.lora_dropout));
     // One stream per module: seed mixed with the module's index, so adding a target does not
     // shift the others' initial values.
     layer->init(*lin, cfg.init_lora_weights, nn::random_u64(seed, 0x10000 + i));
@@ -210,6 +215,8 @@ void PeftModel::attach_all() {
       const bool t = on && a->trainable;
       if (l->A.trainable != t) l->A.set_trainable(t);
       if (l->B.trainable != t) l->B.set_trainable(t);
+      for (auto& [key, p] : l->extra_parameters())
+        if (p->trainable != t) p->set_trainable(t);
     }
     for (auto& s : a->saved) {
       const bool t = on && a->trainable;
@@ -252,6 +259,8 @@ nn::NamedParameters PeftModel::trainable_parameters() {
       LoraLinear& l = *a.layers[i];
       if (l.A.trainable) out.emplace_back(kPrefix + a.targets[i].first + ".lora_A.weight", &l.A);
       if (l.B.trainable) out.emplace_back(kPrefix + a.targets[i].first + ".lora_B.weight", &l.B);
+      for (auto& [key, p] : l.extra_parameters())
+        if (p->trainable) out.emplace_back(kPrefix + a.targets[i].first + "." + key, p);
     }
     for (auto& s : a.saved)
       if (s.param->trainable && s.param->value.same_storage(s.own.value))
@@ -272,6 +281,10 @@ ParameterCount PeftModel::count_parameters() {
       c.total += l->A.value.numel() + l->B.value.numel();
       if (l->A.trainable) c.trainable += l->A.value.numel();
       if (l->B.trainable) c.trainable += l->B.value.numel();
+      for (auto& [key, p] : l->extra_parameters()) {
+        c.total += p->value.numel();
+        if (p->trainable) c.trainable += p->value.numel();
+      }
     }
     for (auto& s : a->saved) {
       c.total += s.own.value.numel();  // PEFT keeps the original and a copy per adapter
@@ -296,6 +309,8 @@ std::vector<std::pair<std::string, Tensor>> PeftModel::adapter_state(const std::
   for (size_t i = 0; i < a.targets.size(); ++i) {
     t.emplace_back(kPrefix + a.targets[i].first + ".lora_A.weight", a.layers[i]->A.value);
     t.emplace_back(kPrefix + a.targets[i].first + ".lora_B.weight", a.layers[i]->B.value);
+    for (auto& [key, p] : a.layers[i]->extra_parameters())
+      t.emplace_back(kPrefix + a.targets[i].first + "." + key, p->value);
   }
   for (auto& s : a.saved) t.emplace_back(kPrefix + s.name, s.own.value);
   return t;
@@ -368,6 +383,8 @@ void PeftModel::load_adapter(const std::string& adapter_dir, const std::string& 
     for (size_t i = 0; i < a.targets.size(); ++i) {
       take(kPrefix + a.targets[i].first + ".lora_A.weight", a.layers[i]->A.value);
       take(kPrefix + a.targets[i].first + ".lora_B.weight", a.layers[i]->B.value);
+      for (auto& [key, p] : a.layers[i]->extra_parameters())
+        take(kPrefix + a.targets[i].first + "." + key, p->value);
     }
     for (auto& s : a.saved) {
       const std::string key = kPrefix + s.name;

@@ -441,8 +441,9 @@ TEST(PeftErrors, BadConfigsNameTheField) {
       "'target_modules': [q_proj] matches no Linear");
   expect_load_error([](auto& d) { edit_config(d, [](io::json& j) { j["bias"] = "all"; }); },
                     "'bias'");
+  // use_dora on a plain LoRA folder: the magnitude vectors are missing.
   expect_load_error([](auto& d) { edit_config(d, [](io::json& j) { j["use_dora"] = true; }); },
-                    "'use_dora'");
+                    ".lora_magnitude_vector' is missing");
   expect_load_error([](auto& d) { edit_config(d, [](io::json& j) { j.erase("peft_type"); }); },
                     "'peft_type' is missing");
   expect_load_error([](auto& d) { fs::remove(d + "/adapter_config.json"); }, "adapter_config.json");
