@@ -337,9 +337,15 @@ class RankAllocator {
   Step update_and_allocate(int64_t global_step);
 
   // The last mask: "<path>.lora_E" -> keep flags (PEFT's rank_pattern; empty before any mask).
-  const std::vector<std::pair<std::string, std::vector<bool>>>& rank_pattern() const { return pattern_; }
+  const std::vector<std::pair<std::string, std::vector<bool>>>& rank_pattern() const {
+    return pattern_;
+  }
   // Per layer, the triplet scores S of the last mask computation (for checks).
   const std::vector<std::vector<float>>& last_scores() const { return scores_; }
+  // The allocator's state (importance EMAs, last mask) as named F32 tensors, for checkpoints, and
+  // its restore (an exact --resume); errors name `origin` and the tensor.
+  std::vector<std::pair<std::string, Tensor>> state() const;
+  void load_state(const io::SafetensorsFile& f, const std::string& origin);
   int64_t init_budget() const { return init_bgt_; }
   int64_t target_budget() const { return target_bgt_; }
 

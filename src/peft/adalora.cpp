@@ -3,6 +3,7 @@
 // fields of adapter_config.json.
 #include <algorithm>
 #include <cmath>
+#include <tuple>
 #include <vector>
 
 #include "lorafit/kernels.h"
@@ -317,6 +318,63 @@ RankAllocator::Step RankAllocator::update_and_allocate(int64_t step) {
     r.masked = !pattern_.empty();
   }
   return r;
+}
+
+std::vector<std::pair<std::string, Tensor>> RankAllocator::state() const {
+  std::vector<std::pair<std::string, Tensor>> out;
+  auto vec = [](const std::vector<float>& v) {
+    Tensor t = Tensor::zeros({static_cast<int64_t>(v.size())});
+    std::copy(v.begin(), v.end(), t.f32());
+    return t;
+  };
+  if (have_ema_)
+    for (size_t l = 0; l < layers_.size(); ++l)
+      for (auto [w, e] : {std::pair{".lora_A", &ema_a_[l]}, std::pair{".lora_E", &ema_e_[l]},
+                          std::pair{".lora_B", &ema_b_[l]}}) {
+        if (e->ipt.empty()) continue;
+        out.emplace_back("exp_avg_ipt." + layers_[l].first + w, vec(e->ipt));
+        out.emplace_back("exp_avg_unc." + layers_[l].first + w, vec(e->unc));
+      }
+  for (const auto& [k, m] : pattern_) {
+    std::vector<float> f(m.begin(), m.end());
+    out.emplace_back("rank_pattern." + k, vec(f));
+  }
+  return out;
+}
+
+void RankAllocator::load_state(const io::SafetensorsFile& f, const std::string& origin) {
+  auto get = [&](const std::string& name, size_t n) {
+    Tensor t = f.get_f32(name);
+    if (static_cast<size_t>(t.numel()) != n)
+      fail(origin + ": tensor '" + name + "' has " + std::to_string(t.numel()) + " values, expected " +
+           std::to_string(n));
+    return std::vector<float>(t.f32(), t.f32() + t.numel());
+  };
+  const std::string probe = "exp_avg_ipt." + layers_[0].first + ".lora_A";
+  have_ema_ = f.contains(probe);
+  ema_a_.assign(layers_.size(), {});
+  ema_e_.assign(layers_.size(), {});
+  ema_b_.assign(layers_.size(), {});
+  if (!have_ema_) ema_a_.clear(), ema_e_.clear(), ema_b_.clear();
+  pattern_.clear();
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    SVDLinear& s = *layers_[l].second;
+    if (have_ema_)
+      for (auto [w, e, p] : {std::tuple{".lora_A", &ema_a_[l], &s.A}, std::tuple{".lora_E", &ema_e_[l], &s.E},
+                             std::tuple{".lora_B", &ema_b_[l], &s.B}}) {
+        const size_t n = static_cast<size_t>(p->value.numel());
+        e->ipt = get("exp_avg_ipt." + layers_[l].first + w, n);
+        e->unc = get("exp_avg_unc." + layers_[l].first + w, n);
+      }
+    const std::string key = "rank_pattern." + layers_[l].first + ".lora_E";
+    if (f.contains(key)) {
+      std::vector<float> m = get(key, static_cast<size_t>(s.rank()));
+      pattern_.emplace_back(layers_[l].first + ".lora_E", std::vector<bool>(m.begin(), m.end()));
+    }
+  }
+  if (!pattern_.empty() && pattern_.size() != layers_.size())
+    fail(origin + ": rank_pattern covers " + std::to_string(pattern_.size()) + " of " +
+         std::to_string(layers_.size()) + " AdaLoRA modules");
 }
 
 // ---- PeftModel hooks ---------------------------------------------------------------------------------

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <string>
 #include <unistd.h>
@@ -401,6 +402,65 @@ TEST(AdaLoraFolder, TrainedFullRankAdapterSavesPrunedByItsPattern) {
     }
     if (k.find(layers[1].first + ".lora_B") != std::string::npos) EXPECT_EQ(t.dim(1), 1);
   }
+}
+
+// Exports AdaLoRA folders for tools/check_peft_load.py (which runs PeftExport.*): one unpruned, one
+// pruned by a rank_pattern (masked E rows zero, as the allocator leaves them), with lorafit's logits.
+TEST(PeftExport, AdaLoraForPythonCheck) {
+  const char* env_dir = std::getenv("LORAFIT_PEFT_EXPORT");
+  const std::string tmp =
+      (fs::temp_directory_path() / ("lorafit_adalora_export_" + std::to_string(::getpid()))).string();
+  const std::string dir = env_dir ? std::string(env_dir) : tmp;
+  fs::create_directories(dir);
+  io::SafetensorsFile ref = io::SafetensorsFile::open(kFix + "bert_adalora_ref.safetensors");
+  for (bool pruned : {false, true}) {
+    const std::string name = pruned ? "adalora_bert_pruned" : "adalora_bert";
+    models::LoadOptions lo;
+    lo.num_labels = 3;
+    lo.seed = 5;
+    auto model = models::load_model(kRoot + "tests/fixtures/models/tiny_bert", lo);
+    AdapterConfig c;
+    c.peft_type = "ADALORA";
+    c.task_type = "SEQ_CLS";
+    c.base_model_name_or_path = "tests/fixtures/models/tiny_bert";
+    c.target_modules = {"query", "value", "intermediate.dense"};
+    c.init_r = 4, c.target_r = 2, c.total_step = 100, c.tinit = 10, c.tfinal = 20, c.deltaT = 5;
+    c.lora_alpha = 8;
+    c.init_lora_weights = peft::LoraInit::Random;  // E nonzero: the adapter changes the output
+    PeftModel pm(*model, c, 99);
+    if (pruned) {
+      std::vector<std::pair<std::string, std::vector<bool>>> rp;
+      int i = 0;
+      for (auto& [path, l] : pm.adalora_layers()) {
+        std::vector<bool> m(4, false);
+        m[static_cast<size_t>(i % 4)] = true;  // 1..3 kept, different rows per module
+        if (i % 3 != 0) m[static_cast<size_t>((i + 2) % 4)] = true;
+        if (i % 5 == 4) m[static_cast<size_t>((i + 1) % 4)] = true;
+        for (size_t k = 0; k < 4; ++k)
+          if (!m[k]) l->E.value.f32()[k] = 0.0f;
+        rp.emplace_back(path + ".lora_E", m);
+        ++i;
+      }
+      pm.set_adalora_rank_pattern(rp);
+    }
+    const std::string folder = dir + "/" + name;
+    pm.save_pretrained(folder);
+    BertRun run = run_bert(*model, ref.get("input_ids").clone(), ref.get("attention_mask").clone(),
+                           ref.get("token_type_ids").clone(), nullptr);
+    std::vector<std::pair<std::string, Tensor>> t = {{"logits", run.logits}};
+    for (const char* k : {"input_ids", "attention_mask", "token_type_ids"}) t.emplace_back(k, ref.get(k).clone());
+    io::write_safetensors(dir + "/" + name + "_ours.safetensors", t,
+                          {{"base", "tests/fixtures/models/tiny_bert"}, {"count", pm.count_parameters().str()}});
+    // Our own reload of the folder (pruned ranks, ranknum init_r) gives the same logits.
+    auto fresh = models::load_model(kRoot + "tests/fixtures/models/tiny_bert", lo);
+    auto back = PeftModel::from_pretrained(*fresh, folder);
+    if (pruned)
+      for (auto& [path, l] : back->adalora_layers()) EXPECT_LT(l->rank(), 4) << path;
+    BertRun again = run_bert(*fresh, ref.get("input_ids").clone(), ref.get("attention_mask").clone(),
+                             ref.get("token_type_ids").clone(), nullptr);
+    EXPECT_LT(max_abs_diff(again.logits, run.logits), 1e-6) << name;
+  }
+  if (!env_dir) fs::remove_all(tmp);
 }
 
 TEST(AdaLoraConfig, ErrorsNameTheField) {

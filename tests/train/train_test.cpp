@@ -418,3 +418,61 @@ TEST(Cli, LoraResumeThroughTheCliIsExact) {
             1);
   fs::remove_all(work);
 }
+
+// AdaLoRA through the CLI: the allocator runs inside the loop (no user call), total_step is the
+// run's step count, the budget reaches target_r per module, final/ holds the pruned tensors and the
+// rank_pattern, and a stopped + resumed run (allocator state in the checkpoint) equals an
+// uninterrupted one.
+TEST(Cli, AdaLoraPrunesToTheTargetBudgetAndResumesExactly) {
+  auto dir = tiny_model_dir();
+  auto work = temp_dir("cli_adalora");
+  write(work / "train.tsv", synthetic_tsv(64, 6));
+  const std::string base = std::string(LORAFIT_BINARY) + " train --model " + dir.string() + " --train " +
+                           (work / "train.tsv").string() +
+                           " --method adalora --init-r 4 --target-r 2 --tinit 2 --tfinal 3 --delta-t 2"
+                           " --max-steps 12 --batch-size 8 --threads 1 --lr 1e-2 --lora-dropout 0";
+  ASSERT_EQ(run(base + " --output " + (work / "a").string()), 0);
+  auto cfg = io::read_json_file((work / "a/final/adapter_config.json").string());
+  EXPECT_EQ(cfg["peft_type"], "ADALORA");
+  EXPECT_EQ(cfg["total_step"], 12);
+  EXPECT_EQ(cfg["init_r"], 4);
+  EXPECT_EQ(cfg["target_r"], 2);
+  ASSERT_TRUE(cfg["rank_pattern"].is_object());
+  ASSERT_EQ(cfg["rank_pattern"].size(), 4u);  // query and value of both layers
+  auto st = io::SafetensorsFile::open((work / "a/final/adapter_model.safetensors").string());
+  int64_t kept_total = 0;
+  for (auto it = cfg["rank_pattern"].begin(); it != cfg["rank_pattern"].end(); ++it) {
+    auto mask = it.value().get<std::vector<bool>>();
+    ASSERT_EQ(mask.size(), 4u);
+    const int64_t kept = std::count(mask.begin(), mask.end(), true);
+    kept_total += kept;
+    const std::string mod = "base_model.model." + it.key().substr(0, it.key().size() - 7);  // - ".lora_E"
+    EXPECT_EQ(st.get(mod + ".lora_A").shape(), (tensor::Shape{kept, 32})) << mod;
+    EXPECT_EQ(st.get(mod + ".lora_E").shape(), (tensor::Shape{kept, 1})) << mod;
+    EXPECT_EQ(st.get(mod + ".lora_B").shape(), (tensor::Shape{32, kept})) << mod;
+  }
+  EXPECT_EQ(kept_total, 2 * 4);  // the target budget: target_r × modules
+  // The pruned folder loads for evaluation.
+  EXPECT_EQ(run(std::string(LORAFIT_BINARY) + " eval --model " + dir.string() + " --adapter " +
+                (work / "a/final").string() + " --data " + (work / "train.tsv").string()),
+            0);
+  // Stop after 5 steps (mid-budgeting), resume: identical weights and mask.
+  EXPECT_EQ(run(base + " --output " + (work / "b").string() + " --stop-after 5"), 130);
+  ASSERT_TRUE(fs::exists(work / "b/checkpoint/adalora_state.safetensors"));
+  ASSERT_EQ(run(base + " --output " + (work / "b").string() + " --resume " + (work / "b/checkpoint").string()), 0);
+  auto a = io::SafetensorsFile::open((work / "a/final/trainable.safetensors").string());
+  auto b = io::SafetensorsFile::open((work / "b/final/trainable.safetensors").string());
+  ASSERT_EQ(a.names(), b.names());
+  for (auto& n : a.names()) {
+    Tensor ta = a.get_f32(n), tb = b.get_f32(n);
+    ASSERT_EQ(ta.numel(), tb.numel());
+    for (int64_t i = 0; i < ta.numel(); ++i) ASSERT_EQ(ta.f32()[i], tb.f32()[i]) << n << " element " << i;
+  }
+  EXPECT_EQ(io::read_json_file((work / "b/final/adapter_config.json").string())["rank_pattern"], cfg["rank_pattern"]);
+  // AdaLoRA flags belong to --method adalora; --lora-r does not apply to it.
+  EXPECT_EQ(run(base + " --output " + (work / "c").string() + " --lora-r 4"), 1);
+  EXPECT_EQ(run(std::string(LORAFIT_BINARY) + " train --model " + dir.string() + " --train " +
+                (work / "train.tsv").string() + " --init-r 4 --output " + (work / "d").string()),
+            1);
+  fs::remove_all(work);
+}
