@@ -4,6 +4,7 @@
 //   LoraLinear         the LoRA branch attached to one nn::Linear (an nn::LinearAdapter):
 //                        y = x Wᵀ + b + s · dropout(x) Aᵀ Bᵀ,  s = alpha / r  (rsLoRA: alpha / √r)
 //                      A = lora_A.weight [r, in], B = lora_B.weight [out, r], both F32 trainable.
+//   SVDLinear, RankAllocator   AdaLoRA (peft_type "ADALORA"; section at the end of this file)
 //   PeftModel          injects named adapters into a models::Model by target_modules, freezes the
 //                      base, lists trainable parameters, saves/loads PEFT adapter folders,
 //                      merges / unmerges / merge_and_unload.
@@ -46,7 +47,7 @@ const char* lora_init_name(LoraInit init);  // "true", "false", "gaussian", "pis
 
 // PEFT LoraConfig (peft 0.21 names and defaults). Only the fields below are read or written.
 struct AdapterConfig {
-  std::string peft_type = "LORA";  // only "LORA" for now
+  std::string peft_type = "LORA";  // "LORA" or "ADALORA"
   std::string task_type;           // "SEQ_CLS", "CAUSAL_LM", ... ("" = null)
   std::string base_model_name_or_path;
   int64_t r = 8;

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <string>
@@ -208,12 +209,14 @@ TEST(AdaLoraParity, LogitsLossGradientsWithPeft) {
   EXPECT_GT(orth, 0.1);  // the term is not negligible here
 
   int checked = 0, svd_keys = 0;
+  double worst = 0;
   for (auto& [key, p] : pm->trainable_parameters()) {
     ASSERT_TRUE(ref.contains("grad." + key)) << "PEFT has no gradient for " << key;
     Tensor want = ref.get("grad." + key).view(p->grad.shape());
     const double rel = max_abs_diff(p->grad, want) / std::max(max_abs(want), 1e-12);
     EXPECT_LT(rel, 1e-4) << key;
     EXPECT_GT(max_abs(want), 0.0) << key;
+    worst = std::max(worst, rel);
     ++checked;
     svd_keys += key.find(".lora_") != std::string::npos;
   }
@@ -221,6 +224,10 @@ TEST(AdaLoraParity, LogitsLossGradientsWithPeft) {
   for (const auto& n : ref.names()) ref_grads += n.rfind("grad.", 0) == 0;
   EXPECT_EQ(checked, ref_grads);
   EXPECT_EQ(svd_keys, 12);  // A, E, B of 4 modules
+  std::printf("[ bert_adalora ] max |logits - PEFT| = %.3g, |ce - PEFT| = %.3g, |orth - PEFT| = %.3g, "
+              "%d gradients, max relative error %.3g\n",
+              max_abs_diff(run.logits, ref.get("logits")), std::fabs(run.ce - ref.get("ce").f32()[0]),
+              std::fabs(orth - ref.get("orth").f32()[0]), checked, worst);
 
   // Merge gives the same logits; unmerge restores.
   pm->merge();
@@ -315,6 +322,8 @@ TEST(AdaLoraAllocator, ReplaysPeftRunStepByStep) {
             << "E after step " << t;
   }
   EXPECT_EQ(n_masked, 26);
+  std::printf("[ run ] %lld steps replayed: budget %d -> %d, %d masks equal PEFT's (%d distinct)\n",
+              static_cast<long long>(T), budget.i32()[0], budget.i32()[T - 1], n_masked, n_changes);
   EXPECT_GE(n_changes, 3);  // the masks actually moved during the run
   // The final rank_pattern is PEFT's.
   io::json want = io::json::parse(ref.metadata().at("rank_pattern"));
@@ -358,6 +367,8 @@ TEST(AdaLoraFolder, PrunedPeftFolderLoadsAndSavesIdentically) {
   BertRun run = run_bert(*model, ref.get("eval_ids").clone(), ref.get("eval_mask").clone(),
                      ref.get("eval_tt").clone(), nullptr);
   EXPECT_LT(max_abs_diff(run.logits, ref.get("eval_logits")), 1e-5);
+  std::printf("[ run ] PEFT's pruned folder: max |logits - PEFT| = %.3g\n",
+              max_abs_diff(run.logits, ref.get("eval_logits")));
 
   const std::string out =
       (fs::temp_directory_path() / ("lorafit_adalora_" + std::to_string(::getpid()))).string();
