@@ -349,6 +349,68 @@ TEST(Resume, StoppedAndResumedEqualsUninterrupted) {
   fs::remove_all(work);
 }
 
+// The in-step hooks (AdaLoRA's): after_backward once per optimizer step with the gradients of all
+// micro-batches in place, its loss added to the logged loss; after_step with the 1-based step,
+// after the update and before zero_grad (the gradients are still there).
+TEST(Hooks, RunInPeftOrderWithOneBasedSteps) {
+  auto dir = tiny_model_dir();
+  auto tok = text::Tokenizer::from_file(dir.string());
+  auto work = temp_dir("hooks");
+  write(work / "d.tsv", synthetic_tsv(40, 8));
+  auto samples = tokenize_classification(read_classification((work / "d.tsv").string(), {}), tok, 32);
+  auto model = models::load_model(dir.string());
+  model->set_trainable(false);
+  nn::NamedParameters ps;
+  for (auto& [n, p] : model->named_parameters())
+    if (n.rfind("classifier", 0) == 0) p->set_trainable(true), ps.emplace_back(n, p);
+  ASSERT_FALSE(ps.empty());
+  TrainOptions o;
+  o.max_steps = 4;
+  o.batch_size = 8;
+  o.grad_accum = 2;
+  o.warmup_steps = 0;  // the first update moves the weights
+  o.quiet = true;
+  o.output_dir = (work / "out").string();
+  EXPECT_EQ(total_optimizer_steps(samples.size(), o), 4);
+  std::vector<std::string> events;
+  std::vector<float> before_step;
+  o.after_backward = [&]() {
+    events.push_back("backward");
+    before_step.assign(ps[0].second->value.f32(), ps[0].second->value.f32() + ps[0].second->value.numel());
+    double g = 0;
+    for (auto& [n, p] : ps)
+      for (int64_t i = 0; i < p->grad.numel(); ++i) g += std::fabs(p->grad.f32()[i]);
+    EXPECT_GT(g, 0.0);  // the micro-batches' gradients are in place
+    return 100.0;
+  };
+  o.after_step = [&](int64_t step) {
+    events.push_back("step " + std::to_string(step));
+    double g = 0;
+    for (auto& [n, p] : ps)
+      for (int64_t i = 0; i < p->grad.numel(); ++i) g += std::fabs(p->grad.f32()[i]);
+    EXPECT_GT(g, 0.0);  // not zeroed yet
+    bool moved = false;  // the optimizer already updated the weights
+    for (int64_t i = 0; i < ps[0].second->value.numel(); ++i)
+      moved = moved || ps[0].second->value.f32()[i] != before_step[static_cast<size_t>(i)];
+    EXPECT_TRUE(moved) << "step " << step;
+  };
+  Task t{model.get(), false};
+  run_training(t, ps, samples, {}, 0, o);
+  EXPECT_EQ(events, (std::vector<std::string>{"backward", "step 1", "backward", "step 2", "backward",
+                                              "step 3", "backward", "step 4"}));
+  // The logged training loss includes the hook's term.
+  std::string log = io::read_file((work / "out/log.jsonl").string());
+  int step_lines = 0;
+  for (size_t pos = 0, end; (end = log.find('\n', pos)) != std::string::npos; pos = end + 1) {
+    auto j = io::json::parse(log.substr(pos, end - pos));
+    if (j.value("type", "") != "step") continue;
+    ++step_lines;
+    EXPECT_GT(j["loss"].get<double>(), 100.0) << j.dump();
+  }
+  EXPECT_EQ(step_lines, 4);
+  fs::remove_all(work);
+}
+
 // ---- end to end through the CLI ---------------------------------------------------------------
 
 namespace {
