@@ -190,6 +190,12 @@ RankAllocator::RankAllocator(const AdapterConfig& cfg,
     : cfg_(cfg), layers_(std::move(layers)) {
   adalora_validate(cfg_, "AdaLoRA rank allocator");
   if (layers_.empty()) fail("AdaLoRA rank allocator: the adapter has no AdaLoRA layers");
+  // The final mask (step total_step − tfinal) ranks importance from the steps before it; PEFT
+  // fails there with a KeyError when there were none.
+  if (cfg_.total_step - cfg_.tfinal < 2)
+    fail("AdaLoRA rank allocator: field 'total_step': total_step − tfinal = " +
+         std::to_string(cfg_.total_step - cfg_.tfinal) +
+         " leaves no step to measure importance before the final mask (train longer)");
   for (auto& [path, l] : layers_) init_bgt_ += l->rank();
   target_bgt_ = cfg_.target_r * static_cast<int64_t>(layers_.size());
 }

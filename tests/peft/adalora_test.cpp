@@ -348,6 +348,9 @@ TEST(AdaLoraAllocator, BudgetScheduleEdges) {
   EXPECT_TRUE(al.budget_schedule(15).second);   // t % deltaT == 0
   EXPECT_EQ(al.budget_schedule(80), (std::pair<int64_t, bool>{4, true}));  // t == T − tfinal
   EXPECT_EQ(al.budget_schedule(81), (std::pair<int64_t, bool>{4, true}));
+  // A one-step run has no importance to rank before its final mask: refused up front.
+  c.tinit = 0, c.tfinal = 0, c.total_step = 1;
+  EXPECT_THROW(RankAllocator(c, {{"a", &la}}), Error);
 }
 
 // ---- PEFT's pruned folder: load, logits, save back -----------------------------------------------
