@@ -54,8 +54,10 @@ void SVDLinear::init_svd(bool init_lora_weights, uint64_t seed) {
   };
   normal(A.value, init_lora_weights ? 0.02 : 1.0);
   normal(B.value, init_lora_weights ? 0.02 : 1.0);
-  if (init_lora_weights) E.value.zero();
-  else normal(E.value, 1.0);
+  if (init_lora_weights)
+    E.value.zero();
+  else
+    normal(E.value, 1.0);
 }
 
 void SVDLinear::forward(nn::Context& ctx, const nn::Linear& base, const Tensor& x, Tensor& y) {
@@ -74,7 +76,8 @@ void SVDLinear::forward(nn::Context& ctx, const nn::Linear& base, const Tensor& 
     float* d = xd.f32();
     const float scale = 1.0f / (1.0f - dropout);
     for (int64_t i = 0; i < n * in; ++i)
-      d[i] = keep(drop_seed_, drop_counter_ + static_cast<uint64_t>(i), dropout) ? xs[i] * scale : 0.0f;
+      d[i] = keep(drop_seed_, drop_counter_ + static_cast<uint64_t>(i), dropout) ? xs[i] * scale
+                                                                                 : 0.0f;
   }
   xd_ = xd;
   ae_ = ctx.alloc({r, in});  // A ⊙ E: row i of A times E_i
@@ -134,13 +137,15 @@ Tensor SVDLinear::delta_weight() const {
   const int64_t r = rank(), in = A.value.dim(1);
   Tensor ae = Tensor::zeros({r, in});
   for (int64_t i = 0; i < r; ++i)
-    for (int64_t j = 0; j < in; ++j) ae.f32()[i * in + j] = A.value.f32()[i * in + j] * E.value.f32()[i];
+    for (int64_t j = 0; j < in; ++j)
+      ae.f32()[i * in + j] = A.value.f32()[i * in + j] * E.value.f32()[i];
   Tensor d = Tensor::zeros({B.value.dim(0), in});
   if (r > 0) kernels::gemm(B.value, false, ae, false, d, svd_scaling_, 0.0f);
   return d;
 }
 
-// ---- orthogonal regularization -------------------------------------------------------------------
+// ---- orthogonal regularization
+// -------------------------------------------------------------------
 
 double adalora_orth_reg(const std::vector<SVDLinear*>& layers, double weight, double grad_scale) {
   if (layers.empty()) return 0.0;
@@ -157,8 +162,10 @@ double adalora_orth_reg(const std::vector<SVDLinear*>& layers, double weight, do
     for (int64_t a = 0; a < k; ++a)
       for (int64_t b = 0; b < k; ++b) {
         double s = 0.0;
-        if (rows) for (int64_t j = 0; j < C; ++j) s += at(a, j) * at(b, j);
-        else for (int64_t i = 0; i < R; ++i) s += at(i, a) * at(i, b);
+        if (rows)
+          for (int64_t j = 0; j < C; ++j) s += at(a, j) * at(b, j);
+        else
+          for (int64_t i = 0; i < R; ++i) s += at(i, a) * at(i, b);
         m[a * k + b] = s - (a == b ? 1.0 : 0.0);
       }
     double f2 = 0.0;
@@ -171,8 +178,10 @@ double adalora_orth_reg(const std::vector<SVDLinear*>& layers, double weight, do
     for (int64_t i = 0; i < R; ++i)
       for (int64_t j = 0; j < C; ++j) {
         double s = 0.0;
-        if (rows) for (int64_t b = 0; b < k; ++b) s += m[i * k + b] * at(b, j);   // (M A)_ij
-        else for (int64_t b = 0; b < k; ++b) s += at(i, b) * m[b * k + j];        // (B M)_ij
+        if (rows)
+          for (int64_t b = 0; b < k; ++b) s += m[i * k + b] * at(b, j);  // (M A)_ij
+        else
+          for (int64_t b = 0; b < k; ++b) s += at(i, b) * m[b * k + j];  // (B M)_ij
         g[i * C + j] += static_cast<float>(c * s);
       }
   };
@@ -183,7 +192,8 @@ double adalora_orth_reg(const std::vector<SVDLinear*>& layers, double weight, do
   return weight * total / num;
 }
 
-// ---- RankAllocator ---------------------------------------------------------------------------------
+// ---- RankAllocator
+// ---------------------------------------------------------------------------------
 
 RankAllocator::RankAllocator(const AdapterConfig& cfg,
                              std::vector<std::pair<std::string, SVDLinear*>> layers)
@@ -205,7 +215,8 @@ std::pair<int64_t, bool> RankAllocator::budget_schedule(int64_t step) const {
   if (step <= tinit) return {init_bgt_, false};
   if (step > total - tfinal) return {target_bgt_, true};
   // Python: 1 - (step - tinit) / (total - tfinal - tinit), ** 3, int() truncates.
-  const double mul = 1.0 - static_cast<double>(step - tinit) / static_cast<double>(total - tfinal - tinit);
+  const double mul =
+      1.0 - static_cast<double>(step - tinit) / static_cast<double>(total - tfinal - tinit);
   const double b = static_cast<double>(init_bgt_ - target_bgt_) * std::pow(mul, 3.0) +
                    static_cast<double>(target_bgt_);
   return {static_cast<int64_t>(b), step % cfg_.deltaT == 0};
@@ -352,8 +363,8 @@ void RankAllocator::load_state(const io::SafetensorsFile& f, const std::string& 
   auto get = [&](const std::string& name, size_t n) {
     Tensor t = f.get_f32(name);
     if (static_cast<size_t>(t.numel()) != n)
-      fail(origin + ": tensor '" + name + "' has " + std::to_string(t.numel()) + " values, expected " +
-           std::to_string(n));
+      fail(origin + ": tensor '" + name + "' has " + std::to_string(t.numel()) +
+           " values, expected " + std::to_string(n));
     return std::vector<float>(t.f32(), t.f32() + t.numel());
   };
   const std::string probe = "exp_avg_ipt." + layers_[0].first + ".lora_A";
@@ -366,8 +377,9 @@ void RankAllocator::load_state(const io::SafetensorsFile& f, const std::string& 
   for (size_t l = 0; l < layers_.size(); ++l) {
     SVDLinear& s = *layers_[l].second;
     if (have_ema_)
-      for (auto [w, e, p] : {std::tuple{".lora_A", &ema_a_[l], &s.A}, std::tuple{".lora_E", &ema_e_[l], &s.E},
-                             std::tuple{".lora_B", &ema_b_[l], &s.B}}) {
+      for (auto [w, e, p] :
+           {std::tuple{".lora_A", &ema_a_[l], &s.A}, std::tuple{".lora_E", &ema_e_[l], &s.E},
+            std::tuple{".lora_B", &ema_b_[l], &s.B}}) {
         const size_t n = static_cast<size_t>(p->value.numel());
         e->ipt = get("exp_avg_ipt." + layers_[l].first + w, n);
         e->unc = get("exp_avg_unc." + layers_[l].first + w, n);
@@ -383,7 +395,8 @@ void RankAllocator::load_state(const io::SafetensorsFile& f, const std::string& 
          std::to_string(layers_.size()) + " AdaLoRA modules");
 }
 
-// ---- PeftModel hooks ---------------------------------------------------------------------------------
+// ---- PeftModel hooks
+// ---------------------------------------------------------------------------------
 
 std::unique_ptr<LoraLinear> make_svd_layer(const AdapterConfig& cfg, const std::string& path,
                                            const nn::Linear& lin, uint64_t seed) {
@@ -394,7 +407,8 @@ std::unique_ptr<LoraLinear> make_svd_layer(const AdapterConfig& cfg, const std::
            " entries, init_r is " + std::to_string(cfg.init_r));
     r = std::count(m->begin(), m->end(), true);
     if (r == 0)
-      fail("field 'rank_pattern." + path + ".lora_E': every rank is pruned (rank 0 is not supported)");
+      fail("field 'rank_pattern." + path +
+           ".lora_E': every rank is pruned (rank 0 is not supported)");
   }
   auto l = std::make_unique<SVDLinear>(lin, r, cfg.lora_alpha, cfg.init_r,
                                        static_cast<float>(cfg.lora_dropout));
@@ -404,7 +418,8 @@ std::unique_ptr<LoraLinear> make_svd_layer(const AdapterConfig& cfg, const std::
 
 void svd_state(const AdapterConfig& cfg, const std::string& key, const SVDLinear& l,
                std::vector<std::pair<std::string, Tensor>>& out) {
-  const std::string path = key.compare(0, kPrefix.size(), kPrefix) == 0 ? key.substr(kPrefix.size()) : key;
+  const std::string path =
+      key.compare(0, kPrefix.size(), kPrefix) == 0 ? key.substr(kPrefix.size()) : key;
   const std::vector<bool>* m = mask_for(cfg, path);
   const int64_t r = l.rank(), in = l.A.value.dim(1), o = l.B.value.dim(0);
   if (m == nullptr || static_cast<int64_t>(m->size()) != r) {  // unpruned (or already pruned)
@@ -429,7 +444,8 @@ void svd_state(const AdapterConfig& cfg, const std::string& key, const SVDLinear
   out.emplace_back(key + ".lora_E", E);
 }
 
-// ---- adapter_config.json ---------------------------------------------------------------------------
+// ---- adapter_config.json
+// ---------------------------------------------------------------------------
 
 void adalora_validate(const AdapterConfig& c, const std::string& where) {
   auto bad = [&](const std::string& field, const std::string& what) {
@@ -454,8 +470,8 @@ void adalora_validate(const AdapterConfig& c, const std::string& where) {
   if (c.use_dora) bad("use_dora", "AdaLoRA does not support DoRA");
   for (const auto& [k, v] : c.adalora_rank_pattern)
     if (static_cast<int64_t>(v.size()) != c.init_r)
-      bad("rank_pattern." + k, "has " + std::to_string(v.size()) + " entries, init_r is " +
-                                   std::to_string(c.init_r));
+      bad("rank_pattern." + k,
+          "has " + std::to_string(v.size()) + " entries, init_r is " + std::to_string(c.init_r));
 }
 
 void adalora_config_from_json(const io::json& j, AdapterConfig& c, const std::string& where) {
@@ -478,10 +494,12 @@ void adalora_config_from_json(const io::json& j, AdapterConfig& c, const std::st
     if (!it->is_array()) fail(w + ": expected a list of booleans, got " + io::json_type_name(*it));
     std::vector<bool> mask;
     for (const auto& b : *it) {
-      if (b.is_boolean()) mask.push_back(b.get<bool>());
+      if (b.is_boolean())
+        mask.push_back(b.get<bool>());
       else if (b.is_number_integer() && (b.get<int64_t>() == 0 || b.get<int64_t>() == 1))
         mask.push_back(b.get<int64_t>() == 1);
-      else fail(w + ": expected booleans, got " + io::json_type_name(b));
+      else
+        fail(w + ": expected booleans, got " + io::json_type_name(b));
     }
     std::string key = it.key();
     // Live (unsaved) PEFT keys carry the adapter name: "<path>.lora_E.<adapter>".

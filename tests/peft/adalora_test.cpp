@@ -4,13 +4,13 @@
 // step, the final rank_pattern); the pruned folder loading and saving as PEFT's.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <string>
-#include <unistd.h>
 
 #include "lorafit/io.h"
 #include "lorafit/models.h"
@@ -45,7 +45,8 @@ double max_abs_diff(const Tensor& a, const Tensor& b) {
 }
 double max_abs(const Tensor& a) {
   double m = 0;
-  for (int64_t i = 0; i < a.numel(); ++i) m = std::max(m, std::fabs(static_cast<double>(a.f32()[i])));
+  for (int64_t i = 0; i < a.numel(); ++i)
+    m = std::max(m, std::fabs(static_cast<double>(a.f32()[i])));
   return m;
 }
 
@@ -87,15 +88,20 @@ void check_svd_layer(float dropout) {
     for (int64_t n = 0; n < 6; ++n)
       for (int64_t o = 0; o < 5; ++o) {
         double s = 0;
-        for (int64_t i = 0; i < 7; ++i) s += static_cast<double>(x.f32()[n * 7 + i]) * d.f32()[o * 7 + i];
+        for (int64_t i = 0; i < 7; ++i)
+          s += static_cast<double>(x.f32()[n * 7 + i]) * d.f32()[o * 7 + i];
         EXPECT_NEAR(full.f32()[n * 5 + o] - base.f32()[n * 5 + o], s, 1e-5);
       }
   }
   lin.adapters.clear();
 }
 
-TEST(SVDLinear, FiniteDifferences) { check_svd_layer(0.0f); }
-TEST(SVDLinear, FiniteDifferencesDropout) { check_svd_layer(0.25f); }
+TEST(SVDLinear, FiniteDifferences) {
+  check_svd_layer(0.0f);
+}
+TEST(SVDLinear, FiniteDifferencesDropout) {
+  check_svd_layer(0.25f);
+}
 
 TEST(SVDLinear, PeftInitIsZeroEAndSmallGaussians) {
   Linear lin(64, 48, false);
@@ -124,15 +130,19 @@ TEST(AdaLoraOrthReg, FiniteDifferences) {
       for (int64_t j = 0; j < k; ++j) {
         double s = 0;
         auto v = [&](int64_t a, int64_t b) { return static_cast<double>(p.f32()[a * C + b]); };
-        if (rows) for (int64_t c = 0; c < C; ++c) s += v(i, c) * v(j, c);
-        else for (int64_t r = 0; r < R; ++r) s += v(r, i) * v(r, j);
+        if (rows)
+          for (int64_t c = 0; c < C; ++c) s += v(i, c) * v(j, c);
+        else
+          for (int64_t r = 0; r < R; ++r) s += v(r, i) * v(r, j);
         s -= i == j;
         f += s * s;
       }
     return std::sqrt(f);
   };
-  const double want = w * (norm(a.A.value, true) + norm(a.B.value, false) + norm(b.A.value, true) +
-                           norm(b.B.value, false)) / 4.0;
+  const double want = w *
+                      (norm(a.A.value, true) + norm(a.B.value, false) + norm(b.A.value, true) +
+                       norm(b.B.value, false)) /
+                      4.0;
   EXPECT_NEAR(loss0, want, 1e-9 * want);
   auto loss = [&]() { return peft::adalora_orth_reg(layers, w, 0.0); };
   for (auto* l : layers) {
@@ -149,7 +159,7 @@ struct BertRun {
 };
 
 BertRun run_bert(models::Model& m, const Tensor& ids, const Tensor& mask, const Tensor& tt,
-             const Tensor* labels) {
+                 const Tensor* labels) {
   auto* bert = dynamic_cast<models::BertModel*>(&m);
   EXPECT_NE(bert, nullptr);
   Context ctx;
@@ -201,7 +211,7 @@ TEST(AdaLoraParity, LogitsLossGradientsWithPeft) {
 
   Tensor labels = ref.get("labels");
   BertRun run = run_bert(*model, ref.get("input_ids").clone(), ref.get("attention_mask").clone(),
-                     ref.get("token_type_ids").clone(), &labels);
+                         ref.get("token_type_ids").clone(), &labels);
   const double orth = peft::adalora_orth_reg(layers, cfg.orth_reg_weight, 1.0);
   EXPECT_LT(max_abs_diff(run.logits, ref.get("logits")), 1e-5);
   EXPECT_NEAR(run.ce, ref.get("ce").f32()[0], 1e-5 * std::fabs(run.ce));
@@ -224,20 +234,22 @@ TEST(AdaLoraParity, LogitsLossGradientsWithPeft) {
   for (const auto& n : ref.names()) ref_grads += n.rfind("grad.", 0) == 0;
   EXPECT_EQ(checked, ref_grads);
   EXPECT_EQ(svd_keys, 12);  // A, E, B of 4 modules
-  std::printf("[ bert_adalora ] max |logits - PEFT| = %.3g, |ce - PEFT| = %.3g, |orth - PEFT| = %.3g, "
-              "%d gradients, max relative error %.3g\n",
-              max_abs_diff(run.logits, ref.get("logits")), std::fabs(run.ce - ref.get("ce").f32()[0]),
-              std::fabs(orth - ref.get("orth").f32()[0]), checked, worst);
+  std::printf(
+      "[ bert_adalora ] max |logits - PEFT| = %.3g, |ce - PEFT| = %.3g, |orth - PEFT| = %.3g, "
+      "%d gradients, max relative error %.3g\n",
+      max_abs_diff(run.logits, ref.get("logits")), std::fabs(run.ce - ref.get("ce").f32()[0]),
+      std::fabs(orth - ref.get("orth").f32()[0]), checked, worst);
 
   // Merge gives the same logits; unmerge restores.
   pm->merge();
   BertRun merged = run_bert(*model, ref.get("input_ids").clone(), ref.get("attention_mask").clone(),
-                        ref.get("token_type_ids").clone(), nullptr);
+                            ref.get("token_type_ids").clone(), nullptr);
   EXPECT_LT(max_abs_diff(merged.logits, run.logits), 1e-5);
   pm->unmerge();
 }
 
-// ---- the rank allocator replayed over PEFT's run -------------------------------------------------
+// ---- the rank allocator replayed over PEFT's run
+// -------------------------------------------------
 
 std::vector<std::string> json_strings(const std::string& s) {
   return io::json::parse(s).get<std::vector<std::string>>();
@@ -292,12 +304,14 @@ TEST(AdaLoraAllocator, ReplaysPeftRunStepByStep) {
     EXPECT_EQ(st.masked, masked.i32()[s] == 1) << "step " << t;
     if (std::isfinite(thr.f32()[s])) {
       // The threshold is one of the scores: equal up to the fp32 rounding of torch.mean's sum.
-      EXPECT_NEAR(st.threshold, thr.f32()[s], 1e-6 * std::fabs(thr.f32()[s])) << "threshold, step " << t;
+      EXPECT_NEAR(st.threshold, thr.f32()[s], 1e-6 * std::fabs(thr.f32()[s]))
+          << "threshold, step " << t;
       for (int64_t l = 0; l < L; ++l)
         for (int64_t i = 0; i < r; ++i) {
           const float want = scores.f32()[(s * L + l) * r + i];
           const float got = alloc.last_scores()[static_cast<size_t>(l)][static_cast<size_t>(i)];
-          EXPECT_NEAR(got, want, 1e-6 * std::fabs(want) + 1e-30) << "score " << l << "/" << i << " step " << t;
+          EXPECT_NEAR(got, want, 1e-6 * std::fabs(want) + 1e-30)
+              << "score " << l << "/" << i << " step " << t;
         }
     }
     if (keep.i32()[(s * L) * r] >= 0) {
@@ -318,7 +332,8 @@ TEST(AdaLoraAllocator, ReplaysPeftRunStepByStep) {
     // lora_E after masking, bit for bit.
     for (int64_t l = 0; l < L; ++l)
       for (int64_t i = 0; i < r; ++i)
-        EXPECT_EQ(svds[static_cast<size_t>(l)]->E.value.f32()[i], e_after.f32()[(s * L + l) * r + i])
+        EXPECT_EQ(svds[static_cast<size_t>(l)]->E.value.f32()[i],
+                  e_after.f32()[(s * L + l) * r + i])
             << "E after step " << t;
   }
   EXPECT_EQ(n_masked, 26);
@@ -345,7 +360,7 @@ TEST(AdaLoraAllocator, BudgetScheduleEdges) {
   EXPECT_EQ(al.budget_schedule(10), (std::pair<int64_t, bool>{12, false}));  // t <= tinit
   EXPECT_EQ(al.budget_schedule(11).first, 11);  // int(8·(1 − 1/70)³ + 4) = 11
   EXPECT_FALSE(al.budget_schedule(11).second);
-  EXPECT_TRUE(al.budget_schedule(15).second);   // t % deltaT == 0
+  EXPECT_TRUE(al.budget_schedule(15).second);                              // t % deltaT == 0
   EXPECT_EQ(al.budget_schedule(80), (std::pair<int64_t, bool>{4, true}));  // t == T − tfinal
   EXPECT_EQ(al.budget_schedule(81), (std::pair<int64_t, bool>{4, true}));
   // A one-step run has no importance to rank before its final mask: refused up front.
@@ -353,7 +368,8 @@ TEST(AdaLoraAllocator, BudgetScheduleEdges) {
   EXPECT_THROW(RankAllocator(c, {{"a", &la}}), Error);
 }
 
-// ---- PEFT's pruned folder: load, logits, save back -----------------------------------------------
+// ---- PEFT's pruned folder: load, logits, save back
+// -----------------------------------------------
 
 TEST(AdaLoraFolder, PrunedPeftFolderLoadsAndSavesIdentically) {
   io::SafetensorsFile ref = io::SafetensorsFile::open(kFix + "run_ref.safetensors");
@@ -368,7 +384,7 @@ TEST(AdaLoraFolder, PrunedPeftFolderLoadsAndSavesIdentically) {
     EXPECT_EQ(l->ranknum(), 4) << path;  // stays init_r, as PEFT's resize
   }
   BertRun run = run_bert(*model, ref.get("eval_ids").clone(), ref.get("eval_mask").clone(),
-                     ref.get("eval_tt").clone(), nullptr);
+                         ref.get("eval_tt").clone(), nullptr);
   EXPECT_LT(max_abs_diff(run.logits, ref.get("eval_logits")), 1e-5);
   std::printf("[ run ] PEFT's pruned folder: max |logits - PEFT| = %.3g\n",
               max_abs_diff(run.logits, ref.get("eval_logits")));
@@ -378,10 +394,15 @@ TEST(AdaLoraFolder, PrunedPeftFolderLoadsAndSavesIdentically) {
   pm->save_pretrained(out);
   io::SafetensorsFile ours = io::SafetensorsFile::open(out + "/adapter_model.safetensors");
   io::SafetensorsFile theirs = io::SafetensorsFile::open(kFix + "run/adapter_model.safetensors");
-  auto sorted = [](std::vector<std::string> v) { std::sort(v.begin(), v.end()); return v; };
+  auto sorted = [](std::vector<std::string> v) {
+    std::sort(v.begin(), v.end());
+    return v;
+  };
   EXPECT_EQ(sorted(ours.names()), sorted(theirs.names()));
   for (const auto& k : theirs.names())
-    if (ours.contains(k)) EXPECT_EQ(max_abs_diff(ours.get_f32(k), theirs.get_f32(k)), 0.0) << k;
+    if (ours.contains(k)) {
+      EXPECT_EQ(max_abs_diff(ours.get_f32(k), theirs.get_f32(k)), 0.0) << k;
+    }
   io::json a = io::read_json_file(out + "/adapter_config.json");
   io::json b = io::read_json_file(kFix + "run/adapter_config.json");
   for (const char* k : {"peft_type", "init_r", "target_r", "tinit", "tfinal", "deltaT", "beta1",
@@ -414,16 +435,20 @@ TEST(AdaLoraFolder, TrainedFullRankAdapterSavesPrunedByItsPattern) {
       EXPECT_EQ(t.f32()[0], 1.0f);
       EXPECT_EQ(t.f32()[1], 3.0f);
     }
-    if (k.find(layers[1].first + ".lora_B") != std::string::npos) EXPECT_EQ(t.dim(1), 1);
+    if (k.find(layers[1].first + ".lora_B") != std::string::npos) {
+      EXPECT_EQ(t.dim(1), 1);
+    }
   }
 }
 
 // Exports AdaLoRA folders for tools/check_peft_load.py (which runs PeftExport.*): one unpruned, one
-// pruned by a rank_pattern (masked E rows zero, as the allocator leaves them), with lorafit's logits.
+// pruned by a rank_pattern (masked E rows zero, as the allocator leaves them), with lorafit's
+// logits.
 TEST(PeftExport, AdaLoraForPythonCheck) {
   const char* env_dir = std::getenv("LORAFIT_PEFT_EXPORT");
   const std::string tmp =
-      (fs::temp_directory_path() / ("lorafit_adalora_export_" + std::to_string(::getpid()))).string();
+      (fs::temp_directory_path() / ("lorafit_adalora_export_" + std::to_string(::getpid())))
+          .string();
   const std::string dir = env_dir ? std::string(env_dir) : tmp;
   fs::create_directories(dir);
   io::SafetensorsFile ref = io::SafetensorsFile::open(kFix + "bert_adalora_ref.safetensors");
@@ -462,16 +487,22 @@ TEST(PeftExport, AdaLoraForPythonCheck) {
     BertRun run = run_bert(*model, ref.get("input_ids").clone(), ref.get("attention_mask").clone(),
                            ref.get("token_type_ids").clone(), nullptr);
     std::vector<std::pair<std::string, Tensor>> t = {{"logits", run.logits}};
-    for (const char* k : {"input_ids", "attention_mask", "token_type_ids"}) t.emplace_back(k, ref.get(k).clone());
-    io::write_safetensors(dir + "/" + name + "_ours.safetensors", t,
-                          {{"base", "tests/fixtures/models/tiny_bert"}, {"count", pm.count_parameters().str()}});
+    for (const char* k : {"input_ids", "attention_mask", "token_type_ids"})
+      t.emplace_back(k, ref.get(k).clone());
+    io::write_safetensors(
+        dir + "/" + name + "_ours.safetensors", t,
+        {{"base", "tests/fixtures/models/tiny_bert"}, {"count", pm.count_parameters().str()}});
     // Our own reload of the folder (pruned ranks, ranknum init_r) gives the same logits.
     auto fresh = models::load_model(kRoot + "tests/fixtures/models/tiny_bert", lo);
     auto back = PeftModel::from_pretrained(*fresh, folder);
-    if (pruned)
-      for (auto& [path, l] : back->adalora_layers()) EXPECT_LT(l->rank(), 4) << path;
-    BertRun again = run_bert(*fresh, ref.get("input_ids").clone(), ref.get("attention_mask").clone(),
-                             ref.get("token_type_ids").clone(), nullptr);
+    if (pruned) {
+      for (auto& [path, l] : back->adalora_layers()) {
+        EXPECT_LT(l->rank(), 4) << path;
+      }
+    }
+    BertRun again =
+        run_bert(*fresh, ref.get("input_ids").clone(), ref.get("attention_mask").clone(),
+                 ref.get("token_type_ids").clone(), nullptr);
     EXPECT_LT(max_abs_diff(again.logits, run.logits), 1e-6) << name;
   }
   if (!env_dir) fs::remove_all(tmp);
@@ -488,12 +519,16 @@ TEST(AdaLoraConfig, ErrorsNameTheField) {
   };
   const std::string base = R"({"peft_type": "ADALORA", "target_modules": ["query"], )";
   EXPECT_NE(err(base + R"("total_step": null})").find("field 'total_step'"), std::string::npos);
-  EXPECT_NE(err(base + R"("total_step": 10, "tinit": 10})").find("field 'tinit'"), std::string::npos);
-  EXPECT_NE(err(base + R"("total_step": 10, "target_r": 20, "init_r": 4})").find("field 'target_r'"),
+  EXPECT_NE(err(base + R"("total_step": 10, "tinit": 10})").find("field 'tinit'"),
             std::string::npos);
-  EXPECT_NE(err(base + R"("total_step": 10, "init_r": 2, "target_r": 1, "rank_pattern": {"a.lora_E": [true]}})")
-                .find("rank_pattern.a.lora_E"),
-            std::string::npos);
+  EXPECT_NE(
+      err(base + R"("total_step": 10, "target_r": 20, "init_r": 4})").find("field 'target_r'"),
+      std::string::npos);
+  EXPECT_NE(
+      err(base +
+          R"("total_step": 10, "init_r": 2, "target_r": 1, "rank_pattern": {"a.lora_E": [true]}})")
+          .find("rank_pattern.a.lora_E"),
+      std::string::npos);
   EXPECT_NE(err(base + R"("total_step": 10, "rank_pattern": {"a.lora_E": [2]}})").find("booleans"),
             std::string::npos);
   EXPECT_EQ(err(base + R"("total_step": 10})"), "no error");
