@@ -11,7 +11,9 @@ logits on a fixed batch. For each adapter this script then
   1. loads it with PeftModel.from_pretrained (transformers + peft from PyPI),
   2. asserts that every tensor in adapter_model.safetensors was loaded (set_peft_model_state_dict
      reports no unexpected keys, and get_peft_model_state_dict gives back exactly the file's keys
-     and values) and that no adapter weight is missing,
+     and values) and that no adapter weight is missing (AdaLoRA folders pruned by rank_pattern:
+     the keys are checked on a fresh get_peft_model + set_peft_model_state_dict, the path
+     from_pretrained takes),
   3. asserts PEFT's logits equal lorafit's (max abs error <= 1e-5 tiny, 1e-4 MiniLM).
 Exit status 0 only when every check passes.
 """
@@ -45,7 +47,18 @@ def check(case, d):
     m = m.float().eval()
     pm = PeftModel.from_pretrained(m, adir).eval()
     saved = load_file(os.path.join(adir, "adapter_model.safetensors"))
-    res = set_peft_model_state_dict(pm, saved)
+    if cfg.get("peft_type") == "ADALORA":
+        # A second set_peft_model_state_dict would resize the already pruned AdaLoRA modules by
+        # rank_pattern again (PEFT fails there); check the keys on the from_pretrained path
+        # instead: a fresh get_peft_model at init_r, then the one load that resizes.
+        from peft import PeftConfig, get_peft_model
+        m2 = type(m).from_pretrained(base, attn_implementation="eager",
+                                     **({"num_labels": m.config.num_labels}
+                                        if cfg.get("task_type") == "SEQ_CLS" else {}))
+        check_pm = get_peft_model(m2.float().eval(), PeftConfig.from_pretrained(adir))
+        res = set_peft_model_state_dict(check_pm, saved)
+    else:
+        res = set_peft_model_state_dict(pm, saved)
     unexpected = list(res.unexpected_keys)
     missing = [k for k in res.missing_keys if "lora_" in k or "modules_to_save" in k]
     back = get_peft_model_state_dict(pm)

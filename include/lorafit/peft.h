@@ -4,6 +4,7 @@
 //   LoraLinear         the LoRA branch attached to one nn::Linear (an nn::LinearAdapter):
 //                        y = x Wᵀ + b + s · dropout(x) Aᵀ Bᵀ,  s = alpha / r  (rsLoRA: alpha / √r)
 //                      A = lora_A.weight [r, in], B = lora_B.weight [out, r], both F32 trainable.
+//   SVDLinear, RankAllocator   AdaLoRA (peft_type "ADALORA"; section at the end of this file)
 //   PeftModel          injects named adapters into a models::Model by target_modules, freezes the
 //                      base, lists trainable parameters, saves/loads PEFT adapter folders,
 //                      merges / unmerges / merge_and_unload, combines adapters
@@ -50,7 +51,7 @@ const char* lora_init_name(LoraInit init);  // "true", "false", "gaussian", "pis
 
 // PEFT LoraConfig (peft 0.21 names and defaults). Only the fields below are read or written.
 struct AdapterConfig {
-  std::string peft_type = "LORA";  // only "LORA" for now
+  std::string peft_type = "LORA";  // "LORA" or "ADALORA"
   std::string task_type;           // "SEQ_CLS", "CAUSAL_LM", ... ("" = null)
   std::string base_model_name_or_path;
   int64_t r = 8;
@@ -80,6 +81,16 @@ struct AdapterConfig {
   LoraInit init_lora_weights = LoraInit::Default;
   bool inference_mode = false;
 
+  // AdaLoRA (peft_type "ADALORA", PEFT AdaLoraConfig; see SVDLinear / RankAllocator below). Every
+  // target starts at init_r (r, rank_pattern and alpha_pattern above are not used).
+  int64_t target_r = 8, init_r = 12, tinit = 0, tfinal = 0, deltaT = 1;
+  double beta1 = 0.85, beta2 = 0.85, orth_reg_weight = 0.5;
+  int64_t total_step = 0;  // required > 0, as PEFT
+  // AdaLoRA's rank_pattern: "<module path>.lora_E" -> keep mask (length init_r). Set by the rank
+  // allocator; save_pretrained keeps only the kept rows/columns; empty = JSON null (unpruned).
+  std::vector<std::pair<std::string, std::vector<bool>>> adalora_rank_pattern;
+  bool is_adalora() const { return peft_type == "ADALORA"; }
+
   // Scaling for a module with rank r and alpha a: a / r, or a / √r with use_rslora.
   double scaling(int64_t rank, double alpha) const;
   // Rank and alpha for a module path after rank_pattern / alpha_pattern.
@@ -97,6 +108,8 @@ AdapterConfig read_adapter_config(const std::string& adapter_dir);  // <dir>/ada
 
 // Does a target_modules entry / the config select this Linear? (head = the model's output head)
 bool target_matches(const AdapterConfig& cfg, const std::string& module_path, bool is_head);
+
+class SVDLinear;
 
 // ---- the LoRA layer --------------------------------------------------------------------------
 
@@ -120,8 +133,8 @@ class LoraLinear : public nn::LinearAdapter {
   // Mixed-batch routing (MixedBatch) makes every layer active; it then applies to its rows only.
   bool active() const override { return (enabled || routing) && !merged; }
 
-  // ΔW = s · B A [out, in].
-  Tensor delta_weight() const;
+  // ΔW = s · B A [out, in] (SVDLinear overrides it; merge/unmerge use it).
+  virtual Tensor delta_weight() const;
   // W += ΔW / W −= ΔW on an F32 base weight (throws for a quantized base: dequantize first).
   virtual void merge(nn::Linear& base);
   virtual void unmerge(nn::Linear& base);
@@ -291,6 +304,11 @@ class PeftModel {
   ParameterCount count_parameters();
   // LoRA layers of adapter `name` ("" = first active) with their module paths, in module order.
   std::vector<std::pair<std::string, LoraLinear*>> lora_layers(const std::string& name = "");
+  // AdaLoRA: the SVDLinear layers of adapter `name` (empty for a LoRA adapter), and the
+  // rank_pattern that save_pretrained prunes by (the RankAllocator's, set by the trainer).
+  std::vector<std::pair<std::string, SVDLinear*>> adalora_layers(const std::string& name = "");
+  void set_adalora_rank_pattern(const std::vector<std::pair<std::string, std::vector<bool>>>& rp,
+                                const std::string& name = "");
 
   // ---- files ----
   // Writes <dir>/adapter_config.json and <dir>/adapter_model.safetensors (F32, metadata
@@ -410,5 +428,106 @@ void write_analysis_csv(const std::string& path, const std::vector<AnalysisPoint
 // notes the Pearson correlation of ΔD and ΔM within each checkpoint (≥ 3 points). Atomic.
 void write_analysis_svg(const std::string& path, const std::vector<AnalysisPoint>& points,
                         const std::string& title);
+// ---- AdaLoRA (Zhang et al. 2023; PEFT peft/tuners/adalora, peft 0.21.2) ----------------------
+//
+// SVDLinear       the SVD-shaped branch on one Linear: y += (drop(x) (A ⊙ E)ᵀ Bᵀ) · s,
+//                 s = lora_alpha / (ranknum + 1e-5) (lora_alpha <= 0: r), ranknum = init_r (it
+//                 stays init_r after pruning, as PEFT's resize keeps it). A = lora_A [r, in],
+//                 E = lora_E [r, 1], B = lora_B [out, r]; saved keys have no ".weight":
+//                 base_model.model.<path>.lora_A / .lora_E / .lora_B.
+// adalora_orth_reg   the orthogonal regularization PEFT adds to the loss.
+// RankAllocator   importance EMAs, the cubic budget schedule and masking of lora_E, exactly as
+//                 PEFT's RankAllocator + AdaLoraModel.update_and_allocate. The trainer calls it
+//                 after every optimizer step (before zero_grad) with the 1-based step number.
+class SVDLinear : public LoraLinear {
+ public:
+  // A, E, B allocated zero with rank r; init_svd fills them.
+  SVDLinear(const nn::Linear& base, int64_t r, double alpha, int64_t ranknum, float dropout);
+  // PEFT reset_lora_parameters: E = 0, A, B ~ N(0, 0.02²) (init_lora_weights true); false keeps
+  // torch.randn: A, E, B ~ N(0, 1). Counter-based stream from `seed`.
+  void init_svd(bool init_lora_weights, uint64_t seed);
+
+  // forward: AE = A ⊙ E, h = xd AEᵀ [n, r], y += s · h Bᵀ. backward:
+  //   dB += s dyᵀ h;  dh = s dy B;  dAE = dhᵀ xd;  dA += dAE ⊙ E;  dE_i += Σ_j dAE_ij A_ij;
+  //   dx += drop'(dh AE)
+  void forward(nn::Context& ctx, const nn::Linear& base, const Tensor& x, Tensor& y) override;
+  void backward(nn::Context& ctx, const nn::Linear& base, const Tensor& dy, Tensor* dx) override;
+  Tensor delta_weight() const override;  // s · B (A ⊙ E) [out, in]
+
+  int64_t rank() const { return A.value.dim(0); }
+  int64_t ranknum() const { return ranknum_; }
+  float svd_scaling() const { return svd_scaling_; }
+
+  nn::Parameter E;  // lora_E [r, 1]
+
+ private:
+  int64_t ranknum_ = 0;
+  float svd_scaling_ = 1.0f;
+  Tensor xd_, h_, ae_;
+  bool dropped_ = false;
+  uint64_t drop_seed_ = 0, drop_counter_ = 0;
+};
+
+// orth_reg_weight · (Σ over every A and B of ‖A Aᵀ − I‖_F resp. ‖Bᵀ B − I‖_F) / (2 · #layers)
+// (PEFT AdaLoraModel.forward: unsquared Frobenius norms). grad_scale != 0 adds grad_scale times
+// its gradient to A.grad / B.grad (d‖M‖/dA = 2 M A / ‖M‖, d‖M‖/dB = 2 B M / ‖M‖; 0 where M = 0).
+double adalora_orth_reg(const std::vector<SVDLinear*>& layers, double orth_reg_weight,
+                        double grad_scale = 0.0);
+
+class RankAllocator {
+ public:
+  // layers: (module path, layer) at full rank init_r; cfg supplies init/target r, tinit, tfinal,
+  // deltaT, beta1/2 and total_step (> 0). init_bgt = Σ r, target_bgt = target_r · #layers.
+  RankAllocator(const AdapterConfig& cfg, std::vector<std::pair<std::string, SVDLinear*>> layers);
+
+  // PEFT budget_schedule: (budget, mask now?).
+  std::pair<int64_t, bool> budget_schedule(int64_t step) const;
+
+  struct Step {
+    int64_t budget = 0;        // -1 when nothing was scheduled (the frozen phase)
+    bool masked = false;       // lora_E was masked this step
+    double threshold = 0.0;    // the kthvalue threshold when a new mask was computed
+    bool new_pattern = false;  // rank_pattern() changed (to save with the adapter)
+  };
+  // AdaLoraModel.update_and_allocate(global_step): step < T − tfinal: importance update from
+  // p · p.grad of every A, E, B, then a mask when scheduled; step == T − tfinal: final mask to
+  // target_bgt, importance reset (the mask freezes); step > T − tfinal: the frozen mask again.
+  // Masking zeroes E_i (in place) where S_i <= the (init_bgt − budget)-th smallest S
+  // (S_i = s(E_i) + mean_j s(A_ij) + mean_j s(B_ji), s = EMA(|p·g|) · EMA(|I − Ī|)).
+  Step update_and_allocate(int64_t global_step);
+
+  // The last mask: "<path>.lora_E" -> keep flags (PEFT's rank_pattern; empty before any mask).
+  const std::vector<std::pair<std::string, std::vector<bool>>>& rank_pattern() const {
+    return pattern_;
+  }
+  // Per layer, the triplet scores S of the last mask computation (for checks).
+  const std::vector<std::vector<float>>& last_scores() const { return scores_; }
+  // The allocator's state (importance EMAs, last mask) as named F32 tensors, for checkpoints, and
+  // its restore (an exact --resume); errors name `origin` and the tensor.
+  std::vector<std::pair<std::string, Tensor>> state() const;
+  void load_state(const io::SafetensorsFile& f, const std::string& origin);
+  int64_t init_budget() const { return init_bgt_; }
+  int64_t target_budget() const { return target_bgt_; }
+
+ private:
+  struct Ema {
+    std::vector<float> ipt, unc;  // exp_avg_ipt, exp_avg_unc
+  };
+  AdapterConfig cfg_;
+  std::vector<std::pair<std::string, SVDLinear*>> layers_;
+  std::vector<Ema> ema_a_, ema_e_, ema_b_;
+  bool have_ema_ = false;
+  int64_t init_bgt_ = 0, target_bgt_ = 0;
+  std::vector<std::pair<std::string, std::vector<bool>>> pattern_;
+  std::vector<std::vector<float>> scores_;
+  void update_ipt();
+  double mask_to_budget(int64_t budget);
+  void mask_using_pattern();
+};
+
+// config.cpp hooks for the AdaLoRA fields of adapter_config.json.
+void adalora_config_from_json(const io::json& j, AdapterConfig& c, const std::string& where);
+void adalora_config_to_json(const AdapterConfig& c, io::json& j);
+void adalora_validate(const AdapterConfig& c, const std::string& where);
 
 }  // namespace lorafit::peft

@@ -210,7 +210,18 @@ struct TrainOptions {
   std::function<void(const std::string& dir)> save_weights;
   int64_t stop_after = 0;       // testing: stop (with a checkpoint) after this many steps
   int64_t total_params = 0;     // for the report's trainable %; 0 = the model's own count
+  // Hooks for methods that act inside a step (AdaLoRA), in PEFT's documented order
+  // (loss.backward(); optimizer.step(); update_and_allocate(step); zero_grad()):
+  // after_backward runs once per optimizer step, after every micro-batch's backward and before
+  // clipping; it may add to the gradients (a regularizer) and returns the loss term it added.
+  // after_step(step) runs after the optimizer update and before zero_grad; step is 1-based.
+  std::function<double()> after_backward;
+  std::function<void(int64_t step)> after_step;
 };
+
+// The number of optimizer steps run_training makes: max_steps when > 0, else epochs ×
+// max(1, ⌈n_train / batch_size⌉ / grad_accum) (AdaLoRA's total_step needs it up front).
+int64_t total_optimizer_steps(size_t n_train, const TrainOptions& opt);
 
 struct EvalResult {
   double loss = 0;

@@ -289,7 +289,7 @@ const std::vector<OptSpec> kTrainOpts = {
     {"validation", "str", "", "validation file; none: split off --val-fraction of the training data"},
     {"output", "str", "", "output folder (required); refused when it exists unless --overwrite or --resume"},
     {"task", "str", "auto", "classification | lm | auto (BERT family: classification, Llama: lm)"},
-    {"method", "str", "lora", "lora | full (every weight) | head (classifier only)"},
+    {"method", "str", "lora", "lora | adalora | full (every weight) | head (classifier only)"},
     {"lora-r", "int", "8", "LoRA rank"},
     {"lora-alpha", "num", "16", "LoRA alpha (scaling alpha/r)"},
     {"lora-dropout", "num", "0.1", "dropout on the LoRA input"},
@@ -297,6 +297,14 @@ const std::vector<OptSpec> kTrainOpts = {
     {"modules-to-save", "list", "", "modules trained whole besides LoRA; default for classification: classifier"},
     {"use-rslora", "bool", "false", "scale by alpha/sqrt(r) (rsLoRA)"},
     {"use-dora", "bool", "false", "DoRA: LoRA direction + a trained magnitude per output row (PEFT use_dora)"},
+    {"init-r", "int", "12", "AdaLoRA: initial rank of every module (--method adalora)"},
+    {"target-r", "int", "8", "AdaLoRA: average rank the budget shrinks to"},
+    {"tinit", "int", "0", "AdaLoRA: first steps at the full budget"},
+    {"tfinal", "int", "0", "AdaLoRA: last steps with the final mask frozen"},
+    {"delta-t", "int", "1", "AdaLoRA: steps between two reallocations (PEFT deltaT)"},
+    {"beta1", "num", "0.85", "AdaLoRA: EMA factor of the sensitivity"},
+    {"beta2", "num", "0.85", "AdaLoRA: EMA factor of the uncertainty"},
+    {"orth-reg-weight", "num", "0.5", "AdaLoRA: weight of the orthogonal regularization added to the loss"},
     {"train-modules", "list", "", "method full: only parameters whose name contains one of these"},
     {"lr", "num", "", "peak learning rate [default: 5e-4 for lora/head, 5e-5 for full]"},
     {"loraplus-ratio", "num", "1", "LoRA+: lr of lora_B = ratio x lr (the paper suggests 16)"},
@@ -390,11 +398,19 @@ int cmd_train(int argc, char** argv) {
     lorafit::kernels::set_num_threads(static_cast<int>(threads));
 
     const std::string method = o.str("method");
-    if (method != "lora" && method != "full" && method != "head")
-      throw Error("[train] --method '" + method + "': expected lora, full or head");
-    if (method != "lora" && (o.has("lora-r") || o.has("target-modules") || o.has("lora-alpha") ||
-                             o.has("use-dora")))
-      throw Error("[train] --lora-* and --target-modules apply to --method lora only (method is " + method + ")");
+    if (method != "lora" && method != "adalora" && method != "full" && method != "head")
+      throw Error("[train] --method '" + method + "': expected lora, adalora, full or head");
+    const bool adapter_method = method == "lora" || method == "adalora";
+    if (!adapter_method && (o.has("lora-r") || o.has("target-modules") || o.has("lora-alpha") ||
+                            o.has("use-dora")))
+      throw Error("[train] --lora-* and --target-modules apply to --method lora/adalora only (method is " + method + ")");
+    if (method == "adalora" && o.has("use-dora"))
+      throw Error("[train] --use-dora applies to --method lora (PEFT has no DoRA for AdaLoRA)");
+    if (method == "adalora" && o.has("lora-r"))
+      throw Error("[train] --lora-r does not apply to --method adalora: its ranks are --init-r and --target-r");
+    for (const char* k : {"init-r", "target-r", "tinit", "tfinal", "delta-t", "beta1", "beta2", "orth-reg-weight"})
+      if (method != "adalora" && o.has(k))
+        throw Error(std::string("[train] --") + k + " applies to --method adalora only (method is " + method + ")");
     if (method != "full" && o.has("train-modules"))
       throw Error("[train] --train-modules applies to --method full only; with LoRA use --target-modules / --modules-to-save");
 
@@ -475,7 +491,8 @@ int cmd_train(int argc, char** argv) {
     std::unique_ptr<peft::PeftModel> pm;
     lorafit::nn::NamedParameters params;
     peft::AdapterConfig acfg;
-    if (method == "lora") {
+    std::unique_ptr<peft::RankAllocator> alloc;
+    if (adapter_method) {
       acfg.task_type = lm ? "CAUSAL_LM" : "SEQ_CLS";
       acfg.base_model_name_or_path = o.str("model");
       acfg.r = o.integer("lora-r");
@@ -486,9 +503,27 @@ int cmd_train(int argc, char** argv) {
       acfg.target_modules = o.list("target-modules");
       if (acfg.target_modules.empty()) acfg.target_modules = default_targets(mc.arch);
       if (o.has("modules-to-save")) acfg.modules_to_save = o.list("modules-to-save");
+      if (method == "adalora") {  // PEFT AdaLoraConfig; total_step = this run's optimizer steps
+        acfg.peft_type = "ADALORA";
+        acfg.init_r = o.integer("init-r");
+        acfg.target_r = o.integer("target-r");
+        acfg.tinit = o.integer("tinit");
+        acfg.tfinal = o.integer("tfinal");
+        acfg.deltaT = o.integer("delta-t");
+        acfg.beta1 = o.number("beta1");
+        acfg.beta2 = o.number("beta2");
+        acfg.orth_reg_weight = o.number("orth-reg-weight");
+        train::TrainOptions steps;
+        steps.batch_size = static_cast<size_t>(std::max<int64_t>(1, o.integer("batch-size")));
+        steps.grad_accum = o.integer("grad-accum");
+        steps.epochs = o.integer("epochs");
+        steps.max_steps = o.integer("max-steps");
+        acfg.total_step = train::total_optimizer_steps(tr.size(), steps);
+      }
       acfg.validate("train options");
       pm = std::make_unique<peft::PeftModel>(*model, acfg, seed);
       params = pm->trainable_parameters();
+      if (method == "adalora") alloc = std::make_unique<peft::RankAllocator>(pm->config(), pm->adalora_layers());
     } else {
       model->set_trainable(false);
       for (auto& [n, p] : model->named_parameters()) {
@@ -535,11 +570,11 @@ int cmd_train(int argc, char** argv) {
       throw Error("[train] --batch-size, --grad-accum and --epochs must be >= 1, --max-steps >= 0");
     if (to.lr <= 0) throw Error("[train] --lr must be positive");
     if (to.warmup_ratio < 0 || to.warmup_ratio >= 1) throw Error("[train] --warmup-ratio must be in [0, 1)");
-    if (method != "lora" && to.loraplus_ratio != 1.0f) throw Error("[train] --loraplus-ratio needs --method lora");
+    if (!adapter_method && to.loraplus_ratio != 1.0f) throw Error("[train] --loraplus-ratio needs --method lora or adalora");
     json cfg = o.to_json();
     cfg["task"] = task;
     cfg["lr"] = to.lr;
-    if (method == "lora") cfg["adapter"] = peft::config_to_json(acfg);
+    if (adapter_method) cfg["adapter"] = peft::config_to_json(acfg);
     to.config_json = cfg.dump();
     json task_info = {{"task", task}, {"method", method}, {"model", o.str("model")},
                       {"labels", label_names}, {"max_length", o.integer("max-length")},
@@ -547,7 +582,26 @@ int cmd_train(int argc, char** argv) {
     to.save_weights = [&](const std::string& dir) {
       if (pm) pm->save_pretrained(dir);
       lorafit::io::write_json_file(dir + "/lorafit_task.json", task_info);
+      if (alloc) lorafit::io::write_safetensors(dir + "/adalora_state.safetensors", alloc->state());
     };
+    if (alloc) {
+      // AdaLoRA inside the loop, as PEFT documents it: the orthogonal regularization joins the
+      // loss (its gradient before clipping); after each optimizer step the allocator updates the
+      // importance and masks lora_E; the saved folder is pruned by the latest rank_pattern.
+      std::vector<peft::SVDLinear*> svd;
+      for (auto& [path, l] : pm->adalora_layers()) svd.push_back(l);
+      const double orth = acfg.orth_reg_weight;
+      to.after_backward = [svd, orth]() { return peft::adalora_orth_reg(svd, orth, 1.0); };
+      to.after_step = [&](int64_t step) {
+        if (alloc->update_and_allocate(step).new_pattern) pm->set_adalora_rank_pattern(alloc->rank_pattern());
+      };
+      if (!resume.empty()) {
+        const std::string sp = resume + "/adalora_state.safetensors";
+        if (!fs::exists(sp)) throw Error("[train] " + resume + ": no adalora_state.safetensors (not an AdaLoRA checkpoint)");
+        alloc->load_state(lorafit::io::SafetensorsFile::open(sp), sp);
+        if (!alloc->rank_pattern().empty()) pm->set_adalora_rank_pattern(alloc->rank_pattern());
+      }
+    }
 
     int64_t n_train = 0;
     for (auto& [n, p] : params) n_train += p->value.numel();
@@ -576,6 +630,17 @@ int cmd_train(int argc, char** argv) {
       else
         std::printf("validation accuracy %.4f, F1 %.4f, MCC %.4f (%lld examples)\n", sum.final_eval.cls.accuracy,
                     sum.final_eval.cls.f1, sum.final_eval.cls.mcc, static_cast<long long>(sum.final_eval.cls.n));
+    }
+    if (alloc) {
+      std::string ranks;
+      int64_t total_r = 0;
+      for (auto& [k, m] : alloc->rank_pattern()) {
+        const auto r = std::count(m.begin(), m.end(), true);
+        total_r += r;
+        ranks += (ranks.empty() ? "" : ", ") + std::to_string(r);
+      }
+      std::printf("adalora: rank budget %lld (target %lld), ranks per module [%s]\n", static_cast<long long>(total_r),
+                  static_cast<long long>(alloc->target_budget()), ranks.c_str());
     }
     std::printf("adapter: %s/final\nreport: %s\n", out.c_str(), sum.report_path.c_str());
     return 0;

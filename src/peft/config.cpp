@@ -53,8 +53,9 @@ void AdapterConfig::validate(const std::string& where) const {
   auto bad = [&](const std::string& field, const std::string& what) {
     fail(where + ": field '" + field + "': " + what);
   };
-  if (peft_type != "LORA")
-    bad("peft_type", "'" + peft_type + "' is not supported (only \"LORA\")");
+  if (peft_type != "LORA" && peft_type != "ADALORA")
+    bad("peft_type", "'" + peft_type + "' is not supported (\"LORA\" or \"ADALORA\")");
+  if (is_adalora()) adalora_validate(*this, where);
   if (r <= 0) bad("r", "must be a positive integer, got " + std::to_string(r));
   if (!std::isfinite(lora_alpha)) bad("lora_alpha", "must be a finite number");
   if (!(lora_dropout >= 0.0 && lora_dropout < 1.0))
@@ -126,7 +127,8 @@ AdapterConfig config_from_json(const io::json& j, const std::string& where) {
       out.emplace_back(it.key(), it->template get<typename std::decay_t<decltype(out)>::value_type::second_type>());
     }
   };
-  read_map("rank_pattern", c.rank_pattern, true);
+  if (c.is_adalora()) adalora_config_from_json(j, c, where);  // rank_pattern: keep masks
+  else read_map("rank_pattern", c.rank_pattern, true);
   read_map("alpha_pattern", c.alpha_pattern, false);
   if (io::json_has(j, "modules_to_save"))
     c.modules_to_save = io::json_string_list(j, "modules_to_save", where);
@@ -202,6 +204,7 @@ io::json config_to_json(const AdapterConfig& c) {
     default: j["init_lora_weights"] = lora_init_name(c.init_lora_weights);
   }
   j["inference_mode"] = c.inference_mode;
+  if (c.is_adalora()) adalora_config_to_json(c, j);
   return j;
 }
 

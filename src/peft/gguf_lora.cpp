@@ -50,6 +50,8 @@ void save_llama_cpp_lora(const PeftModel& pm_const, const std::string& path, con
     fail(path + ": llama.cpp LoRA export supports Llama-family models, not '" + mc.arch + "'");
   auto layers = pm.lora_layers(name);
   const AdapterConfig& cfg = pm.config(name);
+  if (cfg.is_adalora())  // lora_a/lora_b would drop lora_E; merge the adapter instead
+    fail(path + ": llama.cpp LoRA export of an AdaLoRA adapter is not supported (lorafit adapter merge)");
   if (cfg.modules_to_save && !cfg.modules_to_save->empty())
     fail(path + ": modules_to_save cannot be stored in a llama.cpp LoRA GGUF");
   const double alpha = static_cast<double>(layers.at(0).second->scaling()) * layers[0].second->r();

@@ -131,17 +131,21 @@ void PeftModel::add_adapter(const std::string& name, const AdapterConfig& cfg_in
     const bool is_head = i + 1 == lins.size();
     if (!target_matches(cfg, path, is_head)) continue;
     if (!mts.empty() && inside_any(mts, path)) continue;  // replaced whole by modules_to_save
-    const int64_t r = cfg.rank_for(path);
     std::unique_ptr<LoraLinear> layer;
-    if (cfg.use_dora)
-      layer = std::make_unique<DoraLinear>(*lin, r, cfg.alpha_for(path), cfg.use_rslora,
-                                           static_cast<float>(cfg.lora_dropout));
-    else
-      layer = std::make_unique<LoraLinear>(*lin, r, cfg.alpha_for(path), cfg.use_rslora,
-                                           static_cast<float>(cfg.lora_dropout));
-    // One stream per module: seed mixed with the module's index, so adding a target does not
-    // shift the others' initial values.
-    layer->init(*lin, cfg.init_lora_weights, nn::random_u64(seed, 0x10000 + i));
+    if (cfg.is_adalora()) {  // SVDLinear at init_r (or the rank_pattern's kept rank)
+      layer = make_svd_layer(cfg, path, *lin, nn::random_u64(seed, 0x10000 + i));
+    } else {
+      const int64_t r = cfg.rank_for(path);
+      if (cfg.use_dora)
+        layer = std::make_unique<DoraLinear>(*lin, r, cfg.alpha_for(path), cfg.use_rslora,
+                                             static_cast<float>(cfg.lora_dropout));
+      else
+        layer = std::make_unique<LoraLinear>(*lin, r, cfg.alpha_for(path), cfg.use_rslora,
+                                             static_cast<float>(cfg.lora_dropout));
+      // One stream per module: seed mixed with the module's index, so adding a target does not
+      // shift the others' initial values.
+      layer->init(*lin, cfg.init_lora_weights, nn::random_u64(seed, 0x10000 + i));
+    }
     layer->adapter_name = name;
     ad->targets.emplace_back(path, lin);
     ad->layers.push_back(std::move(layer));
@@ -217,6 +221,7 @@ void PeftModel::attach_all() {
       if (l->B.trainable != t) l->B.set_trainable(t);
       for (auto& [key, p] : l->extra_parameters())
         if (p->trainable != t) p->set_trainable(t);
+      if (auto* s = dynamic_cast<SVDLinear*>(l.get()); s && s->E.trainable != t) s->E.set_trainable(t);
     }
     for (auto& s : a->saved) {
       const bool t = on && a->trainable;
@@ -257,6 +262,13 @@ nn::NamedParameters PeftModel::trainable_parameters() {
     Adapter& a = find(n);
     for (size_t i = 0; i < a.targets.size(); ++i) {
       LoraLinear& l = *a.layers[i];
+      if (auto* s = dynamic_cast<SVDLinear*>(&l)) {  // AdaLoRA keys have no ".weight"
+        const std::string k = kPrefix + a.targets[i].first;
+        if (s->A.trainable) out.emplace_back(k + ".lora_A", &s->A);
+        if (s->B.trainable) out.emplace_back(k + ".lora_B", &s->B);
+        if (s->E.trainable) out.emplace_back(k + ".lora_E", &s->E);
+        continue;
+      }
       if (l.A.trainable) out.emplace_back(kPrefix + a.targets[i].first + ".lora_A.weight", &l.A);
       if (l.B.trainable) out.emplace_back(kPrefix + a.targets[i].first + ".lora_B.weight", &l.B);
       for (auto& [key, p] : l.extra_parameters())
@@ -285,6 +297,10 @@ ParameterCount PeftModel::count_parameters() {
         c.total += p->value.numel();
         if (p->trainable) c.trainable += p->value.numel();
       }
+      if (auto* s = dynamic_cast<SVDLinear*>(l.get())) {  // lora_E, and PEFT's ranknum [1]
+        c.total += s->E.value.numel() + 1;
+        if (s->E.trainable) c.trainable += s->E.value.numel();
+      }
     }
     for (auto& s : a->saved) {
       c.total += s.own.value.numel();  // PEFT keeps the original and a copy per adapter
@@ -301,12 +317,31 @@ std::vector<std::pair<std::string, LoraLinear*>> PeftModel::lora_layers(const st
   return v;
 }
 
+std::vector<std::pair<std::string, SVDLinear*>> PeftModel::adalora_layers(const std::string& name) {
+  Adapter& a = find(name);
+  std::vector<std::pair<std::string, SVDLinear*>> v;
+  for (size_t i = 0; i < a.targets.size(); ++i)
+    if (auto* s = dynamic_cast<SVDLinear*>(a.layers[i].get())) v.emplace_back(a.targets[i].first, s);
+  return v;
+}
+
+void PeftModel::set_adalora_rank_pattern(
+    const std::vector<std::pair<std::string, std::vector<bool>>>& rp, const std::string& name) {
+  Adapter& a = find(name);
+  if (!a.cfg.is_adalora()) fail("adapter '" + a.name + "' is not an AdaLoRA adapter");
+  a.cfg.adalora_rank_pattern = rp;
+}
+
 // ---- files ----
 
 std::vector<std::pair<std::string, Tensor>> PeftModel::adapter_state(const std::string& name) const {
   const Adapter& a = find(name);
   std::vector<std::pair<std::string, Tensor>> t;
   for (size_t i = 0; i < a.targets.size(); ++i) {
+    if (auto* s = dynamic_cast<const SVDLinear*>(a.layers[i].get())) {  // pruned by rank_pattern
+      svd_state(a.cfg, kPrefix + a.targets[i].first, *s, t);
+      continue;
+    }
     t.emplace_back(kPrefix + a.targets[i].first + ".lora_A.weight", a.layers[i]->A.value);
     t.emplace_back(kPrefix + a.targets[i].first + ".lora_B.weight", a.layers[i]->B.value);
     for (auto& [key, p] : a.layers[i]->extra_parameters())
@@ -381,6 +416,12 @@ void PeftModel::load_adapter(const std::string& adapter_dir, const std::string& 
       dst.copy_from(f.get_f32(key));
     };
     for (size_t i = 0; i < a.targets.size(); ++i) {
+      if (auto* s = dynamic_cast<SVDLinear*>(a.layers[i].get())) {
+        take(kPrefix + a.targets[i].first + ".lora_A", s->A.value);
+        take(kPrefix + a.targets[i].first + ".lora_E", s->E.value);
+        take(kPrefix + a.targets[i].first + ".lora_B", s->B.value);
+        continue;
+      }
       take(kPrefix + a.targets[i].first + ".lora_A.weight", a.layers[i]->A.value);
       take(kPrefix + a.targets[i].first + ".lora_B.weight", a.layers[i]->B.value);
       for (auto& [key, p] : a.layers[i]->extra_parameters())

@@ -161,6 +161,12 @@ EvalResult evaluate(Task& task, const std::vector<Sample>& samples, size_t batch
   return r;
 }
 
+int64_t total_optimizer_steps(size_t n_train, const TrainOptions& opt) {
+  const auto n_batches = static_cast<int64_t>((n_train + opt.batch_size - 1) / opt.batch_size);
+  const int64_t steps_per_epoch = std::max<int64_t>(1, n_batches / std::max<int64_t>(1, opt.grad_accum));
+  return opt.max_steps > 0 ? opt.max_steps : opt.epochs * steps_per_epoch;
+}
+
 TrainSummary run_training(Task& task, const nn::NamedParameters& params,
                           const std::vector<Sample>& train_set, const std::vector<Sample>& val_set,
                           int32_t pad_id, const TrainOptions& opt, const std::string& resume) {
@@ -183,9 +189,7 @@ TrainSummary run_training(Task& task, const nn::NamedParameters& params,
   }
   AdamW adam(groups, opt.adam);
 
-  const auto n_batches = static_cast<int64_t>((train_set.size() + opt.batch_size - 1) / opt.batch_size);
-  const int64_t steps_per_epoch = std::max<int64_t>(1, n_batches / opt.grad_accum);
-  const int64_t total = opt.max_steps > 0 ? opt.max_steps : opt.epochs * steps_per_epoch;
+  const int64_t total = total_optimizer_steps(train_set.size(), opt);
   const int64_t warmup = opt.warmup_steps >= 0
                              ? opt.warmup_steps
                              : static_cast<int64_t>(std::ceil(opt.warmup_ratio * static_cast<double>(total)));
@@ -269,9 +273,11 @@ TrainSummary run_training(Task& task, const nn::NamedParameters& params,
       tokens += b.tokens;
       arena.reset();
     }
+    if (opt.after_backward) loss += opt.after_backward();
     const double gnorm = clip_grad_norm(adam.groups(), opt.max_grad_norm);
     const float lr = opt.lr * lr_multiplier(opt.schedule, st.step, warmup, total);
     adam.step(lr);
+    if (opt.after_step) opt.after_step(st.step + 1);
     adam.zero_grad();
     ++st.step;
     st.tokens += tokens;

@@ -349,6 +349,68 @@ TEST(Resume, StoppedAndResumedEqualsUninterrupted) {
   fs::remove_all(work);
 }
 
+// The in-step hooks (AdaLoRA's): after_backward once per optimizer step with the gradients of all
+// micro-batches in place, its loss added to the logged loss; after_step with the 1-based step,
+// after the update and before zero_grad (the gradients are still there).
+TEST(Hooks, RunInPeftOrderWithOneBasedSteps) {
+  auto dir = tiny_model_dir();
+  auto tok = text::Tokenizer::from_file(dir.string());
+  auto work = temp_dir("hooks");
+  write(work / "d.tsv", synthetic_tsv(40, 8));
+  auto samples = tokenize_classification(read_classification((work / "d.tsv").string(), {}), tok, 32);
+  auto model = models::load_model(dir.string());
+  model->set_trainable(false);
+  nn::NamedParameters ps;
+  for (auto& [n, p] : model->named_parameters())
+    if (n.rfind("classifier", 0) == 0) p->set_trainable(true), ps.emplace_back(n, p);
+  ASSERT_FALSE(ps.empty());
+  TrainOptions o;
+  o.max_steps = 4;
+  o.batch_size = 8;
+  o.grad_accum = 2;
+  o.warmup_steps = 0;  // the first update moves the weights
+  o.quiet = true;
+  o.output_dir = (work / "out").string();
+  EXPECT_EQ(total_optimizer_steps(samples.size(), o), 4);
+  std::vector<std::string> events;
+  std::vector<float> before_step;
+  o.after_backward = [&]() {
+    events.push_back("backward");
+    before_step.assign(ps[0].second->value.f32(), ps[0].second->value.f32() + ps[0].second->value.numel());
+    double g = 0;
+    for (auto& [n, p] : ps)
+      for (int64_t i = 0; i < p->grad.numel(); ++i) g += std::fabs(p->grad.f32()[i]);
+    EXPECT_GT(g, 0.0);  // the micro-batches' gradients are in place
+    return 100.0;
+  };
+  o.after_step = [&](int64_t step) {
+    events.push_back("step " + std::to_string(step));
+    double g = 0;
+    for (auto& [n, p] : ps)
+      for (int64_t i = 0; i < p->grad.numel(); ++i) g += std::fabs(p->grad.f32()[i]);
+    EXPECT_GT(g, 0.0);  // not zeroed yet
+    bool moved = false;  // the optimizer already updated the weights
+    for (int64_t i = 0; i < ps[0].second->value.numel(); ++i)
+      moved = moved || ps[0].second->value.f32()[i] != before_step[static_cast<size_t>(i)];
+    EXPECT_TRUE(moved) << "step " << step;
+  };
+  Task t{model.get(), false};
+  run_training(t, ps, samples, {}, 0, o);
+  EXPECT_EQ(events, (std::vector<std::string>{"backward", "step 1", "backward", "step 2", "backward",
+                                              "step 3", "backward", "step 4"}));
+  // The logged training loss includes the hook's term.
+  std::string log = io::read_file((work / "out/log.jsonl").string());
+  int step_lines = 0;
+  for (size_t pos = 0, end; (end = log.find('\n', pos)) != std::string::npos; pos = end + 1) {
+    auto j = io::json::parse(log.substr(pos, end - pos));
+    if (j.value("type", "") != "step") continue;
+    ++step_lines;
+    EXPECT_GT(j["loss"].get<double>(), 100.0) << j.dump();
+  }
+  EXPECT_EQ(step_lines, 4);
+  fs::remove_all(work);
+}
+
 // ---- end to end through the CLI ---------------------------------------------------------------
 
 namespace {
@@ -680,5 +742,63 @@ TEST(Cli, DoraTrainResumeAndAnalyze) {
             1);
   EXPECT_EQ(run(bin + " analyze --base " + dir.string() + " --out " + (work / "an3").string()), 2);
   EXPECT_EQ(run(bin + " analyze --help"), 0);
+  fs::remove_all(work);
+}
+
+// AdaLoRA through the CLI: the allocator runs inside the loop (no user call), total_step is the
+// run's step count, the budget reaches target_r per module, final/ holds the pruned tensors and the
+// rank_pattern, and a stopped + resumed run (allocator state in the checkpoint) equals an
+// uninterrupted one.
+TEST(Cli, AdaLoraPrunesToTheTargetBudgetAndResumesExactly) {
+  auto dir = tiny_model_dir();
+  auto work = temp_dir("cli_adalora");
+  write(work / "train.tsv", synthetic_tsv(64, 6));
+  const std::string base = std::string(LORAFIT_BINARY) + " train --model " + dir.string() + " --train " +
+                           (work / "train.tsv").string() +
+                           " --method adalora --init-r 4 --target-r 2 --tinit 2 --tfinal 3 --delta-t 2"
+                           " --max-steps 12 --batch-size 8 --threads 1 --lr 1e-2 --lora-dropout 0";
+  ASSERT_EQ(run(base + " --output " + (work / "a").string()), 0);
+  auto cfg = io::read_json_file((work / "a/final/adapter_config.json").string());
+  EXPECT_EQ(cfg["peft_type"], "ADALORA");
+  EXPECT_EQ(cfg["total_step"], 12);
+  EXPECT_EQ(cfg["init_r"], 4);
+  EXPECT_EQ(cfg["target_r"], 2);
+  ASSERT_TRUE(cfg["rank_pattern"].is_object());
+  ASSERT_EQ(cfg["rank_pattern"].size(), 4u);  // query and value of both layers
+  auto st = io::SafetensorsFile::open((work / "a/final/adapter_model.safetensors").string());
+  int64_t kept_total = 0;
+  for (auto it = cfg["rank_pattern"].begin(); it != cfg["rank_pattern"].end(); ++it) {
+    auto mask = it.value().get<std::vector<bool>>();
+    ASSERT_EQ(mask.size(), 4u);
+    const int64_t kept = std::count(mask.begin(), mask.end(), true);
+    kept_total += kept;
+    const std::string mod = "base_model.model." + it.key().substr(0, it.key().size() - 7);  // - ".lora_E"
+    EXPECT_EQ(st.get(mod + ".lora_A").shape(), (tensor::Shape{kept, 32})) << mod;
+    EXPECT_EQ(st.get(mod + ".lora_E").shape(), (tensor::Shape{kept, 1})) << mod;
+    EXPECT_EQ(st.get(mod + ".lora_B").shape(), (tensor::Shape{32, kept})) << mod;
+  }
+  EXPECT_EQ(kept_total, 2 * 4);  // the target budget: target_r × modules
+  // The pruned folder loads for evaluation.
+  EXPECT_EQ(run(std::string(LORAFIT_BINARY) + " eval --model " + dir.string() + " --adapter " +
+                (work / "a/final").string() + " --data " + (work / "train.tsv").string()),
+            0);
+  // Stop after 5 steps (mid-budgeting), resume: identical weights and mask.
+  EXPECT_EQ(run(base + " --output " + (work / "b").string() + " --stop-after 5"), 130);
+  ASSERT_TRUE(fs::exists(work / "b/checkpoint/adalora_state.safetensors"));
+  ASSERT_EQ(run(base + " --output " + (work / "b").string() + " --resume " + (work / "b/checkpoint").string()), 0);
+  auto a = io::SafetensorsFile::open((work / "a/final/trainable.safetensors").string());
+  auto b = io::SafetensorsFile::open((work / "b/final/trainable.safetensors").string());
+  ASSERT_EQ(a.names(), b.names());
+  for (auto& n : a.names()) {
+    Tensor ta = a.get_f32(n), tb = b.get_f32(n);
+    ASSERT_EQ(ta.numel(), tb.numel());
+    for (int64_t i = 0; i < ta.numel(); ++i) ASSERT_EQ(ta.f32()[i], tb.f32()[i]) << n << " element " << i;
+  }
+  EXPECT_EQ(io::read_json_file((work / "b/final/adapter_config.json").string())["rank_pattern"], cfg["rank_pattern"]);
+  // AdaLoRA flags belong to --method adalora; --lora-r does not apply to it.
+  EXPECT_EQ(run(base + " --output " + (work / "c").string() + " --lora-r 4"), 1);
+  EXPECT_EQ(run(std::string(LORAFIT_BINARY) + " train --model " + dir.string() + " --train " +
+                (work / "train.tsv").string() + " --init-r 4 --output " + (work / "d").string()),
+            1);
   fs::remove_all(work);
 }
