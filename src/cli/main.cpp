@@ -23,7 +23,7 @@ Commands:
   --help, -h       show this help
   --version        print the version
   info PATH        architecture, sizes and targetable modules of a model folder or .gguf
-  train            fine-tune with LoRA (or fully) on classification or text data
+  train            fine-tune with LoRA, DoRA or AdaLoRA (or fully) on classification or text data
   eval             accuracy/F1/MCC or perplexity of a model (+ adapter) on a file
   predict          classify a file, with probabilities (TSV or JSONL)
   generate         continue a prompt (greedy or sampled, KV cache)
@@ -33,8 +33,7 @@ Commands:
 
 Each command explains itself: lorafit <command> --help
 
-Work in progress: model loading, adapters and training arrive with the next milestones
-(see README.md).
+Not yet: QLoRA (a 4-bit NF4 base); GGUF bases in Q4_0/Q4_1/Q8_0 already train LoRA on top.
 )";
 
 }  // namespace

@@ -673,6 +673,9 @@ TEST(Cli, InstructionTrainingLearnsTheReplies) {
   EXPECT_EQ(run(bin + " train --model " + dir.string() + " --train " + (work / "qa.jsonl").string() + " --output " +
                 (work / "o2").string() + " --chat-template vicuna"),
             1);
+  fs::remove_all(work);
+}
+
 // DoRA through the CLI: the magnitude is trained and saved (PEFT keys), resume is exact, and
 // `lorafit analyze` reads the run (merged on the fly) and a full fine-tune beside it.
 TEST(Cli, DoraTrainResumeAndAnalyze) {
