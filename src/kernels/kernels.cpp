@@ -36,7 +36,7 @@ std::atomic<Isa>& active_isa() {
 bool isa_supported(Isa isa) { return isa == Isa::Scalar || cpu_has_avx2(); }
 Isa isa_active() { return active_isa().load(std::memory_order_relaxed); }
 void isa_set(Isa isa) {
-  check(isa_supported(isa), "isa_set",
+  LORAFIT_CHECK(isa_supported(isa), "isa_set",
         std::string(isa_name(isa)) + " is not supported by this CPU (needs AVX2 and FMA)");
   active_isa().store(isa, std::memory_order_relaxed);
 }
@@ -80,7 +80,7 @@ std::atomic<int> g_threads{0};  // 0: not set, use the OpenMP default
 }
 
 void set_num_threads(int n) {
-  check(n >= 0, "set_num_threads", "thread count must be >= 0, got " + std::to_string(n));
+  LORAFIT_CHECK(n >= 0, "set_num_threads", "thread count must be >= 0, got " + std::to_string(n));
   int t = n == 0 ? omp_get_num_procs() : n;
   openblas_set_num_threads(t);
   omp_set_num_threads(t);
@@ -101,29 +101,29 @@ constexpr int64_t kParallelElementwise = 1 << 16;
 constexpr int64_t kParallelRows = 1 << 14;
 
 void require_f32(const char* op, const char* name, const Tensor& t) {
-  check(t.defined(), op, string(name) + " is undefined");
-  check(t.dtype() == DType::F32, op, string(name) + " is " + t.str() + ", expected F32");
+  LORAFIT_CHECK(t.defined(), op, string(name) + " is undefined");
+  LORAFIT_CHECK(t.dtype() == DType::F32, op, string(name) + " is " + t.str() + ", expected F32");
 }
 void require_i32(const char* op, const char* name, const Tensor& t) {
-  check(t.defined(), op, string(name) + " is undefined");
-  check(t.dtype() == DType::I32, op, string(name) + " is " + t.str() + ", expected I32");
+  LORAFIT_CHECK(t.defined(), op, string(name) + " is undefined");
+  LORAFIT_CHECK(t.dtype() == DType::I32, op, string(name) + " is " + t.str() + ", expected I32");
 }
 void require_same(const char* op, const char* na, const Tensor& a, const char* nb,
                   const Tensor& b) {
-  check(a.shape() == b.shape(), op,
+  LORAFIT_CHECK(a.shape() == b.shape(), op,
         string(na) + " is " + a.str() + " but " + nb + " is " + b.str() + ": shapes must match");
 }
 // A vector of `c` elements: shape [c].
 void require_vec(const char* op, const char* name, const Tensor& t, int64_t c, const char* what,
                  const Tensor& ref) {
   require_f32(op, name, t);
-  check(t.ndim() == 1 && t.dim(0) == c, op,
+  LORAFIT_CHECK(t.ndim() == 1 && t.dim(0) == c, op,
         string(name) + " is " + t.str() + " but " + what + " is " + ref.str() + ": expected F32[" +
             std::to_string(c) + "]");
 }
 // Rows of the last dimension: x [..., c] seen as [rows, c].
 int64_t last_dim(const char* op, const char* name, const Tensor& t) {
-  check(t.ndim() >= 1, op, string(name) + " is " + t.str() + ": needs at least one dimension");
+  LORAFIT_CHECK(t.ndim() >= 1, op, string(name) + " is " + t.str() + ": needs at least one dimension");
   return t.dim(-1);
 }
 int64_t rows_of(const Tensor& t, int64_t c) { return c == 0 ? 0 : t.numel() / c; }
@@ -164,32 +164,32 @@ void gemm_raw(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float
               const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
               int64_t ldc) {
   const char* op = "gemm";
-  check(m >= 0 && n >= 0 && k >= 0, op,
+  LORAFIT_CHECK(m >= 0 && n >= 0 && k >= 0, op,
         "negative size m=" + std::to_string(m) + " n=" + std::to_string(n) +
             " k=" + std::to_string(k));
-  check(m <= INT_MAX && n <= INT_MAX && k <= INT_MAX && lda <= INT_MAX && ldb <= INT_MAX &&
+  LORAFIT_CHECK(m <= INT_MAX && n <= INT_MAX && k <= INT_MAX && lda <= INT_MAX && ldb <= INT_MAX &&
             ldc <= INT_MAX,
         op, "sizes exceed the 32-bit BLAS interface");
   // Row-major storage: A is m x k (or k x m when transposed), etc.
   const int64_t a_cols = trans_a ? m : k, b_cols = trans_b ? k : n;
-  check(lda >= std::max<int64_t>(1, a_cols), op,
+  LORAFIT_CHECK(lda >= std::max<int64_t>(1, a_cols), op,
         "lda=" + std::to_string(lda) + " is smaller than the " + std::to_string(a_cols) +
             " columns of A");
-  check(ldb >= std::max<int64_t>(1, b_cols), op,
+  LORAFIT_CHECK(ldb >= std::max<int64_t>(1, b_cols), op,
         "ldb=" + std::to_string(ldb) + " is smaller than the " + std::to_string(b_cols) +
             " columns of B");
-  check(ldc >= std::max<int64_t>(1, n), op,
+  LORAFIT_CHECK(ldc >= std::max<int64_t>(1, n), op,
         "ldc=" + std::to_string(ldc) + " is smaller than the " + std::to_string(n) +
             " columns of C");
   if (m == 0 || n == 0) return;
-  check(c != nullptr, op, "C is null");
+  LORAFIT_CHECK(c != nullptr, op, "C is null");
   if (k == 0) {
     // C = beta C; BLAS (beta = 0) must not read C, which may hold garbage.
     for (int64_t i = 0; i < m; ++i)
       for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[i * ldc + j];
     return;
   }
-  check(a != nullptr && b != nullptr, op, "A or B is null");
+  LORAFIT_CHECK(a != nullptr && b != nullptr, op, "A or B is null");
   cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
               trans_b ? CblasTrans : CblasNoTrans, static_cast<int>(m), static_cast<int>(n),
               static_cast<int>(k), alpha, a, static_cast<int>(lda), b, static_cast<int>(ldb), beta,
@@ -205,20 +205,20 @@ void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& 
   auto desc = [](const char* name, const Tensor& t, bool tr) {
     return string(name) + " is " + t.str() + (tr ? " (transposed)" : "");
   };
-  check(a.ndim() == 2, op, desc("A", a, trans_a) + ": expected a 2-D tensor");
-  check(b.ndim() == 2, op, desc("B", b, trans_b) + ": expected a 2-D tensor");
-  check(c.ndim() == 2, op, "C is " + c.str() + ": expected a 2-D tensor");
+  LORAFIT_CHECK(a.ndim() == 2, op, desc("A", a, trans_a) + ": expected a 2-D tensor");
+  LORAFIT_CHECK(b.ndim() == 2, op, desc("B", b, trans_b) + ": expected a 2-D tensor");
+  LORAFIT_CHECK(c.ndim() == 2, op, "C is " + c.str() + ": expected a 2-D tensor");
   const int64_t m = trans_a ? a.dim(1) : a.dim(0), k = trans_a ? a.dim(0) : a.dim(1);
   const int64_t kb = trans_b ? b.dim(1) : b.dim(0), n = trans_b ? b.dim(0) : b.dim(1);
-  check(k == kb, op,
+  LORAFIT_CHECK(k == kb, op,
         desc("A", a, trans_a) + " but " + desc("B", b, trans_b) +
             ": inner dimensions must agree (" + std::to_string(k) + " vs " + std::to_string(kb) +
             ")");
-  check(c.dim(0) == m && c.dim(1) == n, op,
+  LORAFIT_CHECK(c.dim(0) == m && c.dim(1) == n, op,
         desc("A", a, trans_a) + " and " + desc("B", b, trans_b) + " give [" + std::to_string(m) +
             ", " + std::to_string(n) + "] but C is " + c.str());
   if (c.numel() > 0)
-    check((a.numel() == 0 || !overlaps(c.f32(), c.numel(), a.f32(), a.numel())) &&
+    LORAFIT_CHECK((a.numel() == 0 || !overlaps(c.f32(), c.numel(), a.f32(), a.numel())) &&
               (b.numel() == 0 || !overlaps(c.f32(), c.numel(), b.f32(), b.numel())),
           op, "C " + c.str() + " overlaps an input");
   gemm_raw(trans_a, trans_b, m, n, k, alpha, a.numel() ? a.f32() : nullptr,
@@ -370,7 +370,7 @@ void softmax_forward(const Tensor& x, const Tensor& mask, Tensor& y) {
   if (mask.defined()) {
     require_f32(op, "mask", mask);
     bool row = mask.ndim() == 1 && mask.dim(0) == n;
-    check(row || mask.shape() == x.shape(), op,
+    LORAFIT_CHECK(row || mask.shape() == x.shape(), op,
           "mask is " + mask.str() + " but x is " + x.str() + ": expected F32[" +
               std::to_string(n) + "] or the shape of x");
     pm = mask.f32();
@@ -407,7 +407,7 @@ namespace {
 void require_stats(const char* op, const char* name, const Tensor& t, int64_t rows,
                    const Tensor& x) {
   require_f32(op, name, t);
-  check(t.numel() == rows, op,
+  LORAFIT_CHECK(t.numel() == rows, op,
         string(name) + " is " + t.str() + " but x is " + x.str() + ": expected " +
             std::to_string(rows) + " values (one per row)");
 }
@@ -453,7 +453,7 @@ void layernorm_forward(const Tensor& x, const Tensor& w, const Tensor& b, float 
   require_f32(op, "y", y);
   require_same(op, "x", x, "y", y);
   const int64_t c = last_dim(op, "x", x);
-  check(c > 0, op, "x is " + x.str() + ": rows must not be empty");
+  LORAFIT_CHECK(c > 0, op, "x is " + x.str() + ": rows must not be empty");
   const int64_t rows = rows_of(x, c);
   require_vec(op, "w", w, c, "x", x);
   if (b.defined()) require_vec(op, "b", b, c, "x", x);
@@ -476,7 +476,7 @@ void layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, cons
   require_same(op, "x", x, "dy", dy);
   require_same(op, "x", x, "dx", dx);
   const int64_t c = last_dim(op, "x", x);
-  check(c > 0, op, "x is " + x.str() + ": rows must not be empty");
+  LORAFIT_CHECK(c > 0, op, "x is " + x.str() + ": rows must not be empty");
   const int64_t rows = rows_of(x, c);
   require_vec(op, "w", w, c, "x", x);
   require_stats(op, "mean", mean, rows, x);
@@ -500,7 +500,7 @@ void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y, Ten
   require_f32(op, "y", y);
   require_same(op, "x", x, "y", y);
   const int64_t c = last_dim(op, "x", x);
-  check(c > 0, op, "x is " + x.str() + ": rows must not be empty");
+  LORAFIT_CHECK(c > 0, op, "x is " + x.str() + ": rows must not be empty");
   const int64_t rows = rows_of(x, c);
   require_vec(op, "w", w, c, "x", x);
   require_stats(op, "rstd", rstd, rows, x);
@@ -521,7 +521,7 @@ void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const 
   require_same(op, "x", x, "dy", dy);
   require_same(op, "x", x, "dx", dx);
   const int64_t c = last_dim(op, "x", x);
-  check(c > 0, op, "x is " + x.str() + ": rows must not be empty");
+  LORAFIT_CHECK(c > 0, op, "x is " + x.str() + ": rows must not be empty");
   const int64_t rows = rows_of(x, c);
   require_vec(op, "w", w, c, "x", x);
   require_stats(op, "rstd", rstd, rows, x);
@@ -541,17 +541,17 @@ namespace {
 void rope_apply(const char* op, Tensor& x, const Tensor& positions, float theta, RopeStyle style,
                 float sign) {
   require_f32(op, "x", x);
-  check(x.ndim() == 4, op, "x is " + x.str() + ": expected [B, T, H, D]");
+  LORAFIT_CHECK(x.ndim() == 4, op, "x is " + x.str() + ": expected [B, T, H, D]");
   const int64_t bsz = x.dim(0), t = x.dim(1), h = x.dim(2), d = x.dim(3);
-  check(d % 2 == 0, op, "x is " + x.str() + ": head dimension D must be even");
+  LORAFIT_CHECK(d % 2 == 0, op, "x is " + x.str() + ": head dimension D must be even");
   require_i32(op, "positions", positions);
   const bool per_batch = positions.ndim() == 2;
-  check((positions.ndim() == 1 && positions.dim(0) == t) ||
+  LORAFIT_CHECK((positions.ndim() == 1 && positions.dim(0) == t) ||
             (per_batch && positions.dim(0) == bsz && positions.dim(1) == t),
         op, "positions is " + positions.str() + " but x is " + x.str() + ": expected I32[" +
                 std::to_string(t) + "] or I32[" + std::to_string(bsz) + ", " +
                 std::to_string(t) + "]");
-  check(theta > 0.0f, op, "theta must be positive, got " + std::to_string(theta));
+  LORAFIT_CHECK(theta > 0.0f, op, "theta must be positive, got " + std::to_string(theta));
   if (x.numel() == 0) return;
   auto k = active_ops().rope_rotate;
   float* px = x.f32();
@@ -583,14 +583,14 @@ namespace {
 int64_t check_targets(const char* op, const Tensor& targets, int64_t n, int64_t v,
                       int32_t ignore_index, const Tensor& logits) {
   require_i32(op, "targets", targets);
-  check(targets.ndim() == 1 && targets.dim(0) == n, op,
+  LORAFIT_CHECK(targets.ndim() == 1 && targets.dim(0) == n, op,
         "targets is " + targets.str() + " but logits is " + logits.str() + ": expected I32[" +
             std::to_string(n) + "]");
   const int32_t* pt = targets.i32();
   int64_t count = 0;
   for (int64_t i = 0; i < n; ++i) {
     if (pt[i] == ignore_index) continue;
-    check(pt[i] >= 0 && pt[i] < v, op,
+    LORAFIT_CHECK(pt[i] >= 0 && pt[i] < v, op,
           "targets[" + std::to_string(i) + "] = " + std::to_string(pt[i]) +
               " is out of range for logits " + logits.str() + " (ignore_index " +
               std::to_string(ignore_index) + ")");
@@ -605,7 +605,7 @@ float cross_entropy_forward(const Tensor& logits, const Tensor& targets, int32_t
   const char* op = "cross_entropy_forward";
   require_f32(op, "logits", logits);
   require_f32(op, "probs", probs);
-  check(logits.ndim() == 2 && logits.dim(1) > 0, op,
+  LORAFIT_CHECK(logits.ndim() == 2 && logits.dim(1) > 0, op,
         "logits is " + logits.str() + ": expected [N, V] with V > 0");
   require_same(op, "logits", logits, "probs", probs);
   const int64_t n = logits.dim(0), v = logits.dim(1);
@@ -636,7 +636,7 @@ void cross_entropy_backward(const Tensor& probs, const Tensor& targets, int32_t 
   const char* op = "cross_entropy_backward";
   require_f32(op, "probs", probs);
   require_f32(op, "dlogits", dlogits);
-  check(probs.ndim() == 2 && probs.dim(1) > 0, op,
+  LORAFIT_CHECK(probs.ndim() == 2 && probs.dim(1) > 0, op,
         "probs is " + probs.str() + ": expected [N, V] with V > 0");
   require_same(op, "probs", probs, "dlogits", dlogits);
   const int64_t n = probs.dim(0), v = probs.dim(1);
@@ -657,14 +657,14 @@ void check_ids(const char* op, const Tensor& ids, int64_t vocab, const Tensor& t
   require_i32(op, "ids", ids);
   const int32_t* p = ids.i32();
   for (int64_t i = 0; i < ids.numel(); ++i)
-    check(p[i] >= 0 && p[i] < vocab, op,
+    LORAFIT_CHECK(p[i] >= 0 && p[i] < vocab, op,
           "ids[" + std::to_string(i) + "] = " + std::to_string(p[i]) + " is out of range for " +
               table.str());
 }
 // out / dout: [numel(ids), C], or any shape [..., C] with that many rows.
 void check_rows(const char* op, const char* name, const Tensor& t, const Tensor& ids, int64_t c) {
   require_f32(op, name, t);
-  check(t.ndim() >= 1 && t.dim(-1) == c && t.numel() == ids.numel() * c, op,
+  LORAFIT_CHECK(t.ndim() >= 1 && t.dim(-1) == c && t.numel() == ids.numel() * c, op,
         string(name) + " is " + t.str() + " but ids is " + ids.str() + ": expected [" +
             std::to_string(ids.numel()) + ", " + std::to_string(c) + "]");
 }
@@ -673,7 +673,7 @@ void check_rows(const char* op, const char* name, const Tensor& t, const Tensor&
 void embedding_forward(const Tensor& table, const Tensor& ids, Tensor& out) {
   const char* op = "embedding_forward";
   require_f32(op, "table", table);
-  check(table.ndim() == 2, op, "table is " + table.str() + ": expected [V, C]");
+  LORAFIT_CHECK(table.ndim() == 2, op, "table is " + table.str() + ": expected [V, C]");
   const int64_t c = table.dim(1);
   check_ids(op, ids, table.dim(0), table);
   check_rows(op, "out", out, ids, c);
@@ -688,7 +688,7 @@ void embedding_forward(const Tensor& table, const Tensor& ids, Tensor& out) {
 void embedding_backward(const Tensor& dout, const Tensor& ids, Tensor& dtable) {
   const char* op = "embedding_backward";
   require_f32(op, "dtable", dtable);
-  check(dtable.ndim() == 2, op, "dtable is " + dtable.str() + ": expected [V, C]");
+  LORAFIT_CHECK(dtable.ndim() == 2, op, "dtable is " + dtable.str() + ": expected [V, C]");
   const int64_t c = dtable.dim(1);
   check_ids(op, ids, dtable.dim(0), dtable);
   check_rows(op, "dout", dout, ids, c);

@@ -15,7 +15,7 @@ namespace {
 
 void check_blocks(DType t, int64_t n, const char* op) {
   int64_t be = dtype_block_elems(t);
-  check(n >= 0 && n % be == 0, op,
+  LORAFIT_CHECK(n >= 0 && n % be == 0, op,
         std::to_string(n) + " values of " + dtype_name(t) + " is not a whole number of blocks of " +
             std::to_string(be));
 }
@@ -191,11 +191,11 @@ void quantize_row(DType t, const float* src, void* dst, int64_t n) {
 }
 
 Tensor quantize(const Tensor& x, DType t) {
-  check(x.defined(), "quantize", "undefined tensor");
-  check(x.dtype() == DType::F32 || x.dtype() == DType::F16 || x.dtype() == DType::BF16, "quantize",
+  LORAFIT_CHECK(x.defined(), "quantize", "undefined tensor");
+  LORAFIT_CHECK(x.dtype() == DType::F32 || x.dtype() == DType::F16 || x.dtype() == DType::BF16, "quantize",
         "input " + x.str() + " must be F32, F16 or BF16");
   int64_t be = dtype_block_elems(t);
-  check(x.ndim() >= 1 && x.dim(-1) % be == 0, "quantize",
+  LORAFIT_CHECK(x.ndim() >= 1 && x.dim(-1) % be == 0, "quantize",
         "last dimension of " + x.str() + " must be a multiple of " + std::to_string(be) + " for " +
             dtype_name(t));
   Tensor src = x.dtype() == DType::F32 ? x : x.to(DType::F32);
@@ -205,7 +205,7 @@ Tensor quantize(const Tensor& x, DType t) {
 }
 
 Tensor dequantize(const Tensor& x) {
-  check(x.defined(), "dequantize", "undefined tensor");
+  LORAFIT_CHECK(x.defined(), "dequantize", "undefined tensor");
   Tensor out = Tensor::empty(x.shape(), DType::F32);
   dequantize_row(x.dtype(), x.raw(), out.f32(), x.numel());
   return out;

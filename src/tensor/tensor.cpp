@@ -54,7 +54,7 @@ bool dtype_is_quantized(DType t) { return info(t).block_elems > 1; }
 
 size_t dtype_nbytes(DType t, int64_t n) {
   DTypeInfo i = info(t);
-  check(n >= 0 && n % i.block_elems == 0, "dtype",
+  LORAFIT_CHECK(n >= 0 && n % i.block_elems == 0, "dtype",
         std::to_string(n) + " elements of " + i.name + " is not a whole number of blocks of " +
             std::to_string(i.block_elems));
   return static_cast<size_t>(n / i.block_elems) * static_cast<size_t>(i.block_bytes);
@@ -164,7 +164,7 @@ std::shared_ptr<Storage> new_storage(size_t bytes) {
 
 void check_shape(const Shape& shape, const char* op) {
   for (int64_t d : shape)
-    check(d >= 0, op, "negative dimension in shape " + shape_str(shape));
+    LORAFIT_CHECK(d >= 0, op, "negative dimension in shape " + shape_str(shape));
 }
 }  // namespace
 
@@ -192,7 +192,7 @@ Tensor Tensor::full(const Shape& shape, float value) {
 }
 
 Tensor Tensor::from_vector(const Shape& shape, const std::vector<float>& values) {
-  check(static_cast<int64_t>(values.size()) == shape_numel(shape), "Tensor::from_vector",
+  LORAFIT_CHECK(static_cast<int64_t>(values.size()) == shape_numel(shape), "Tensor::from_vector",
         std::to_string(values.size()) + " values do not fill shape " + shape_str(shape));
   Tensor t = empty(shape, DType::F32);
   if (!values.empty()) std::memcpy(t.raw(), values.data(), values.size() * sizeof(float));
@@ -200,7 +200,7 @@ Tensor Tensor::from_vector(const Shape& shape, const std::vector<float>& values)
 }
 
 Tensor Tensor::from_ints(const Shape& shape, const std::vector<int32_t>& values) {
-  check(static_cast<int64_t>(values.size()) == shape_numel(shape), "Tensor::from_ints",
+  LORAFIT_CHECK(static_cast<int64_t>(values.size()) == shape_numel(shape), "Tensor::from_ints",
         std::to_string(values.size()) + " values do not fill shape " + shape_str(shape));
   Tensor t = empty(shape, DType::I32);
   if (!values.empty()) std::memcpy(t.raw(), values.data(), values.size() * sizeof(int32_t));
@@ -224,7 +224,7 @@ Tensor Tensor::wrap(void* data, const Shape& shape, DType dtype, std::shared_ptr
 int64_t Tensor::dim(int i) const {
   int n = ndim();
   int j = i < 0 ? i + n : i;
-  check(j >= 0 && j < n, "Tensor::dim",
+  LORAFIT_CHECK(j >= 0 && j < n, "Tensor::dim",
         "dimension " + std::to_string(i) + " out of range for " + str());
   return shape_[j];
 }
@@ -232,22 +232,22 @@ int64_t Tensor::dim(int i) const {
 std::string Tensor::str() const { return std::string(dtype_name(dtype_)) + shape_str(shape_); }
 
 void* Tensor::raw() const {
-  check(defined(), "Tensor", "access to an undefined tensor");
+  LORAFIT_CHECK(defined(), "Tensor", "access to an undefined tensor");
   return static_cast<char*>(storage_->data) + offset_;
 }
 
 float* Tensor::f32() const {
-  check(dtype_ == DType::F32, "Tensor::f32", "tensor is " + str() + ", expected F32");
+  LORAFIT_CHECK(dtype_ == DType::F32, "Tensor::f32", "tensor is " + str() + ", expected F32");
   return static_cast<float*>(raw());
 }
 
 int32_t* Tensor::i32() const {
-  check(dtype_ == DType::I32, "Tensor::i32", "tensor is " + str() + ", expected I32");
+  LORAFIT_CHECK(dtype_ == DType::I32, "Tensor::i32", "tensor is " + str() + ", expected I32");
   return static_cast<int32_t*>(raw());
 }
 
 uint16_t* Tensor::u16() const {
-  check(dtype_ == DType::F16 || dtype_ == DType::BF16, "Tensor::u16",
+  LORAFIT_CHECK(dtype_ == DType::F16 || dtype_ == DType::BF16, "Tensor::u16",
         "tensor is " + str() + ", expected F16 or BF16");
   return static_cast<uint16_t*>(raw());
 }
@@ -258,22 +258,22 @@ Tensor Tensor::view(const Shape& shape) const {
   int64_t known = 1;
   for (size_t i = 0; i < s.size(); ++i) {
     if (s[i] == -1) {
-      check(infer < 0, "Tensor::view", "more than one -1 in " + shape_str(shape));
+      LORAFIT_CHECK(infer < 0, "Tensor::view", "more than one -1 in " + shape_str(shape));
       infer = static_cast<int>(i);
     } else {
-      check(s[i] >= 0, "Tensor::view", "negative dimension in " + shape_str(shape));
+      LORAFIT_CHECK(s[i] >= 0, "Tensor::view", "negative dimension in " + shape_str(shape));
       known *= s[i];
     }
   }
   if (infer >= 0) {
-    check(known > 0 && numel() % known == 0, "Tensor::view",
+    LORAFIT_CHECK(known > 0 && numel() % known == 0, "Tensor::view",
           "cannot view " + str() + " as " + shape_str(shape));
     s[infer] = numel() / known;
   }
-  check(shape_numel(s) == numel(), "Tensor::view",
+  LORAFIT_CHECK(shape_numel(s) == numel(), "Tensor::view",
         "cannot view " + str() + " as " + shape_str(shape) + ": element counts differ");
   if (dtype_is_quantized(dtype_))
-    check(!s.empty() && s.back() % dtype_block_elems(dtype_) == 0, "Tensor::view",
+    LORAFIT_CHECK(!s.empty() && s.back() % dtype_block_elems(dtype_) == 0, "Tensor::view",
           "last dimension of " + shape_str(s) + " must hold whole " + dtype_name(dtype_) + " blocks");
   Tensor t = *this;
   t.shape_ = s;
@@ -281,8 +281,8 @@ Tensor Tensor::view(const Shape& shape) const {
 }
 
 Tensor Tensor::rows(int64_t begin, int64_t end) const {
-  check(ndim() >= 1, "Tensor::rows", "tensor " + str() + " has no rows");
-  check(0 <= begin && begin <= end && end <= shape_[0], "Tensor::rows",
+  LORAFIT_CHECK(ndim() >= 1, "Tensor::rows", "tensor " + str() + " has no rows");
+  LORAFIT_CHECK(0 <= begin && begin <= end && end <= shape_[0], "Tensor::rows",
         "range [" + std::to_string(begin) + ", " + std::to_string(end) + ") out of bounds for " +
             str());
   Shape row_shape(shape_.begin() + 1, shape_.end());
@@ -308,15 +308,15 @@ Tensor Tensor::clone() const {
 
 Tensor Tensor::to(DType dtype) const {
   if (dtype == dtype_) return clone();
-  check(!dtype_is_quantized(dtype), "Tensor::to",
+  LORAFIT_CHECK(!dtype_is_quantized(dtype), "Tensor::to",
         std::string("conversion to ") + dtype_name(dtype) + " is done by the quantizer");
   if (dtype_ == DType::Q8_0 || dtype_ == DType::Q4_0 || dtype_ == DType::Q4_1) {
     Tensor f = dequantize(*this);  // quant.h; F16/BF16 targets go through F32
     return dtype == DType::F32 ? f : f.to(dtype);
   }
-  check(!dtype_is_quantized(dtype_), "Tensor::to",
+  LORAFIT_CHECK(!dtype_is_quantized(dtype_), "Tensor::to",
         std::string("dequantization of ") + dtype_name(dtype_) + " is not supported here");
-  check(dtype_ != DType::I32 && dtype != DType::I32, "Tensor::to",
+  LORAFIT_CHECK(dtype_ != DType::I32 && dtype != DType::I32, "Tensor::to",
         "cannot convert " + str() + " to " + dtype_name(dtype));
   Tensor out = empty(shape_, dtype);
   int64_t n = numel();
@@ -333,7 +333,7 @@ Tensor Tensor::to(DType dtype) const {
 }
 
 void Tensor::copy_from(const Tensor& src) {
-  check(src.dtype_ == dtype_ && src.shape_ == shape_, "Tensor::copy_from",
+  LORAFIT_CHECK(src.dtype_ == dtype_ && src.shape_ == shape_, "Tensor::copy_from",
         "source " + src.str() + " does not match destination " + str());
   std::memmove(raw(), src.raw(), nbytes());
 }

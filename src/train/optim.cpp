@@ -9,7 +9,7 @@ namespace lorafit::train {
 AdamW::AdamW(std::vector<ParamGroup> groups, AdamWOptions opt)
     : groups_(std::move(groups)), opt_(opt) {
   for (auto& g : groups_) {
-    check(g.param && g.param->trainable, "adamw", "parameter '" + g.name + "' is not trainable");
+    LORAFIT_CHECK(g.param && g.param->trainable, "adamw", "parameter '" + g.name + "' is not trainable");
     m_.push_back(Tensor::zeros(g.param->value.shape()));
     v_.push_back(Tensor::zeros(g.param->value.shape()));
   }
@@ -73,7 +73,7 @@ void AdamW::load_state(const std::map<std::string, Tensor>& st, const std::strin
     }
   }
   const Tensor& s = get("step");
-  check(s.numel() == 2 && s.dtype() == tensor::DType::I32, "adamw", origin + ": bad 'step'");
+  LORAFIT_CHECK(s.numel() == 2 && s.dtype() == tensor::DType::I32, "adamw", origin + ": bad 'step'");
   t_ = static_cast<int64_t>(s.i32()[0]) | (static_cast<int64_t>(s.i32()[1]) << 31);
 }
 
@@ -122,14 +122,14 @@ float lr_multiplier(ScheduleKind kind, int64_t step, int64_t warmup, int64_t tot
 
 ClassMetrics classification_metrics(const std::vector<int32_t>& pred,
                                     const std::vector<int32_t>& gold, int64_t num_labels) {
-  check(pred.size() == gold.size(), "metrics", "predictions and labels differ in count");
+  LORAFIT_CHECK(pred.size() == gold.size(), "metrics", "predictions and labels differ in count");
   ClassMetrics r;
   r.n = static_cast<int64_t>(gold.size());
   if (gold.empty()) return r;
   const auto k = static_cast<size_t>(std::max<int64_t>(num_labels, 2));
   std::vector<double> conf(k * k, 0.0);  // conf[gold * k + pred]
   for (size_t i = 0; i < gold.size(); ++i) {
-    check(gold[i] >= 0 && static_cast<size_t>(gold[i]) < k && pred[i] >= 0 &&
+    LORAFIT_CHECK(gold[i] >= 0 && static_cast<size_t>(gold[i]) < k && pred[i] >= 0 &&
               static_cast<size_t>(pred[i]) < k,
           "metrics", "label out of range");
     conf[static_cast<size_t>(gold[i]) * k + static_cast<size_t>(pred[i])] += 1;

@@ -410,4 +410,26 @@ TEST(MixedBatch, InferenceOnlyAndNamesChecked) {
   EXPECT_THROW({ MixedBatch mb(*pm, ctx, {"one", "two"}); }, Error);
 }
 
+// Routing is for plain LoRA: a DoRA adapter on the model is refused by name, not silently applied
+// to every example.
+TEST(MixedBatch, DoraAdapterIsRefusedByName) {
+  auto m = llama();
+  auto pm = three_adapters(*m);
+  AdapterConfig c;
+  c.r = 2;
+  c.target_modules = {"q_proj"};
+  c.use_dora = true;
+  pm->add_adapter("dora", c, 3);
+  Context ctx;
+  try {
+    MixedBatch mb(*pm, ctx, {"one", "two"});
+    FAIL() << "a DoRA adapter was accepted for routing";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("adapter 'dora' is DoRA"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(ctx.adapter_names, nullptr);
+  pm->delete_adapter("dora");
+  MixedBatch mb(*pm, ctx, {"one", "two"});  // fine once it is gone
+}
+
 }  // namespace
