@@ -132,8 +132,9 @@ class Tensor {
 };
 
 // Bump allocator for per-step activations: allocate during a step, reset() at its end. Memory is
-// planned by use: when a chunk runs out a new chunk is added, and reset() coalesces all chunks into
-// one of the peak size so that the next step makes a single allocation-free pass.
+// planned by use: when no chunk has room a new one is added (twice the last), and after reset()
+// the same chunks serve the next step in the same order, so a step like the previous one touches
+// no new memory (and never holds two copies of the activations while old tensors linger).
 // Tensors allocated from an arena must not be used after reset().
 class Arena {
  public:
@@ -156,6 +157,7 @@ class Arena {
     size_t used = 0;
   };
   std::vector<Chunk> chunks_;
+  size_t cur_ = 0;  // the chunk allocations come from
   size_t used_total_ = 0;
   size_t peak_ = 0;
 };

@@ -369,12 +369,18 @@ size_t Arena::capacity() const {
 Tensor Arena::alloc(const Shape& shape, DType dtype) {
   check_shape(shape, "Arena::alloc");
   size_t bytes = (dtype_nbytes(dtype, shape_numel(shape)) + kAlign - 1) / kAlign * kAlign;
-  Chunk* ch = &chunks_.back();
-  if (ch->used + bytes > ch->size) {
-    size_t n = std::max(bytes, ch->size * 2);
-    chunks_.push_back({chunk_mem(n), n, 0});
-    ch = &chunks_.back();
+  // Walk on to the next chunk that has room (after reset() they are all empty again), and only
+  // when none is left add one, twice the size of the last. A step that repeats the previous one's
+  // allocations therefore touches no new memory: no page faults and no second copy of the
+  // activations while the previous step's tensors are still referenced.
+  while (chunks_[cur_].used + bytes > chunks_[cur_].size) {
+    if (cur_ + 1 == chunks_.size()) {
+      size_t n = std::max(bytes, chunks_.back().size * 2);
+      chunks_.push_back({chunk_mem(n), n, 0});
+    }
+    ++cur_;
   }
+  Chunk* ch = &chunks_[cur_];
   void* p = static_cast<char*>(ch->mem.get()) + ch->used;
   ch->used += bytes;
   used_total_ += bytes;
@@ -389,13 +395,8 @@ Tensor Arena::zeros(const Shape& shape, DType dtype) {
 }
 
 void Arena::reset() {
-  if (chunks_.size() > 1) {
-    // Coalesce: one chunk big enough for the peak of the step that just ended.
-    size_t n = std::max(peak_, capacity());
-    chunks_.clear();
-    chunks_.push_back({chunk_mem(n), n, 0});
-  }
-  chunks_.back().used = 0;
+  for (Chunk& ch : chunks_) ch.used = 0;
+  cur_ = 0;
   used_total_ = 0;
 }
 

@@ -122,8 +122,11 @@ float Task::forward_backward(nn::Context& ctx, const Batch& b, float dloss,
 }
 
 EvalResult evaluate(Task& task, const std::vector<Sample>& samples, size_t batch_size,
-                    int32_t pad_id, int64_t max_batches, std::vector<std::vector<float>>* probs) {
-  tensor::Arena arena;
+                    int32_t pad_id, int64_t max_batches, std::vector<std::vector<float>>* probs,
+                    tensor::Arena* shared_arena) {
+  tensor::Arena own_arena;
+  tensor::Arena& arena = shared_arena ? *shared_arena : own_arena;
+  arena.reset();
   nn::Context ctx;
   ctx.arena = &arena;
   ctx.training = false;
@@ -223,7 +226,7 @@ TrainSummary run_training(Task& task, const nn::NamedParameters& params,
     });
   };
   auto run_eval = [&]() {
-    EvalResult e = evaluate(task, val_set, opt.batch_size * 2, pad_id, opt.eval_batches);
+    EvalResult e = evaluate(task, val_set, opt.batch_size * 2, pad_id, opt.eval_batches, nullptr, &arena);
     io::json j = eval_json(e, task.lm);
     log.eval(st.step, j);
     const double s = score_of(e, task.lm);

@@ -132,9 +132,26 @@ TEST(Arena, AllocResetAndGrow) {
   EXPECT_EQ(x.f32()[9], 1.0f);
   size_t peak = a.peak();
   EXPECT_GE(peak, 440u);
+  const size_t cap = a.capacity();
+  EXPECT_GE(cap, peak);
   a.reset();
   EXPECT_EQ(a.used(), 0u);
-  EXPECT_GE(a.capacity(), peak);  // coalesced into one chunk big enough for the last step
-  Tensor z = a.zeros({100});
-  EXPECT_EQ(z.f32()[99], 0.0f);
+  // The same step again reuses the same memory, in the same places: no growth.
+  for (int step = 0; step < 3; ++step) {
+    Tensor x2 = a.alloc({10});
+    Tensor z = a.zeros({100});
+    EXPECT_EQ(x2.raw(), x.raw());
+    EXPECT_EQ(z.raw(), y.raw());
+    EXPECT_EQ(z.f32()[99], 0.0f);
+    EXPECT_EQ(a.capacity(), cap);
+    a.reset();
+  }
+  // A bigger step grows once, then is served from the same chunks.
+  Tensor big = a.alloc({1000});
+  const size_t cap2 = a.capacity();
+  EXPECT_GT(cap2, cap);
+  a.reset();
+  Tensor big2 = a.alloc({1000});
+  EXPECT_EQ(big2.raw(), big.raw());
+  EXPECT_EQ(a.capacity(), cap2);
 }
