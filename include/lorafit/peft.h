@@ -105,6 +105,10 @@ struct AdapterConfig {
 AdapterConfig config_from_json(const io::json& j, const std::string& where);
 io::json config_to_json(const AdapterConfig& cfg);
 AdapterConfig read_adapter_config(const std::string& adapter_dir);  // <dir>/adapter_config.json
+// Outputs of the classification head saved in <dir>/adapter_model.safetensors (modules_to_save
+// classifier / classifier.out_proj / score), 0 when the adapter keeps no head. Load the base with
+// this many labels so that the head fits.
+int64_t adapter_num_labels(const std::string& adapter_dir);
 
 // Does a target_modules entry / the config select this Linear? (head = the model's output head)
 bool target_matches(const AdapterConfig& cfg, const std::string& module_path, bool is_head);

@@ -73,7 +73,9 @@ int cmd_combine(int argc, char** argv) {
       weights.push_back(v);
       a = b + 1;
     }
-    auto model = lorafit::models::load_model(base);
+    lorafit::models::LoadOptions lo;
+    lo.num_labels = peft::adapter_num_labels(dirs.front());
+    auto model = lorafit::models::load_model(base, lo);
     std::unique_ptr<peft::PeftModel> pm;
     std::vector<std::string> names;
     for (size_t i = 0; i < dirs.size(); ++i) {
@@ -115,6 +117,28 @@ int cmd_adapter(int argc, char** argv) {
       std::printf("r           %lld\nlora_alpha  %g\nuse_rslora  %s\ndropout     %g\n",
                   static_cast<long long>(cfg.r), cfg.lora_alpha, cfg.use_rslora ? "true" : "false",
                   cfg.lora_dropout);
+      if (cfg.use_dora) std::printf("use_dora    true (lora_magnitude_vector per target row)\n");
+      if (cfg.is_adalora()) {
+        std::printf("adalora     init_r %lld, target_r %lld, tinit %lld, tfinal %lld, deltaT %lld, total_step %lld\n",
+                    static_cast<long long>(cfg.init_r), static_cast<long long>(cfg.target_r),
+                    static_cast<long long>(cfg.tinit), static_cast<long long>(cfg.tfinal),
+                    static_cast<long long>(cfg.deltaT), static_cast<long long>(cfg.total_step));
+        if (!cfg.adalora_rank_pattern.empty()) {
+          int64_t kept = 0, all = 0;
+          std::string ranks;
+          for (auto& [mod, mask] : cfg.adalora_rank_pattern) {
+            int64_t k = 0;
+            for (bool b : mask) k += b ? 1 : 0;
+            kept += k;
+            all += static_cast<int64_t>(mask.size());
+            if (!ranks.empty()) ranks += ',';
+            ranks += std::to_string(k);
+          }
+          std::printf("rank_pattern %zu modules, %lld of %lld singular values kept: [%s]\n",
+                      cfg.adalora_rank_pattern.size(), static_cast<long long>(kept),
+                      static_cast<long long>(all), ranks.c_str());
+        }
+      }
       std::string t;
       for (auto& m : cfg.target_modules) t += (t.empty() ? "" : ", ") + m;
       std::printf("targets     %s%s\n", cfg.target_modules_regex ? "regex " : "", t.c_str());
@@ -126,7 +150,9 @@ int cmd_adapter(int argc, char** argv) {
       if (base.empty() && std::filesystem::exists(cfg.base_model_name_or_path))
         base = cfg.base_model_name_or_path;
       if (!base.empty()) {
-        auto model = lorafit::models::load_model(base);
+        lorafit::models::LoadOptions lo;
+        lo.num_labels = peft::adapter_num_labels(dir);  // the saved head's size, not the config's
+        auto model = lorafit::models::load_model(base, lo);
         auto pm = peft::PeftModel::from_pretrained(*model, dir, "default", true);
         std::printf("fits        %s (%zu LoRA modules)\n%s\n", base.c_str(), pm->lora_layers().size(),
                     pm->count_parameters().str().c_str());
@@ -166,6 +192,7 @@ int cmd_adapter(int argc, char** argv) {
     if (sub == "merge") {
       lorafit::models::LoadOptions lo;
       lo.dequantize = true;
+      lo.num_labels = peft::adapter_num_labels(dir);
       auto model = lorafit::models::load_model(base, lo);
       {
         auto pm = peft::PeftModel::from_pretrained(*model, dir);

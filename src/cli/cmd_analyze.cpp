@@ -87,8 +87,7 @@ std::unique_ptr<models::Model> load_result(const std::string& base, const Result
   models::LoadOptions lo;
   lo.dequantize = true;
   if (fs::exists(dir / "adapter_config.json")) {
-    lo.num_labels = stored_num_labels((dir / "adapter_model.safetensors").string(),
-                                      "base_model.model.classifier.weight");
+    lo.num_labels = peft::adapter_num_labels(r.path);
     auto model = models::load_model(base, lo);
     {
       auto pm = peft::PeftModel::from_pretrained(*model, r.path);

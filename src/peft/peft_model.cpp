@@ -442,6 +442,17 @@ void PeftModel::load_adapter(const std::string& adapter_dir, const std::string& 
   attach_all();
 }
 
+int64_t adapter_num_labels(const std::string& adapter_dir) {
+  const std::string st = adapter_dir + "/adapter_model.safetensors";
+  if (!std::filesystem::exists(st)) return 0;
+  auto f = io::SafetensorsFile::open(st);
+  for (const char* head : {"classifier.weight", "classifier.out_proj.weight", "score.weight"}) {
+    const std::string key = std::string("base_model.model.") + head;
+    if (f.contains(key) && !f.entry(key).shape.empty()) return f.entry(key).shape[0];
+  }
+  return 0;
+}
+
 std::unique_ptr<PeftModel> PeftModel::from_pretrained(models::Model& model,
                                                       const std::string& adapter_dir,
                                                       const std::string& name, bool is_trainable) {

@@ -688,6 +688,9 @@ TEST(Cli, DoraTrainResumeAndAnalyze) {
   ASSERT_EQ(run(base + " --output " + (work / "a").string()), 0);
   auto cfg = io::read_json_file((work / "a/final/adapter_config.json").string());
   EXPECT_EQ(cfg["use_dora"], true);
+  auto info = run_out(bin + " adapter info " + (work / "a/final").string());
+  ASSERT_EQ(info.first, 0) << info.second;
+  EXPECT_NE(info.second.find("use_dora    true"), std::string::npos) << info.second;
   auto ad = io::SafetensorsFile::open((work / "a/final/adapter_model.safetensors").string());
   int mags = 0;
   for (auto& n : ad.names())
@@ -781,6 +784,12 @@ TEST(Cli, AdaLoraPrunesToTheTargetBudgetAndResumesExactly) {
     EXPECT_EQ(st.get(mod + ".lora_B").shape(), (tensor::Shape{32, kept})) << mod;
   }
   EXPECT_EQ(kept_total, 2 * 4);  // the target budget: target_r × modules
+  // `adapter info` shows the AdaLoRA schedule and the kept ranks.
+  auto info = run_out(std::string(LORAFIT_BINARY) + " adapter info " + (work / "a/final").string());
+  ASSERT_EQ(info.first, 0) << info.second;
+  EXPECT_NE(info.second.find("init_r 4, target_r 2"), std::string::npos) << info.second;
+  EXPECT_NE(info.second.find("rank_pattern 4 modules, 8 of 16 singular values kept"), std::string::npos)
+      << info.second;
   // The pruned folder loads for evaluation.
   EXPECT_EQ(run(std::string(LORAFIT_BINARY) + " eval --model " + dir.string() + " --adapter " +
                 (work / "a/final").string() + " --data " + (work / "train.tsv").string()),
