@@ -9,12 +9,15 @@ cd "$(dirname "$0")/.."
 N=${1:-1}
 export OMP_NUM_THREADS=$N OPENBLAS_NUM_THREADS=$N LORAFIT_THREADS=$N
 PY=$(bash tools/pyenv.sh | tail -1)
-echo "== $(date -u '+%F %H:%M UTC')  $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)  threads=$N"
+export TRANSFORMERS_VERBOSITY=error HF_HUB_DISABLE_PROGRESS_BARS=1 PYTHONWARNINGS=ignore TQDM_DISABLE=1
+echo "== $(date -u "+%F %H:%M UTC")  $(nproc --all) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)  threads=$N"
 for d in 0 10; do
   for m in 0 1; do
     ./build/bench_dora --benchmark_min_warmup_time=2 --benchmark_min_time=6 --benchmark_filter="^BM_MiniLMStep/method:$m/dropout:$d/" 2>/dev/null | grep -E '^BM_'
   done
   for m in lora dora; do
-    "$PY" bench/peft_step.py --method $m --dropout "$(python3 -c "print($d/100)")" --threads "$N"
+    # transformers' load report goes to stderr: shown only if the step fails
+    "$PY" bench/peft_step.py --method $m --dropout "$(python3 -c "print($d/100)")" --threads "$N" \
+      2>"${TMPDIR:-/tmp}/peft_step.err" || { cat "${TMPDIR:-/tmp}/peft_step.err" >&2; exit 1; }
   done
 done
