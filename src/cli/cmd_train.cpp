@@ -39,8 +39,8 @@ struct OptSpec {
   const char* help;
 };
 
-// Options: JSON config file (--config) first, command-line flags override. Keys use dashes on the
-// command line and either dashes or underscores in the file.
+// Options: config file (--config: JSON, or YAML for .yaml/.yml) first, command-line flags override.
+// Keys use dashes on the command line and either dashes or underscores in the file.
 class Options {
  public:
   Options(const std::vector<OptSpec>& specs, const std::string& cmd) : specs_(specs), cmd_(cmd) {}
@@ -74,7 +74,11 @@ class Options {
     }
     for (auto& [k, v] : flags)
       if (k == "config") {
-        json j = lorafit::io::read_json_file(v);
+        const auto ends = [&](const std::string& e) {
+          return v.size() >= e.size() && v.compare(v.size() - e.size(), e.size(), e) == 0;
+        };
+        const bool yaml = ends(".yaml") || ends(".yml");
+        json j = yaml ? lorafit::io::read_yaml_file(v) : lorafit::io::read_json_file(v);
         if (!j.is_object()) throw Error("[" + cmd_ + "] " + v + ": expected a JSON object of options");
         for (auto it = j.begin(); it != j.end(); ++it) {
           std::string key = it.key();
@@ -192,7 +196,7 @@ class Options {
 
 void print_help(const char* usage, const std::vector<OptSpec>& specs, const char* tail) {
   std::fputs(usage, stdout);
-  std::fputs("\nOptions (also as keys of a JSON file given with --config; flags override it):\n", stdout);
+  std::fputs("\nOptions (also as keys of a JSON or YAML file given with --config; flags override it):\n", stdout);
   for (auto& s : specs) {
     const std::string kind = s.kind;
     const char* meta = kind == "bool" ? "" : kind == "list" ? " A,B" : kind == "int" ? " N" : kind == "num" ? " X" : " S";
@@ -283,7 +287,7 @@ json read_task_info(const std::string& dir) {
 // ---- train ------------------------------------------------------------------------------------
 
 const std::vector<OptSpec> kTrainOpts = {
-    {"config", "str", "", "JSON file of options (keys as the flags, - or _)"},
+    {"config", "str", "", "JSON or YAML (.yaml/.yml) file of options (keys as the flags, - or _)"},
     {"model", "str", "", "model folder (config.json + safetensors) or .gguf file (required)"},
     {"train", "str", "", "training data: .tsv/.csv/.jsonl (classification); .txt or instruction .jsonl (causal LM) (required)"},
     {"validation", "str", "", "validation file; none: split off --val-fraction of the training data"},
@@ -657,7 +661,7 @@ int cmd_train(int argc, char** argv) {
 namespace {
 
 const std::vector<OptSpec> kEvalOpts = {
-    {"config", "str", "", "JSON file of options"},
+    {"config", "str", "", "JSON or YAML (.yaml/.yml) file of options"},
     {"model", "str", "", "base model folder or .gguf (required)"},
     {"adapter", "str", "", "a run's final/ or best/ folder, or a PEFT adapter folder (none: the base model)"},
     {"data", "str", "", "file to evaluate / classify (required)"},
@@ -794,7 +798,7 @@ int cmd_eval(int argc, char** argv, bool predict) {
 namespace {
 
 const std::vector<OptSpec> kGenOpts = {
-    {"config", "str", "", "JSON file of options"},
+    {"config", "str", "", "JSON or YAML (.yaml/.yml) file of options"},
     {"model", "str", "", "Llama-family model folder or .gguf (required)"},
     {"adapter", "str", "", "a run's final/ folder or a PEFT adapter folder"},
     {"prompt", "str", "", "the text to continue (required)"},

@@ -451,6 +451,44 @@ TEST(Cli, TrainWritesAdapterLogAndReport) {
   fs::remove_all(work);
 }
 
+// The same run from flags, a YAML config and a JSON config: identical weights; flags override
+// the file; a broken YAML file is refused with its line.
+TEST(Cli, YamlAndJsonConfigsEqualFlags) {
+  auto dir = tiny_model_dir();
+  auto work = temp_dir("cli_config");
+  write(work / "train.tsv", synthetic_tsv(32, 6));
+  const std::string bin = LORAFIT_BINARY;
+  const std::string common = bin + " train --model " + dir.string() + " --train " + (work / "train.tsv").string() +
+                             " --threads 1";
+  ASSERT_EQ(run(common + " --output " + (work / "flags").string() +
+                " --max-steps 3 --batch-size 8 --lr 1e-2 --lora-r 4 --target-modules query,key,value"),
+            0);
+  write(work / "c.yaml",
+        "# same options as the flags\nmax_steps: 3\nbatch-size: 8\nlr: 1e-2\nlora_r: 4\n"
+        "target_modules:\n  - query\n  - key\n  - value\nseed: 99  # overridden below\n");
+  ASSERT_EQ(run(common + " --output " + (work / "yaml").string() + " --config " + (work / "c.yaml").string() +
+                " --seed 42"),
+            0);
+  write(work / "c.json",
+        "{\"max_steps\": 3, \"batch_size\": 8, \"lr\": 1e-2, \"lora_r\": 4, "
+        "\"target_modules\": [\"query\", \"key\", \"value\"]}");
+  ASSERT_EQ(run(common + " --output " + (work / "json").string() + " --config " + (work / "c.json").string()), 0);
+  auto ref = io::SafetensorsFile::open((work / "flags/final/trainable.safetensors").string());
+  for (const char* other : {"yaml", "json"}) {
+    auto o = io::SafetensorsFile::open((work / other / "final/trainable.safetensors").string());
+    ASSERT_EQ(o.names(), ref.names()) << other;
+    for (auto& n : ref.names()) {
+      tensor::Tensor a = o.get_f32(n), b = ref.get_f32(n);
+      ASSERT_EQ(a.numel(), b.numel()) << other << " " << n;
+      for (int64_t i = 0; i < a.numel(); ++i) ASSERT_EQ(a.f32()[i], b.f32()[i]) << other << " " << n << " [" << i << "]";
+    }
+  }
+  write(work / "bad.yaml", "max_steps: 3\nlora:\n  r: 4\n");
+  EXPECT_EQ(run(common + " --output " + (work / "bad").string() + " --config " + (work / "bad.yaml").string()), 1);
+  EXPECT_FALSE(fs::exists(work / "bad"));
+  fs::remove_all(work);
+}
+
 TEST(Cli, LoraResumeThroughTheCliIsExact) {
   auto dir = tiny_model_dir();
   auto work = temp_dir("cli_resume");
