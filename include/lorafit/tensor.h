@@ -146,6 +146,17 @@ class Arena {
   Tensor alloc(const Shape& shape, DType dtype = DType::F32);
   Tensor zeros(const Shape& shape, DType dtype = DType::F32);
   void reset();
+  // A position in the arena; release(m) frees everything allocated after mark() returned m (those
+  // tensors must not be used again), for temporaries with a stack lifetime such as one layer's
+  // backward pass.
+  struct Mark {
+    size_t chunk = 0, used = 0, total = 0;
+  };
+  Mark mark() const { return {cur_, chunks_[cur_].used, used_total_}; }
+  void release(const Mark& m);
+  // Tests: fill memory with NaN bytes when release()/reset() frees it, so that a tensor used after
+  // its memory was freed shows up as NaNs instead of passing by luck.
+  bool poison = false;
   size_t used() const { return used_total_; }
   size_t peak() const { return peak_; }
   size_t capacity() const;

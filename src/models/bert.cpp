@@ -197,14 +197,16 @@ Tensor BertModel::encode(nn::Context& ctx, const Tensor& embeds, const Tensor& m
 
 Tensor BertModel::backward(nn::Context& ctx, const Tensor& dhidden) {
   Tensor dx = dhidden;
+  detail::LayerGradScope scope(ctx, dhidden.shape());
   for (size_t i = layers.size(); i-- > 0;) {
     BertLayer& l = layers[i];
+    scope.begin();
     // forward was: x' = LN_out(h1 + drop(mlp(h1)))
     Tensor ds2 = l.out_norm.backward(ctx, dx);
     Tensor dh1 = add_new(ctx, ds2, l.mlp.backward(ctx, l.out_drop.backward(ctx, ds2)));
     // forward was: h1 = LN_attn(x + drop(attn(x)))
     Tensor ds1 = l.attn_norm.backward(ctx, dh1);
-    dx = add_new(ctx, ds1, l.attn.backward(ctx, l.attn_drop.backward(ctx, ds1)));
+    dx = scope.end(add_new(ctx, ds1, l.attn.backward(ctx, l.attn_drop.backward(ctx, ds1))));
   }
   // forward was: x0 = drop(LN(word + pos + type))
   Tensor de = emb_norm.backward(ctx, emb_drop.backward(ctx, dx));

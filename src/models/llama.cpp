@@ -76,12 +76,14 @@ Tensor LlamaModel::forward_embeds(nn::Context& ctx, const Tensor& embeds, const 
 Tensor LlamaModel::backward(nn::Context& ctx, const Tensor& dlogits) {
   // forward was: logits = lm_head(norm(x))
   Tensor dx = norm.backward(ctx, lm_head.backward(ctx, dlogits));
+  detail::LayerGradScope scope(ctx, dx.shape());
   for (size_t i = layers.size(); i-- > 0;) {
     LlamaLayer& l = layers[i];
+    scope.begin();
     // forward was: x' = h + mlp(mlp_norm(h))
     Tensor dh = add_new(ctx, dx, l.mlp_norm.backward(ctx, l.mlp.backward(ctx, dx)));
     // forward was: h = x + attn(attn_norm(x))
-    dx = add_new(ctx, dh, l.attn_norm.backward(ctx, l.attn.backward(ctx, dh)));
+    dx = scope.end(add_new(ctx, dh, l.attn_norm.backward(ctx, l.attn.backward(ctx, dh))));
   }
   if (embed_from_ids_ && embed.weight.trainable) embed.backward(ctx, dx);
   return dx;

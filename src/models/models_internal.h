@@ -2,6 +2,7 @@
 // getters that name the file, small fp32 loops the kernels layer does not have.
 #pragma once
 
+#include <algorithm>
 #include <functional>
 #include <string>
 
@@ -56,5 +57,37 @@ std::unique_ptr<Model> load_llama_gguf(const io::GgufFile& f, const LoadOptions&
 
 // A safetensors folder as a WeightReader.
 WeightReader folder_reader(const std::shared_ptr<io::SafetensorsFolder>& f, const std::string& dir);
+
+// Frees each layer's backward temporaries as soon as the layer is done: begin() marks the arena,
+// end(dx) copies the layer's input gradient into one of two ping-pong buffers allocated before the
+// loop and releases everything the layer's backward allocated. Without an arena it does nothing.
+// Only the returned gradient may outlive end() (parameter gradients live outside the arena).
+class LayerGradScope {
+ public:
+  LayerGradScope(nn::Context& ctx, const Shape& shape) : arena_(ctx.arena) {
+    if (arena_) {
+      buf_[0] = arena_->alloc(shape);
+      buf_[1] = arena_->alloc(shape);
+    }
+  }
+  void begin() {
+    if (arena_) mark_ = arena_->mark();
+  }
+  Tensor end(const Tensor& dx) {
+    if (!arena_) return dx;
+    Tensor& dst = buf_[next_];
+    next_ ^= 1;
+    check(dx.numel() == dst.numel(), "layer gradient is " + dx.str() + ", expected " + dst.str());
+    std::copy(dx.f32(), dx.f32() + dx.numel(), dst.f32());
+    arena_->release(mark_);
+    return dst.view(dx.shape());
+  }
+
+ private:
+  tensor::Arena* arena_;
+  tensor::Arena::Mark mark_;
+  Tensor buf_[2];
+  int next_ = 0;
+};
 
 }  // namespace lorafit::models::detail

@@ -394,8 +394,26 @@ Tensor Arena::zeros(const Shape& shape, DType dtype) {
   return t;
 }
 
+void Arena::release(const Mark& m) {
+  LORAFIT_CHECK(m.chunk < chunks_.size() && m.chunk <= cur_ && m.total <= used_total_, "Arena::release",
+                "the mark is not from this arena's current step (reset since?)");
+  if (poison) {
+    for (size_t i = m.chunk; i <= cur_; ++i) {
+      const size_t from = i == m.chunk ? m.used : 0;
+      std::memset(static_cast<char*>(chunks_[i].mem.get()) + from, 0xff, chunks_[i].used - from);
+    }
+  }
+  for (size_t i = m.chunk + 1; i <= cur_; ++i) chunks_[i].used = 0;
+  chunks_[m.chunk].used = m.used;
+  cur_ = m.chunk;
+  used_total_ = m.total;
+}
+
 void Arena::reset() {
-  for (Chunk& ch : chunks_) ch.used = 0;
+  for (Chunk& ch : chunks_) {
+    if (poison) std::memset(ch.mem.get(), 0xff, ch.used);
+    ch.used = 0;
+  }
   cur_ = 0;
   used_total_ = 0;
 }

@@ -15,9 +15,13 @@
 #include "lorafit/io.h"
 #include "lorafit/models.h"
 #include "lorafit/peft.h"
+#include "peft_test_util.h"
 #include "ops/op_check.h"
 
 namespace {
+
+using peft_test::max_abs_diff;
+using peft_test::max_abs;
 
 namespace fs = std::filesystem;
 using lorafit::Error;
@@ -35,20 +39,6 @@ namespace peft = lorafit::peft;
 const std::string kFix = std::string(LORAFIT_FIXTURES) + "/adalora/";
 const std::string kRoot = std::string(LORAFIT_SOURCE_DIR) + "/";
 
-double max_abs_diff(const Tensor& a, const Tensor& b) {
-  EXPECT_EQ(a.shape(), b.shape());
-  if (a.shape() != b.shape()) return INFINITY;
-  double m = 0;
-  for (int64_t i = 0; i < a.numel(); ++i)
-    m = std::max(m, std::fabs(static_cast<double>(a.f32()[i]) - b.f32()[i]));
-  return m;
-}
-double max_abs(const Tensor& a) {
-  double m = 0;
-  for (int64_t i = 0; i < a.numel(); ++i)
-    m = std::max(m, std::fabs(static_cast<double>(a.f32()[i])));
-  return m;
-}
 
 // ---- SVDLinear and orth reg against finite differences ----------------------------------------
 

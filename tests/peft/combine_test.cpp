@@ -13,8 +13,12 @@
 #include "lorafit/io.h"
 #include "lorafit/models.h"
 #include "lorafit/peft.h"
+#include "peft_test_util.h"
 
 namespace {
+
+using peft_test::max_abs_diff;
+using peft_test::max_abs;
 
 namespace fs = std::filesystem;
 using lorafit::Error;
@@ -31,19 +35,6 @@ const std::string kRoot = std::string(LORAFIT_SOURCE_DIR) + "/";
 const std::string kFix = std::string(LORAFIT_FIXTURES) + "/peft_combine/";
 const std::string kLlama = kRoot + "tests/fixtures/models/tiny_llama";
 
-double max_abs_diff(const Tensor& a, const Tensor& b) {
-  EXPECT_EQ(a.shape(), b.shape());
-  if (a.shape() != b.shape()) return INFINITY;
-  double m = 0;
-  for (int64_t i = 0; i < a.numel(); ++i)
-    m = std::max(m, std::fabs(static_cast<double>(a.f32()[i]) - b.f32()[i]));
-  return m;
-}
-double max_abs(const Tensor& a) {
-  double m = 0;
-  for (int64_t i = 0; i < a.numel(); ++i) m = std::max(m, std::fabs(static_cast<double>(a.f32()[i])));
-  return m;
-}
 
 std::unique_ptr<models::Model> llama() {
   models::LoadOptions lo;

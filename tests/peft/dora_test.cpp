@@ -16,10 +16,14 @@
 #include "lorafit/kernels.h"
 #include "lorafit/models.h"
 #include "lorafit/peft.h"
+#include "peft_test_util.h"
 #include "lorafit/quant.h"
 #include "ops/op_check.h"
 
 namespace {
+
+using peft_test::max_abs_diff;
+using peft_test::max_abs;
 
 namespace fs = std::filesystem;
 using lorafit::Error;
@@ -44,19 +48,6 @@ std::string temp_dir(const std::string& name) {
   return p.string();
 }
 
-double max_abs_diff(const Tensor& a, const Tensor& b) {
-  EXPECT_EQ(a.shape(), b.shape());
-  if (a.shape() != b.shape()) return INFINITY;
-  double m = 0;
-  for (int64_t i = 0; i < a.numel(); ++i)
-    m = std::max(m, std::fabs(static_cast<double>(a.f32()[i]) - b.f32()[i]));
-  return m;
-}
-double max_abs(const Tensor& a) {
-  double m = 0;
-  for (int64_t i = 0; i < a.numel(); ++i) m = std::max(m, std::fabs(static_cast<double>(a.f32()[i])));
-  return m;
-}
 
 // ‖W + s·B A‖ per row in double, straight from the definition.
 std::vector<double> direct_norms(const Tensor& w32, const Tensor& A, const Tensor& B, double s) {

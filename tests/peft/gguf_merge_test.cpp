@@ -12,9 +12,12 @@
 #include "lorafit/io.h"
 #include "lorafit/models.h"
 #include "lorafit/peft.h"
+#include "peft_test_util.h"
 #include "lorafit/quant.h"
 
 namespace {
+
+using peft_test::max_abs_diff;
 
 namespace fs = std::filesystem;
 using lorafit::Error;
@@ -33,14 +36,6 @@ std::string temp_path(const std::string& name) {
   return (fs::temp_directory_path() / ("lorafit_gguf_merge_" + std::to_string(::getpid()) + "_" + name)).string();
 }
 
-double max_abs_diff(const Tensor& a, const Tensor& b) {
-  EXPECT_EQ(a.shape(), b.shape());
-  if (a.shape() != b.shape()) return INFINITY;
-  double m = 0;
-  for (int64_t i = 0; i < a.numel(); ++i)
-    m = std::max(m, std::fabs(static_cast<double>(a.f32()[i]) - b.f32()[i]));
-  return m;
-}
 
 // tiny_llama.gguf with every matrix whose rows are whole Q4_1 blocks stored as Q4_1 (a quantized
 // base like SmolLM2's), the rest (norms, ffn_down with 48-value rows) F32.

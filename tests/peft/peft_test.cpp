@@ -3,6 +3,8 @@
 // counts), merge/unmerge, save/load round trip, several adapters, config errors.
 #include <gtest/gtest.h>
 
+#include <map>
+
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -16,9 +18,13 @@
 #include "lorafit/kernels.h"
 #include "lorafit/models.h"
 #include "lorafit/peft.h"
+#include "peft_test_util.h"
 #include "ops/op_check.h"
 
 namespace {
+
+using peft_test::max_abs_diff;
+using peft_test::max_abs;
 
 namespace fs = std::filesystem;
 using lorafit::Error;
@@ -41,21 +47,6 @@ std::string temp_dir(const std::string& name) {
   return p.string();
 }
 
-double max_abs_diff(const Tensor& a, const Tensor& b) {
-  EXPECT_EQ(a.shape(), b.shape());
-  if (a.shape() != b.shape()) return INFINITY;
-  const float* pa = a.f32();
-  const float* pb = b.f32();
-  double m = 0;
-  for (int64_t i = 0; i < a.numel(); ++i) m = std::max(m, std::fabs(static_cast<double>(pa[i]) - pb[i]));
-  return m;
-}
-double max_abs(const Tensor& a) {
-  const float* p = a.f32();
-  double m = 0;
-  for (int64_t i = 0; i < a.numel(); ++i) m = std::max(m, std::fabs(static_cast<double>(p[i])));
-  return m;
-}
 
 // ---- the LoRA layer against finite differences -------------------------------------------------
 
@@ -152,8 +143,10 @@ struct ModelRun {
 };
 
 // Forward + loss (cross-entropy / causal-LM as tools/ref_peft.py) + backward.
-ModelRun run_model(models::Model& m, const io::SafetensorsFile& ref, bool backward) {
+ModelRun run_model(models::Model& m, const io::SafetensorsFile& ref, bool backward,
+                   lorafit::tensor::Arena* arena = nullptr) {
   Context ctx;
+  ctx.arena = arena;
   ModelRun out;
   Tensor ids = ref.get("input_ids").clone();
   Tensor mask = ref.get("attention_mask").clone();
@@ -247,6 +240,27 @@ TEST_P(PeftParity, LogitsGradientsCountsMerge) {
   for (const auto& n : ref.names()) ref_grads += n.rfind("grad.", 0) == 0;
   EXPECT_EQ(checked, ref_grads) << "trainable parameters vs PEFT's gradients";
   std::printf("[ %s ] %d gradients, max relative error %.3g\n", c.name, checked, worst);
+
+  // With an arena (the trainer's way: each layer's backward temporaries are released as soon as
+  // the layer is done, and a second step reuses the chunks) the logits and every gradient are
+  // bit-identical to the run without one.
+  {
+    std::map<std::string, Tensor> g0;
+    for (auto& [key, p] : params) g0[key] = p->grad.clone();
+    lorafit::tensor::Arena arena(1 << 12);  // small first chunk: the step spans several chunks
+    arena.poison = true;                     // freed memory turns to NaN: use after release shows
+    for (int rep = 0; rep < 2; ++rep) {
+      pm->zero_grad();
+      ModelRun ar = run_model(*model, ref, true, &arena);
+      // Bitwise (max_abs_diff would pass NaNs: std::max ignores them).
+      auto same = [](const Tensor& a, const Tensor& b) {
+        return a.numel() == b.numel() && std::memcmp(a.f32(), b.f32(), sizeof(float) * a.numel()) == 0;
+      };
+      EXPECT_TRUE(same(ar.logits, run.logits)) << c.name << " step " << rep;
+      for (auto& [key, p] : params) EXPECT_TRUE(same(p->grad, g0[key])) << c.name << " " << key;
+      arena.reset();
+    }
+  }
 
   // Disabled adapters give the base model.
   // (Only when the base is the checkpoint's: a head missing from it, like MiniLM's classifier, is
