@@ -177,6 +177,7 @@ class BertModel : public Model {
   Tensor head_act_;     // [B, C] activation output, for backward
   Shape hidden_shape_;  // [B, T, C] of the last classify input
   bool word_from_ids_ = false;
+  bool no_grad_forward_ = false;  // last forward freed its activations (ctx.no_grad)
   Tensor encode(nn::Context& ctx, const Tensor& embeds, const Tensor& mask,
                 const Tensor& token_types, const Tensor& positions);
 };
@@ -238,6 +239,7 @@ class LlamaModel : public Model {
  private:
   std::vector<Tensor> resid_;  // saved residual-stream inputs per layer, for backward
   bool embed_from_ids_ = false;
+  bool no_grad_forward_ = false;  // last forward freed its activations (ctx.no_grad)
 };
 
 // ---- loading (registry) ---------------------------------------------------------------------

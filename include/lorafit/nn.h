@@ -33,6 +33,9 @@ const std::vector<std::string>& module_names();
 struct Context {
   tensor::Arena* arena = nullptr;  // per-step activations; nullptr = heap
   bool training = false;
+  // Forward only: no backward follows, so models free each layer's activations as soon as the
+  // next layer has its input (with an arena). Set by evaluation and prediction.
+  bool no_grad = false;
   uint64_t seed = 0;
   uint64_t rng_counter = 0;  // advanced by every random draw, so a step is reproducible
   // Mixed-batch adapter routing (inference; set by peft::MixedBatch): one adapter name per

@@ -186,16 +186,20 @@ Tensor BertModel::encode(nn::Context& ctx, const Tensor& embeds, const Tensor& m
     s = add_new(ctx, s, token_type.forward(ctx, tt));
   }
   Tensor x = emb_drop.forward(ctx, emb_norm.forward(ctx, s));
+  no_grad_forward_ = ctx.no_grad;
+  detail::LayerGradScope scope(ctx, x.shape(), ctx.no_grad);  // no_grad: keep one layer at a time
   for (auto& l : layers) {
+    scope.begin();
     Tensor a = l.attn_drop.forward(ctx, l.attn.forward(ctx, x, mask_f32_));
     Tensor h1 = l.attn_norm.forward(ctx, add_new(ctx, x, a));
     Tensor m = l.out_drop.forward(ctx, l.mlp.forward(ctx, h1));
-    x = l.out_norm.forward(ctx, add_new(ctx, h1, m));
+    x = scope.end(l.out_norm.forward(ctx, add_new(ctx, h1, m)));
   }
   return x;
 }
 
 Tensor BertModel::backward(nn::Context& ctx, const Tensor& dhidden) {
+  detail::check(!no_grad_forward_, cfg_.arch + " backward: the last forward ran with ctx.no_grad (no activations kept)");
   Tensor dx = dhidden;
   detail::LayerGradScope scope(ctx, dhidden.shape());
   for (size_t i = layers.size(); i-- > 0;) {

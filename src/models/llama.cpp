@@ -66,14 +66,18 @@ Tensor LlamaModel::forward_embeds(nn::Context& ctx, const Tensor& embeds, const 
                     ", expected F32[B, T, " + std::to_string(cfg_.hidden) + "]");
   embed_from_ids_ = false;
   Tensor x = embeds;
+  no_grad_forward_ = ctx.no_grad;
+  detail::LayerGradScope scope(ctx, x.shape(), ctx.no_grad);  // no_grad: keep one layer at a time
   for (auto& l : layers) {
+    scope.begin();
     Tensor h = add_new(ctx, x, l.attn.forward(ctx, l.attn_norm.forward(ctx, x), mask, positions));
-    x = add_new(ctx, h, l.mlp.forward(ctx, l.mlp_norm.forward(ctx, h)));
+    x = scope.end(add_new(ctx, h, l.mlp.forward(ctx, l.mlp_norm.forward(ctx, h))));
   }
   return lm_head.forward(ctx, norm.forward(ctx, x));
 }
 
 Tensor LlamaModel::backward(nn::Context& ctx, const Tensor& dlogits) {
+  detail::check(!no_grad_forward_, "llama backward: the last forward ran with ctx.no_grad (no activations kept)");
   // forward was: logits = lm_head(norm(x))
   Tensor dx = norm.backward(ctx, lm_head.backward(ctx, dlogits));
   detail::LayerGradScope scope(ctx, dx.shape());

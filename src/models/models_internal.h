@@ -58,13 +58,15 @@ std::unique_ptr<Model> load_llama_gguf(const io::GgufFile& f, const LoadOptions&
 // A safetensors folder as a WeightReader.
 WeightReader folder_reader(const std::shared_ptr<io::SafetensorsFolder>& f, const std::string& dir);
 
-// Frees each layer's backward temporaries as soon as the layer is done: begin() marks the arena,
-// end(dx) copies the layer's input gradient into one of two ping-pong buffers allocated before the
-// loop and releases everything the layer's backward allocated. Without an arena it does nothing.
-// Only the returned gradient may outlive end() (parameter gradients live outside the arena).
+// Frees each layer's temporaries as soon as the layer is done: begin() marks the arena, end(t)
+// copies the layer's result (the input gradient in backward, the output in a no_grad forward) into
+// one of two ping-pong buffers allocated before the loop and releases everything the layer
+// allocated. Without an arena (or not enabled) it does nothing. Only the returned tensor may outlive
+// end() (parameter gradients live outside the arena).
 class LayerGradScope {
  public:
-  LayerGradScope(nn::Context& ctx, const Shape& shape) : arena_(ctx.arena) {
+  LayerGradScope(nn::Context& ctx, const Shape& shape, bool enabled = true)
+      : arena_(enabled ? ctx.arena : nullptr) {
     if (arena_) {
       buf_[0] = arena_->alloc(shape);
       buf_[1] = arena_->alloc(shape);

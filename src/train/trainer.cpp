@@ -130,6 +130,7 @@ EvalResult evaluate(Task& task, const std::vector<Sample>& samples, size_t batch
   nn::Context ctx;
   ctx.arena = &arena;
   ctx.training = false;
+  ctx.no_grad = true;  // no backward: layers' activations are freed as the forward goes
   EvalResult r;
   double loss_sum = 0;
   int64_t counted = 0;

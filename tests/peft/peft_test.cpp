@@ -144,9 +144,10 @@ struct ModelRun {
 
 // Forward + loss (cross-entropy / causal-LM as tools/ref_peft.py) + backward.
 ModelRun run_model(models::Model& m, const io::SafetensorsFile& ref, bool backward,
-                   lorafit::tensor::Arena* arena = nullptr) {
+                   lorafit::tensor::Arena* arena = nullptr, bool no_grad = false) {
   Context ctx;
   ctx.arena = arena;
+  ctx.no_grad = no_grad;
   ModelRun out;
   Tensor ids = ref.get("input_ids").clone();
   Tensor mask = ref.get("attention_mask").clone();
@@ -259,7 +260,19 @@ TEST_P(PeftParity, LogitsGradientsCountsMerge) {
       EXPECT_TRUE(same(ar.logits, run.logits)) << c.name << " step " << rep;
       for (auto& [key, p] : params) EXPECT_TRUE(same(p->grad, g0[key])) << c.name << " " << key;
       arena.reset();
+      // Forward only (evaluation): each layer's activations are freed as the next layer starts;
+      // the logits are still bit-identical, and a backward after it is refused.
+      lorafit::tensor::Arena fa(1 << 12), keep(1 << 12);
+      fa.poison = true;
+      ModelRun nr = run_model(*model, ref, false, &fa, /*no_grad=*/true);
+      EXPECT_TRUE(same(nr.logits, run.logits)) << c.name << " no_grad step " << rep;
+      run_model(*model, ref, false, &keep, /*no_grad=*/false);  // the same forward keeping everything
+      EXPECT_LT(fa.peak(), keep.peak()) << c.name;
     }
+    pm->zero_grad();
+    run_model(*model, ref, false, &arena, /*no_grad=*/true);
+    EXPECT_THROW(run_model(*model, ref, true, nullptr, /*no_grad=*/true), lorafit::Error);
+    arena.reset();
   }
 
   // Disabled adapters give the base model.
