@@ -2,9 +2,9 @@
 # The main job: set up, build, fetch all-MiniLM-L6-v2 and fine-tune it with LoRA (r=8, query/value,
 # classifier trained) on SST-2, ending with the dev accuracy and the path of the HTML report.
 # Budget: 300 optimizer steps of 32 examples (9,600 of SST-2's 67,349 training sentences, about
-# 1/7 of an epoch), then the whole dev set (872). On an idle 2-core machine: 46 s of training
-# (2909 tokens/s) and 1:44 for the whole script once built; a fresh machine adds the packages and
-# a ~5-minute build.
+# 1/7 of an epoch), then the whole dev set (872). On an idle 2-core machine: ~50 s of training
+# (2637 tokens/s, 0.7 GiB) and ~1 minute for the whole script once built; a fresh machine adds the
+# packages and a ~5-minute build.
 # Override with env: LORAFIT_STEPS=N (more steps, better accuracy), LORAFIT_OUT=DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
