@@ -27,9 +27,12 @@ bool weight_dtype_supported(DType t) {
          t == DType::Q4_0 || t == DType::Q4_1;
 }
 
-// Rows of W per fp32 tile: about 256 KiB of tile, so it stays in L2 while GEMM streams x.
+// Rows of W per fp32 tile: about 16 MiB of tile. Each tile is one GEMM that packs x again, so
+// small tiles (the first choice was 256 KiB, to stay in L2) made SmolLM2's lm_head 435 small GEMMs
+// that spent 12% of the step packing x and kept a second core mostly idle; 16 MiB tiles gave
+// +16% on one thread and 1.8x instead of 1.2x on two (docs/BENCHMARKS.md).
 int64_t tile_rows(int64_t in, int64_t out) {
-  return std::clamp<int64_t>((64 * 1024) / std::max<int64_t>(in, 1), 1, out);
+  return std::clamp<int64_t>((4 * 1024 * 1024) / std::max<int64_t>(in, 1), 1, out);
 }
 
 }  // namespace
