@@ -26,9 +26,9 @@ inline void check(bool cond, const char* op, const std::string& msg) {
 
 // The same, but msg is only built when cond is false: use it on hot paths (accessors, kernels),
 // where building the message eagerly cost ~10% of a training step.
-#define LORAFIT_CHECK(cond, op, msg)                              \
-  do {                                                            \
-    if (!(cond)) ::lorafit::check(false, (op), (msg));            \
+#define LORAFIT_CHECK(cond, op, msg)                   \
+  do {                                                 \
+    if (!(cond)) ::lorafit::check(false, (op), (msg)); \
   } while (0)
 
 }  // namespace lorafit

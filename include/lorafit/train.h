@@ -234,7 +234,8 @@ struct EvalResult {
 // passes its own, so an evaluation reuses the training step's memory instead of adding to it.
 EvalResult evaluate(Task& task, const std::vector<Sample>& samples, size_t batch_size,
                     int32_t pad_id, int64_t max_batches = 0,
-                    std::vector<std::vector<float>>* probs = nullptr, tensor::Arena* arena = nullptr);
+                    std::vector<std::vector<float>>* probs = nullptr,
+                    tensor::Arena* arena = nullptr);
 
 struct TrainSummary {
   int64_t steps = 0;

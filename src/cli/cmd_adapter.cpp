@@ -119,10 +119,12 @@ int cmd_adapter(int argc, char** argv) {
                   cfg.lora_dropout);
       if (cfg.use_dora) std::printf("use_dora    true (lora_magnitude_vector per target row)\n");
       if (cfg.is_adalora()) {
-        std::printf("adalora     init_r %lld, target_r %lld, tinit %lld, tfinal %lld, deltaT %lld, total_step %lld\n",
-                    static_cast<long long>(cfg.init_r), static_cast<long long>(cfg.target_r),
-                    static_cast<long long>(cfg.tinit), static_cast<long long>(cfg.tfinal),
-                    static_cast<long long>(cfg.deltaT), static_cast<long long>(cfg.total_step));
+        std::printf(
+            "adalora     init_r %lld, target_r %lld, tinit %lld, tfinal %lld, deltaT %lld, "
+            "total_step %lld\n",
+            static_cast<long long>(cfg.init_r), static_cast<long long>(cfg.target_r),
+            static_cast<long long>(cfg.tinit), static_cast<long long>(cfg.tfinal),
+            static_cast<long long>(cfg.deltaT), static_cast<long long>(cfg.total_step));
         if (!cfg.adalora_rank_pattern.empty()) {
           int64_t kept = 0, all = 0;
           std::string ranks;

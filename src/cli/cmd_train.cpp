@@ -196,7 +196,9 @@ class Options {
 
 void print_help(const char* usage, const std::vector<OptSpec>& specs, const char* tail) {
   std::fputs(usage, stdout);
-  std::fputs("\nOptions (also as keys of a JSON or YAML file given with --config; flags override it):\n", stdout);
+  std::fputs(
+      "\nOptions (also as keys of a JSON or YAML file given with --config; flags override it):\n",
+      stdout);
   for (auto& s : specs) {
     const std::string kind = s.kind;
     const char* meta = kind == "bool" ? "" : kind == "list" ? " A,B" : kind == "int" ? " N" : kind == "num" ? " X" : " S";
@@ -289,18 +291,25 @@ json read_task_info(const std::string& dir) {
 const std::vector<OptSpec> kTrainOpts = {
     {"config", "str", "", "JSON or YAML (.yaml/.yml) file of options (keys as the flags, - or _)"},
     {"model", "str", "", "model folder (config.json + safetensors) or .gguf file (required)"},
-    {"train", "str", "", "training data: .tsv/.csv/.jsonl (classification); .txt or instruction .jsonl (causal LM) (required)"},
-    {"validation", "str", "", "validation file; none: split off --val-fraction of the training data"},
-    {"output", "str", "", "output folder (required); refused when it exists unless --overwrite or --resume"},
+    {"train", "str", "",
+     "training data: .tsv/.csv/.jsonl (classification); .txt or instruction .jsonl (causal LM) "
+     "(required)"},
+    {"validation", "str", "",
+     "validation file; none: split off --val-fraction of the training data"},
+    {"output", "str", "",
+     "output folder (required); refused when it exists unless --overwrite or --resume"},
     {"task", "str", "auto", "classification | lm | auto (BERT family: classification, Llama: lm)"},
     {"method", "str", "lora", "lora | adalora | full (every weight) | head (classifier only)"},
     {"lora-r", "int", "8", "LoRA rank"},
     {"lora-alpha", "num", "16", "LoRA alpha (scaling alpha/r)"},
     {"lora-dropout", "num", "0.1", "dropout on the LoRA input"},
-    {"target-modules", "list", "", "modules that get LoRA; default by architecture: BERT query,value; Llama q_proj,v_proj"},
-    {"modules-to-save", "list", "", "modules trained whole besides LoRA; default for classification: classifier"},
+    {"target-modules", "list", "",
+     "modules that get LoRA; default by architecture: BERT query,value; Llama q_proj,v_proj"},
+    {"modules-to-save", "list", "",
+     "modules trained whole besides LoRA; default for classification: classifier"},
     {"use-rslora", "bool", "false", "scale by alpha/sqrt(r) (rsLoRA)"},
-    {"use-dora", "bool", "false", "DoRA: LoRA direction + a trained magnitude per output row (PEFT use_dora)"},
+    {"use-dora", "bool", "false",
+     "DoRA: LoRA direction + a trained magnitude per output row (PEFT use_dora)"},
     {"init-r", "int", "12", "AdaLoRA: initial rank of every module (--method adalora)"},
     {"target-r", "int", "8", "AdaLoRA: average rank the budget shrinks to"},
     {"tinit", "int", "0", "AdaLoRA: first steps at the full budget"},
@@ -308,9 +317,11 @@ const std::vector<OptSpec> kTrainOpts = {
     {"delta-t", "int", "1", "AdaLoRA: steps between two reallocations (PEFT deltaT)"},
     {"beta1", "num", "0.85", "AdaLoRA: EMA factor of the sensitivity"},
     {"beta2", "num", "0.85", "AdaLoRA: EMA factor of the uncertainty"},
-    {"orth-reg-weight", "num", "0.5", "AdaLoRA: weight of the orthogonal regularization added to the loss"},
+    {"orth-reg-weight", "num", "0.5",
+     "AdaLoRA: weight of the orthogonal regularization added to the loss"},
     {"train-modules", "list", "", "method full: only parameters whose name contains one of these"},
-    {"lr", "num", "", "peak learning rate [default: full 5e-5; otherwise 3e-3 for classification, 5e-4 for LM]"},
+    {"lr", "num", "",
+     "peak learning rate [default: full 5e-5; otherwise 3e-3 for classification, 5e-4 for LM]"},
     {"loraplus-ratio", "num", "1", "LoRA+: lr of lora_B = ratio x lr (the paper suggests 16)"},
     {"weight-decay", "num", "0.01", "decoupled AdamW weight decay (not on biases and norms)"},
     {"adam-beta1", "num", "0.9", "AdamW beta1"},
@@ -321,15 +332,20 @@ const std::vector<OptSpec> kTrainOpts = {
     {"warmup-steps", "int", "-1", "warmup steps (overrides --warmup-ratio when >= 0)"},
     {"epochs", "int", "1", "passes over the training data"},
     {"max-steps", "int", "0", "stop after N optimizer steps (overrides --epochs when > 0)"},
-    {"max-train-samples", "int", "0", "use only the first N training examples (after shuffling with --seed)"},
+    {"max-train-samples", "int", "0",
+     "use only the first N training examples (after shuffling with --seed)"},
     {"batch-size", "int", "32", "examples (classification) or blocks (LM) per micro-batch"},
     {"grad-accum", "int", "1", "micro-batches per optimizer step"},
     {"max-grad-norm", "num", "1.0", "clip the global gradient norm (0: off)"},
     {"max-length", "int", "128", "classification: tokens per example, longer ones are truncated"},
-    {"block-size", "int", "128", "LM: tokens per training block (instruction data: longest example)"},
-    {"chat-template", "str", "auto", "LM instruction data: auto (the model's template) | chatml | llama3 | plain"},
-    {"val-fraction", "num", "0.1", "held-out part when --validation is not given (LM: the last part of the text)"},
-    {"eval-every", "int", "0", "evaluate every N steps (0: only at the end); the best is kept in best/"},
+    {"block-size", "int", "128",
+     "LM: tokens per training block (instruction data: longest example)"},
+    {"chat-template", "str", "auto",
+     "LM instruction data: auto (the model's template) | chatml | llama3 | plain"},
+    {"val-fraction", "num", "0.1",
+     "held-out part when --validation is not given (LM: the last part of the text)"},
+    {"eval-every", "int", "0",
+     "evaluate every N steps (0: only at the end); the best is kept in best/"},
     {"eval-max-batches", "int", "0", "limit each evaluation to N batches (0: all)"},
     {"save-every", "int", "0", "checkpoint every N steps (0: only at the end and on Ctrl-C)"},
     {"log-every", "int", "10", "print a line every N steps when stderr is not a terminal"},
@@ -341,7 +357,8 @@ const std::vector<OptSpec> kTrainOpts = {
     {"resume", "str", "", "continue from a checkpoint folder (OUTPUT/checkpoint)"},
     {"overwrite", "bool", "false", "replace an existing output folder"},
     {"quiet", "bool", "false", "no progress output"},
-    {"stop-after", "int", "0", "stop (saving a checkpoint) after N steps of this invocation; for testing resume"},
+    {"stop-after", "int", "0",
+     "stop (saving a checkpoint) after N steps of this invocation; for testing resume"},
 };
 
 const char* kTrainUsage = R"(Usage: lorafit train --model PATH --train FILE --output DIR [options]
@@ -556,7 +573,10 @@ int cmd_train(int argc, char** argv) {
     to.grad_accum = o.integer("grad-accum");
     // Defaults from docs/RESULTS.md: on SST-2 with a 300-step budget, LoRA at 3e-3 matched the full
     // fine-tune at 5e-5 (0.8509 both) where 5e-4 was 5 points behind; LM adapters take 5e-4.
-    to.lr = static_cast<float>(o.str("lr").empty() ? (method == "full" ? 5e-5 : lm ? 5e-4 : 3e-3) : o.number("lr"));
+    to.lr = static_cast<float>(o.str("lr").empty() ? (method == "full" ? 5e-5
+                                                      : lm             ? 5e-4
+                                                                       : 3e-3)
+                                                   : o.number("lr"));
     to.weight_decay = static_cast<float>(o.number("weight-decay"));
     to.adam = {static_cast<float>(o.number("adam-beta1")), static_cast<float>(o.number("adam-beta2")),
                static_cast<float>(o.number("adam-eps"))};
@@ -663,14 +683,17 @@ namespace {
 const std::vector<OptSpec> kEvalOpts = {
     {"config", "str", "", "JSON or YAML (.yaml/.yml) file of options"},
     {"model", "str", "", "base model folder or .gguf (required)"},
-    {"adapter", "str", "", "a run's final/ or best/ folder, or a PEFT adapter folder (none: the base model)"},
+    {"adapter", "str", "",
+     "a run's final/ or best/ folder, or a PEFT adapter folder (none: the base model)"},
     {"data", "str", "", "file to evaluate / classify (required)"},
-    {"output", "str", "", "predict: write predictions here (.tsv or .jsonl; default: stdout as TSV)"},
+    {"output", "str", "",
+     "predict: write predictions here (.tsv or .jsonl; default: stdout as TSV)"},
     {"task", "str", "auto", "classification | lm | auto"},
     {"batch-size", "int", "32", "examples per batch"},
     {"max-length", "int", "0", "classification: tokens per example (0: as trained, else 128)"},
     {"block-size", "int", "0", "LM: tokens per block (0: as trained, else 128)"},
-    {"chat-template", "str", "", "LM instruction .jsonl: auto | chatml | llama3 | plain (default: as trained, else auto)"},
+    {"chat-template", "str", "",
+     "LM instruction .jsonl: auto | chatml | llama3 | plain (default: as trained, else auto)"},
     {"text-column", "str", "", "text column"},
     {"text-pair-column", "str", "", "second text column"},
     {"label-column", "str", "", "label column"},
@@ -807,7 +830,8 @@ const std::vector<OptSpec> kGenOpts = {
     {"top-k", "int", "0", "sample among the k most likely tokens (0: all)"},
     {"top-p", "num", "1", "sample among the smallest set with probability >= p"},
     {"seed", "int", "42", "sampling seed"},
-    {"chat", "bool", "false", "send --prompt as a user message through the chat template; print only the reply"},
+    {"chat", "bool", "false",
+     "send --prompt as a user message through the chat template; print only the reply"},
     {"system", "str", "", "with --chat: a system message"},
     {"chat-template", "str", "auto", "with --chat: auto (the model's) | chatml | llama3 | plain"},
     {"threads", "int", "0", "compute threads (0: all cores)"},

@@ -15,7 +15,8 @@ int cmd_analyze(int argc, char** argv);  // cmd_analyze.cpp
 
 namespace {
 
-const char* kUsage = R"(lorafit — parameter-efficient fine-tuning (LoRA, DoRA, AdaLoRA, QLoRA) on the CPU
+const char* kUsage =
+    R"(lorafit — parameter-efficient fine-tuning (LoRA, DoRA, AdaLoRA, QLoRA) on the CPU
 
 Usage: lorafit <command> [options]
 

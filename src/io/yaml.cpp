@@ -31,7 +31,10 @@ struct YamlReader {
     for (size_t i = 0; i < s.size(); ++i) {
       const char c = s[i];
       if (q) {
-        if (c == q) q = 0;
+        if (q == '"' && c == '\\')
+          ++i;  // an escaped character, \" included
+        else if (c == q)
+          q = 0;
       } else if (c == '\'' || c == '"') {
         q = c;
       } else if (c == '#' && (i == 0 || s[i - 1] == ' ')) {
@@ -66,14 +69,17 @@ struct YamlReader {
         }
         out.push_back(c);
       }
-      if (i >= s.size()) fail(std::string("unterminated ") + (q == '"' ? "double" : "single") + "-quoted string");
+      if (i >= s.size())
+        fail(std::string("unterminated ") + (q == '"' ? "double" : "single") + "-quoted string");
       if (!trim(s.substr(i + 1)).empty())
-        fail("unexpected text after the closing quote: '" + std::string(trim(s.substr(i + 1))) + "'");
+        fail("unexpected text after the closing quote: '" + std::string(trim(s.substr(i + 1))) +
+             "'");
       return out;
     }
     for (char c : {'&', '*', '!', '|', '>', '{', '%', '@', '`'})
       if (s.front() == c)
-        fail(std::string("'") + c + "' starts a YAML feature options files do not use (anchors, tags, "
+        fail(std::string("'") + c +
+             "' starts a YAML feature options files do not use (anchors, tags, "
              "block strings, mappings); quote the value if it is text");
     if (s.find(": ") != std::string_view::npos || s.back() == ':')
       fail("a nested mapping ('" + std::string(s) + "'); options are one flat 'key: value' list");
@@ -94,8 +100,10 @@ struct YamlReader {
         if (c == q) q = 0;
         continue;
       }
-      if (c == '\'' || c == '"') q = c;
-      else if (c == '[') fail("nested lists are not supported");
+      if (c == '\'' || c == '"')
+        q = c;
+      else if (c == '[')
+        fail("nested lists are not supported");
       else if (c == ',') {
         std::string_view item = trim(body.substr(start, i - start));
         if (item.empty()) fail("empty item in an inline list");
@@ -108,7 +116,7 @@ struct YamlReader {
 
   json parse(std::string_view text) {
     json out = json::object();
-    std::string list_key;  // the key whose block list ("  - item") is being read
+    std::string list_key;                // the key whose block list ("  - item") is being read
     std::vector<std::string> bare_keys;  // "key:" with no value on its line
     size_t pos = 0;
     while (pos <= text.size()) {
@@ -142,7 +150,8 @@ struct YamlReader {
       size_t colon = body.find(':');
       while (colon != std::string_view::npos && colon + 1 < body.size() && body[colon + 1] != ' ')
         colon = body.find(':', colon + 1);
-      if (colon == std::string_view::npos) fail("expected 'key: value', got '" + std::string(body) + "'");
+      if (colon == std::string_view::npos)
+        fail("expected 'key: value', got '" + std::string(body) + "'");
       std::string key = std::string(trim(body.substr(0, colon)));
       if (key.empty()) fail("a value without a key");
       if (key.front() == '\'' || key.front() == '"') key = scalar(key);

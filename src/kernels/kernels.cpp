@@ -37,7 +37,7 @@ bool isa_supported(Isa isa) { return isa == Isa::Scalar || cpu_has_avx2(); }
 Isa isa_active() { return active_isa().load(std::memory_order_relaxed); }
 void isa_set(Isa isa) {
   LORAFIT_CHECK(isa_supported(isa), "isa_set",
-        std::string(isa_name(isa)) + " is not supported by this CPU (needs AVX2 and FMA)");
+                std::string(isa_name(isa)) + " is not supported by this CPU (needs AVX2 and FMA)");
   active_isa().store(isa, std::memory_order_relaxed);
 }
 const char* isa_name(Isa isa) { return isa == Isa::Avx2 ? "avx2" : "scalar"; }
@@ -110,20 +110,22 @@ void require_i32(const char* op, const char* name, const Tensor& t) {
 }
 void require_same(const char* op, const char* na, const Tensor& a, const char* nb,
                   const Tensor& b) {
-  LORAFIT_CHECK(a.shape() == b.shape(), op,
-        string(na) + " is " + a.str() + " but " + nb + " is " + b.str() + ": shapes must match");
+  LORAFIT_CHECK(
+      a.shape() == b.shape(), op,
+      string(na) + " is " + a.str() + " but " + nb + " is " + b.str() + ": shapes must match");
 }
 // A vector of `c` elements: shape [c].
 void require_vec(const char* op, const char* name, const Tensor& t, int64_t c, const char* what,
                  const Tensor& ref) {
   require_f32(op, name, t);
   LORAFIT_CHECK(t.ndim() == 1 && t.dim(0) == c, op,
-        string(name) + " is " + t.str() + " but " + what + " is " + ref.str() + ": expected F32[" +
-            std::to_string(c) + "]");
+                string(name) + " is " + t.str() + " but " + what + " is " + ref.str() +
+                    ": expected F32[" + std::to_string(c) + "]");
 }
 // Rows of the last dimension: x [..., c] seen as [rows, c].
 int64_t last_dim(const char* op, const char* name, const Tensor& t) {
-  LORAFIT_CHECK(t.ndim() >= 1, op, string(name) + " is " + t.str() + ": needs at least one dimension");
+  LORAFIT_CHECK(t.ndim() >= 1, op,
+                string(name) + " is " + t.str() + ": needs at least one dimension");
   return t.dim(-1);
 }
 int64_t rows_of(const Tensor& t, int64_t c) { return c == 0 ? 0 : t.numel() / c; }
@@ -165,22 +167,22 @@ void gemm_raw(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float
               int64_t ldc) {
   const char* op = "gemm";
   LORAFIT_CHECK(m >= 0 && n >= 0 && k >= 0, op,
-        "negative size m=" + std::to_string(m) + " n=" + std::to_string(n) +
-            " k=" + std::to_string(k));
+                "negative size m=" + std::to_string(m) + " n=" + std::to_string(n) +
+                    " k=" + std::to_string(k));
   LORAFIT_CHECK(m <= INT_MAX && n <= INT_MAX && k <= INT_MAX && lda <= INT_MAX && ldb <= INT_MAX &&
-            ldc <= INT_MAX,
-        op, "sizes exceed the 32-bit BLAS interface");
+                    ldc <= INT_MAX,
+                op, "sizes exceed the 32-bit BLAS interface");
   // Row-major storage: A is m x k (or k x m when transposed), etc.
   const int64_t a_cols = trans_a ? m : k, b_cols = trans_b ? k : n;
   LORAFIT_CHECK(lda >= std::max<int64_t>(1, a_cols), op,
-        "lda=" + std::to_string(lda) + " is smaller than the " + std::to_string(a_cols) +
-            " columns of A");
+                "lda=" + std::to_string(lda) + " is smaller than the " + std::to_string(a_cols) +
+                    " columns of A");
   LORAFIT_CHECK(ldb >= std::max<int64_t>(1, b_cols), op,
-        "ldb=" + std::to_string(ldb) + " is smaller than the " + std::to_string(b_cols) +
-            " columns of B");
-  LORAFIT_CHECK(ldc >= std::max<int64_t>(1, n), op,
-        "ldc=" + std::to_string(ldc) + " is smaller than the " + std::to_string(n) +
-            " columns of C");
+                "ldb=" + std::to_string(ldb) + " is smaller than the " + std::to_string(b_cols) +
+                    " columns of B");
+  LORAFIT_CHECK(
+      ldc >= std::max<int64_t>(1, n), op,
+      "ldc=" + std::to_string(ldc) + " is smaller than the " + std::to_string(n) + " columns of C");
   if (m == 0 || n == 0) return;
   LORAFIT_CHECK(c != nullptr, op, "C is null");
   if (k == 0) {
@@ -211,16 +213,16 @@ void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& 
   const int64_t m = trans_a ? a.dim(1) : a.dim(0), k = trans_a ? a.dim(0) : a.dim(1);
   const int64_t kb = trans_b ? b.dim(1) : b.dim(0), n = trans_b ? b.dim(0) : b.dim(1);
   LORAFIT_CHECK(k == kb, op,
-        desc("A", a, trans_a) + " but " + desc("B", b, trans_b) +
-            ": inner dimensions must agree (" + std::to_string(k) + " vs " + std::to_string(kb) +
-            ")");
+                desc("A", a, trans_a) + " but " + desc("B", b, trans_b) +
+                    ": inner dimensions must agree (" + std::to_string(k) + " vs " +
+                    std::to_string(kb) + ")");
   LORAFIT_CHECK(c.dim(0) == m && c.dim(1) == n, op,
-        desc("A", a, trans_a) + " and " + desc("B", b, trans_b) + " give [" + std::to_string(m) +
-            ", " + std::to_string(n) + "] but C is " + c.str());
+                desc("A", a, trans_a) + " and " + desc("B", b, trans_b) + " give [" +
+                    std::to_string(m) + ", " + std::to_string(n) + "] but C is " + c.str());
   if (c.numel() > 0)
     LORAFIT_CHECK((a.numel() == 0 || !overlaps(c.f32(), c.numel(), a.f32(), a.numel())) &&
-              (b.numel() == 0 || !overlaps(c.f32(), c.numel(), b.f32(), b.numel())),
-          op, "C " + c.str() + " overlaps an input");
+                      (b.numel() == 0 || !overlaps(c.f32(), c.numel(), b.f32(), b.numel())),
+                  op, "C " + c.str() + " overlaps an input");
   gemm_raw(trans_a, trans_b, m, n, k, alpha, a.numel() ? a.f32() : nullptr,
            std::max<int64_t>(1, a.dim(1)), b.numel() ? b.f32() : nullptr,
            std::max<int64_t>(1, b.dim(1)), beta, c.numel() ? c.f32() : nullptr,
@@ -371,8 +373,8 @@ void softmax_forward(const Tensor& x, const Tensor& mask, Tensor& y) {
     require_f32(op, "mask", mask);
     bool row = mask.ndim() == 1 && mask.dim(0) == n;
     LORAFIT_CHECK(row || mask.shape() == x.shape(), op,
-          "mask is " + mask.str() + " but x is " + x.str() + ": expected F32[" +
-              std::to_string(n) + "] or the shape of x");
+                  "mask is " + mask.str() + " but x is " + x.str() + ": expected F32[" +
+                      std::to_string(n) + "] or the shape of x");
     pm = mask.f32();
     mask_stride = row ? 0 : n;
   }
@@ -408,8 +410,8 @@ void require_stats(const char* op, const char* name, const Tensor& t, int64_t ro
                    const Tensor& x) {
   require_f32(op, name, t);
   LORAFIT_CHECK(t.numel() == rows, op,
-        string(name) + " is " + t.str() + " but x is " + x.str() + ": expected " +
-            std::to_string(rows) + " values (one per row)");
+                string(name) + " is " + t.str() + " but x is " + x.str() + ": expected " +
+                    std::to_string(rows) + " values (one per row)");
 }
 
 // Runs a row kernel that also accumulates parameter gradients: each chunk of rows accumulates
@@ -547,10 +549,11 @@ void rope_apply(const char* op, Tensor& x, const Tensor& positions, float theta,
   require_i32(op, "positions", positions);
   const bool per_batch = positions.ndim() == 2;
   LORAFIT_CHECK((positions.ndim() == 1 && positions.dim(0) == t) ||
-            (per_batch && positions.dim(0) == bsz && positions.dim(1) == t),
-        op, "positions is " + positions.str() + " but x is " + x.str() + ": expected I32[" +
-                std::to_string(t) + "] or I32[" + std::to_string(bsz) + ", " +
-                std::to_string(t) + "]");
+                    (per_batch && positions.dim(0) == bsz && positions.dim(1) == t),
+                op,
+                "positions is " + positions.str() + " but x is " + x.str() + ": expected I32[" +
+                    std::to_string(t) + "] or I32[" + std::to_string(bsz) + ", " +
+                    std::to_string(t) + "]");
   LORAFIT_CHECK(theta > 0.0f, op, "theta must be positive, got " + std::to_string(theta));
   if (x.numel() == 0) return;
   auto k = active_ops().rope_rotate;
@@ -584,16 +587,16 @@ int64_t check_targets(const char* op, const Tensor& targets, int64_t n, int64_t 
                       int32_t ignore_index, const Tensor& logits) {
   require_i32(op, "targets", targets);
   LORAFIT_CHECK(targets.ndim() == 1 && targets.dim(0) == n, op,
-        "targets is " + targets.str() + " but logits is " + logits.str() + ": expected I32[" +
-            std::to_string(n) + "]");
+                "targets is " + targets.str() + " but logits is " + logits.str() +
+                    ": expected I32[" + std::to_string(n) + "]");
   const int32_t* pt = targets.i32();
   int64_t count = 0;
   for (int64_t i = 0; i < n; ++i) {
     if (pt[i] == ignore_index) continue;
     LORAFIT_CHECK(pt[i] >= 0 && pt[i] < v, op,
-          "targets[" + std::to_string(i) + "] = " + std::to_string(pt[i]) +
-              " is out of range for logits " + logits.str() + " (ignore_index " +
-              std::to_string(ignore_index) + ")");
+                  "targets[" + std::to_string(i) + "] = " + std::to_string(pt[i]) +
+                      " is out of range for logits " + logits.str() + " (ignore_index " +
+                      std::to_string(ignore_index) + ")");
     ++count;
   }
   return count;
@@ -606,7 +609,7 @@ float cross_entropy_forward(const Tensor& logits, const Tensor& targets, int32_t
   require_f32(op, "logits", logits);
   require_f32(op, "probs", probs);
   LORAFIT_CHECK(logits.ndim() == 2 && logits.dim(1) > 0, op,
-        "logits is " + logits.str() + ": expected [N, V] with V > 0");
+                "logits is " + logits.str() + ": expected [N, V] with V > 0");
   require_same(op, "logits", logits, "probs", probs);
   const int64_t n = logits.dim(0), v = logits.dim(1);
   check_targets(op, targets, n, v, ignore_index, logits);
@@ -637,7 +640,7 @@ void cross_entropy_backward(const Tensor& probs, const Tensor& targets, int32_t 
   require_f32(op, "probs", probs);
   require_f32(op, "dlogits", dlogits);
   LORAFIT_CHECK(probs.ndim() == 2 && probs.dim(1) > 0, op,
-        "probs is " + probs.str() + ": expected [N, V] with V > 0");
+                "probs is " + probs.str() + ": expected [N, V] with V > 0");
   require_same(op, "probs", probs, "dlogits", dlogits);
   const int64_t n = probs.dim(0), v = probs.dim(1);
   const int64_t count = check_targets(op, targets, n, v, ignore_index, probs);
@@ -658,15 +661,15 @@ void check_ids(const char* op, const Tensor& ids, int64_t vocab, const Tensor& t
   const int32_t* p = ids.i32();
   for (int64_t i = 0; i < ids.numel(); ++i)
     LORAFIT_CHECK(p[i] >= 0 && p[i] < vocab, op,
-          "ids[" + std::to_string(i) + "] = " + std::to_string(p[i]) + " is out of range for " +
-              table.str());
+                  "ids[" + std::to_string(i) + "] = " + std::to_string(p[i]) +
+                      " is out of range for " + table.str());
 }
 // out / dout: [numel(ids), C], or any shape [..., C] with that many rows.
 void check_rows(const char* op, const char* name, const Tensor& t, const Tensor& ids, int64_t c) {
   require_f32(op, name, t);
   LORAFIT_CHECK(t.ndim() >= 1 && t.dim(-1) == c && t.numel() == ids.numel() * c, op,
-        string(name) + " is " + t.str() + " but ids is " + ids.str() + ": expected [" +
-            std::to_string(ids.numel()) + ", " + std::to_string(c) + "]");
+                string(name) + " is " + t.str() + " but ids is " + ids.str() + ": expected [" +
+                    std::to_string(ids.numel()) + ", " + std::to_string(c) + "]");
 }
 }  // namespace
 

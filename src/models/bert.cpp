@@ -187,7 +187,7 @@ Tensor BertModel::encode(nn::Context& ctx, const Tensor& embeds, const Tensor& m
   }
   Tensor x = emb_drop.forward(ctx, emb_norm.forward(ctx, s));
   no_grad_forward_ = ctx.no_grad;
-  detail::LayerGradScope scope(ctx, x.shape(), ctx.no_grad);  // no_grad: keep one layer at a time
+  detail::LayerScope scope(ctx, x.shape(), ctx.no_grad);  // no_grad: keep one layer at a time
   for (auto& l : layers) {
     scope.begin();
     Tensor a = l.attn_drop.forward(ctx, l.attn.forward(ctx, x, mask_f32_));
@@ -199,9 +199,11 @@ Tensor BertModel::encode(nn::Context& ctx, const Tensor& embeds, const Tensor& m
 }
 
 Tensor BertModel::backward(nn::Context& ctx, const Tensor& dhidden) {
-  detail::check(!no_grad_forward_, cfg_.arch + " backward: the last forward ran with ctx.no_grad (no activations kept)");
+  detail::check(
+      !no_grad_forward_,
+      cfg_.arch + " backward: the last forward ran with ctx.no_grad (no activations kept)");
   Tensor dx = dhidden;
-  detail::LayerGradScope scope(ctx, dhidden.shape());
+  detail::LayerScope scope(ctx, dhidden.shape());
   for (size_t i = layers.size(); i-- > 0;) {
     BertLayer& l = layers[i];
     scope.begin();

@@ -67,7 +67,7 @@ Tensor LlamaModel::forward_embeds(nn::Context& ctx, const Tensor& embeds, const 
   embed_from_ids_ = false;
   Tensor x = embeds;
   no_grad_forward_ = ctx.no_grad;
-  detail::LayerGradScope scope(ctx, x.shape(), ctx.no_grad);  // no_grad: keep one layer at a time
+  detail::LayerScope scope(ctx, x.shape(), ctx.no_grad);  // no_grad: keep one layer at a time
   for (auto& l : layers) {
     scope.begin();
     Tensor h = add_new(ctx, x, l.attn.forward(ctx, l.attn_norm.forward(ctx, x), mask, positions));
@@ -77,10 +77,11 @@ Tensor LlamaModel::forward_embeds(nn::Context& ctx, const Tensor& embeds, const 
 }
 
 Tensor LlamaModel::backward(nn::Context& ctx, const Tensor& dlogits) {
-  detail::check(!no_grad_forward_, "llama backward: the last forward ran with ctx.no_grad (no activations kept)");
+  detail::check(!no_grad_forward_,
+                "llama backward: the last forward ran with ctx.no_grad (no activations kept)");
   // forward was: logits = lm_head(norm(x))
   Tensor dx = norm.backward(ctx, lm_head.backward(ctx, dlogits));
-  detail::LayerGradScope scope(ctx, dx.shape());
+  detail::LayerScope scope(ctx, dx.shape());
   for (size_t i = layers.size(); i-- > 0;) {
     LlamaLayer& l = layers[i];
     scope.begin();

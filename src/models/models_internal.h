@@ -61,11 +61,11 @@ WeightReader folder_reader(const std::shared_ptr<io::SafetensorsFolder>& f, cons
 // Frees each layer's temporaries as soon as the layer is done: begin() marks the arena, end(t)
 // copies the layer's result (the input gradient in backward, the output in a no_grad forward) into
 // one of two ping-pong buffers allocated before the loop and releases everything the layer
-// allocated. Without an arena (or not enabled) it does nothing. Only the returned tensor may outlive
-// end() (parameter gradients live outside the arena).
-class LayerGradScope {
+// allocated. Without an arena (or not enabled) it does nothing. Only the returned tensor may
+// outlive end() (parameter gradients live outside the arena).
+class LayerScope {
  public:
-  LayerGradScope(nn::Context& ctx, const Shape& shape, bool enabled = true)
+  LayerScope(nn::Context& ctx, const Shape& shape, bool enabled = true)
       : arena_(enabled ? ctx.arena : nullptr) {
     if (arena_) {
       buf_[0] = arena_->alloc(shape);

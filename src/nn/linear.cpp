@@ -35,6 +35,14 @@ int64_t tile_rows(int64_t in, int64_t out) {
   return std::clamp<int64_t>((4 * 1024 * 1024) / std::max<int64_t>(in, 1), 1, out);
 }
 
+// The fp32 tile, kept per thread between calls: a fresh std::vector per product would zero up to
+// 16 MiB (and map fresh pages) on every forward and backward of every quantized Linear.
+float* tile_buffer(int64_t floats) {
+  thread_local std::vector<float> buf;
+  if (buf.size() < static_cast<size_t>(floats)) buf.resize(static_cast<size_t>(floats));
+  return buf.data();
+}
+
 }  // namespace
 
 Linear::Linear(int64_t in_features, int64_t out_features, bool has_bias)
@@ -138,11 +146,11 @@ void Linear::matmul_weight(const Tensor& x, Tensor& y, float beta) const {
   }
   // y[:, r0:r1] = x · W[r0:r1]ᵀ, one fp32 tile of W at a time.
   int64_t tr = tile_rows(in_, out_);
-  std::vector<float> tile(static_cast<size_t>(tr * in_));
+  float* tile = tile_buffer(tr * in_);
   for (int64_t r0 = 0; r0 < out_; r0 += tr) {
     int64_t r1 = std::min(out_, r0 + tr);
-    weight_rows_to_f32(w, r0, r1, tile.data());
-    kernels::gemm_raw(false, true, n, r1 - r0, in_, 1.0f, x2.f32(), in_, tile.data(), in_, beta,
+    weight_rows_to_f32(w, r0, r1, tile);
+    kernels::gemm_raw(false, true, n, r1 - r0, in_, 1.0f, x2.f32(), in_, tile, in_, beta,
                       y2.f32() + r0, out_);
   }
 }
@@ -162,11 +170,11 @@ void Linear::matmul_weight_t(const Tensor& dy, Tensor& dx, float beta) const {
   }
   // dx = Σ_tiles dy[:, r0:r1] · W[r0:r1]
   int64_t tr = tile_rows(in_, out_);
-  std::vector<float> tile(static_cast<size_t>(tr * in_));
+  float* tile = tile_buffer(tr * in_);
   for (int64_t r0 = 0; r0 < out_; r0 += tr) {
     int64_t r1 = std::min(out_, r0 + tr);
-    weight_rows_to_f32(w, r0, r1, tile.data());
-    kernels::gemm_raw(false, false, n, in_, r1 - r0, 1.0f, dy2.f32() + r0, out_, tile.data(), in_,
+    weight_rows_to_f32(w, r0, r1, tile);
+    kernels::gemm_raw(false, false, n, in_, r1 - r0, 1.0f, dy2.f32() + r0, out_, tile, in_,
                       r0 == 0 ? beta : 1.0f, dx2.f32(), in_);
   }
 }

@@ -112,8 +112,9 @@ MixedBatch::MixedBatch(PeftModel& pm, nn::Context& ctx, std::vector<std::string>
   for (const auto& a : have)
     for (auto& [path, l] : pm.lora_layers(a))
       if (dynamic_cast<DoraLinear*>(l) || dynamic_cast<SVDLinear*>(l))
-        fail("mixed batch: adapter '" + a + "' is " + (dynamic_cast<DoraLinear*>(l) ? "DoRA" : "AdaLoRA") +
-             " (at " + path + "); per-example routing supports plain LoRA adapters only: "
+        fail("mixed batch: adapter '" + a + "' is " +
+             (dynamic_cast<DoraLinear*>(l) ? "DoRA" : "AdaLoRA") + " (at " + path +
+             "); per-example routing supports plain LoRA adapters only: "
              "delete it (or merge it into the base) first, or run its examples separately");
   // modules_to_save copies of the adapters used, by Linear.
   std::map<std::string, nn::Linear*> lins;

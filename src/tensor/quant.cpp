@@ -16,8 +16,8 @@ namespace {
 void check_blocks(DType t, int64_t n, const char* op) {
   int64_t be = dtype_block_elems(t);
   LORAFIT_CHECK(n >= 0 && n % be == 0, op,
-        std::to_string(n) + " values of " + dtype_name(t) + " is not a whole number of blocks of " +
-            std::to_string(be));
+                std::to_string(n) + " values of " + dtype_name(t) +
+                    " is not a whole number of blocks of " + std::to_string(be));
 }
 
 // Quantization index in [0, 15] from v = x*id + offset, truncating like ggml's (int8_t) cast.
@@ -192,12 +192,12 @@ void quantize_row(DType t, const float* src, void* dst, int64_t n) {
 
 Tensor quantize(const Tensor& x, DType t) {
   LORAFIT_CHECK(x.defined(), "quantize", "undefined tensor");
-  LORAFIT_CHECK(x.dtype() == DType::F32 || x.dtype() == DType::F16 || x.dtype() == DType::BF16, "quantize",
-        "input " + x.str() + " must be F32, F16 or BF16");
+  LORAFIT_CHECK(x.dtype() == DType::F32 || x.dtype() == DType::F16 || x.dtype() == DType::BF16,
+                "quantize", "input " + x.str() + " must be F32, F16 or BF16");
   int64_t be = dtype_block_elems(t);
   LORAFIT_CHECK(x.ndim() >= 1 && x.dim(-1) % be == 0, "quantize",
-        "last dimension of " + x.str() + " must be a multiple of " + std::to_string(be) + " for " +
-            dtype_name(t));
+                "last dimension of " + x.str() + " must be a multiple of " + std::to_string(be) +
+                    " for " + dtype_name(t));
   Tensor src = x.dtype() == DType::F32 ? x : x.to(DType::F32);
   Tensor out = Tensor::empty(x.shape(), t);
   quantize_row(t, src.f32(), out.raw(), x.numel());

@@ -55,8 +55,8 @@ bool dtype_is_quantized(DType t) { return info(t).block_elems > 1; }
 size_t dtype_nbytes(DType t, int64_t n) {
   DTypeInfo i = info(t);
   LORAFIT_CHECK(n >= 0 && n % i.block_elems == 0, "dtype",
-        std::to_string(n) + " elements of " + i.name + " is not a whole number of blocks of " +
-            std::to_string(i.block_elems));
+                std::to_string(n) + " elements of " + i.name +
+                    " is not a whole number of blocks of " + std::to_string(i.block_elems));
   return static_cast<size_t>(n / i.block_elems) * static_cast<size_t>(i.block_bytes);
 }
 
@@ -193,7 +193,7 @@ Tensor Tensor::full(const Shape& shape, float value) {
 
 Tensor Tensor::from_vector(const Shape& shape, const std::vector<float>& values) {
   LORAFIT_CHECK(static_cast<int64_t>(values.size()) == shape_numel(shape), "Tensor::from_vector",
-        std::to_string(values.size()) + " values do not fill shape " + shape_str(shape));
+                std::to_string(values.size()) + " values do not fill shape " + shape_str(shape));
   Tensor t = empty(shape, DType::F32);
   if (!values.empty()) std::memcpy(t.raw(), values.data(), values.size() * sizeof(float));
   return t;
@@ -201,7 +201,7 @@ Tensor Tensor::from_vector(const Shape& shape, const std::vector<float>& values)
 
 Tensor Tensor::from_ints(const Shape& shape, const std::vector<int32_t>& values) {
   LORAFIT_CHECK(static_cast<int64_t>(values.size()) == shape_numel(shape), "Tensor::from_ints",
-        std::to_string(values.size()) + " values do not fill shape " + shape_str(shape));
+                std::to_string(values.size()) + " values do not fill shape " + shape_str(shape));
   Tensor t = empty(shape, DType::I32);
   if (!values.empty()) std::memcpy(t.raw(), values.data(), values.size() * sizeof(int32_t));
   return t;
@@ -225,7 +225,7 @@ int64_t Tensor::dim(int i) const {
   int n = ndim();
   int j = i < 0 ? i + n : i;
   LORAFIT_CHECK(j >= 0 && j < n, "Tensor::dim",
-        "dimension " + std::to_string(i) + " out of range for " + str());
+                "dimension " + std::to_string(i) + " out of range for " + str());
   return shape_[j];
 }
 
@@ -248,7 +248,7 @@ int32_t* Tensor::i32() const {
 
 uint16_t* Tensor::u16() const {
   LORAFIT_CHECK(dtype_ == DType::F16 || dtype_ == DType::BF16, "Tensor::u16",
-        "tensor is " + str() + ", expected F16 or BF16");
+                "tensor is " + str() + ", expected F16 or BF16");
   return static_cast<uint16_t*>(raw());
 }
 
@@ -267,14 +267,15 @@ Tensor Tensor::view(const Shape& shape) const {
   }
   if (infer >= 0) {
     LORAFIT_CHECK(known > 0 && numel() % known == 0, "Tensor::view",
-          "cannot view " + str() + " as " + shape_str(shape));
+                  "cannot view " + str() + " as " + shape_str(shape));
     s[infer] = numel() / known;
   }
   LORAFIT_CHECK(shape_numel(s) == numel(), "Tensor::view",
-        "cannot view " + str() + " as " + shape_str(shape) + ": element counts differ");
+                "cannot view " + str() + " as " + shape_str(shape) + ": element counts differ");
   if (dtype_is_quantized(dtype_))
-    LORAFIT_CHECK(!s.empty() && s.back() % dtype_block_elems(dtype_) == 0, "Tensor::view",
-          "last dimension of " + shape_str(s) + " must hold whole " + dtype_name(dtype_) + " blocks");
+    LORAFIT_CHECK(
+        !s.empty() && s.back() % dtype_block_elems(dtype_) == 0, "Tensor::view",
+        "last dimension of " + shape_str(s) + " must hold whole " + dtype_name(dtype_) + " blocks");
   Tensor t = *this;
   t.shape_ = s;
   return t;
@@ -283,8 +284,8 @@ Tensor Tensor::view(const Shape& shape) const {
 Tensor Tensor::rows(int64_t begin, int64_t end) const {
   LORAFIT_CHECK(ndim() >= 1, "Tensor::rows", "tensor " + str() + " has no rows");
   LORAFIT_CHECK(0 <= begin && begin <= end && end <= shape_[0], "Tensor::rows",
-        "range [" + std::to_string(begin) + ", " + std::to_string(end) + ") out of bounds for " +
-            str());
+                "range [" + std::to_string(begin) + ", " + std::to_string(end) +
+                    ") out of bounds for " + str());
   Shape row_shape(shape_.begin() + 1, shape_.end());
   size_t row_bytes = dtype_nbytes(dtype_, shape_numel(row_shape));
   Tensor t = *this;
@@ -309,15 +310,15 @@ Tensor Tensor::clone() const {
 Tensor Tensor::to(DType dtype) const {
   if (dtype == dtype_) return clone();
   LORAFIT_CHECK(!dtype_is_quantized(dtype), "Tensor::to",
-        std::string("conversion to ") + dtype_name(dtype) + " is done by the quantizer");
+                std::string("conversion to ") + dtype_name(dtype) + " is done by the quantizer");
   if (dtype_ == DType::Q8_0 || dtype_ == DType::Q4_0 || dtype_ == DType::Q4_1) {
     Tensor f = dequantize(*this);  // quant.h; F16/BF16 targets go through F32
     return dtype == DType::F32 ? f : f.to(dtype);
   }
   LORAFIT_CHECK(!dtype_is_quantized(dtype_), "Tensor::to",
-        std::string("dequantization of ") + dtype_name(dtype_) + " is not supported here");
+                std::string("dequantization of ") + dtype_name(dtype_) + " is not supported here");
   LORAFIT_CHECK(dtype_ != DType::I32 && dtype != DType::I32, "Tensor::to",
-        "cannot convert " + str() + " to " + dtype_name(dtype));
+                "cannot convert " + str() + " to " + dtype_name(dtype));
   Tensor out = empty(shape_, dtype);
   int64_t n = numel();
   if (dtype_ == DType::F32) {
@@ -334,7 +335,7 @@ Tensor Tensor::to(DType dtype) const {
 
 void Tensor::copy_from(const Tensor& src) {
   LORAFIT_CHECK(src.dtype_ == dtype_ && src.shape_ == shape_, "Tensor::copy_from",
-        "source " + src.str() + " does not match destination " + str());
+                "source " + src.str() + " does not match destination " + str());
   std::memmove(raw(), src.raw(), nbytes());
 }
 
@@ -395,8 +396,8 @@ Tensor Arena::zeros(const Shape& shape, DType dtype) {
 }
 
 void Arena::release(const Mark& m) {
-  LORAFIT_CHECK(m.chunk < chunks_.size() && m.chunk <= cur_ && m.total <= used_total_, "Arena::release",
-                "the mark is not from this arena's current step (reset since?)");
+  LORAFIT_CHECK(m.chunk < chunks_.size() && m.chunk <= cur_ && m.total <= used_total_,
+                "Arena::release", "the mark is not from this arena's current step (reset since?)");
   if (poison) {
     for (size_t i = m.chunk; i <= cur_; ++i) {
       const size_t from = i == m.chunk ? m.used : 0;

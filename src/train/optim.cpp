@@ -9,7 +9,8 @@ namespace lorafit::train {
 AdamW::AdamW(std::vector<ParamGroup> groups, AdamWOptions opt)
     : groups_(std::move(groups)), opt_(opt) {
   for (auto& g : groups_) {
-    LORAFIT_CHECK(g.param && g.param->trainable, "adamw", "parameter '" + g.name + "' is not trainable");
+    LORAFIT_CHECK(g.param && g.param->trainable, "adamw",
+                  "parameter '" + g.name + "' is not trainable");
     m_.push_back(Tensor::zeros(g.param->value.shape()));
     v_.push_back(Tensor::zeros(g.param->value.shape()));
   }
@@ -73,7 +74,8 @@ void AdamW::load_state(const std::map<std::string, Tensor>& st, const std::strin
     }
   }
   const Tensor& s = get("step");
-  LORAFIT_CHECK(s.numel() == 2 && s.dtype() == tensor::DType::I32, "adamw", origin + ": bad 'step'");
+  LORAFIT_CHECK(s.numel() == 2 && s.dtype() == tensor::DType::I32, "adamw",
+                origin + ": bad 'step'");
   t_ = static_cast<int64_t>(s.i32()[0]) | (static_cast<int64_t>(s.i32()[1]) << 31);
 }
 
@@ -130,8 +132,8 @@ ClassMetrics classification_metrics(const std::vector<int32_t>& pred,
   std::vector<double> conf(k * k, 0.0);  // conf[gold * k + pred]
   for (size_t i = 0; i < gold.size(); ++i) {
     LORAFIT_CHECK(gold[i] >= 0 && static_cast<size_t>(gold[i]) < k && pred[i] >= 0 &&
-              static_cast<size_t>(pred[i]) < k,
-          "metrics", "label out of range");
+                      static_cast<size_t>(pred[i]) < k,
+                  "metrics", "label out of range");
     conf[static_cast<size_t>(gold[i]) * k + static_cast<size_t>(pred[i])] += 1;
   }
   double correct = 0, n = static_cast<double>(gold.size());

@@ -227,7 +227,8 @@ TrainSummary run_training(Task& task, const nn::NamedParameters& params,
     });
   };
   auto run_eval = [&]() {
-    EvalResult e = evaluate(task, val_set, opt.batch_size * 2, pad_id, opt.eval_batches, nullptr, &arena);
+    EvalResult e =
+        evaluate(task, val_set, opt.batch_size * 2, pad_id, opt.eval_batches, nullptr, &arena);
     io::json j = eval_json(e, task.lm);
     log.eval(st.step, j);
     const double s = score_of(e, task.lm);

@@ -19,6 +19,7 @@ TEST(Yaml, FlatMappingScalarsAndLists) {
       "title: 'it''s # not a comment'\n"
       "prompt: \"say \\\"hi\\\"\\n\"\n"
       "url: http://x.org/a#frag\n"
+      "quoted: \"a \\\" # b\"  # comment\n"
       "target_modules: [query, \"value\", 'key']\n"
       "empty_list: []\n"
       "layers:\n"
@@ -34,18 +35,20 @@ TEST(Yaml, FlatMappingScalarsAndLists) {
   EXPECT_EQ(j.at("title"), "it's # not a comment");
   EXPECT_EQ(j.at("prompt"), "say \"hi\"\n");
   EXPECT_EQ(j.at("url"), "http://x.org/a#frag");
+  EXPECT_EQ(j.at("quoted"), "a \" # b");
   EXPECT_EQ(j.at("target_modules"), json::array({"query", "value", "key"}));
   EXPECT_EQ(j.at("empty_list"), json::array());
   EXPECT_EQ(j.at("layers"), json::array({"0", "5"}));
   EXPECT_EQ(j.at("nothing"), "");
-  EXPECT_EQ(j.size(), 11u);
+  EXPECT_EQ(j.size(), 12u);
 }
 
 TEST(Yaml, UnsupportedOrBrokenInputNamesFileAndLine) {
   expect_error([] { parse_yaml("a: 1\nlora:\n  r: 8\n", "c.yaml"); },
                {"[yaml] c.yaml: line 3", "flat 'key: value'"});
   expect_error([] { parse_yaml("a: 1\nb: c: d\n", "c.yaml"); }, {"line 2", "nested mapping"});
-  expect_error([] { parse_yaml("a: 'open\n", "c.yaml"); }, {"line 1", "unterminated single-quoted"});
+  expect_error([] { parse_yaml("a: 'open\n", "c.yaml"); },
+               {"line 1", "unterminated single-quoted"});
   expect_error([] { parse_yaml("a: [1, 2\n", "c.yaml"); }, {"line 1", "must end with ']'"});
   expect_error([] { parse_yaml("a: 1\na: 2\n", "c.yaml"); }, {"line 2", "'a' appears twice"});
   expect_error([] { parse_yaml("- x\n", "c.yaml"); }, {"line 1", "outside a 'key:'"});
@@ -54,7 +57,8 @@ TEST(Yaml, UnsupportedOrBrokenInputNamesFileAndLine) {
   expect_error([] { parse_yaml("just text\n", "c.yaml"); }, {"line 1", "expected 'key: value'"});
   expect_error([] { parse_yaml("a: 1\n---\nb: 2\n", "c.yaml"); }, {"line 2", "one YAML document"});
   TempDir dir;
-  expect_error([&] { read_yaml_file(dir.file("none.yaml")); }, {"[yaml]", "none.yaml", "no such file"});
+  expect_error([&] { read_yaml_file(dir.file("none.yaml")); },
+               {"[yaml]", "none.yaml", "no such file"});
   io_test::write_bytes(dir.file("ok.yml"), "r: 4\n");
   EXPECT_EQ(read_yaml_file(dir.file("ok.yml")).at("r"), "4");
 }

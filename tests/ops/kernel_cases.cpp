@@ -406,8 +406,8 @@ OPCHECK(gelu_forward, Avx2ErfRelativeAccuracy) {
       if (want != 0) {
         const double rel = std::fabs(y.f32()[i] - want) / std::fabs(want);
         if (!(rel <= worst)) worst = rel;  // a NaN becomes the worst (std::max would drop it)
-      }
-      else EXPECT_EQ(y.f32()[i], 0.0f);
+      } else
+        EXPECT_EQ(y.f32()[i], 0.0f);
     }
     EXPECT_LT(worst, 1e-6) << "avx2 erf worst relative error";
     Tensor e = Tensor::empty({n}), xe = random({n}, 5, -87.0f, 88.0f);

@@ -15,13 +15,13 @@
 #include "lorafit/io.h"
 #include "lorafit/models.h"
 #include "lorafit/peft.h"
-#include "peft_test_util.h"
 #include "ops/op_check.h"
+#include "peft_test_util.h"
 
 namespace {
 
-using peft_test::max_abs_diff;
 using peft_test::max_abs;
+using peft_test::max_abs_diff;
 
 namespace fs = std::filesystem;
 using lorafit::Error;
@@ -38,7 +38,6 @@ namespace peft = lorafit::peft;
 
 const std::string kFix = std::string(LORAFIT_FIXTURES) + "/adalora/";
 const std::string kRoot = std::string(LORAFIT_SOURCE_DIR) + "/";
-
 
 // ---- SVDLinear and orth reg against finite differences ----------------------------------------
 

@@ -13,8 +13,8 @@
 #include "lorafit/io.h"
 #include "lorafit/models.h"
 #include "lorafit/peft.h"
-#include "peft_test_util.h"
 #include "lorafit/text.h"
+#include "peft_test_util.h"
 
 namespace {
 
@@ -42,7 +42,6 @@ int run(const std::string& cmd) {
   int rc = std::system((cmd + " > /dev/null 2>&1").c_str());
   return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
 }
-
 
 TEST(CliLora, CombineWritesThePeftFolderOfTheLibrary) {
   auto work = temp_dir("combine");

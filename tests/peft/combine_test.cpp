@@ -17,8 +17,8 @@
 
 namespace {
 
-using peft_test::max_abs_diff;
 using peft_test::max_abs;
+using peft_test::max_abs_diff;
 
 namespace fs = std::filesystem;
 using lorafit::Error;
@@ -34,7 +34,6 @@ namespace peft = lorafit::peft;
 const std::string kRoot = std::string(LORAFIT_SOURCE_DIR) + "/";
 const std::string kFix = std::string(LORAFIT_FIXTURES) + "/peft_combine/";
 const std::string kLlama = kRoot + "tests/fixtures/models/tiny_llama";
-
 
 std::unique_ptr<models::Model> llama() {
   models::LoadOptions lo;

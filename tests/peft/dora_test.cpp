@@ -16,14 +16,14 @@
 #include "lorafit/kernels.h"
 #include "lorafit/models.h"
 #include "lorafit/peft.h"
-#include "peft_test_util.h"
 #include "lorafit/quant.h"
 #include "ops/op_check.h"
+#include "peft_test_util.h"
 
 namespace {
 
-using peft_test::max_abs_diff;
 using peft_test::max_abs;
+using peft_test::max_abs_diff;
 
 namespace fs = std::filesystem;
 using lorafit::Error;
@@ -47,7 +47,6 @@ std::string temp_dir(const std::string& name) {
   fs::remove_all(p);
   return p.string();
 }
-
 
 // ‖W + s·B A‖ per row in double, straight from the definition.
 std::vector<double> direct_norms(const Tensor& w32, const Tensor& A, const Tensor& B, double s) {

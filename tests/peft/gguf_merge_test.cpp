@@ -12,8 +12,8 @@
 #include "lorafit/io.h"
 #include "lorafit/models.h"
 #include "lorafit/peft.h"
-#include "peft_test_util.h"
 #include "lorafit/quant.h"
+#include "peft_test_util.h"
 
 namespace {
 
@@ -35,7 +35,6 @@ const std::string kModels = std::string(LORAFIT_FIXTURES) + "/models/";
 std::string temp_path(const std::string& name) {
   return (fs::temp_directory_path() / ("lorafit_gguf_merge_" + std::to_string(::getpid()) + "_" + name)).string();
 }
-
 
 // tiny_llama.gguf with every matrix whose rows are whole Q4_1 blocks stored as Q4_1 (a quantized
 // base like SmolLM2's), the rest (norms, ffn_down with 48-value rows) F32.

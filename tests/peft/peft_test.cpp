@@ -18,13 +18,13 @@
 #include "lorafit/kernels.h"
 #include "lorafit/models.h"
 #include "lorafit/peft.h"
-#include "peft_test_util.h"
 #include "ops/op_check.h"
+#include "peft_test_util.h"
 
 namespace {
 
-using peft_test::max_abs_diff;
 using peft_test::max_abs;
+using peft_test::max_abs_diff;
 
 namespace fs = std::filesystem;
 using lorafit::Error;
@@ -46,7 +46,6 @@ std::string temp_dir(const std::string& name) {
   fs::remove_all(p);
   return p.string();
 }
-
 
 // ---- the LoRA layer against finite differences -------------------------------------------------
 
@@ -249,13 +248,14 @@ TEST_P(PeftParity, LogitsGradientsCountsMerge) {
     std::map<std::string, Tensor> g0;
     for (auto& [key, p] : params) g0[key] = p->grad.clone();
     lorafit::tensor::Arena arena(1 << 12);  // small first chunk: the step spans several chunks
-    arena.poison = true;                     // freed memory turns to NaN: use after release shows
+    arena.poison = true;                    // freed memory turns to NaN: use after release shows
     for (int rep = 0; rep < 2; ++rep) {
       pm->zero_grad();
       ModelRun ar = run_model(*model, ref, true, &arena);
       // Bitwise (max_abs_diff would pass NaNs: std::max ignores them).
       auto same = [](const Tensor& a, const Tensor& b) {
-        return a.numel() == b.numel() && std::memcmp(a.f32(), b.f32(), sizeof(float) * a.numel()) == 0;
+        return a.numel() == b.numel() &&
+               std::memcmp(a.f32(), b.f32(), sizeof(float) * a.numel()) == 0;
       };
       EXPECT_TRUE(same(ar.logits, run.logits)) << c.name << " step " << rep;
       for (auto& [key, p] : params) EXPECT_TRUE(same(p->grad, g0[key])) << c.name << " " << key;
@@ -266,7 +266,8 @@ TEST_P(PeftParity, LogitsGradientsCountsMerge) {
       fa.poison = true;
       ModelRun nr = run_model(*model, ref, false, &fa, /*no_grad=*/true);
       EXPECT_TRUE(same(nr.logits, run.logits)) << c.name << " no_grad step " << rep;
-      run_model(*model, ref, false, &keep, /*no_grad=*/false);  // the same forward keeping everything
+      run_model(*model, ref, false, &keep,
+                /*no_grad=*/false);  // the same forward keeping everything
       EXPECT_LT(fa.peak(), keep.peak()) << c.name;
     }
     pm->zero_grad();

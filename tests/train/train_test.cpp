@@ -458,21 +458,24 @@ TEST(Cli, YamlAndJsonConfigsEqualFlags) {
   auto work = temp_dir("cli_config");
   write(work / "train.tsv", synthetic_tsv(32, 6));
   const std::string bin = LORAFIT_BINARY;
-  const std::string common = bin + " train --model " + dir.string() + " --train " + (work / "train.tsv").string() +
-                             " --threads 1";
-  ASSERT_EQ(run(common + " --output " + (work / "flags").string() +
-                " --max-steps 3 --batch-size 8 --lr 1e-2 --lora-r 4 --target-modules query,key,value"),
-            0);
+  const std::string common = bin + " train --model " + dir.string() + " --train " +
+                             (work / "train.tsv").string() + " --threads 1";
+  ASSERT_EQ(
+      run(common + " --output " + (work / "flags").string() +
+          " --max-steps 3 --batch-size 8 --lr 1e-2 --lora-r 4 --target-modules query,key,value"),
+      0);
   write(work / "c.yaml",
         "# same options as the flags\nmax_steps: 3\nbatch-size: 8\nlr: 1e-2\nlora_r: 4\n"
         "target_modules:\n  - query\n  - key\n  - value\nseed: 99  # overridden below\n");
-  ASSERT_EQ(run(common + " --output " + (work / "yaml").string() + " --config " + (work / "c.yaml").string() +
-                " --seed 42"),
+  ASSERT_EQ(run(common + " --output " + (work / "yaml").string() + " --config " +
+                (work / "c.yaml").string() + " --seed 42"),
             0);
   write(work / "c.json",
         "{\"max_steps\": 3, \"batch_size\": 8, \"lr\": 1e-2, \"lora_r\": 4, "
         "\"target_modules\": [\"query\", \"key\", \"value\"]}");
-  ASSERT_EQ(run(common + " --output " + (work / "json").string() + " --config " + (work / "c.json").string()), 0);
+  ASSERT_EQ(run(common + " --output " + (work / "json").string() + " --config " +
+                (work / "c.json").string()),
+            0);
   auto ref = io::SafetensorsFile::open((work / "flags/final/trainable.safetensors").string());
   for (const char* other : {"yaml", "json"}) {
     auto o = io::SafetensorsFile::open((work / other / "final/trainable.safetensors").string());
@@ -480,11 +483,14 @@ TEST(Cli, YamlAndJsonConfigsEqualFlags) {
     for (auto& n : ref.names()) {
       tensor::Tensor a = o.get_f32(n), b = ref.get_f32(n);
       ASSERT_EQ(a.numel(), b.numel()) << other << " " << n;
-      for (int64_t i = 0; i < a.numel(); ++i) ASSERT_EQ(a.f32()[i], b.f32()[i]) << other << " " << n << " [" << i << "]";
+      for (int64_t i = 0; i < a.numel(); ++i)
+        ASSERT_EQ(a.f32()[i], b.f32()[i]) << other << " " << n << " [" << i << "]";
     }
   }
   write(work / "bad.yaml", "max_steps: 3\nlora:\n  r: 4\n");
-  EXPECT_EQ(run(common + " --output " + (work / "bad").string() + " --config " + (work / "bad.yaml").string()), 1);
+  EXPECT_EQ(run(common + " --output " + (work / "bad").string() + " --config " +
+                (work / "bad.yaml").string()),
+            1);
   EXPECT_FALSE(fs::exists(work / "bad"));
   fs::remove_all(work);
 }
@@ -826,7 +832,8 @@ TEST(Cli, AdaLoraPrunesToTheTargetBudgetAndResumesExactly) {
   auto info = run_out(std::string(LORAFIT_BINARY) + " adapter info " + (work / "a/final").string());
   ASSERT_EQ(info.first, 0) << info.second;
   EXPECT_NE(info.second.find("init_r 4, target_r 2"), std::string::npos) << info.second;
-  EXPECT_NE(info.second.find("rank_pattern 4 modules, 8 of 16 singular values kept"), std::string::npos)
+  EXPECT_NE(info.second.find("rank_pattern 4 modules, 8 of 16 singular values kept"),
+            std::string::npos)
       << info.second;
   // The pruned folder loads for evaluation.
   EXPECT_EQ(run(std::string(LORAFIT_BINARY) + " eval --model " + dir.string() + " --adapter " +
