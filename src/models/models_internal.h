@@ -79,7 +79,7 @@ class LayerScope {
     if (!arena_) return dx;
     Tensor& dst = buf_[next_];
     next_ ^= 1;
-    check(dx.numel() == dst.numel(), "layer gradient is " + dx.str() + ", expected " + dst.str());
+    check(dx.numel() == dst.numel(), "layer result is " + dx.str() + ", expected " + dst.str());
     std::copy(dx.f32(), dx.f32() + dx.numel(), dst.f32());
     arena_->release(mark_);
     return dst.view(dx.shape());
