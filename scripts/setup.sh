@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 BUILD_DIR=${1:-build}
 shift || true
 
-PKGS=(build-essential cmake pkg-config git python3 python3-venv
+PKGS=(build-essential cmake pkg-config git python3 python3-venv ccache
       libopenblas-openmp-dev libomp-dev
       libgtest-dev libgmock-dev libbenchmark-dev
       nlohmann-json3-dev libpcre2-dev libutf8proc-dev python3-pip)
