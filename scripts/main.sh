@@ -10,11 +10,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh build -DLORAFIT_BUILD_TESTS=OFF -DLORAFIT_BUILD_BENCH=OFF
 bash tools/fetch_models.sh
+bash tools/fetch_data.sh
 OUT=${LORAFIT_OUT:-runs/sst2-minilm-lora}
 # --overwrite: the main job is re-runnable; a user's own runs are never overwritten without it.
 ./build/lorafit train \
   --model models/all-MiniLM-L6-v2 \
-  --train ../shared/data/sst2/train.tsv \
-  --validation ../shared/data/sst2/dev.tsv \
+  --train data/sst2/train.tsv \
+  --validation data/sst2/dev.tsv \
   --output "$OUT" --overwrite \
   --max-steps "${LORAFIT_STEPS:-300}" --eval-every 100 --log-every 20

@@ -7,4 +7,5 @@ BUILD_DIR=${1:-build}
 shift || true
 bash scripts/setup.sh "$BUILD_DIR" -DLORAFIT_BUILD_TESTS=ON "$@"
 bash tools/fetch_models.sh   # real models for the model/tokenizer tests; fails loudly, never skips
+bash tools/fetch_data.sh     # SST-2 and Tiny Shakespeare into data/, md5-checked
 ctest --test-dir "$BUILD_DIR" --output-on-failure -j"$(nproc)"

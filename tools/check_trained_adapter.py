@@ -3,7 +3,7 @@
 Hugging Face PEFT unchanged and predicts what lorafit predicts.
 
   tools/.venv/bin/python tools/check_trained_adapter.py --model models/all-MiniLM-L6-v2 \
-      --adapter runs/sst2-lora-3e-3/final --data ../shared/data/sst2/dev.tsv [--n 64] [--lorafit build/lorafit]
+      --adapter runs/sst2-lora-3e-3/final --data data/sst2/dev.tsv [--n 64] [--lorafit build/lorafit]
 
 1. `PeftModel.from_pretrained(AutoModelForSequenceClassification(base), adapter)`; asserts that
    set_peft_model_state_dict reports no unexpected keys and that get_peft_model_state_dict gives

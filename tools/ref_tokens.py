@@ -14,7 +14,7 @@ Writes tests/fixtures/tokens/:
   meta.json       versions and what was verified
 
 Inputs: SST-2 dev (column "content", all 872 rows) and the first 1000 lines of Tiny Shakespeare
-from ../shared/data, the models from tools/fetch_models.sh.
+from data/ (tools/fetch_data.sh), the models from tools/fetch_models.sh.
 
 SmolLM2: the reference is transformers' GGUF loader (AutoTokenizer.from_pretrained(dir,
 gguf_file=...)). For tokenizer.ggml.pre = "smollm" it builds a plain GPT-2 ByteLevel
@@ -30,7 +30,7 @@ import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
+DATA = os.path.join(ROOT, "data")  # tools/fetch_data.sh
 N_SHAKESPEARE = 1000
 
 

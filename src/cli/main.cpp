@@ -4,6 +4,7 @@
 #include <string>
 
 #include "lorafit/tensor.h"
+#include "lorafit_commit.h"  // generated at build time: LORAFIT_COMMIT
 
 int cmd_info(int argc, char** argv);  // cmd_info.cpp
 int cmd_train(int argc, char** argv);  // cmd_train.cpp
@@ -46,7 +47,7 @@ int main(int argc, char** argv) {
     return argc < 2 ? 1 : 0;
   }
   if (!std::strcmp(argv[1], "--version")) {
-    std::printf("lorafit %s\n", LORAFIT_VERSION);
+    std::printf("lorafit %s (commit %s)\n", LORAFIT_VERSION, LORAFIT_COMMIT);
     return 0;
   }
   if (!std::strcmp(argv[1], "info")) return cmd_info(argc - 1, argv + 1);

@@ -32,7 +32,7 @@ const std::string kModels = std::string(LORAFIT_SOURCE_DIR) + "/models";
 const std::string kMiniLM = kModels + "/all-MiniLM-L6-v2";
 const std::string kSmolGguf = kModels + "/SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf";
 const std::string kFixtures = std::string(LORAFIT_FIXTURES) + "/tokens";
-const std::string kData = LORAFIT_SHARED_DATA;
+const std::string kData = LORAFIT_DATA;  // tools/fetch_data.sh fills it (scripts/test.sh runs it)
 
 // The real models are not in git; a missing one is a failure with the fix in the message.
 void require_model(const std::string& path) {

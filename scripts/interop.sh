@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Interop stage (CI runs it after the test suite): the Python ecosystem loads what lorafit writes.
+#   1. PEFT loads an adapter that `lorafit train` trained on SST-2 (MiniLM) and predicts what
+#      `lorafit predict` predicts (tools/check_trained_adapter.py);
+#   2. llama.cpp (llama-cpp-python) loads our LoRA GGUF and our merged GGUF of SmolLM2 and gives
+#      our logits (tools/check_llama_cpp.py);
+#   3. every further tools/check_*.py that declares "INTEROP: <args>" in its docstring.
+# The Python stack lives in a venv outside the clone, kept between runs
+# ($LORAFIT_VENV, default ~/.cache/lorafit/venv): the first run on a machine installs torch,
+# transformers, peft and gguf (tools/pyenv.sh) and builds llama-cpp-python from its PyPI sdist
+# without its multimodal library (~15 minutes on 2 cores); later runs reuse it.
+#   scripts/interop.sh [BUILD_DIR]       (after scripts/test.sh, which builds and fetches)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUILD=${1:-build}
+LORAFIT=$BUILD/lorafit
+export LORAFIT_VENV=${LORAFIT_VENV:-$HOME/.cache/lorafit/venv}
+PY=$(bash tools/pyenv.sh | tail -n 1)
+if ! "$PY" -c "import llama_cpp" 2>/dev/null; then
+  echo "[interop] building llama-cpp-python (once per machine)"
+  CMAKE_ARGS="-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF" \
+    "$PY" -m pip install -q "llama-cpp-python==0.3.36" diskcache jinja2
+fi
+bash tools/fetch_models.sh
+bash tools/fetch_data.sh
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+
+echo "== [interop] PEFT loads an adapter trained by lorafit train on SST-2"
+"$LORAFIT" train --model models/all-MiniLM-L6-v2 --train data/sst2/train.tsv --validation data/sst2/dev.tsv \
+  --output "$T/sst2" --max-steps 40 --eval-max-batches 2 --quiet
+"$PY" tools/check_trained_adapter.py --model models/all-MiniLM-L6-v2 --adapter "$T/sst2/final" \
+  --data data/sst2/dev.tsv --n 64 --lorafit "$LORAFIT"
+
+echo "== [interop] llama.cpp loads our LoRA GGUF and merged GGUF"
+"$PY" tools/check_llama_cpp.py --lorafit "$LORAFIT"
+
+for check in tools/check_*.py; do
+  args=$(sed -n 's/^INTEROP: //p' "$check" | head -n 1)
+  [ -n "$args" ] || continue
+  echo "== [interop] $check $args"
+  # shellcheck disable=SC2086  # the declared arguments are words
+  "$PY" "$check" --lorafit "$LORAFIT" $args
+done
+echo "[interop] all checks passed"
