@@ -10,7 +10,14 @@ shift || true
 PKGS=(build-essential cmake pkg-config git python3 python3-venv ccache
       libopenblas-openmp-dev libomp-dev
       libgtest-dev libgmock-dev libbenchmark-dev
-      nlohmann-json3-dev libpcre2-dev libutf8proc-dev python3-pip)
+      nlohmann-json3-dev libpcre2-dev libutf8proc-dev python3-pip libpng-dev)
+# For running the tests only (scripts/test.sh passes -DLORAFIT_BUILD_TESTS=ON): headless Chromium
+# renders report.html to a PNG that the test reads back (libpng, above). Chromium is large
+# (~350 MB with its libraries), so a plain build does not install it.
+TEST_PKGS=(chromium)
+for a in "$@"; do
+  case "$a" in -DLORAFIT_BUILD_TESTS=ON|-DLORAFIT_BUILD_TESTS=on|-DLORAFIT_BUILD_TESTS=1) PKGS+=("${TEST_PKGS[@]}") ;; esac
+done
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -169,6 +169,63 @@ struct ClassMetrics {
 ClassMetrics classification_metrics(const std::vector<int32_t>& pred,
                                     const std::vector<int32_t>& gold, int64_t num_labels);
 
+// ---- run log and report -----------------------------------------------------------------------
+
+// A run's log.jsonl, parsed. The trainer writes one JSON object per line: a "step" record per
+// optimizer step, an "eval" record per evaluation and, when the run ends (finished or
+// interrupted), a "summary" record with sizes, time, memory, the best evaluation and the
+// configuration. A resumed run appends to the same file; a step that comes again (a run resumed
+// from an older checkpoint) replaces the records from that step on.
+struct StepRecord {
+  int64_t step = 0, tokens = 0, epoch = 0;
+  double loss = 0, lr = 0, grad_norm = 0, tokens_per_s = 0, elapsed_s = 0;
+  int64_t rss_bytes = -1, peak_rss_bytes = -1;  // -1: not in the log (written before they were)
+};
+
+struct EvalRecord {
+  int64_t step = 0;
+  std::vector<std::pair<std::string, double>> metrics;  // in log order: loss, accuracy, ...
+};
+
+struct RunSummary {
+  bool present = false;      // false: the run has not ended (or crashed): no summary record
+  bool interrupted = false;  // stopped by Ctrl-C / --stop-after
+  std::string finished_utc;
+  int64_t steps = 0, total_steps = 0, trainable_params = 0, total_params = 0, peak_rss_bytes = 0;
+  double seconds = 0, tokens_per_second = 0;
+  bool lm = false;
+  int64_t best_step = -1;  // -1: no evaluation
+  std::vector<std::pair<std::string, double>> best;
+  // The run configuration flattened to "key" / "adapter.r" -> value as text, sorted by key.
+  std::vector<std::pair<std::string, std::string>> config;
+  std::string config_value(const std::string& key) const;  // "" when absent
+};
+
+struct RunLog {
+  std::string path;  // the log.jsonl read
+  std::string name;  // how a comparison names the run (its folder)
+  std::vector<StepRecord> steps;
+  std::vector<EvalRecord> evals;
+  RunSummary summary;
+};
+
+// Reads a log.jsonl. A line that is not a JSON object, or a record with a missing or mistyped
+// field, is an Error naming the file and line ("[report] out/log.jsonl:7: ...").
+RunLog read_run_log(const std::string& path);
+// The run folder's log: RUN_DIR/log.jsonl (or the .jsonl file itself); a folder without one is an
+// Error naming the path. The run is named after the folder.
+RunLog read_run_dir(const std::string& path);
+
+// A self-contained HTML page (inline SVG charts and CSS, no script, nothing fetched): for one run
+// its header, charts (training and evaluation loss on one set of axes, evaluation metrics,
+// learning rate, gradient norm, tokens/s and resident memory over time), best evaluation and
+// configuration; for several runs the same curves overlaid per metric, a table of their best
+// evaluations and their configurations side by side with the differences marked.
+std::string report_html(const std::vector<RunLog>& runs, const std::string& title = "");
+// report_html written atomically to `path`.
+void write_report_html(const std::string& path, const std::vector<RunLog>& runs,
+                       const std::string& title = "");
+
 // ---- model task -------------------------------------------------------------------------------
 
 // Loss and gradients for one batch on a BERT classifier or a causal LM. Used by the trainer and

@@ -13,6 +13,7 @@ int cmd_generate(int argc, char** argv);
 int cmd_adapter(int argc, char** argv);  // cmd_adapter.cpp
 int cmd_logits(int argc, char** argv);   // cmd_logits.cpp
 int cmd_analyze(int argc, char** argv);  // cmd_analyze.cpp
+int cmd_report(int argc, char** argv);   // cmd_report.cpp
 
 namespace {
 
@@ -32,6 +33,7 @@ Commands:
   adapter          info | merge | combine | export-gguf of PEFT adapter folders
   logits           logits of prompts (+ adapters, or one adapter per prompt: mixed batch)
   analyze          DoRA's magnitude/direction analysis of fine-tuned weights (CSV + SVG)
+  report RUN_DIR…  an HTML report of training runs (several: side by side in one page)
 
 Each command explains itself: lorafit <command> --help
 
@@ -58,6 +60,7 @@ int main(int argc, char** argv) {
   if (!std::strcmp(argv[1], "adapter")) return cmd_adapter(argc - 1, argv + 1);
   if (!std::strcmp(argv[1], "logits")) return cmd_logits(argc - 1, argv + 1);
   if (!std::strcmp(argv[1], "analyze")) return cmd_analyze(argc - 1, argv + 1);
+  if (!std::strcmp(argv[1], "report")) return cmd_report(argc - 1, argv + 1);
   std::fprintf(stderr, "lorafit: unknown command '%s' (try lorafit --help)\n", argv[1]);
   return 2;
 }

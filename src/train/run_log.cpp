@@ -1,4 +1,4 @@
-// Run state (checkpoint JSON), the JSONL log with the console display, and report.html.
+// Run state (checkpoint JSON) and the JSONL log with the console display (report.cpp renders it).
 #include <unistd.h>
 
 #include <algorithm>
@@ -68,9 +68,20 @@ Logger::~Logger() {
 
 void Logger::step(int64_t step, double loss, float lr, double gnorm, int64_t tokens, double tps,
                   double elapsed, double eta, int64_t epoch) {
-  io::json j = {{"type", "step"},  {"step", step},       {"loss", loss},   {"lr", lr},
-                {"grad_norm", gnorm}, {"tokens", tokens}, {"tokens_per_s", tps},
-                {"elapsed_s", elapsed}, {"epoch", epoch}};
+  // Memory per line (current and peak resident), for the report's memory-over-time chart. The
+  // kernel's maxrss lags the resident count by a few pages, so the peak is at least the current.
+  const int64_t rss = current_rss_bytes(), peak = std::max(rss, peak_rss_bytes());
+  io::json j = {{"type", "step"},
+                {"step", step},
+                {"loss", loss},
+                {"lr", lr},
+                {"grad_norm", gnorm},
+                {"tokens", tokens},
+                {"tokens_per_s", tps},
+                {"elapsed_s", elapsed},
+                {"epoch", epoch},
+                {"rss_bytes", rss},
+                {"peak_rss_bytes", peak}};
   std::fprintf(f_, "%s\n", j.dump().c_str());
   std::fflush(f_);
   loss_avg_ += loss;
@@ -119,6 +130,41 @@ void Logger::eval(int64_t step, const io::json& metrics) {
   std::fprintf(stderr, "%s\n", s.c_str());
 }
 
+void Logger::summary(const ReportInfo& info) {
+  std::time_t now = std::time(nullptr);
+  char tbuf[64];
+  std::strftime(tbuf, sizeof tbuf, "%Y-%m-%d %H:%M:%S UTC", std::gmtime(&now));
+  io::json config = io::json::object();
+  if (!info.config_json.empty()) config = io::json::parse(info.config_json);
+  io::json best = nullptr;
+  if (info.best.is_object() && !info.best.empty())
+    best = io::json{{"step", info.best_step}, {"eval", info.best}};
+  io::json j = {{"type", "summary"},
+                {"status", info.interrupted ? "interrupted" : "finished"},
+                {"finished_utc", tbuf},
+                {"steps", info.steps},
+                {"total_steps", info.total_steps},
+                {"seconds", info.seconds},
+                {"tokens_per_second", info.tokens_per_second},
+                {"peak_rss_bytes", info.peak_rss},
+                {"trainable_params", info.trainable},
+                {"total_params", info.total_params},
+                {"lm", info.lm},
+                {"best", best},
+                {"config", config}};
+  std::fprintf(f_, "%s\n", j.dump().c_str());
+  std::fflush(f_);
+}
+
+int64_t current_rss_bytes() {
+  std::FILE* f = std::fopen("/proc/self/statm", "r");
+  if (!f) return -1;
+  long long pages = 0, resident = 0;
+  const int n = std::fscanf(f, "%lld %lld", &pages, &resident);
+  std::fclose(f);
+  return n == 2 ? resident * static_cast<long long>(sysconf(_SC_PAGESIZE)) : -1;
+}
+
 void Logger::note(const std::string& s) {
   clear_line();
   if (!quiet_) std::fprintf(stderr, "%s\n", s.c_str());
@@ -129,144 +175,6 @@ void Logger::clear_line() {
     std::fputs("\n", stderr);
     bar_shown_ = false;
   }
-}
-
-namespace {
-
-std::string html_escape(const std::string& s) {
-  std::string o;
-  for (char c : s) {
-    switch (c) {
-      case '<': o += "&lt;"; break;
-      case '>': o += "&gt;"; break;
-      case '&': o += "&amp;"; break;
-      case '"': o += "&quot;"; break;
-      default: o += c;
-    }
-  }
-  return o;
-}
-
-// A line chart as inline SVG: x = step, one or more series.
-std::string svg_chart(const std::string& title,
-                      const std::vector<std::pair<std::string, std::vector<std::pair<double, double>>>>& series) {
-  const double W = 640, H = 260, L = 60, R = 20, T = 30, B = 40;
-  double x0 = 1e300, x1 = -1e300, y0 = 1e300, y1 = -1e300;
-  for (auto& [n, pts] : series)
-    for (auto [x, y] : pts) {
-      if (!std::isfinite(y)) continue;
-      x0 = std::min(x0, x); x1 = std::max(x1, x);
-      y0 = std::min(y0, y); y1 = std::max(y1, y);
-    }
-  std::ostringstream o;
-  o << "<svg xmlns='http://www.w3.org/2000/svg' width='" << W << "' height='" << H
-    << "' style='background:#fff;border:1px solid #ddd'>";
-  o << "<text x='" << L << "' y='18' font-size='14' font-family='sans-serif'>" << html_escape(title) << "</text>";
-  if (x0 > x1) {
-    o << "<text x='" << L << "' y='" << H / 2 << "' font-size='12'>no data</text></svg>";
-    return o.str();
-  }
-  if (x1 == x0) x1 = x0 + 1;
-  if (y1 == y0) { y1 += 0.5; y0 -= 0.5; }
-  auto px = [&](double x) { return L + (x - x0) / (x1 - x0) * (W - L - R); };
-  auto py = [&](double y) { return T + (1 - (y - y0) / (y1 - y0)) * (H - T - B); };
-  o << "<rect x='" << L << "' y='" << T << "' width='" << W - L - R << "' height='" << H - T - B
-    << "' fill='none' stroke='#999'/>";
-  char buf[64];
-  for (int i = 0; i <= 4; ++i) {
-    double y = y0 + (y1 - y0) * i / 4;
-    std::snprintf(buf, sizeof buf, "%.4g", y);
-    o << "<text x='" << L - 4 << "' y='" << py(y) + 4 << "' font-size='10' text-anchor='end'>" << buf << "</text>";
-    double x = x0 + (x1 - x0) * i / 4;
-    std::snprintf(buf, sizeof buf, "%.0f", x);
-    o << "<text x='" << px(x) << "' y='" << H - B + 14 << "' font-size='10' text-anchor='middle'>" << buf << "</text>";
-  }
-  o << "<text x='" << (W + L) / 2 << "' y='" << H - 8 << "' font-size='11' text-anchor='middle'>step</text>";
-  const char* colors[] = {"#1f77b4", "#d62728", "#2ca02c", "#9467bd"};
-  int ci = 0;
-  for (auto& [name, pts] : series) {
-    const char* col = colors[ci % 4];
-    o << "<polyline fill='none' stroke='" << col << "' stroke-width='1.5' points='";
-    for (auto [x, y] : pts)
-      if (std::isfinite(y)) o << px(x) << "," << py(y) << " ";
-    o << "'/>";
-    if (pts.size() <= 40)
-      for (auto [x, y] : pts)
-        if (std::isfinite(y)) o << "<circle cx='" << px(x) << "' cy='" << py(y) << "' r='2.5' fill='" << col << "'/>";
-    o << "<text x='" << W - R - 4 << "' y='" << T + 14 + 14 * ci << "' font-size='11' text-anchor='end' fill='"
-      << col << "'>" << html_escape(name) << "</text>";
-    ++ci;
-  }
-  o << "</svg>";
-  return o.str();
-}
-
-}  // namespace
-
-void write_report(const std::string& path, const std::string& log_path, const ReportInfo& info) {
-  std::vector<std::pair<double, double>> loss, loss_smooth, lr;
-  std::map<std::string, std::vector<std::pair<double, double>>> evals;
-  std::ifstream in(log_path);
-  std::string line;
-  double ema = NAN;
-  while (std::getline(in, line)) {
-    io::json j;
-    try {
-      j = io::json::parse(line);
-    } catch (...) {
-      continue;
-    }
-    const auto step = static_cast<double>(j.value("step", 0));
-    if (j.value("type", "") == "step") {
-      const double l = j.value("loss", NAN);
-      ema = std::isnan(ema) ? l : 0.95 * ema + 0.05 * l;
-      loss.emplace_back(step, l);
-      loss_smooth.emplace_back(step, ema);
-      lr.emplace_back(step, j.value("lr", 0.0));
-    } else if (j.value("type", "") == "eval") {
-      for (auto it = j.begin(); it != j.end(); ++it)
-        if (it.key() != "type" && it.key() != "step" && it.key() != "n" && it.value().is_number())
-          evals[it.key()].emplace_back(step, it.value().get<double>());
-    }
-  }
-  std::ostringstream o;
-  o << "<!doctype html><html><head><meta charset='utf-8'><title>" << html_escape(info.title)
-    << "</title><style>body{font-family:sans-serif;max-width:960px;margin:2em auto;color:#222}"
-       "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
-       "pre{background:#f6f6f6;padding:1em;overflow:auto}</style></head><body>";
-  o << "<h1>" << html_escape(info.title) << "</h1>";
-  std::time_t now = std::time(nullptr);
-  char tbuf[64];
-  std::strftime(tbuf, sizeof tbuf, "%Y-%m-%d %H:%M:%S UTC", std::gmtime(&now));
-  auto pct = info.total_params > 0 ? 100.0 * static_cast<double>(info.trainable) / static_cast<double>(info.total_params) : 0.0;
-  char buf[512];
-  o << "<table>";
-  std::snprintf(buf, sizeof buf, "<tr><th>finished</th><td>%s</td></tr><tr><th>steps</th><td>%lld of %lld</td></tr>",
-                tbuf, static_cast<long long>(info.steps), static_cast<long long>(info.total_steps));
-  o << buf;
-  std::snprintf(buf, sizeof buf,
-                "<tr><th>trainable parameters</th><td>%lld of %lld (%.3f%%)</td></tr>"
-                "<tr><th>training time</th><td>%.1f s</td></tr><tr><th>throughput</th><td>%.0f tokens/s</td></tr>"
-                "<tr><th>peak memory (maxrss)</th><td>%.1f MiB</td></tr>",
-                static_cast<long long>(info.trainable), static_cast<long long>(info.total_params), pct,
-                info.seconds, info.tokens_per_second, static_cast<double>(info.peak_rss) / (1024.0 * 1024.0));
-  o << buf;
-  if (!info.best.is_null() && !info.best.empty())
-    o << "<tr><th>best evaluation (step " << info.best_step << ")</th><td>" << html_escape(info.best.dump()) << "</td></tr>";
-  o << "</table>";
-  o << "<h2>Training loss</h2>" << svg_chart("loss per step (raw and EMA 0.95)", {{"loss", loss}, {"ema", loss_smooth}});
-  o << "<h2>Learning rate</h2>" << svg_chart("lr", {{"lr", lr}});
-  o << "<h2>Evaluation</h2>";
-  if (evals.empty()) o << "<p>No evaluation was run.</p>";
-  for (auto& [name, pts] : evals) o << svg_chart(name, {{name, pts}}) << "<br>";
-  o << "<h2>Configuration</h2><pre>";
-  try {
-    o << html_escape(io::json::parse(info.config_json.empty() ? "{}" : info.config_json).dump(2));
-  } catch (...) {
-    o << html_escape(info.config_json);
-  }
-  o << "</pre></body></html>\n";
-  io::write_file_atomic(path, o.str());
 }
 
 }  // namespace lorafit::train

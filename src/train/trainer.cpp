@@ -339,8 +339,10 @@ TrainSummary run_training(Task& task, const nn::NamedParameters& params,
   ri.trainable = n_train;
   ri.total_params = opt.total_params > 0 ? opt.total_params : task.model->num_parameters();
   if (st.has_best) ri.best = st.best_eval, ri.best_step = st.best_step;
+  ri.interrupted = sum.interrupted;
+  log.summary(ri);
   sum.report_path = out + "/report.html";
-  write_report(sum.report_path, out + "/log.jsonl", ri);
+  write_report(sum.report_path, out + "/log.jsonl");
   return sum;
 }
 

@@ -435,6 +435,26 @@ TEST(Cli, TrainWritesAdapterLogAndReport) {
   std::string report = io::read_file((work / "out/report.html").string());
   EXPECT_NE(report.find("<svg"), std::string::npos);
   EXPECT_NE(report.find("trainable parameters"), std::string::npos);
+  // The log as the report reads it: memory on every step line, and the closing summary record.
+  RunLog rl = read_run_dir((work / "out").string());
+  ASSERT_EQ(rl.steps.size(), 4u);
+  for (auto& s : rl.steps) {
+    EXPECT_GT(s.rss_bytes, 0) << s.step;
+    EXPECT_GE(s.peak_rss_bytes, s.rss_bytes) << s.step;
+  }
+  ASSERT_TRUE(rl.summary.present);
+  EXPECT_FALSE(rl.summary.interrupted);
+  EXPECT_EQ(rl.summary.steps, 4);
+  EXPECT_GT(rl.summary.trainable_params, 0);
+  EXPECT_EQ(rl.summary.best_step, 4);
+  EXPECT_EQ(rl.summary.config_value("method"), "lora");
+  EXPECT_EQ(rl.summary.config_value("max_steps"), "4");
+  // lorafit report renders the run folder again.
+  EXPECT_EQ(run(bin + " report " + (work / "out").string() + " --output " +
+                (work / "again.html").string()),
+            0);
+  EXPECT_NE(io::read_file((work / "again.html").string()).find("<tr><td>accuracy</td>"),
+            std::string::npos);
   // Never overwrite without --overwrite; a bad flag explains itself (exit 1, not a crash).
   EXPECT_EQ(run(base), 1);
   EXPECT_EQ(run(base + " --overwrite --method full"), 0);
