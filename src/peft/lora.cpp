@@ -156,3 +156,12 @@ void LoraLinear::unmerge(nn::Linear& base) {
 }
 
 }  // namespace lorafit::peft
+
+namespace lorafit::peft {
+
+const std::vector<std::string>& adapter_layer_names() {
+  static const std::vector<std::string> names = {"LoraLinear", "DoraLinear", "SVDLinear"};
+  return names;
+}
+
+}  // namespace lorafit::peft

@@ -13,6 +13,9 @@ namespace lorafit::peft {
 
 [[noreturn]] inline void fail(const std::string& msg) { throw Error("[peft] " + msg); }
 
+// The adapter layer classes (the op checker's coverage test wants a case for each).
+const std::vector<std::string>& adapter_layer_names();
+
 // PEFT's list matching: key == t or key ends with "." + t, for any t.
 bool path_matches_any(const std::vector<std::string>& names, const std::string& key);
 // True when key or one of its parent module paths (cut at '.') matches one of names.

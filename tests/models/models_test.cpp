@@ -13,6 +13,7 @@
 #include "lorafit/io.h"
 #include "lorafit/kernels.h"
 #include "lorafit/models.h"
+#include "test_util.h"
 
 namespace fs = std::filesystem;
 using lorafit::Error;
@@ -27,20 +28,10 @@ namespace {
 const std::string kFix = std::string(LORAFIT_FIXTURES) + "/models";
 const std::string kModels = std::string(LORAFIT_SOURCE_DIR) + "/models";
 
-// max |a - b| over entries where keep(b, t) (mask [B, T] when given, applied to [B, T, ...]).
-double max_abs_diff(const Tensor& a, const Tensor& b, const Tensor& mask = Tensor()) {
-  EXPECT_EQ(a.shape(), b.shape()) << a.str() << " vs " << b.str();
-  if (a.shape() != b.shape()) return INFINITY;
-  const int64_t n = a.numel();
-  const int64_t per = mask.defined() ? n / mask.numel() : n;
-  double m = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    if (mask.defined() && mask.i32()[i / per] == 0) continue;
-    const double d = std::fabs(static_cast<double>(a.f32()[i]) - b.f32()[i]);
-    if (!(d <= m)) m = d;  // NaN propagates as a failure
-  }
-  return m;
-}
+// max |a - b| (over the entries a [B, T] mask keeps), NaN propagating: the shared helper.
+using test_util::finite_diff_at;
+using test_util::max_abs_diff;
+using test_util::nan_max;
 
 struct Ref {
   io::SafetensorsFile f;
@@ -153,25 +144,14 @@ TEST(TinyBert, FiniteDifferenceInputAndHeadGradient) {
   Tensor gw = m->classifier.weight.grad.clone();
   const float eps = 1e-2f;
   double worst = 0;
+  Tensor e = emb.clone();
   for (int64_t i : {0L, 7L, 33L, 100L, 321L, 500L, 31 + 32 * 11L, 32 * 25L + 3}) {
-    Tensor e = emb.clone();
-    e.f32()[i] += eps;
-    double lp = loss_of(e);
-    e.f32()[i] -= 2 * eps;
-    double lm = loss_of(e);
-    double fd = (lp - lm) / (2 * eps);
-    worst = std::max(worst, std::fabs(fd - g.f32()[i]) / std::max(1e-2, std::fabs(fd)));
+    const double fd = finite_diff_at(e, i, [&] { return loss_of(e); }, eps);
+    worst = nan_max(worst, std::fabs(fd - g.f32()[i]) / std::max(1e-2, std::fabs(fd)));
     EXPECT_NEAR(fd, g.f32()[i], 2e-4 + 2e-2 * std::fabs(fd)) << "inputs_embeds[" << i << "]";
   }
   for (int64_t i : {0L, 5L, 40L, 95L}) {
-    float& w = m->classifier.weight.value.f32()[i];
-    const float w0 = w;
-    w = w0 + eps;
-    double lp = loss_of(emb);
-    w = w0 - eps;
-    double lm = loss_of(emb);
-    w = w0;
-    double fd = (lp - lm) / (2 * eps);
+    const double fd = finite_diff_at(m->classifier.weight.value, i, [&] { return loss_of(emb); }, eps);
     EXPECT_NEAR(fd, gw.f32()[i], 2e-4 + 2e-2 * std::fabs(fd)) << "classifier.weight[" << i << "]";
   }
   std::printf("tiny bert finite-difference worst rel err (inputs_embeds): %.3g\n", worst);

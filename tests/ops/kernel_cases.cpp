@@ -321,12 +321,10 @@ double gelu_naive(double x, k::GeluKind kind) {
   return 0.5 * x * (1.0 + std::tanh(c * (x + 0.044715 * x * x * x)));
 }
 double silu_naive(double x) { return x / (1.0 + std::exp(-x)); }
-// Derivative of a naive double formula by a central difference in double (independent of the
-// analytic derivatives in the kernels; truncation error ~ h^2 f''' ~ 1e-10).
-double deriv(const std::function<double(double)>& f, double x) {
-  const double h = 1e-5;
-  return (f(x + h) - f(x - h)) / (2 * h);
-}
+// Derivatives of naive double formulas: the shared central difference in double (independent
+// of the analytic derivatives in the kernels; truncation error ~ h^2 f''' ~ 1e-10).
+using test_util::central_diff;
+using test_util::nan_max;
 
 // Unary forward check: x uniform in [lo, hi) for every size.
 void check_unary(const std::string& name, const std::function<void(const Tensor&, Tensor&)>& op,
@@ -366,7 +364,7 @@ void check_unary_backward(const std::string& name,
     Tensor ref = run_guarded(Isa::Scalar, s, [&](Tensor& dx) { bwd(x, dy, dx); });
     Tensor vec = run_guarded(vec_isa(), s, [&](Tensor& dx) { bwd(x, dy, dx); });
     std::vector<double> w(static_cast<size_t>(x.numel()));
-    for (size_t i = 0; i < w.size(); ++i) w[i] = dy.f32()[i] * deriv(naive, x.f32()[i]);
+    for (size_t i = 0; i < w.size(); ++i) w[i] = dy.f32()[i] * central_diff(naive, x.f32()[i]);
     // reference vs double derivative: fp32 evaluation, 1e-6 absolute / relative
     compare3(ref, vec, from_double(s, w), 2e-6, 1e-5, atol_vec, rtol_vec, name + " " + tag(s, vec_isa()));
   }
@@ -405,7 +403,7 @@ OPCHECK(gelu_forward, Avx2ErfRelativeAccuracy) {
       double want = std::erf(static_cast<double>(x.f32()[i]));
       if (want != 0) {
         const double rel = std::fabs(y.f32()[i] - want) / std::fabs(want);
-        if (!(rel <= worst)) worst = rel;  // a NaN becomes the worst (std::max would drop it)
+        worst = nan_max(worst, rel);
       } else
         EXPECT_EQ(y.f32()[i], 0.0f);
     }
@@ -434,9 +432,9 @@ OPCHECK(gelu_forward, Avx2ErfRelativeAccuracy) {
   for (int64_t i = 0; i < n; ++i) {
     double want = gelu_naive(xt.f32()[i], k::GeluKind::Erf);
     double err = std::fabs(y.f32()[i] - want);
-    worst_abs = std::max(worst_abs, err);
-    if (want != 0 && err / std::fabs(want) > worst) {
-      worst = err / std::fabs(want);
+    worst_abs = nan_max(worst_abs, err);
+    if (want != 0 && !(err / std::fabs(want) <= worst)) {  // a NaN becomes the worst
+      worst = nan_max(worst, err / std::fabs(want));
       worst_x = xt.f32()[i];
     }
   }
@@ -490,7 +488,7 @@ OPCHECK(swiglu_backward, OddSizesAndFiniteDifferences) {
     std::vector<double> wg(static_cast<size_t>(g.numel())), wu(wg.size());
     for (size_t i = 0; i < wg.size(); ++i) {
       double gv = g.f32()[i], uv = u.f32()[i], d = dy.f32()[i];
-      wg[i] = d * uv * deriv(silu_naive, gv);
+      wg[i] = d * uv * central_diff(silu_naive, gv);
       wu[i] = d * silu_naive(gv);
     }
     compare3(run(Isa::Scalar, true), run(vec_isa(), true), from_double(s, wg), 2e-6, 1e-5, 1e-6, 1e-5,

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "lorafit/tensor.h"
+#include "test_util.h"
 
 namespace opcheck {
 
@@ -121,26 +122,8 @@ inline double rel_error(const std::vector<double>& a, const std::vector<double>&
   return std::sqrt(d) / std::max({std::sqrt(na), std::sqrt(nb), 1e-30});
 }
 
-// Central finite differences of a scalar loss (computed by `loss`, accumulated in double) with
-// respect to every element of `x`: g[i] = (L(x + eps e_i) - L(x - eps e_i)) / (2 eps).
-// The loss is usually sum(forward(x) * r) for a fixed random r, so dL/dy = r feeds backward.
-inline std::vector<double> finite_diff(Tensor& x, const std::function<double()>& loss,
-                                       float eps) {
-  std::vector<double> g(static_cast<size_t>(x.numel()));
-  float* p = x.f32();
-  for (int64_t i = 0; i < x.numel(); ++i) {
-    float orig = p[i];
-    p[i] = orig + eps;
-    double lp = loss();
-    p[i] = orig - eps;
-    double lm = loss();
-    p[i] = orig;
-    // Use the perturbation actually representable in fp32.
-    double h = static_cast<double>(orig + eps) - static_cast<double>(orig - eps);
-    g[static_cast<size_t>(i)] = (lp - lm) / h;
-  }
-  return g;
-}
+// Central finite differences: the shared harness (tests/test_util.h).
+using test_util::finite_diff;
 
 inline std::vector<double> to_double(const Tensor& t) {
   const float* p = t.f32();

@@ -19,6 +19,7 @@ namespace {
 
 using peft_test::max_abs;
 using peft_test::max_abs_diff;
+using peft_test::nan_max;
 
 namespace fs = std::filesystem;
 using lorafit::Error;
@@ -234,8 +235,8 @@ TEST(InitFromWeight, PissaAndOloraMatchPeft) {
       for (int64_t j = 0; j < r; ++j) {
         double dp = 0, dm = 0;
         for (int64_t k = 0; k < in; ++k) {
-          dp = std::max(dp, std::fabs(static_cast<double>(l->A.value.f32()[j * in + k]) - A.f32()[j * in + k]));
-          dm = std::max(dm, std::fabs(static_cast<double>(l->A.value.f32()[j * in + k]) + A.f32()[j * in + k]));
+          dp = nan_max(dp, std::fabs(static_cast<double>(l->A.value.f32()[j * in + k]) - A.f32()[j * in + k]));
+          dm = nan_max(dm, std::fabs(static_cast<double>(l->A.value.f32()[j * in + k]) + A.f32()[j * in + k]));
         }
         EXPECT_LT(std::min(dp, dm), 1e-4) << pre << " " << path << " row " << j;
         const float sgn = dp <= dm ? 1.0f : -1.0f;

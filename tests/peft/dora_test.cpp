@@ -24,6 +24,7 @@ namespace {
 
 using peft_test::max_abs;
 using peft_test::max_abs_diff;
+using peft_test::nan_max;
 
 namespace fs = std::filesystem;
 using lorafit::Error;
@@ -151,8 +152,8 @@ TEST(DoraLinear, FastNormsEqualReferenceAndDirectSum) {
     Tensor ref = l.dora.weight_norm(l.lin, DoraNorm::Reference);
     double worst_fast = 0, worst_ref = 0;
     for (int64_t i = 0; i < 37; ++i) {
-      worst_fast = std::max(worst_fast, std::fabs(fast.f32()[i] - want[i]) / want[i]);
-      worst_ref = std::max(worst_ref, std::fabs(ref.f32()[i] - want[i]) / want[i]);
+      worst_fast = nan_max(worst_fast, std::fabs(fast.f32()[i] - want[i]) / want[i]);
+      worst_ref = nan_max(worst_ref, std::fabs(ref.f32()[i] - want[i]) / want[i]);
     }
     EXPECT_LT(worst_fast, 2e-6) << lorafit::tensor::dtype_name(t);
     EXPECT_LT(worst_ref, 2e-6) << lorafit::tensor::dtype_name(t);
@@ -162,7 +163,7 @@ TEST(DoraLinear, FastNormsEqualReferenceAndDirectSum) {
     for (int64_t i = 0; i < 37; ++i) {
       double w2 = 0;
       for (int64_t j = 0; j < 64; ++j) w2 += static_cast<double>(w32.f32()[i * 64 + j]) * w32.f32()[i * 64 + j];
-      moved = std::max(moved, std::fabs(std::sqrt(w2) - want[i]) / want[i]);
+      moved = nan_max(moved, std::fabs(std::sqrt(w2) - want[i]) / want[i]);
     }
     EXPECT_GT(moved, 1e-3);
     l.lin.adapters.clear();
@@ -203,8 +204,8 @@ TEST(DoraLinear, ForwardMatchesSlowFormulaWithDropoutAndQuantizedBase) {
           }
           const double k = l.dora.magnitude.value.f32()[i] / nrm[static_cast<size_t>(i)];
           const double want = wx + l.lin.bias.value.f32()[i] + (k - 1) * wxd + k * s * bax;
-          worst = std::max(worst, std::fabs(want - y.f32()[a * out + i]));
-          scale = std::max(scale, std::fabs(want));
+          worst = nan_max(worst, std::fabs(want - y.f32()[a * out + i]));
+          scale = nan_max(scale, std::fabs(want));
         }
       EXPECT_LT(worst, 1e-5 * std::max(1.0, scale)) << "p " << p << " " << lorafit::tensor::dtype_name(t);
       l.lin.adapters.clear();
@@ -283,7 +284,7 @@ TEST(DoraLinear, StackedAfterAnotherAdapterForwardIsPeftsAndBackwardRefuses) {
       const double k = l.dora.magnitude.value.f32()[i] / nrm.f32()[i];
       const double base_result = y1.f32()[a * 5 + i] - l.lin.bias.value.f32()[i];
       const double want = y1.f32()[a * 5 + i] + (k - 1) * base_result + k * lora.f32()[a * 5 + i];
-      worst = std::max(worst, std::fabs(want - y.f32()[a * 5 + i]));
+      worst = nan_max(worst, std::fabs(want - y.f32()[a * 5 + i]));
     }
   EXPECT_LT(worst, 1e-5);
   l.lin.adapters = {&first, &l.dora};
@@ -383,7 +384,7 @@ TEST_P(DoraParity, LogitsGradientsCountsMerge) {
     ASSERT_TRUE(ref.contains("grad." + key)) << "PEFT has no gradient for " << key;
     Tensor want = ref.get("grad." + key);
     const double rel = max_abs_diff(p->grad, want) / std::max(max_abs(want), 1e-12);
-    worst = std::max(worst, rel);
+    worst = nan_max(worst, rel);
     EXPECT_LT(rel, 1e-4) << c.name << " " << key;
     ++checked;
     magnitudes += key.size() > 21 && key.compare(key.size() - 21, 21, "lora_magnitude_vector") == 0;
@@ -416,7 +417,7 @@ TEST_P(DoraParity, LogitsGradientsCountsMerge) {
   EXPECT_LT(max_abs_diff(merged.logits, run.logits), 1e-5 * std::max(1.0, max_abs(run.logits)));
   pm->unmerge();
   double werr = 0;
-  for (auto& [l, w] : before) werr = std::max(werr, max_abs_diff(l->weight.value, w));
+  for (auto& [l, w] : before) werr = nan_max(werr, max_abs_diff(l->weight.value, w));
   EXPECT_LT(werr, 1e-6);
 }
 

@@ -10,12 +10,15 @@
 #include "lorafit/io.h"
 #include "lorafit/models.h"
 #include "lorafit/train.h"
+#include "test_util.h"
 
 namespace fs = std::filesystem;
 using namespace lorafit;
 using namespace lorafit::train;
 
 namespace {
+
+using test_util::nan_max;
 
 fs::path temp_dir(const std::string& name) {
   fs::path d = fs::temp_directory_path() / ("lorafit_train_" + name + "_" + std::to_string(getpid()));
@@ -776,7 +779,7 @@ TEST(Cli, DoraTrainResumeAndAnalyze) {
   for (int64_t i = 0; i < m.numel(); ++i) {
     double n2 = 0;
     for (int64_t j = 0; j < w.dim(1); ++j) n2 += static_cast<double>(w.f32()[i * w.dim(1) + j]) * w.f32()[i * w.dim(1) + j];
-    moved = std::max(moved, std::fabs(m.f32()[i] - std::sqrt(n2)));
+    moved = nan_max(moved, std::fabs(m.f32()[i] - std::sqrt(n2)));
   }
   EXPECT_GT(moved, 1e-4);
   // Stop after 2 steps, resume: bit-identical to the uninterrupted run.
