@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -18,6 +19,7 @@
 #include "lorafit/kernels.h"
 #include "lorafit/models.h"
 #include "lorafit/peft.h"
+#include "lorafit/quant.h"
 #include "peft_test_util.h"
 
 namespace {
@@ -78,6 +80,15 @@ std::map<std::string, lorafit::nn::Linear*> linears(models::Model& m) {
   std::map<std::string, lorafit::nn::Linear*> out;
   for (auto& [p, l] : m.linears()) out[p] = l;
   return out;
+}
+
+// A copy of the tiny base with the fixture's WordPiece tokenizer.json, so the CLI can encode.
+fs::path model_with_tokenizer(const fs::path& work, const std::string& c) {
+  const fs::path d = work / "model";
+  fs::create_directories(d);
+  for (auto f : {"config.json", "model.safetensors"}) fs::copy_file(fs::path(base_of(c)) / f, d / f);
+  fs::copy_file(kFix + "tokenizer.json", d / "tokenizer.json");
+  return d;
 }
 
 // ---- loading as PEFT loads ---------------------------------------------------------------------
@@ -168,15 +179,6 @@ TEST(PissaLoad, NiterLoadsAsTheExactSvd) {
 }
 
 // ---- the user's path: lorafit logits -----------------------------------------------------------
-
-// A copy of the tiny base with the fixture's WordPiece tokenizer.json, so the CLI can encode.
-fs::path model_with_tokenizer(const fs::path& work, const std::string& c) {
-  const fs::path d = work / "model";
-  fs::create_directories(d);
-  for (auto f : {"config.json", "model.safetensors"}) fs::copy_file(fs::path(base_of(c)) / f, d / f);
-  fs::copy_file(kFix + "tokenizer.json", d / "tokenizer.json");
-  return d;
-}
 
 TEST(PissaCli, LogitsCommandEqualsPeft) {
   for (std::string c : {"llama_pissa", "llama_olora", "bert_pissa", "bert_olora"}) {
@@ -280,7 +282,7 @@ TEST(PissaConfig, RefusedInitsNameFileAndField) {
   expect("pissa_niter_x", "\"pissa_niter_x\" is not \"pissa\" or \"pissa_niter_K\"");
   expect("pissa_fast", "\"pissa_fast\" is not \"pissa\" or \"pissa_niter_K\"");
   expect("kaiming", "\"kaiming\" is not a PEFT init");
-  expect(3, "expected bool or string, got number");
+  expect(3, "expected bool or string, got integer");
   expect("orthogonal", "\"orthogonal\" needs an even r, got 3", 3);
   fs::remove_all(work);
   // The same parser serves `lorafit train --init-lora-weights`.
@@ -291,8 +293,17 @@ TEST(PissaConfig, RefusedInitsNameFileAndField) {
   EXPECT_EQ(peft::init_lora_weights_str(c), "pissa_niter_16");
   peft::set_init_lora_weights(c, "OLoRA", "x");  // PEFT: init_lora_weights.lower() == "olora"
   EXPECT_EQ(c.init_lora_weights, peft::LoraInit::Olora);
+  auto w2 = temp_dir("refuse_train");
+  const fs::path mdir = model_with_tokenizer(w2, "llama_eva");
+  {
+    std::ofstream t(w2 / "t.txt");
+    for (int i = 0; i < 40; ++i) t << "the movie was very good but the plot was bad\n";
+  }
   std::string log;
-  EXPECT_EQ(run(kBin + " train --model x --train y --output z --init-lora-weights loftq", &log), 1);
+  EXPECT_EQ(run(kBin + " train --model " + mdir.string() + " --train " + (w2 / "t.txt").string() + " --output " +
+                (w2 / "out").string() + " --init-lora-weights loftq", &log), 1);
+  EXPECT_FALSE(fs::exists(w2 / "out"));
+  fs::remove_all(w2);
   EXPECT_NE(log.find("--init-lora-weights: field 'init_lora_weights': \"loftq\" is not supported"), std::string::npos) << log;
 }
 
@@ -327,7 +338,7 @@ TEST(PissaTrain, SavedRunLoadsWithTheTrainedLogitsAndResumesExactly) {
   std::string log;
   ASSERT_EQ(run(common + " --output " + (work / "full").string(), &log), 0) << log;
   // 3 steps, stop, resume: the same adapter as 6 steps at once (the init runs again on resume).
-  ASSERT_EQ(run(common + " --stop-after 3 --output " + (work / "half").string(), &log), 0) << log;
+  ASSERT_EQ(run(common + " --stop-after 3 --output " + (work / "half").string(), &log), 130) << log;  // stopped
   ASSERT_EQ(run(common + " --resume " + (work / "half/checkpoint").string() + " --output " + (work / "half").string(),
                 &log), 0) << log;
   const io::json cfg = io::read_json_file((work / "full/final/adapter_config.json").string());
