@@ -45,9 +45,15 @@ using tensor::Tensor;
 
 // PEFT's init_lora_weights: true (Kaiming-uniform A, B = 0), false (A and B both as nn.Linear's
 // default init, so the adapter is not a no-op; for tests), "gaussian" (A ~ N(0, 1/r²), B = 0),
-// "pissa" (principal singular vectors of W; the base becomes W − s·B A), "olora" (QR of W; same).
-enum class LoraInit { Default, Random, Gaussian, Pissa, Olora };
-const char* lora_init_name(LoraInit init);  // "true", "false", "gaussian", "pissa", "olora"
+// "pissa" / "pissa_niter_K" (principal singular vectors of W; the base becomes W − s·B A),
+// "olora" (QR of W; same), "orthogonal" (PEFT's orthogonal_init, even r), and three that lorafit
+// loads but does not make (the PeftModel constructor refuses them): "eva" (PEFT's update_layer:
+// B = 0; its data-driven step is separate), "mica" (B = the r last left singular vectors of W,
+// A = 0; PEFT freezes B in training), "lora_ga" (PEFT's load falls back to true: no gradients).
+// Pissa and Olora change the base: loading such a folder runs the init on the base once, then
+// loads the saved A and B (as PEFT). "loftq" and "corda" are refused by name (config.cpp).
+enum class LoraInit { Default, Random, Gaussian, Pissa, Olora, Eva, Orthogonal, Mica, LoraGa };
+const char* lora_init_name(LoraInit init);  // "true", "false", "gaussian", "pissa", "olora", ...
 
 // PEFT LoraConfig (peft 0.21 names and defaults). Only the fields below are read or written.
 struct AdapterConfig {
@@ -79,6 +85,14 @@ struct AdapterConfig {
   bool use_dora = false;      // DoRA: adapters are DoraLinear (magnitude vector per row)
   bool fan_in_fan_out = false;  // must be false (no Conv1D models here)
   LoraInit init_lora_weights = LoraInit::Default;
+  // "pissa_niter_K": K (PEFT's randomized svd_lowrank iterations; saved back as written). -1 =
+  // "pissa". lorafit always takes the exact SVD (docs/PEFT_COMPAT.md: PEFT's randomized result
+  // depends on torch's global RNG, so even PEFT's own loads of one folder differ).
+  int64_t pissa_niter = -1;
+  // Does this init rewrite the base weight (PiSSA, OLoRA)?
+  bool init_changes_base() const {
+    return init_lora_weights == LoraInit::Pissa || init_lora_weights == LoraInit::Olora;
+  }
   bool inference_mode = false;
 
   // AdaLoRA (peft_type "ADALORA", PEFT AdaLoraConfig; see SVDLinear / RankAllocator below). Every
@@ -99,6 +113,13 @@ struct AdapterConfig {
   // Throws "[peft] <where>: field 'r': must be positive, got 0" etc.
   void validate(const std::string& where = "adapter_config.json") const;
 };
+
+// Sets cfg.init_lora_weights (and pissa_niter) from PEFT's string form: "true", "false",
+// "gaussian", "pissa", "pissa_niter_K", "olora", "eva", "orthogonal", "mica", "lora_ga"; refuses
+// "loftq", "corda"
+// and unknown values by name ("<where>: field 'init_lora_weights': ...").
+void set_init_lora_weights(AdapterConfig& cfg, const std::string& value, const std::string& where);
+std::string init_lora_weights_str(const AdapterConfig& cfg);  // as saved ("pissa_niter_4", ...)
 
 // JSON <-> config. from_json validates and names the field in errors ("where" names the source,
 // usually the file path). to_json writes only keys PEFT knows.
@@ -397,10 +418,44 @@ void save_merged_gguf(models::Model& model, const std::vector<std::string>& merg
                       const std::string& base_gguf, const std::string& out_path,
                       tensor::DType type = tensor::DType::F16);
 
-// Writes a merged model as a Hugging Face folder: config.json copied from `base_dir` (the folder
-// the model came from), model.safetensors with HF tensor names, all F32 (tokenizer files copied
-// when present). Atomic (temp folder + rename).
-void save_merged_hf(models::Model& model, const std::string& base_dir, const std::string& out_dir);
+// PEFT's save_pretrained(path_initial_model_for_weight_conversion=...) as a function of folders:
+// writes the PiSSA / OLoRA (or, with initial_dir, LoRA-GA) adapter `adapter_dir` as a plain LoRA against the original base (the
+// weights the init started from), which needs no change to the base and mixes with other LoRAs:
+//   ΔW = s·(B A − B₀ A₀) = s·[B | −B₀] [A ; A₀]: rank 2r, lora_A = cat(A, A₀) rows, lora_B =
+//   cat(B, −B₀) columns, lora_alpha 2·alpha (rsLoRA: √2·alpha; same scaling), rank_pattern and
+//   alpha_pattern values doubled, init_lora_weights true; modules_to_save tensors kept as saved.
+// A₀, B₀ come from `initial_dir` (the adapter saved right after the init, as PEFT needs; required
+// to reproduce a PEFT "pissa_niter_K" run) or, when empty, from running the init on `base` (the
+// original model, F32 weights: exact SVD / QR, so only the signs of the factors may differ from
+// PEFT's). Refused: inits that keep the base (nothing to convert), DoRA (its magnitude is taken
+// on the residual base), rsLoRA with rank_pattern / alpha_pattern (as PEFT). Atomic (convert.cpp).
+void convert_to_lora(models::Model& base, const std::string& adapter_dir, const std::string& out_dir,
+                     const std::string& initial_dir = "");
+
+// Writes a merged model as a Hugging Face folder: config.json from `base_dir` (the folder the
+// model came from), model.safetensors with HF tensor names, all F32 (tokenizer files copied when
+// present). A BERT-family classifier gets its task in config.json: architectures
+// [<Bert|Roberta|DistilBert>ForSequenceClassification], num_labels, id2label / label2id (from
+// `labels`, else LABEL_i), so AutoModelForSequenceClassification loads it as trained. Atomic.
+void save_merged_hf(models::Model& model, const std::string& base_dir, const std::string& out_dir,
+                    const std::vector<std::string>& labels = {});
+
+// How much writing merged weights as a quantized type moves them, relative to the adapter's own
+// change, per merged module: rounding = ‖Q(W') − W'‖_F, delta = ‖W' − W‖_F (W' the merged F32
+// weight, W the weight before the adapter, Q a round trip through `type`), ratio = rounding /
+// delta. Past ~1 the rounding is as large as what the adapter changed (4-bit types do this to
+// short or low-lr adapters). `before`: module path -> W (F32), e.g. cloned before loading the
+// adapter. Sorted worst ratio first (gguf_merge.cpp).
+struct MergeRounding {
+  std::string module;
+  double rounding = 0.0, delta = 0.0;
+  double ratio() const;
+};
+std::vector<MergeRounding> merge_rounding(models::Model& merged,
+                                          const std::vector<std::pair<std::string, Tensor>>& before,
+                                          tensor::DType type);
+// The ratio above which `lorafit adapter merge --type` refuses without --force.
+constexpr double kMergeRoundingLimit = 0.5;
 
 // ---- DoRA's weight-decomposition analysis (Liu et al. 2024, §2.2 and Fig. 2) ------------------
 

@@ -9,6 +9,9 @@
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
+#include "lorafit/io.h"
 #include "lorafit/models.h"
 #include "lorafit/peft.h"
 
@@ -20,20 +23,68 @@ const char* kAdapterUsage = R"(Usage:
       base_model_name_or_path when it exists) also checks the adapter fits the model and prints
       PEFT's trainable-parameter line.
   lorafit adapter merge ADAPTER_DIR --base MODEL_DIR --out OUT_DIR
-      W += s·B·A for every LoRA module, then writes a plain Hugging Face folder (config.json and
-      tokenizer files copied, model.safetensors in F32).
-  lorafit adapter merge ADAPTER_DIR --base MODEL.gguf --out OUT.gguf [--type f16]
+      W += s·B·A for every LoRA module, then writes a plain Hugging Face folder (tokenizer files
+      copied, model.safetensors in F32). config.json is the base's; a classifier's names its task
+      (e.g. BertForSequenceClassification, num_labels, id2label/label2id from the run's labels).
+  lorafit adapter merge ADAPTER_DIR --base MODEL.gguf --out OUT.gguf [--type f16] [--force]
       Same for a GGUF base (Llama family): a plain GGUF with every metadata key (tokenizer
       included) copied, the merged weights stored as --type (f32, f16, q8_0, q4_0, q4_1; default
-      f16) and every other tensor copied byte for byte.
+      f16) and every other tensor copied byte for byte. For f16 and the quantized types it first
+      measures, per module, how far rounding moves the merged weight relative to the adapter's own
+      change (|Q(W+dW) - (W+dW)| / |dW|), prints the worst module, and refuses above 0.5 (the
+      adapter would be mostly lost; q4_0/q4_1 often are) unless --force.
+  lorafit adapter convert-to-lora ADAPTER_DIR --base MODEL --out OUT_DIR [--initial INIT_DIR]
+      A PiSSA / OLoRA adapter (init_lora_weights "pissa", "pissa_niter_K", "olora") as a plain
+      LoRA against the original base, as PEFT's save_pretrained(path_initial_model_for_weight_
+      conversion=INIT_DIR): rank 2r, lora_A = [A; A0], lora_B = [B, -B0], lora_alpha doubled.
+      A0, B0: from INIT_DIR (the adapter saved right after the init; needed for a PEFT
+      "pissa_niter_K" run) or recomputed from MODEL by the init (exact SVD / QR).
   lorafit adapter combine DIR1 DIR2 ... --base MODEL --weights W1,W2,... --out OUT_DIR
                           [--type cat|linear|svd] [--svd-rank K]
       One adapter from a weighted combination (PEFT's add_weighted_adapter): cat (exact, rank =
       sum of ranks), linear (PEFT's approximation; equal ranks), svd (default; best rank-K
       approximation of sum wi·si·Bi·Ai, K default the largest rank). Writes a PEFT folder.
   lorafit adapter export-gguf ADAPTER_DIR --base MODEL --out FILE.gguf
-      llama.cpp LoRA GGUF (Llama-family bases).
+      llama.cpp LoRA GGUF (Llama-family bases). A PiSSA / OLoRA adapter is converted first (as
+      convert-to-lora, A0 and B0 from the init on MODEL): llama.cpp applies it to the original base.
 )";
+
+std::string num(double v) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.3g", v);
+  return b;
+}
+
+bool has_flag(int argc, char** argv, const char* name) {
+  for (int i = 0; i < argc; ++i)
+    if (!std::strcmp(argv[i], name)) return true;
+  return false;
+}
+
+// Labels a lorafit run recorded next to its adapter (lorafit_task.json "labels"), else none.
+std::vector<std::string> run_labels(const std::string& dir) {
+  namespace fs = std::filesystem;
+  for (auto p : {fs::path(dir) / "lorafit_task.json", fs::path(dir).parent_path() / "final" / "lorafit_task.json"}) {
+    if (!fs::exists(p)) continue;
+    auto j = lorafit::io::read_json_file(p.string());
+    if (j.contains("labels") && j["labels"].is_array()) return j["labels"].get<std::vector<std::string>>();
+  }
+  return {};
+}
+
+// Clones of the base weights an adapter folder targets (before loading it: a PiSSA / OLoRA load
+// changes them), for measuring the adapter's own change after merging.
+std::vector<std::pair<std::string, lorafit::tensor::Tensor>> targeted_weights(lorafit::models::Model& m,
+                                                                                const std::string& dir) {
+  namespace peft = lorafit::peft;
+  const peft::AdapterConfig cfg = peft::read_adapter_config(dir);
+  auto lins = m.linears();
+  std::vector<std::pair<std::string, lorafit::tensor::Tensor>> out;
+  for (size_t i = 0; i < lins.size(); ++i)
+    if (peft::target_matches(cfg, lins[i].first, i + 1 == lins.size()))
+      out.emplace_back(lins[i].first, lins[i].second->weight.value.to(lorafit::tensor::DType::F32).clone());
+  return out;
+}
 
 std::string option(int argc, char** argv, const char* name) {
   for (int i = 0; i + 1 < argc; ++i)
@@ -179,12 +230,29 @@ int cmd_adapter(int argc, char** argv) {
       lo.dequantize = true;
       auto model = lorafit::models::load_model(base, lo);
       std::vector<std::string> paths;
+      std::vector<std::pair<std::string, ts::Tensor>> before;
+      if (type != ts::DType::F32) before = targeted_weights(*model, dir);
       {
         auto pm = peft::PeftModel::from_pretrained(*model, dir);
         if (pm->config().modules_to_save && !pm->config().modules_to_save->empty())
           throw lorafit::Error("[adapter] " + dir + ": modules_to_save cannot be merged into a GGUF");
         for (auto& [p, l] : pm->lora_layers()) paths.push_back(p);
         pm->merge_and_unload();
+      }
+      if (!before.empty()) {
+        // Rounding the merged weight to `type` must not swamp what the adapter changed.
+        auto rep = peft::merge_rounding(*model, before, type);
+        before.clear();
+        const auto& w = rep.front();
+        std::printf("rounding to %s moves the merged weights by up to %.3g x the adapter's own change "
+                    "(worst: %s, |Q(W+dW) - (W+dW)| = %.4g, |dW| = %.4g)\n",
+                    ts::dtype_name(type), w.ratio(), w.module.c_str(), w.rounding, w.delta);
+        if (w.ratio() > peft::kMergeRoundingLimit && !has_flag(argc, argv, "--force"))
+          throw lorafit::Error(
+              "[adapter] merge --type " + t + ": rounding to " + ts::dtype_name(type) + " changes module " +
+              w.module + " by " + num(w.ratio()) + " times as much as the adapter does (limit " +
+              num(peft::kMergeRoundingLimit) + "), so the merged model would mostly lose the adapter; use --type q8_0 or f16 (or keep the "
+              "adapter separate: lorafit adapter export-gguf), or pass --force to write it anyway");
       }
       peft::save_merged_gguf(*model, paths, base, out, type);
       std::printf("merged %s into %s -> %s (%zu tensors re-encoded as %s)\n", dir.c_str(),
@@ -200,15 +268,42 @@ int cmd_adapter(int argc, char** argv) {
         auto pm = peft::PeftModel::from_pretrained(*model, dir);
         pm->merge_and_unload();
       }
-      peft::save_merged_hf(*model, base, out);
+      peft::save_merged_hf(*model, base, out, run_labels(dir));
       std::printf("merged %s into %s -> %s\n", dir.c_str(), base.c_str(), out.c_str());
       return 0;
     }
+    if (sub == "convert-to-lora") {
+      lorafit::models::LoadOptions lo;
+      lo.dequantize = true;  // the init factors F32 weights
+      lo.num_labels = peft::adapter_num_labels(dir);
+      auto model = lorafit::models::load_model(base, lo);
+      const std::string initial = option(argc, argv, "--initial");
+      peft::convert_to_lora(*model, dir, out, initial);
+      std::printf("converted %s (%s, r %lld) to a plain LoRA (r %lld) against %s -> %s\n", dir.c_str(),
+                  peft::init_lora_weights_str(cfg).c_str(), static_cast<long long>(cfg.r),
+                  static_cast<long long>(2 * cfg.r), base.c_str(), out.c_str());
+      return 0;
+    }
     if (sub == "export-gguf") {
-      auto model = lorafit::models::load_model(base);
-      auto pm = peft::PeftModel::from_pretrained(*model, dir);
-      peft::save_llama_cpp_lora(*pm, out);
-      std::printf("wrote llama.cpp LoRA %s (%zu modules)\n", out.c_str(), pm->lora_layers().size());
+      std::string src = dir;
+      lorafit::models::LoadOptions lo;
+      lo.dequantize = cfg.init_changes_base();
+      auto model = lorafit::models::load_model(base, lo);
+      if (cfg.init_changes_base()) {
+        // llama.cpp adds the LoRA to the original weights: export s·(B A − B₀ A₀) (rank 2r).
+        src = out + ".lora.tmp." + std::to_string(::getpid());
+        peft::convert_to_lora(*model, dir, src);
+      }
+      try {
+        auto pm = peft::PeftModel::from_pretrained(*model, src);
+        peft::save_llama_cpp_lora(*pm, out);
+        std::printf("wrote llama.cpp LoRA %s (%zu modules%s)\n", out.c_str(), pm->lora_layers().size(),
+                    src == dir ? "" : ", converted from PiSSA/OLoRA to rank 2r");
+      } catch (...) {
+        if (src != dir) std::filesystem::remove_all(src);
+        throw;
+      }
+      if (src != dir) std::filesystem::remove_all(src);
       return 0;
     }
     std::fprintf(stderr, "lorafit adapter: unknown subcommand '%s'\n%s", sub.c_str(), kAdapterUsage);

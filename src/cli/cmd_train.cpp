@@ -310,6 +310,9 @@ const std::vector<OptSpec> kTrainOpts = {
     {"use-rslora", "bool", "false", "scale by alpha/sqrt(r) (rsLoRA)"},
     {"use-dora", "bool", "false",
      "DoRA: LoRA direction + a trained magnitude per output row (PEFT use_dora)"},
+    {"init-lora-weights", "str", "true",
+     "LoRA init (PEFT init_lora_weights): true | false | gaussian | pissa | pissa_niter_K | olora; "
+     "pissa/olora move the top of W into A, B (F32 base)"},
     {"init-r", "int", "12", "AdaLoRA: initial rank of every module (--method adalora)"},
     {"target-r", "int", "8", "AdaLoRA: average rank the budget shrinks to"},
     {"tinit", "int", "0", "AdaLoRA: first steps at the full budget"},
@@ -521,6 +524,7 @@ int cmd_train(int argc, char** argv) {
       acfg.lora_dropout = o.number("lora-dropout");
       acfg.use_rslora = o.flag("use-rslora");
       acfg.use_dora = o.flag("use-dora");
+      peft::set_init_lora_weights(acfg, o.str("init-lora-weights"), "--init-lora-weights");
       acfg.target_modules = o.list("target-modules");
       if (acfg.target_modules.empty()) acfg.target_modules = default_targets(mc.arch);
       if (o.has("modules-to-save")) acfg.modules_to_save = o.list("modules-to-save");

@@ -1,5 +1,6 @@
 // AdapterConfig: PEFT's LoraConfig fields, adapter_config.json read/write, target matching
 // (peft/tuners/tuners_utils.py check_target_module_exists, peft 0.21).
+#include <cctype>
 #include <cmath>
 #include <regex>
 
@@ -15,8 +16,60 @@ const char* lora_init_name(LoraInit init) {
     case LoraInit::Gaussian: return "gaussian";
     case LoraInit::Pissa: return "pissa";
     case LoraInit::Olora: return "olora";
+    case LoraInit::Eva: return "eva";
+    case LoraInit::Orthogonal: return "orthogonal";
+    case LoraInit::Mica: return "mica";
+    case LoraInit::LoraGa: return "lora_ga";
   }
   return "?";
+}
+
+// The values PEFT 0.21 writes for init_lora_weights (LoraLayer.update_layer): bools and these
+// strings. PEFT dispatches with startswith("pissa"), startswith("corda"), lower() == "olora",
+// lower() == "mica", == "loftq", == "eva", == "orthogonal", == "lora_ga", and lower() ==
+// "gaussian" in reset_lora_parameters.
+void set_init_lora_weights(AdapterConfig& c, const std::string& v, const std::string& where) {
+  auto bad = [&](const std::string& why) {
+    fail(where + ": field 'init_lora_weights': \"" + v + "\" " + why);
+  };
+  std::string low = v;
+  for (auto& ch : low) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  c.pissa_niter = -1;
+  if (v == "true") c.init_lora_weights = LoraInit::Default;
+  else if (v == "false") c.init_lora_weights = LoraInit::Random;
+  else if (low == "gaussian") c.init_lora_weights = LoraInit::Gaussian;
+  else if (low == "olora") c.init_lora_weights = LoraInit::Olora;
+  else if (v == "eva") c.init_lora_weights = LoraInit::Eva;
+  else if (v == "orthogonal") c.init_lora_weights = LoraInit::Orthogonal;
+  else if (low == "mica") c.init_lora_weights = LoraInit::Mica;
+  else if (v == "lora_ga") c.init_lora_weights = LoraInit::LoraGa;
+  else if (v == "pissa") c.init_lora_weights = LoraInit::Pissa;
+  else if (v.rfind("pissa", 0) == 0) {
+    // PEFT: len(s.split("_niter_")) == 2, then int() of the second part.
+    const std::string pre = "pissa_niter_";
+    const std::string k = v.rfind(pre, 0) == 0 ? v.substr(pre.size()) : "";
+    if (k.empty() || k.size() > 9 || k.find_first_not_of("0123456789") != std::string::npos)
+      bad("is not \"pissa\" or \"pissa_niter_K\" with K a number of iterations, e.g. \"pissa_niter_4\"");
+    c.init_lora_weights = LoraInit::Pissa;
+    c.pissa_niter = std::stoll(k);
+  } else if (v == "loftq") {
+    bad("is not supported: LoftQ replaces the base weights with its own quantization of W - B A "
+        "(PEFT's loftq_init), which lorafit does not compute; use the LoftQ base model the adapter "
+        "was made with and set init_lora_weights to true");
+  } else if (v.rfind("corda", 0) == 0) {
+    bad("is not supported: CorDA's init needs covariance statistics of the training data (PEFT's "
+        "preprocess_corda; PEFT cannot load the folder without them either); convert the adapter "
+        "to a plain LoRA with PEFT's save_pretrained(path_initial_model_for_weight_conversion=...)");
+  } else {
+    bad("is not a PEFT init (expected true, false, \"gaussian\", \"pissa\", \"pissa_niter_K\", "
+        "\"olora\", \"eva\", \"orthogonal\", \"mica\", \"lora_ga\")");
+  }
+}
+
+std::string init_lora_weights_str(const AdapterConfig& c) {
+  if (c.init_lora_weights == LoraInit::Pissa && c.pissa_niter >= 0)
+    return "pissa_niter_" + std::to_string(c.pissa_niter);
+  return lora_init_name(c.init_lora_weights);
 }
 
 double AdapterConfig::scaling(int64_t rank, double alpha) const {
@@ -71,6 +124,16 @@ void AdapterConfig::validate(const std::string& where) const {
   if (bias != "none")
     bad("bias", "'" + bias + "' is not supported (only \"none\"; bias training is not implemented)");
   if (fan_in_fan_out) bad("fan_in_fan_out", "must be false (no Conv1D layers here)");
+  if (init_lora_weights == LoraInit::Orthogonal) {  // PEFT's orthogonal_init raises for odd ranks
+    if (r % 2 != 0) bad("init_lora_weights", "\"orthogonal\" needs an even r, got " + std::to_string(r));
+    for (const auto& [k, v] : rank_pattern)
+      if (v % 2 != 0)
+        bad("init_lora_weights", "\"orthogonal\" needs even ranks, rank_pattern '" + k + "' is " +
+                                     std::to_string(v));
+  }
+  if (is_adalora() && init_lora_weights != LoraInit::Default && init_lora_weights != LoraInit::Random)
+    bad("init_lora_weights", std::string("\"") + lora_init_name(init_lora_weights) +
+                                 "\" does not apply to AdaLoRA (true or false)");
   for (const auto& [k, v] : rank_pattern)
     if (v <= 0) bad("rank_pattern", "rank for '" + k + "' must be positive, got " + std::to_string(v));
   const bool str_targets =
@@ -142,13 +205,7 @@ AdapterConfig config_from_json(const io::json& j, const std::string& where) {
     if (v.is_boolean()) {
       c.init_lora_weights = v.get<bool>() ? LoraInit::Default : LoraInit::Random;
     } else if (v.is_string()) {
-      std::string s = v.get<std::string>();
-      if (s == "gaussian") c.init_lora_weights = LoraInit::Gaussian;
-      else if (s == "pissa" || s.rfind("pissa_niter_", 0) == 0) c.init_lora_weights = LoraInit::Pissa;
-      else if (s == "olora") c.init_lora_weights = LoraInit::Olora;
-      else
-        fail(where + ": field 'init_lora_weights': \"" + s +
-             "\" is not supported (true, false, \"gaussian\", \"pissa\", \"olora\")");
+      set_init_lora_weights(c, v.get<std::string>(), where);
     } else {
       fail(where + ": field 'init_lora_weights': expected bool or string, got " +
            io::json_type_name(v));
@@ -201,7 +258,7 @@ io::json config_to_json(const AdapterConfig& c) {
   switch (c.init_lora_weights) {
     case LoraInit::Default: j["init_lora_weights"] = true; break;
     case LoraInit::Random: j["init_lora_weights"] = false; break;
-    default: j["init_lora_weights"] = lora_init_name(c.init_lora_weights);
+    default: j["init_lora_weights"] = init_lora_weights_str(c);
   }
   j["inference_mode"] = c.inference_mode;
   if (c.is_adalora()) adalora_config_to_json(c, j);

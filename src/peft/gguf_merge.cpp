@@ -2,8 +2,12 @@
 // GGUF base). Untouched tensors keep their exact bytes (a zero-copy view of the mapped base goes
 // straight to write_gguf), merged ones are re-encoded from the F32 merged weights with the
 // byte-exact quantizers of tensor/quant.
+#include <algorithm>
+#include <cmath>
+#include <limits>
 #include <map>
 #include <set>
+#include <vector>
 
 #include "lorafit/peft.h"
 #include "lorafit/quant.h"
@@ -63,6 +67,54 @@ void save_merged_gguf(models::Model& model, const std::vector<std::string>& merg
     tensors.emplace_back(ti.name, type == DType::F32 ? w : tensor::quantize(w, type));
   }
   io::write_gguf(out_path, base.metadata(), tensors);
+}
+
+double MergeRounding::ratio() const {
+  if (delta > 0) return rounding / delta;
+  return rounding > 0 ? std::numeric_limits<double>::infinity() : 0.0;
+}
+
+std::vector<MergeRounding> merge_rounding(models::Model& merged,
+                                          const std::vector<std::pair<std::string, Tensor>>& before,
+                                          tensor::DType type) {
+  std::map<std::string, nn::Linear*> lins;
+  for (auto& [path, l] : merged.linears()) lins[path] = l;
+  std::vector<MergeRounding> out;
+  for (const auto& [path, w0] : before) {
+    auto it = lins.find(path);
+    if (it == lins.end()) fail("merge_rounding: module '" + path + "' is not a Linear of the model");
+    const Tensor& w = it->second->weight.value;
+    if (w.dtype() != tensor::DType::F32 || w0.dtype() != tensor::DType::F32 || w.shape() != w0.shape())
+      fail("merge_rounding: module '" + path + "': merged " + w.str() + " and original " + w0.str() +
+           " must be F32 of one shape");
+    const int64_t rows = w.dim(0), cols = w.dim(1);
+    const size_t bytes = tensor::dtype_nbytes(type, cols);
+    if (type != tensor::DType::F32 && type != tensor::DType::F16 && type != tensor::DType::BF16 &&
+        cols % tensor::kQK != 0)
+      fail("merge_rounding: module '" + path + "': rows of " + std::to_string(cols) +
+           " values are not whole " + tensor::dtype_name(type) + " blocks");
+    std::vector<uint8_t> q(bytes);
+    std::vector<float> back(static_cast<size_t>(cols));
+    double r2 = 0, d2 = 0;
+    // Row by row (a quantized block never spans rows; the GGUF q/k row permutation moves whole
+    // rows, so the norms are the same as for the written tensor).
+    for (int64_t i = 0; i < rows; ++i) {
+      const float* x = w.f32() + i * cols;
+      const float* x0 = w0.f32() + i * cols;
+      tensor::quantize_row(type, x, q.data(), cols);
+      tensor::dequantize_row(type, q.data(), back.data(), cols);
+      for (int64_t j = 0; j < cols; ++j) {
+        const double e = static_cast<double>(back[static_cast<size_t>(j)]) - x[j];
+        const double d = static_cast<double>(x[j]) - x0[j];
+        r2 += e * e;
+        d2 += d * d;
+      }
+    }
+    out.push_back({path, std::sqrt(r2), std::sqrt(d2)});
+  }
+  std::stable_sort(out.begin(), out.end(),
+                   [](const MergeRounding& a, const MergeRounding& b) { return a.ratio() > b.ratio(); });
+  return out;
 }
 
 }  // namespace lorafit::peft

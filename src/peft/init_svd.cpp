@@ -48,16 +48,32 @@ void init_from_weight(LoraLinear& l, nn::Linear& base, LoraInit how) {
       for (int64_t c = 0; c < in; ++c) A[j * in + c] = static_cast<float>(R[j * in + c]);
     for (int64_t o = 0; o < out; ++o)
       for (int64_t j = 0; j < r; ++j) B[o * r + j] = static_cast<float>(Q[o * k + j]);
+  } else if (how == LoraInit::Mica) {  // PEFT mica_init: B = U[:, -r:], A = 0, W unchanged
+    std::vector<double> U, S, Vt;
+    linalg::svd(a, out, in, U, S, Vt);
+    for (int64_t o = 0; o < out; ++o)
+      for (int64_t j = 0; j < r; ++j) B[o * r + j] = static_cast<float>(U[o * k + (k - r + j)]);
+    l.A.value.zero();
+    return;
   } else {
     fail(std::string("init_from_weight: \"") + what + "\" is not a weight-based init");
   }
   // W ← W − s·B A from the stored float A and B.
+  add_low_rank(w, l.B.value, l.A.value, -s);
+}
+
+void add_low_rank(Tensor& w, const Tensor& b, const Tensor& a, double s) {
+  const int64_t out = w.dim(0), in = w.dim(1), r = a.dim(0);
+  if (w.dtype() != tensor::DType::F32 || b.dim(0) != out || b.dim(1) != r || a.dim(1) != in)
+    fail("add_low_rank: W " + w.str() + ", B " + b.str() + ", A " + a.str());
   float* W = w.f32();
+  const float* A = a.f32();
+  const float* B = b.f32();
   for (int64_t o = 0; o < out; ++o)
     for (int64_t c = 0; c < in; ++c) {
       double d = 0.0;
       for (int64_t j = 0; j < r; ++j) d += static_cast<double>(B[o * r + j]) * A[j * in + c];
-      W[o * in + c] = static_cast<float>(W[o * in + c] - s * d);
+      W[o * in + c] = static_cast<float>(W[o * in + c] + s * d);
     }
 }
 

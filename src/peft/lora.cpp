@@ -43,29 +43,59 @@ void LoraLinear::init(nn::Linear& base, LoraInit how, uint64_t seed) {
     for (int64_t i = 0; i < t.numel(); ++i)
       p[i] = static_cast<float>((2.0 * nn::random_uniform(seed, counter++) - 1.0) * bound);
   };
+  // Standard normal draw (Box–Muller from two uniforms; 1 − u keeps the log finite).
+  auto normal = [&]() {
+    double u1 = 1.0 - nn::random_uniform(seed, counter++);
+    double u2 = nn::random_uniform(seed, counter++);
+    return std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * M_PI * u2);
+  };
   switch (how) {
     case LoraInit::Default:  // PEFT reset_lora_parameters(init_lora_weights=True)
+    case LoraInit::Eva:      // PEFT update_layer: B = 0, A keeps nn.Linear's init (EVA's data
+                             // step, initialize_lora_eva_weights, is separate and not run here)
+    case LoraInit::LoraGa:   // PEFT lora_ga_init without gradients (a load): reset as true
       kaiming(A.value, in);
       B.value.zero();
       break;
+    case LoraInit::Orthogonal: {  // PEFT orthogonal_init: B A = 0 from orthogonal rows of Q
+      if (r_ % 2 != 0)
+        fail("init_lora_weights \"orthogonal\" needs an even rank, got " + std::to_string(r_));
+      const int64_t h = r_ / 2, out = base.out_features();
+      std::vector<double> X(static_cast<size_t>(r_ * r_)), Q, R;
+      for (auto& x : X) x = normal();
+      linalg::qr(X, r_, r_, Q, R);  // Q [r, r]; q_odd = Q[0::2], q_even = Q[1::2] ([h, r])
+      std::vector<double> g1(static_cast<size_t>(in * h)), g2(static_cast<size_t>(h * out));
+      for (auto& x : g1) x = normal();  // randn(in, h)
+      for (auto& x : g2) x = normal();  // randn(h, out)
+      float* a = A.value.f32();  // A = (g1 · q_odd)ᵀ / 10  [r, in]
+      float* b = B.value.f32();  // B = g2ᵀ · q_even / 10    [out, r]
+      for (int64_t j = 0; j < r_; ++j) {
+        for (int64_t c = 0; c < in; ++c) {
+          double d = 0;
+          for (int64_t k = 0; k < h; ++k) d += g1[c * h + k] * Q[(2 * k) * r_ + j];
+          a[j * in + c] = static_cast<float>(d / 10.0);
+        }
+        for (int64_t o = 0; o < out; ++o) {
+          double d = 0;
+          for (int64_t k = 0; k < h; ++k) d += g2[k * out + o] * Q[(2 * k + 1) * r_ + j];
+          b[o * r_ + j] = static_cast<float>(d / 10.0);
+        }
+      }
+      break;
+    }
     case LoraInit::Random:  // init_lora_weights=False: both keep nn.Linear's init
       kaiming(A.value, in);
       kaiming(B.value, r_);
       break;
     case LoraInit::Gaussian: {  // nn.init.normal_(A, std=1/r), B = 0
       float* p = A.value.f32();
-      for (int64_t i = 0; i < A.value.numel(); ++i) {
-        // Box–Muller from two uniforms (1 − u keeps the log finite).
-        double u1 = 1.0 - nn::random_uniform(seed, counter++);
-        double u2 = nn::random_uniform(seed, counter++);
-        double z = std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * M_PI * u2);
-        p[i] = static_cast<float>(z / static_cast<double>(r_));
-      }
+      for (int64_t i = 0; i < A.value.numel(); ++i) p[i] = static_cast<float>(normal() / static_cast<double>(r_));
       B.value.zero();
       break;
     }
     case LoraInit::Pissa:  // principal singular vectors / QR of W; base becomes W − s·B A
     case LoraInit::Olora:
+    case LoraInit::Mica:   // minor singular vectors of W in B, A = 0; base unchanged
       init_from_weight(*this, base, how);
       break;
     default:

@@ -57,6 +57,10 @@ enum class LoraInit;
 // PiSSA / OLoRA init of one LoRA layer (init_svd.cpp): fills A and B from the SVD / QR of the F32
 // base weight and rewrites it to W − s·B A.
 void init_from_weight(LoraLinear& layer, nn::Linear& base, LoraInit how);
+// W += s·B A on an F32 weight [out, in] (B [out, r], A [r, in]), each element summed in double
+// and rounded once: the same arithmetic as the init's W − s·B A, so adding back the initial
+// B₀ A₀ restores W within float rounding.
+void add_low_rank(tensor::Tensor& w, const tensor::Tensor& b, const tensor::Tensor& a, double s);
 
 }  // namespace lorafit::peft
 

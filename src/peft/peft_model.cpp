@@ -55,6 +55,16 @@ struct PeftModel::Adapter {
     nn::Parameter own;      // this adapter's copy (value, grad when trainable)
   };
   std::vector<Saved> saved;
+  // PiSSA / OLoRA: the initial A₀, B₀ per target (parallel to targets) whose s·B₀A₀ the init took
+  // out of the base weight; delete_adapter and the destructor add it back. Empty otherwise.
+  std::vector<std::pair<Tensor, Tensor>> init_ab;
+  // Gives the base back what a weight-based init took out of it (W_res + s·B₀A₀ = W).
+  void restore_base() {
+    for (size_t i = 0; i < init_ab.size(); ++i)
+      add_low_rank(targets[i].second->weight.value, init_ab[i].second, init_ab[i].first,
+                   layers[i]->scaling());
+    init_ab.clear();
+  }
 };
 
 namespace {
@@ -76,6 +86,14 @@ std::vector<std::string> effective_modules_to_save(AdapterConfig& cfg) {
 PeftModel::PeftModel(models::Model& model, const AdapterConfig& cfg, uint64_t seed,
                      const std::string& name)
     : model_(&model) {
+  const LoraInit i = cfg.init_lora_weights;
+  if (i == LoraInit::Eva || i == LoraInit::Mica || i == LoraInit::LoraGa)
+    fail(std::string("init_lora_weights \"") + lora_init_name(i) + "\": lorafit loads such adapters (as PEFT "
+         "does) but cannot make them: " +
+         (i == LoraInit::Eva    ? "EVA's init is an SVD of activations on the training data"
+          : i == LoraInit::Mica ? "MiCA freezes lora_B, which lorafit's trainer does not"
+                                : "LoRA-GA's init needs gradients of the training data") +
+         " (use true, gaussian, pissa or olora)");
   model.set_trainable(false);
   add_adapter(name, cfg, seed);
   set_adapter(name);
@@ -87,6 +105,8 @@ PeftModel::~PeftModel() {
   unmerge();
   for (auto& a : adapters_)
     for (auto& [path, lin] : a->targets) lin->adapters.clear();
+  // Latest first, so that each restore undoes exactly the init it follows.
+  for (auto it = adapters_.rbegin(); it != adapters_.rend(); ++it) (*it)->restore_base();
   for (auto& [p, orig] : originals_) {
     p->value = orig;
     p->grad = Tensor();
@@ -145,6 +165,8 @@ void PeftModel::add_adapter(const std::string& name, const AdapterConfig& cfg_in
       // One stream per module: seed mixed with the module's index, so adding a target does not
       // shift the others' initial values.
       layer->init(*lin, cfg.init_lora_weights, nn::random_u64(seed, 0x10000 + i));
+      if (cfg.init_changes_base())
+        ad->init_ab.emplace_back(layer->A.value.clone(), layer->B.value.clone());
     }
     layer->adapter_name = name;
     ad->targets.emplace_back(path, lin);
@@ -249,6 +271,9 @@ void PeftModel::delete_adapter(const std::string& name) {
     if (a.layers[i]->merged) a.layers[i]->unmerge(*a.targets[i].second);
     v.erase(std::remove(v.begin(), v.end(), a.layers[i].get()), v.end());
   }
+  // PiSSA / OLoRA: the base gets back s·B₀A₀ (PEFT's delete_adapter leaves the residual in the
+  // base; we undo it so that a deleted adapter leaves no trace, e.g. a failed load_adapter).
+  a.restore_base();
   active_.erase(std::remove(active_.begin(), active_.end(), name), active_.end());
   adapters_.erase(std::remove_if(adapters_.begin(), adapters_.end(),
                                  [&](const auto& p) { return p.get() == &a; }),
@@ -457,6 +482,10 @@ std::unique_ptr<PeftModel> PeftModel::from_pretrained(models::Model& model,
                                                       const std::string& adapter_dir,
                                                       const std::string& name, bool is_trainable) {
   AdapterConfig cfg = read_adapter_config(adapter_dir);
+  // The constructor needs an adapter; make it with an init that leaves the base alone (PiSSA /
+  // OLoRA must run once, in load_adapter, as PEFT's from_pretrained does), then replace it.
+  cfg.init_lora_weights = LoraInit::Default;
+  cfg.pissa_niter = -1;
   std::unique_ptr<PeftModel> pm(new PeftModel(model, cfg, 0, name));
   pm->delete_adapter(name);
   pm->load_adapter(adapter_dir, name, is_trainable);
@@ -505,15 +534,40 @@ models::Model& PeftModel::merge_and_unload() {
   return *model_;
 }
 
-void save_merged_hf(models::Model& model, const std::string& base_dir, const std::string& out_dir) {
+void save_merged_hf(models::Model& model, const std::string& base_dir, const std::string& out_dir,
+                    const std::vector<std::string>& labels) {
   if (!io::file_exists(base_dir + "/config.json"))
     fail(base_dir + ": no config.json (merged Hugging Face output needs a folder base model)");
+  const models::ModelConfig& mc = model.config();
+  // A classifier: config.json says so (transformers' Auto class reads "architectures"; the labels
+  // come from id2label, whose size is num_labels), whatever the base folder's config said.
+  io::json cfg = io::read_json_file(base_dir + "/config.json");
+  const char* cls = mc.arch == "bert"         ? "BertForSequenceClassification"
+                    : mc.arch == "roberta"    ? "RobertaForSequenceClassification"
+                    : mc.arch == "distilbert" ? "DistilBertForSequenceClassification"
+                                              : nullptr;
+  if (cls && mc.num_labels > 0) {
+    if (!labels.empty() && static_cast<int64_t>(labels.size()) != mc.num_labels)
+      fail(out_dir + ": " + std::to_string(labels.size()) + " label names for a classifier with " +
+           std::to_string(mc.num_labels) + " outputs");
+    io::json id2label = io::json::object(), label2id = io::json::object();
+    for (int64_t i = 0; i < mc.num_labels; ++i) {
+      const std::string name = labels.empty() ? "LABEL_" + std::to_string(i) : labels[static_cast<size_t>(i)];
+      id2label[std::to_string(i)] = name;
+      label2id[name] = i;
+    }
+    cfg["architectures"] = io::json::array({cls});
+    cfg["num_labels"] = mc.num_labels;
+    cfg["id2label"] = id2label;
+    cfg["label2id"] = label2id;
+  }
   std::vector<std::pair<std::string, Tensor>> tensors;
   for (auto& [name, p] : model.named_parameters())
     tensors.emplace_back(name, p->value.dtype() == tensor::DType::F32 ? p->value
                                                                       : p->value.to(tensor::DType::F32));
   write_folder_atomic(out_dir, [&](const std::string& tmp) {
-    for (const char* f : {"config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
+    io::write_json_file(tmp + "/config.json", cfg);
+    for (const char* f : {"tokenizer.json", "tokenizer_config.json", "vocab.txt",
                           "special_tokens_map.json", "generation_config.json"})
       if (io::file_exists(base_dir + "/" + f)) fs::copy_file(base_dir + "/" + f, tmp + "/" + f);
     io::write_safetensors(tmp + "/model.safetensors", tensors, {{"format", "pt"}});
