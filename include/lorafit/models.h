@@ -26,6 +26,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -80,12 +81,39 @@ struct LoadOptions {
 
 using NamedLinears = std::vector<std::pair<std::string, nn::Linear*>>;
 
+// Keys (after RoPE) and values of every layer for incremental decoding, [B, capacity, KV, D]
+// each (nn::Attention's cache); positions [0, len()) are filled.
+struct KvCache {
+  std::vector<nn::Attention::KVCache> layers;
+  int64_t len() const { return layers.empty() ? 0 : layers[0].len; }
+  int64_t capacity() const { return layers.empty() ? 0 : layers[0].capacity(); }
+  void reset() {
+    for (auto& l : layers) l.reset();
+  }
+};
+
+
 class Model {
  public:
   virtual ~Model() = default;
   const ModelConfig& config() const { return cfg_; }
   // Every Linear with its Hugging Face module path, in module order (the output head last).
   virtual NamedLinears linears() = 0;
+
+  // The task head, whatever the architecture, so that callers need no cast:
+  //   causal LM (Llama): next-token logits [B, T, V] (token_types ignored);
+  //   classifier (BERT family): class logits [B, L] = classify(forward(ids, mask, token_types)).
+  // logits_backward takes dlogits of that shape, accumulates the trainable parameters'
+  // gradients and returns the gradient w.r.t. the input embeddings [B, T, C].
+  virtual bool is_causal_lm() const = 0;
+  virtual Tensor logits(nn::Context& ctx, const Tensor& ids, const Tensor& mask = Tensor(),
+                        const Tensor& token_types = Tensor()) = 0;
+  virtual Tensor logits_backward(nn::Context& ctx, const Tensor& dlogits) = 0;
+  // Incremental decoding (causal LMs; the base class throws: no KV cache for a classifier).
+  virtual KvCache new_cache(int64_t batch, int64_t capacity) const;
+  virtual Tensor forward_cached(nn::Context& ctx, const Tensor& ids, KvCache& cache,
+                                const Tensor& mask = Tensor(), const Tensor& positions = Tensor());
+
   // Every parameter with its Hugging Face name ("<path>.weight"); a tied lm_head is not listed
   // separately (as torch's named_parameters()).
   virtual nn::NamedParameters named_parameters() = 0;
@@ -161,6 +189,10 @@ class BertModel : public Model {
 
   NamedLinears linears() override;
   nn::NamedParameters named_parameters() override;
+  bool is_causal_lm() const override { return false; }
+  Tensor logits(nn::Context& ctx, const Tensor& ids, const Tensor& mask = Tensor(),
+                const Tensor& token_types = Tensor()) override;
+  Tensor logits_backward(nn::Context& ctx, const Tensor& dlogits) override;
 
   nn::Embedding word, position, token_type;  // token_type unused (default) for distilbert
   nn::LayerNorm emb_norm;
@@ -194,17 +226,6 @@ struct LlamaLayer {
   nn::MLP mlp;            // mlp.{gate,up,down}_proj
 };
 
-// Keys (after RoPE) and values of every layer for incremental decoding, [B, capacity, KV, D]
-// each (nn::Attention's cache); positions [0, len()) are filled.
-struct KvCache {
-  std::vector<nn::Attention::KVCache> layers;
-  int64_t len() const { return layers.empty() ? 0 : layers[0].len; }
-  int64_t capacity() const { return layers.empty() ? 0 : layers[0].capacity(); }
-  void reset() {
-    for (auto& l : layers) l.reset();
-  }
-};
-
 class LlamaModel : public Model {
  public:
   explicit LlamaModel(const ModelConfig& cfg);
@@ -222,12 +243,20 @@ class LlamaModel : public Model {
   // already seen and returns their logits [B, Tn, V], equal to the rows of forward() on the whole
   // sequence. mask [B, len + Tn] covers every token so far (undefined: no padding); positions
   // [Tn] or [B, Tn] I32 (undefined: len .. len + Tn - 1; with left padding pass HF's).
-  KvCache new_cache(int64_t batch, int64_t capacity) const;
+  KvCache new_cache(int64_t batch, int64_t capacity) const override;
   Tensor forward_cached(nn::Context& ctx, const Tensor& ids, KvCache& cache,
-                        const Tensor& mask = Tensor(), const Tensor& positions = Tensor());
+                        const Tensor& mask = Tensor(), const Tensor& positions = Tensor()) override;
 
   NamedLinears linears() override;
   nn::NamedParameters named_parameters() override;
+  bool is_causal_lm() const override { return true; }
+  Tensor logits(nn::Context& ctx, const Tensor& ids, const Tensor& mask = Tensor(),
+                const Tensor& token_types = Tensor()) override {
+    return forward(ctx, ids, mask);
+  }
+  Tensor logits_backward(nn::Context& ctx, const Tensor& dlogits) override {
+    return backward(ctx, dlogits);
+  }
 
   nn::Embedding embed;
   std::vector<LlamaLayer> layers;
@@ -247,6 +276,35 @@ class LlamaModel : public Model {
 // Loads a Hugging Face folder (config.json model_type) or a .gguf file (general.architecture).
 // Errors name the file and the field: "[models] /x/config.json: field 'hidden_size' is missing".
 std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& opts = {});
+
+// The one way every command names a model: a folder with config.json, a .gguf file, or a folder
+// holding exactly one .gguf (models/SmolLM2-135M-Instruct). Returns the folder or the .gguf
+// path; errors name the path and what was expected.
+std::string resolve_model_path(const std::string& path);
+bool is_gguf_path(const std::string& path);
+
+// ---- generation -----------------------------------------------------------------------------
+
+// Decoding a causal LM with its KV cache: greedy (temperature 0) or seeded sampling from
+// softmax(logits / temperature) restricted to the top_k most likely tokens (0: all) and then
+// to the smallest set whose probability reaches top_p. The same seed gives the same tokens.
+struct GenerateOptions {
+  int64_t max_new_tokens = 64;
+  double temperature = 0.0;
+  int64_t top_k = 0;
+  double top_p = 1.0;
+  uint64_t seed = 42;
+  std::vector<int32_t> stop_ids;  // a sampled id among these ends generation (not returned)
+};
+// Throws "[generate] need temperature >= 0, 0 < top_p <= 1, ..." for options out of range.
+void validate(const GenerateOptions& opt);
+// One sampling step on a logits row [V]; `step` picks the random number (seed, step).
+int32_t sample_next(const float* logits, int64_t V, const GenerateOptions& opt, int64_t step);
+// Continues `prompt` (non-empty ids); on_token(id) sees each new id as it comes and may return
+// false to stop. Returns the new ids.
+std::vector<int32_t> generate(Model& model, const std::vector<int32_t>& prompt,
+                              const GenerateOptions& opt,
+                              const std::function<bool(int32_t)>& on_token = {});
 // Registered architectures: {"bert", "roberta", "distilbert", "llama"}.
 std::vector<std::string> supported_architectures();
 

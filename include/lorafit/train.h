@@ -19,10 +19,15 @@
 #include <utility>
 #include <vector>
 
+#include "lorafit/io.h"
 #include "lorafit/models.h"
 #include "lorafit/nn.h"
 #include "lorafit/tensor.h"
 #include "lorafit/text.h"
+
+namespace lorafit::peft {
+class PeftModel;  // lorafit/peft.h
+}
 
 namespace lorafit::train {
 
@@ -323,5 +328,181 @@ int64_t peak_rss_bytes();
 // Installs a SIGINT handler that asks the running training to save and stop; a second Ctrl-C
 // exits at once.
 void install_sigint_handler();
+
+// ---- models and run folders ------------------------------------------------------------------
+
+// A model and its tokenizer, opened the one way every command does: models::resolve_model_path
+// (a folder with config.json, a .gguf, or a folder holding exactly one .gguf), the tokenizer
+// from the GGUF's metadata or the folder's tokenizer.json.
+struct LoadedModel {
+  std::string path;  // the resolved folder or .gguf
+  text::Tokenizer tokenizer;
+  std::unique_ptr<models::Model> model;
+};
+LoadedModel open_model(const std::string& path, const models::LoadOptions& opt = {});
+text::Tokenizer open_tokenizer(const std::string& resolved_path);
+// A Llama-family model (GGUF, or a folder whose config.json says model_type "llama").
+bool is_causal_lm_path(const std::string& resolved_path);
+// The padding id batches use: pad, else eos, else 0.
+int32_t pad_id_of(const text::Tokenizer& tok);
+
+// Defaults that live here once: adapter targets by architecture (BERT query,value; DistilBERT
+// q_lin,v_lin; Llama q_proj,v_proj) and the learning rate by method and task (full 5e-5;
+// adapters 3e-3 for classification, 5e-4 for LM; docs/RESULTS.md).
+std::vector<std::string> default_target_modules(const std::string& arch);
+double default_learning_rate(const std::string& method, bool lm);
+
+// lorafit_task.json of a run folder's final/, best/ or checkpoint/ (task, method, model, labels,
+// max_length, block_size, chat_template), read from `dir` or its run's final/; {} when none.
+io::json read_task_info(const std::string& dir);
+
+// Applies the weights a run trained onto `model`: a PEFT folder (a run's final/, best/,
+// checkpoint/ or any adapter folder) returns its PeftModel; a --method full/head folder (only
+// trainable.safetensors) is copied into the model's parameters and returns null.
+std::unique_ptr<peft::PeftModel> load_run_weights(models::Model& model, const std::string& dir);
+
+// ---- the training job ------------------------------------------------------------------------
+
+// Everything `lorafit train` takes, with its defaults (the flag --x-y is the field x_y).
+struct RunParams {
+  std::string model;       // model folder or .gguf (required)
+  std::string train_data;  // .tsv/.csv/.jsonl classification; .txt or instruction .jsonl LM
+  std::string validation;  // none: split off val_fraction of the training data
+  std::string output;      // the run folder (required)
+  std::string task = "auto";    // classification | lm | auto (BERT: classification, Llama: lm)
+  std::string method = "lora";  // lora | adalora | full | head
+  // LoRA / DoRA (method lora; dropout and targets also adalora)
+  int64_t lora_r = 8;
+  double lora_alpha = 16, lora_dropout = 0.1;
+  std::vector<std::string> target_modules;  // empty: default_target_modules(arch)
+  std::optional<std::vector<std::string>> modules_to_save;  // nullopt: PEFT's (classifier)
+  bool use_rslora = false, use_dora = false;
+  std::string init_lora_weights = "true";  // as PEFT writes it: true|false|gaussian|pissa|olora
+  // AdaLoRA (method adalora)
+  int64_t init_r = 12, target_r = 8, tinit = 0, tfinal = 0, delta_t = 1;
+  double beta1 = 0.85, beta2 = 0.85, orth_reg_weight = 0.5;
+  std::vector<std::string> train_modules;  // method full: only names containing one of these
+  // optimisation
+  std::optional<double> lr;  // nullopt: default_learning_rate(method, lm)
+  double loraplus_ratio = 1, weight_decay = 0.01;
+  double adam_beta1 = 0.9, adam_beta2 = 0.999, adam_eps = 1e-8;
+  std::string schedule = "linear";  // constant | linear | cosine
+  double warmup_ratio = 0.06;
+  int64_t warmup_steps = -1;  // >= 0 overrides warmup_ratio
+  int64_t epochs = 1, max_steps = 0, max_train_samples = 0;
+  int64_t batch_size = 32, grad_accum = 1;
+  double max_grad_norm = 1.0;
+  // data
+  int64_t max_length = 128, block_size = 128;
+  std::string chat_template = "auto";  // auto | chatml | llama3 | plain
+  double val_fraction = 0.1;
+  std::string text_column, text_pair_column, label_column;
+  // cadence
+  int64_t eval_every = 0, eval_max_batches = 0, save_every = 0, log_every = 10;
+  uint64_t seed = 42;
+  int64_t threads = 0;  // 0: all cores
+  std::string resume;   // a run's checkpoint/ folder to continue
+  bool overwrite = false, quiet = false;
+  int64_t stop_after = 0;  // stop (with a checkpoint) after N steps of this call; for tests
+};
+
+// The effective configuration as JSON (keys as the fields; "train" for train_data), written
+// into checkpoint/trainer_state.json and the report.
+io::json run_params_to_json(const RunParams& p);
+
+// What prepare() found, for display.
+struct JobInfo {
+  std::string model_path, arch, task, method;
+  bool lm = false;
+  float lr = 0;
+  int64_t trainable_params = 0, total_params = 0, train_tokens = 0;
+  size_t n_train = 0, n_val = 0;
+  std::vector<std::string> labels;
+  // instruction data: the chat template used and examples cut / skipped at block_size
+  std::string chat_format;
+  size_t truncated = 0, skipped = 0;
+};
+
+struct JobResult {
+  TrainSummary summary;
+  std::string final_dir;
+  // AdaLoRA: kept rank of each module and the target budget (empty / 0 otherwise).
+  std::vector<int64_t> adalora_ranks;
+  int64_t adalora_target_budget = 0;
+};
+
+// A prepared run: model, tokenizer, data, adapter, optimizer groups, AdaLoRA allocator and
+// hooks; resume included. prepare() checks every option and file before it touches an existing
+// output folder (removed only with overwrite). run() writes the run folder:
+//   final/, best/, checkpoint/   each a PEFT folder (adapter_config.json +
+//                                adapter_model.safetensors; none for full/head) with
+//                                trainable.safetensors, lorafit_task.json and, for AdaLoRA,
+//                                adalora_state.safetensors; checkpoint/ adds optimizer.safetensors
+//                                and trainer_state.json
+//   log.jsonl, report.html
+class TrainingJob {
+ public:
+  static std::unique_ptr<TrainingJob> prepare(const RunParams& params);
+  ~TrainingJob();
+  const JobInfo& info() const;
+  JobResult run();
+
+ private:
+  TrainingJob();
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// prepare + run.
+JobResult run_job(const RunParams& params);
+
+// ---- evaluation, prediction, generation --------------------------------------------------------
+
+struct EvalParams {
+  std::string model;    // base model (required)
+  std::string adapter;  // a run's final/ or best/, or a PEFT folder ("" = the base model)
+  std::string data;     // required
+  std::string task = "auto";
+  int64_t batch_size = 32;
+  int64_t max_length = 0;      // 0: as trained, else 128
+  int64_t block_size = 0;      // 0: as trained, else 128
+  std::string chat_template;   // "": as trained, else auto
+  std::string text_column, text_pair_column, label_column;
+};
+
+struct EvalReport {
+  bool lm = false;
+  EvalResult result;
+  // LM: blocks (plain text) or examples (instruction data) and the tokens with a loss
+  size_t units = 0;
+  int64_t counted_tokens = 0;
+  bool plain_text = false;
+};
+EvalReport evaluate_file(const EvalParams& p);
+
+struct Prediction {
+  int64_t line = 0;  // in the data file
+  std::string label;
+  std::vector<float> probabilities;
+};
+struct PredictReport {
+  std::vector<std::string> labels;
+  std::vector<Prediction> rows;
+};
+PredictReport predict_file(const EvalParams& p);
+// TSV (line, prediction, p_<label>...) or JSONL, by the path's extension (.jsonl).
+std::string format_predictions(const PredictReport& r, bool jsonl);
+
+struct GenerateParams {
+  std::string model, adapter, prompt;
+  models::GenerateOptions sampling;
+  bool chat = false;          // the prompt is a user message in the chat template
+  std::string system;         // with chat
+  std::string chat_template = "auto";
+};
+// Generates text; on_text(piece) receives the continuation as it grows (decoded whole each time,
+// so BPE bytes that join are shown once complete). Returns the whole continuation.
+std::string generate_text(const GenerateParams& p,
+                          const std::function<void(const std::string&)>& on_text = {});
 
 }  // namespace lorafit::train

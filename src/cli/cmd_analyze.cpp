@@ -11,6 +11,7 @@
 #include "lorafit/io.h"
 #include "lorafit/models.h"
 #include "lorafit/peft.h"
+#include "lorafit/train.h"
 
 namespace {
 
@@ -170,10 +171,7 @@ int cmd_analyze(int argc, char** argv) {
     auto base_model = models::load_model(base, lo);
     const std::string arch = base_model->config().arch;
     std::vector<std::string> names =
-        modules_opt.empty() ? (arch == "llama" ? std::vector<std::string>{"q_proj", "v_proj"}
-                               : arch == "distilbert" ? std::vector<std::string>{"q_lin", "v_lin"}
-                                                      : std::vector<std::string>{"query", "value"})
-                            : split_list(modules_opt);
+        modules_opt.empty() ? lorafit::train::default_target_modules(arch) : split_list(modules_opt);
     const bool all = names.size() == 1 && names[0] == "all";
     // Base weights of the selected modules, in module order.
     std::vector<std::pair<std::string, Tensor>> w0;

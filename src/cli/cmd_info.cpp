@@ -46,14 +46,14 @@ int cmd_info(int argc, char** argv) {
   if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
     std::fputs(
         "Usage: lorafit info PATH\n"
-        "  PATH: a Hugging Face model folder (config.json + model.safetensors) or a .gguf "
-        "file.\n  Prints the architecture, sizes, parameter count, stored dtypes and the "
+        "  PATH: a Hugging Face model folder (config.json + model.safetensors), a .gguf file, or "
+        "a folder\n  holding one .gguf.\n  Prints the architecture, sizes, parameter count, stored dtypes and the "
         "Linear modules\n  that adapters can target (target_modules).\n",
         argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;
   }
   try {
-    auto model = lorafit::models::load_model(argv[1]);
+    auto model = lorafit::models::load_model(lorafit::models::resolve_model_path(argv[1]));
     const auto& c = model->config();
     std::printf("path:          %s (%s)\n", c.source.c_str(), c.format.c_str());
     std::printf("architecture:  %s\n", c.arch.c_str());

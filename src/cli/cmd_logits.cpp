@@ -11,6 +11,7 @@
 #include "lorafit/models.h"
 #include "lorafit/peft.h"
 #include "lorafit/text.h"
+#include "lorafit/train.h"
 
 namespace {
 
@@ -53,8 +54,6 @@ std::vector<std::string> split(const std::string& s, char c) {
   return v;
 }
 
-bool is_gguf(const std::string& p) { return p.size() > 5 && p.substr(p.size() - 5) == ".gguf"; }
-
 }  // namespace
 
 int cmd_logits(int argc, char** argv) {
@@ -91,14 +90,12 @@ int cmd_logits(int argc, char** argv) {
     if (model_path.empty()) throw Error("[logits] --model is required");
     if (prompts.empty()) throw Error("[logits] give at least one --prompt");
     lorafit::kernels::set_num_threads(static_cast<int>(threads));
-    if (fs::is_directory(model_path) && !fs::exists(fs::path(model_path) / "config.json"))
-      for (auto& e : fs::directory_iterator(model_path))
-        if (is_gguf(e.path().string())) model_path = e.path().string();
     models::LoadOptions lo;
     lo.num_labels = num_labels;
-    auto model = models::load_model(model_path, lo);
-    auto tok = is_gguf(model_path) ? lorafit::text::Tokenizer::from_gguf(model_path)
-                                   : lorafit::text::Tokenizer::from_file(model_path);
+    auto loaded = lorafit::train::open_model(model_path, lo);
+    model_path = loaded.path;
+    auto& model = loaded.model;
+    const auto& tok = loaded.tokenizer;
     std::unique_ptr<peft::PeftModel> pm;
     std::vector<std::string> names;
     for (auto& [name, dir] : adapters) {
@@ -137,11 +134,8 @@ int cmd_logits(int argc, char** argv) {
     std::unique_ptr<peft::MixedBatch> mb;
     if (!routes.empty()) mb = std::make_unique<peft::MixedBatch>(*pm, ctx, routes);
     Tensor logits;
-    auto* llama = dynamic_cast<models::LlamaModel*>(model.get());
-    auto* bert = dynamic_cast<models::BertModel*>(model.get());
-    if (llama) logits = llama->forward(ctx, tid, tmask);
-    else if (bert) logits = bert->classify(ctx, bert->forward(ctx, tid, tmask));
-    else throw Error("[logits] unsupported model architecture '" + model->config().arch + "'");
+    const bool llama = model->is_causal_lm();
+    logits = model->logits(ctx, tid, tmask);
     mb.reset();
     const int64_t V = logits.dim(-1);
     std::vector<std::pair<std::string, Tensor>> tensors;

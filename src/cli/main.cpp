@@ -8,8 +8,8 @@
 
 int cmd_info(int argc, char** argv);  // cmd_info.cpp
 int cmd_train(int argc, char** argv);  // cmd_train.cpp
-int cmd_eval(int argc, char** argv, bool predict);
-int cmd_generate(int argc, char** argv);
+int cmd_eval(int argc, char** argv, bool predict);  // cmd_eval.cpp
+int cmd_generate(int argc, char** argv);  // cmd_generate.cpp
 int cmd_adapter(int argc, char** argv);  // cmd_adapter.cpp
 int cmd_logits(int argc, char** argv);   // cmd_logits.cpp
 int cmd_analyze(int argc, char** argv);  // cmd_analyze.cpp

@@ -222,6 +222,15 @@ Tensor BertModel::backward(nn::Context& ctx, const Tensor& dhidden) {
   return de;
 }
 
+Tensor BertModel::logits(nn::Context& ctx, const Tensor& ids, const Tensor& mask,
+                         const Tensor& token_types) {
+  return classify(ctx, forward(ctx, ids, mask, token_types));
+}
+
+Tensor BertModel::logits_backward(nn::Context& ctx, const Tensor& dlogits) {
+  return backward(ctx, classify_backward(ctx, dlogits));
+}
+
 Tensor BertModel::classify(nn::Context& ctx, const Tensor& hidden) {
   const int64_t C = cfg_.hidden;
   detail::check(

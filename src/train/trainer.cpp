@@ -89,34 +89,22 @@ void load_parameters(const std::string& path, const nn::NamedParameters& params)
 
 float Task::forward_backward(nn::Context& ctx, const Batch& b, float dloss,
                              std::vector<float>* probs_out) {
-  if (!lm) {
-    auto* bert = dynamic_cast<models::BertModel*>(model);
-    check(bert != nullptr, "train", "classification needs a BERT-family model, got " + model->config().arch);
-    Tensor hidden = bert->forward(ctx, b.ids, b.mask, b.type_ids);
-    Tensor logits = bert->classify(ctx, hidden);
-    Tensor probs = ctx.alloc(logits.shape());
-    float loss = kernels::cross_entropy_forward(logits, b.targets, -100, probs);
-    if (probs_out) probs_out->assign(probs.f32(), probs.f32() + probs.numel());
-    if (dloss != 0.0f) {
-      Tensor dlogits = ctx.alloc(logits.shape());
-      kernels::cross_entropy_backward(probs, b.targets, -100, dloss, dlogits);
-      Tensor dh = bert->classify_backward(ctx, dlogits);
-      bert->backward(ctx, dh);
-    }
-    return loss;
-  }
-  auto* llama = dynamic_cast<models::LlamaModel*>(model);
-  check(llama != nullptr, "train", "causal LM needs a Llama-family model, got " + model->config().arch);
-  Tensor logits = llama->forward(ctx, b.ids, b.mask);
+  check(model->is_causal_lm() == lm, "train",
+        std::string(lm ? "causal LM needs a Llama-family model, got "
+                       : "classification needs a BERT-family model, got ") +
+            model->config().arch);
+  // Classification: logits [B, L] against labels [B]; LM: [B, T, V] against next tokens [B, T].
+  Tensor logits = model->logits(ctx, b.ids, b.mask, b.type_ids);
   const int64_t V = logits.dim(-1), N = logits.numel() / V;
   Tensor flat = logits.view({N, V});
   Tensor tg = b.targets.view({N});
   Tensor probs = ctx.alloc({N, V});
   float loss = kernels::cross_entropy_forward(flat, tg, -100, probs);
+  if (probs_out) probs_out->assign(probs.f32(), probs.f32() + probs.numel());
   if (dloss != 0.0f) {
     Tensor dlogits = ctx.alloc({N, V});
     kernels::cross_entropy_backward(probs, tg, -100, dloss, dlogits);
-    llama->backward(ctx, dlogits.view(logits.shape()));
+    model->logits_backward(ctx, dlogits.view(logits.shape()));
   }
   return loss;
 }

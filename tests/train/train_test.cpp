@@ -882,3 +882,110 @@ TEST(Cli, AdaLoraPrunesToTheTargetBudgetAndResumesExactly) {
             1);
   fs::remove_all(work);
 }
+
+// ---- the training job through the C++ API -------------------------------------------------------
+
+namespace {
+void expect_same_tensors(const fs::path& a_path, const fs::path& b_path) {
+  auto a = io::SafetensorsFile::open(a_path.string());
+  auto b = io::SafetensorsFile::open(b_path.string());
+  ASSERT_EQ(a.names(), b.names());
+  for (auto& n : a.names()) {
+    Tensor ta = a.get_f32(n), tb = b.get_f32(n);
+    ASSERT_EQ(ta.numel(), tb.numel()) << n;
+    for (int64_t i = 0; i < ta.numel(); ++i) ASSERT_EQ(ta.f32()[i], tb.f32()[i]) << n << " element " << i;
+  }
+}
+}  // namespace
+
+// A C++ caller gets what the CLI gets: every saved folder is a complete PEFT folder with the
+// task info, and the run folder loads back for evaluation.
+TEST(Job, RunParamsWriteCompletePeftFolders) {
+  auto work = temp_dir("job");
+  write(work / "train.tsv", synthetic_tsv(48, 3));
+  RunParams p;
+  p.model = tiny_model_dir().string();
+  p.train_data = (work / "train.tsv").string();
+  p.output = (work / "run").string();
+  p.max_steps = 3;
+  p.batch_size = 8;
+  p.threads = 1;
+  p.quiet = true;
+  auto job = TrainingJob::prepare(p);
+  EXPECT_EQ(job->info().task, "classification");
+  EXPECT_FLOAT_EQ(job->info().lr, 3e-3f);  // the library's default for a classification adapter
+  JobResult r = job->run();
+  EXPECT_FALSE(r.summary.interrupted);
+  EXPECT_EQ(r.summary.steps, 3);
+  for (auto d : {"final", "best", "checkpoint"})
+    for (auto f : {"adapter_config.json", "adapter_model.safetensors", "lorafit_task.json",
+                   "trainable.safetensors"})
+      EXPECT_TRUE(fs::exists(work / "run" / d / f)) << d << "/" << f;
+  EXPECT_TRUE(fs::exists(work / "run/checkpoint/optimizer.safetensors"));
+  EXPECT_TRUE(fs::exists(work / "run/log.jsonl"));
+  EXPECT_TRUE(fs::exists(work / "run/report.html"));
+  auto cfg = io::read_json_file((work / "run/checkpoint/adapter_config.json").string());
+  EXPECT_EQ(cfg["target_modules"], io::json::array({"query", "value"}));  // default targets
+  EXPECT_EQ(read_task_info((work / "run/final").string())["task"], "classification");
+  // The same folder refused a second time, unless overwrite.
+  expect_error([&] { TrainingJob::prepare(p); }, {"exists and is not empty", "--overwrite"});
+  // evaluation of the run's final/ equals the summary's final evaluation on the same data.
+  EvalParams ep;
+  ep.model = p.model;
+  ep.adapter = (work / "run/final").string();
+  ep.data = p.train_data;
+  EvalReport er = evaluate_file(ep);
+  EXPECT_FALSE(er.lm);
+  EXPECT_EQ(er.result.cls.n, 48);
+  PredictReport pr = predict_file(ep);
+  ASSERT_EQ(pr.rows.size(), 48u);
+  EXPECT_EQ(pr.rows[0].probabilities.size(), 2u);
+  // An option of another method is refused with its name.
+  RunParams bad = p;
+  bad.overwrite = true;
+  bad.method = "full";
+  bad.lora_r = 4;
+  expect_error([&] { TrainingJob::prepare(bad); }, {"--lora-*", "method is full"});
+  fs::remove_all(work);
+}
+
+// AdaLoRA through the API: stopped after 5 steps and resumed from checkpoint/ (allocator state
+// included) equals the uninterrupted run, weights and rank_pattern.
+TEST(Job, AdaLoraResumesExactlyThroughTheApi) {
+  auto work = temp_dir("job_adalora");
+  write(work / "train.tsv", synthetic_tsv(64, 6));
+  RunParams p;
+  p.model = tiny_model_dir().string();
+  p.train_data = (work / "train.tsv").string();
+  p.method = "adalora";
+  p.init_r = 4;
+  p.target_r = 2;
+  p.tinit = 2;
+  p.tfinal = 3;
+  p.delta_t = 2;
+  p.max_steps = 12;
+  p.batch_size = 8;
+  p.threads = 1;
+  p.lr = 1e-2;
+  p.lora_dropout = 0;
+  p.quiet = true;
+  RunParams a = p, b = p;
+  a.output = (work / "a").string();
+  b.output = (work / "b").string();
+  JobResult ra = run_job(a);
+  EXPECT_EQ(ra.adalora_target_budget, 8);
+  int64_t kept = 0;
+  for (int64_t k : ra.adalora_ranks) kept += k;
+  EXPECT_EQ(kept, 8);
+  b.stop_after = 5;
+  EXPECT_TRUE(run_job(b).summary.interrupted);
+  ASSERT_TRUE(fs::exists(work / "b/checkpoint/adalora_state.safetensors"));
+  ASSERT_TRUE(fs::exists(work / "b/checkpoint/adapter_config.json"));
+  b.stop_after = 0;
+  b.resume = (work / "b/checkpoint").string();
+  EXPECT_FALSE(run_job(b).summary.interrupted);
+  expect_same_tensors(work / "a/final/trainable.safetensors", work / "b/final/trainable.safetensors");
+  EXPECT_EQ(io::read_json_file((work / "b/final/adapter_config.json").string())["rank_pattern"],
+            io::read_json_file((work / "a/final/adapter_config.json").string())["rank_pattern"]);
+  fs::remove_all(work);
+}
