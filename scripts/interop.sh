@@ -4,7 +4,10 @@
 #      `lorafit predict` predicts (tools/check_trained_adapter.py);
 #   2. llama.cpp (llama-cpp-python) loads our LoRA GGUF and our merged GGUF of SmolLM2 and gives
 #      our logits (tools/check_llama_cpp.py);
-#   3. every further tools/check_*.py that declares "INTEROP: <args>" in its docstring.
+#   3. PEFT loads our folders of every method on the tiny models (tools/check_peft_load.py), PiSSA
+#      and OLoRA runs trained by lorafit and their plain-LoRA conversion
+#      (tools/check_pissa_roundtrip.py), and transformers a merged classifier
+#      (tools/check_merged_classifier.py).
 # The Python stack lives in a venv outside the clone, kept between runs
 # ($LORAFIT_VENV, default ~/.cache/lorafit/venv): the first run on a machine installs torch,
 # transformers, peft and gguf (tools/pyenv.sh) and builds llama-cpp-python from its PyPI sdist
@@ -35,11 +38,13 @@ echo "== [interop] PEFT loads an adapter trained by lorafit train on SST-2"
 echo "== [interop] llama.cpp loads our LoRA GGUF and merged GGUF"
 "$PY" tools/check_llama_cpp.py --lorafit "$LORAFIT"
 
-for check in tools/check_*.py; do
-  args=$(sed -n 's/^INTEROP: //p' "$check" | head -n 1)
-  [ -n "$args" ] || continue
-  echo "== [interop] $check $args"
-  # shellcheck disable=SC2086  # the declared arguments are words
-  "$PY" "$check" --lorafit "$LORAFIT" $args
-done
+echo "== [interop] PEFT loads our saved folders of every method (tiny models) with our logits"
+"$PY" tools/check_peft_load.py "$BUILD"
+
+echo "== [interop] PEFT loads PiSSA / OLoRA runs trained by lorafit, and their plain-LoRA conversion"
+"$PY" tools/check_pissa_roundtrip.py "$BUILD"
+
+echo "== [interop] a merged MiniLM classifier loads in transformers and predicts as lorafit does"
+"$PY" tools/check_merged_classifier.py "$BUILD" data/sst2
+
 echo "[interop] all checks passed"

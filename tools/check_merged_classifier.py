@@ -3,7 +3,7 @@
 classifier and predicts as `lorafit predict` does (interop stage of CI).
 
   /root/.cache/lorafit/venv/bin/python tools/check_merged_classifier.py [BUILD_DIR] [SST2_DIR]
-      (defaults: build, data/sst2 when present, else ../shared/data/sst2)
+      (defaults: build, data/sst2 from tools/fetch_data.sh)
 
   1. `lorafit train` a LoRA (query/value + classifier) on models/all-MiniLM-L6-v2, a short run on
      SST-2 (string labels are mapped to ids by sorting, so the run's labels are recorded),
@@ -35,9 +35,7 @@ def run(cmd):
 
 def main():
     build = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "build")
-    sst2 = sys.argv[2] if len(sys.argv) > 2 else next(
-        p for p in [os.path.join(ROOT, "data", "sst2"), os.path.join(ROOT, "..", "shared", "data", "sst2")]
-        if os.path.isdir(p))
+    sst2 = sys.argv[2] if len(sys.argv) > 2 else os.path.join(ROOT, "data", "sst2")  # tools/fetch_data.sh
     lorafit = os.path.join(build, "lorafit")
     base = os.path.join(ROOT, "models", "all-MiniLM-L6-v2")
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
