@@ -60,7 +60,8 @@ struct BpeLists {
   // matched whole in the raw text), as transformers does. Empty: all normal.
   std::vector<int32_t> token_types;
   // tokenizer.ggml.pre: the pre-tokenizer the vocabulary was trained with. "gpt2" (or "default",
-  // "") is the GPT-2 regex; "smollm"/"starcoder"/... split every digit first (see bpe.cpp).
+  // "") is the GPT-2 regex; "smollm"/"starcoder"/... split every digit first (see
+  // Tokenizer::from_bpe_lists in tokenizer.cpp).
   std::string pre = "gpt2";
   int32_t bos_id = -1, eos_id = -1, unk_id = -1, pad_id = -1;
   bool add_bos = false, add_eos = false;
