@@ -55,8 +55,11 @@ std::string tick_label(double v, double step) {
 AxisTicks nice_ticks(double lo, double hi, int max_intervals) {
   AxisTicks t;
   max_intervals = std::max(1, max_intervals);
-  if (!std::isfinite(lo) || !std::isfinite(hi)) lo = 0, hi = 1;
+  if (!std::isfinite(lo) || !std::isfinite(hi) || !std::isfinite(hi - lo)) lo = 0, hi = 1;
   if (lo > hi) std::swap(lo, hi);
+  // Values that differ only in their last digits (a metric that does not move) are one value:
+  // steps finer than that would not even be representable.
+  if (hi - lo <= 1e-12 * std::max(std::abs(lo), std::abs(hi))) lo = hi = (lo + hi) / 2;
   if (lo == hi) {  // a single value: a span of 10% around it (or [-1, 1] around 0)
     const double d = lo == 0 ? 1.0 : std::abs(lo) * 0.1;
     lo -= d;
@@ -74,7 +77,8 @@ AxisTicks nice_ticks(double lo, double hi, int max_intervals) {
       const double k0 = std::floor(lo / step + 1e-9), k1 = std::ceil(hi / step - 1e-9);
       if (k1 - k0 > max_intervals) continue;
       t.step = step;
-      for (double k = k0; k <= k1; ++k) {
+      for (int i = 0; i <= static_cast<int>(k1 - k0); ++i) {
+        const double k = k0 + i;
         double v = e >= 0 ? k * m * p10 : k * m / p10;
         if (v == 0) v = 0;  // no "-0"
         t.values.push_back(v);

@@ -158,6 +158,10 @@ TEST(ReportTicks, SinglePointReversedAndNonFinite) {
   EXPECT_EQ(ticks_text(nice_ticks(1, 0)), ticks_text(nice_ticks(0, 1)));
   EXPECT_EQ(ticks_text(nice_ticks(NAN, 3)), "0 0.2 0.4 0.6 0.8 1");
   EXPECT_EQ(ticks_text(nice_ticks(0, INFINITY)), "0 0.2 0.4 0.6 0.8 1");
+  EXPECT_EQ(ticks_text(nice_ticks(-1.7e308, 1.7e308)), "0 0.2 0.4 0.6 0.8 1");  // span overflows
+  // A value that differs only in its last bit (a metric that does not move) is one value.
+  EXPECT_EQ(ticks_text(nice_ticks(0.6931471805599453, std::nextafter(0.6931471805599453, 1.0))),
+            "0.6 0.65 0.7 0.75 0.8");
 }
 
 // Over many random ranges: the step is 1, 2 or 5 x 10^k, the ticks are its multiples, cover the
