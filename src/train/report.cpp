@@ -471,7 +471,11 @@ std::string svg_chart(const Chart& c) {
     if (!s.legend) continue;
     const double w = 30 + 6.6 * static_cast<double>(s.name.size()) + 14;
     if (lx + w > W - R && lx > L) lx = L, ++row;
-    items.push_back({s.name, s.color, s.dashed, s.markers, lx, row});
+    const auto n_finite = std::count_if(s.pts.begin(), s.pts.end(), [](auto& p) {
+      return std::isfinite(p.first) && std::isfinite(p.second);
+    });
+    const bool dots = s.markers && static_cast<size_t>(n_finite) <= kMaxMarkers;
+    items.push_back({s.name, s.color, s.dashed, dots, lx, row});
     lx += w;
   }
   const int rows = items.empty() ? 0 : row + 1;
