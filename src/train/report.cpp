@@ -3,6 +3,7 @@
 // page works offline and prints as it shows.
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -54,8 +55,11 @@ std::string tick_label(double v, double step) {
 AxisTicks nice_ticks(double lo, double hi, int max_intervals) {
   AxisTicks t;
   max_intervals = std::max(1, max_intervals);
-  if (!std::isfinite(lo) || !std::isfinite(hi)) lo = 0, hi = 1;
+  if (!std::isfinite(lo) || !std::isfinite(hi) || !std::isfinite(hi - lo)) lo = 0, hi = 1;
   if (lo > hi) std::swap(lo, hi);
+  // Values that differ only in their last digits (a metric that does not move) are one value:
+  // steps finer than that would not even be representable.
+  if (hi - lo <= 1e-12 * std::max(std::abs(lo), std::abs(hi))) lo = hi = (lo + hi) / 2;
   if (lo == hi) {  // a single value: a span of 10% around it (or [-1, 1] around 0)
     const double d = lo == 0 ? 1.0 : std::abs(lo) * 0.1;
     lo -= d;
@@ -73,7 +77,8 @@ AxisTicks nice_ticks(double lo, double hi, int max_intervals) {
       const double k0 = std::floor(lo / step + 1e-9), k1 = std::ceil(hi / step - 1e-9);
       if (k1 - k0 > max_intervals) continue;
       t.step = step;
-      for (double k = k0; k <= k1; ++k) {
+      for (int i = 0; i <= static_cast<int>(k1 - k0); ++i) {
+        const double k = k0 + i;
         double v = e >= 0 ? k * m * p10 : k * m / p10;
         if (v == 0) v = 0;  // no "-0"
         t.values.push_back(v);
@@ -404,8 +409,54 @@ double smoothing_beta(size_t n) {
   return std::clamp(1.0 - 8.0 / static_cast<double>(std::max<size_t>(n, 1)), 0.6, 0.95);
 }
 
+constexpr size_t kMaxMarkers = 30;  // more evaluations than this: a line without dots
+
+// A long run has more points than the chart has pixels: keep, per pixel column, the lowest and
+// the highest point (in x order), so that the envelope of a noisy loss stays as it is and the
+// page stays small (100k steps: at most ~900 points a curve instead of 100k).
+Series thinned(const Series& s, double plot_width) {
+  const auto columns = static_cast<size_t>(plot_width);
+  if (s.pts.size() <= 2 * columns) return s;
+  double x0 = INFINITY, x1 = -INFINITY;
+  for (auto [x, y] : s.pts)
+    if (std::isfinite(x)) x0 = std::min(x0, x), x1 = std::max(x1, x);
+  if (!(x1 > x0)) return s;
+  Series o = s;
+  o.pts.clear();
+  size_t col = SIZE_MAX;
+  std::pair<double, double> lo{}, hi{};
+  bool gap = false;
+  auto flush = [&] {
+    if (col == SIZE_MAX) return;
+    if (lo == hi)
+      o.pts.push_back(lo);
+    else if (lo.first <= hi.first)
+      o.pts.push_back(lo), o.pts.push_back(hi);
+    else
+      o.pts.push_back(hi), o.pts.push_back(lo);
+  };
+  for (auto p : s.pts) {
+    if (!std::isfinite(p.first) || !std::isfinite(p.second)) {
+      gap = true;  // keep the gap: close the column, then a NaN point
+      continue;
+    }
+    const auto c =
+        static_cast<size_t>((p.first - x0) / (x1 - x0) * static_cast<double>(columns - 1));
+    if (c != col || gap) {
+      flush();
+      if (gap) o.pts.emplace_back(p.first, NAN), gap = false;
+      col = c, lo = hi = p;
+    } else {
+      if (p.second < lo.second) lo = p;
+      if (p.second > hi.second) hi = p;
+    }
+  }
+  flush();
+  return o;
+}
+
 std::string svg_chart(const Chart& c) {
-  const double W = 540, H = 300, L = 62, R = 16, B = 44;
+  const double W = 540, H = 300, L = 62, R = 22, B = 44;
   // Legend entries laid out in rows under the title (about 6.6 px a character at 12 px).
   struct Item {
     std::string name, color;
@@ -420,7 +471,11 @@ std::string svg_chart(const Chart& c) {
     if (!s.legend) continue;
     const double w = 30 + 6.6 * static_cast<double>(s.name.size()) + 14;
     if (lx + w > W - R && lx > L) lx = L, ++row;
-    items.push_back({s.name, s.color, s.dashed, s.markers, lx, row});
+    const auto n_finite = std::count_if(s.pts.begin(), s.pts.end(), [](auto& p) {
+      return std::isfinite(p.first) && std::isfinite(p.second);
+    });
+    const bool dots = s.markers && static_cast<size_t>(n_finite) <= kMaxMarkers;
+    items.push_back({s.name, s.color, s.dashed, dots, lx, row});
     lx += w;
   }
   const int rows = items.empty() ? 0 : row + 1;
@@ -467,7 +522,8 @@ std::string svg_chart(const Chart& c) {
     << esc(c.x_label) << "</text>";
   o << "<text transform='translate(15 " << T + ph / 2
     << ") rotate(-90)' text-anchor='middle' class='al'>" << esc(c.y_label) << "</text>";
-  for (auto& s : c.series) {
+  for (auto& series : c.series) {
+    const Series s = thinned(series, pw);
     // A polyline per finite stretch: a NaN (a diverged loss) leaves a gap.
     std::vector<std::string> runs(1);
     size_t n_finite = 0;
@@ -486,7 +542,7 @@ std::string svg_chart(const Chart& c) {
         (s.dashed ? " stroke-dasharray='6 4'" : "");
     for (auto& r : runs)
       if (!r.empty()) o << "<polyline " << style << " points='" << r << "'/>";
-    if (s.markers || n_finite == 1)
+    if ((s.markers && n_finite <= kMaxMarkers) || n_finite == 1)
       for (auto [x, y] : s.pts)
         if (std::isfinite(x) && std::isfinite(y))
           o << "<circle cx='" << num(px(x)) << "' cy='" << num(py(y)) << "' r='3.5' fill='"
@@ -691,8 +747,10 @@ std::string page_start(const std::string& title) {
 std::string single_run(const RunLog& r, const std::string& title_in) {
   const RunSummary& s = r.summary;
   const std::string method = s.config_value("method").empty() ? "–" : s.config_value("method");
-  const std::string title =
-      title_in.empty() ? "lorafit run: " + model_name(r) + " · " + method : title_in;
+  // Named after the model and method, or the run's folder where the log does not say them.
+  const std::string title = !title_in.empty()  ? title_in
+                            : s.config.empty() ? "lorafit run: " + r.name
+                                               : "lorafit run: " + model_name(r) + " · " + method;
   std::ostringstream o;
   o << page_start(title) << "<h1>" << esc(title) << "</h1><p class='sub'>" << esc(r.path) << " · "
     << esc(run_status(r)) << (s.finished_utc.empty() ? "" : " " + esc(s.finished_utc)) << "</p>";
@@ -930,8 +988,39 @@ std::string several_runs(const std::vector<RunLog>& runs, const std::string& tit
 
 }  // namespace
 
-std::string report_html(const std::vector<RunLog>& runs, const std::string& title) {
-  check(!runs.empty(), "report", "no run to report on");
+namespace {
+
+double metric_of(const EvalRecord& e, const std::string& name) {
+  for (auto& [k, v] : e.metrics)
+    if (k == name) return v;
+  return NAN;
+}
+
+// A log without a summary (a run still going, or killed) still has its evaluations: its best is
+// found by the trainer's rule (highest accuracy; lowest loss where there is no accuracy).
+RunLog with_best(RunLog r) {
+  if (r.summary.best_step >= 0 || r.evals.empty()) return r;
+  const bool cls = std::isfinite(metric_of(r.evals[0], "accuracy"));
+  const EvalRecord* best = nullptr;
+  for (auto& e : r.evals) {
+    const double v = cls ? metric_of(e, "accuracy") : -metric_of(e, "loss");
+    if (std::isfinite(v) &&
+        (!best || v > (cls ? metric_of(*best, "accuracy") : -metric_of(*best, "loss"))))
+      best = &e;
+  }
+  if (!best) return r;
+  r.summary.best_step = best->step;
+  r.summary.best = best->metrics;
+  r.summary.lm = !cls;
+  return r;
+}
+
+}  // namespace
+
+std::string report_html(const std::vector<RunLog>& runs_in, const std::string& title) {
+  check(!runs_in.empty(), "report", "no run to report on");
+  std::vector<RunLog> runs;
+  for (auto& r : runs_in) runs.push_back(with_best(r));
   return runs.size() == 1 ? single_run(runs[0], title) : several_runs(runs, title);
 }
 

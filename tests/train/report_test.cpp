@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -157,6 +158,10 @@ TEST(ReportTicks, SinglePointReversedAndNonFinite) {
   EXPECT_EQ(ticks_text(nice_ticks(1, 0)), ticks_text(nice_ticks(0, 1)));
   EXPECT_EQ(ticks_text(nice_ticks(NAN, 3)), "0 0.2 0.4 0.6 0.8 1");
   EXPECT_EQ(ticks_text(nice_ticks(0, INFINITY)), "0 0.2 0.4 0.6 0.8 1");
+  EXPECT_EQ(ticks_text(nice_ticks(-1.7e308, 1.7e308)), "0 0.2 0.4 0.6 0.8 1");  // span overflows
+  // A value that differs only in its last bit (a metric that does not move) is one value.
+  EXPECT_EQ(ticks_text(nice_ticks(0.6931471805599453, std::nextafter(0.6931471805599453, 1.0))),
+            "0.6 0.65 0.7 0.75 0.8");
 }
 
 // Over many random ranges: the step is 1, 2 or 5 x 10^k, the ticks are its multiples, cover the
@@ -379,6 +384,68 @@ TEST(ReportHtml, SeveralRunsSideBySideWithDifferencesMarked) {
   EXPECT_NE(h.find("<tr><td>batch_size</td><td>16</td><td>16</td></tr>"), std::string::npos);
   EXPECT_NE(h.find("1 of 10 settings differ: lr"), std::string::npos);
   EXPECT_LT(h.find("<td>lr</td>"), h.find("<td>batch_size</td>"));
+  fs::remove_all(work);
+}
+
+// A run that has not ended (or was killed) has no summary record: the page says so, is named
+// after the folder, and its best evaluation comes from the eval records by the trainer's rule.
+TEST(ReportHtml, ARunWithoutSummaryStillShowsItsBestEvaluation) {
+  auto work = temp_dir("nosummary");
+  fs::create_directories(work / "crashed");
+  std::string log = synthetic_log(40, 3e-3, 0.0, 1);
+  log.erase(log.rfind("{\"best\""));  // the summary is the last line
+  write(work / "crashed/log.jsonl", log);
+  RunLog r = read_run_dir((work / "crashed").string());
+  ASSERT_FALSE(r.summary.present);
+  ASSERT_EQ(r.evals.size(), 4u);
+  const std::string h = report_html({r});
+  EXPECT_NE(h.find("<title>lorafit run: crashed</title>"), std::string::npos);
+  EXPECT_NE(h.find("not finished (no summary record)"), std::string::npos);
+  // Accuracy rises in this log, so the best is the last evaluation, step 40.
+  EXPECT_NE(h.find("<tr><td>step</td><td class='n'>40</td><td class='n'>40</td></tr>"),
+            std::string::npos);
+  char row[120];
+  std::snprintf(row, sizeof row, "<tr><td>accuracy</td><td class='n'>%.4f</td>",
+                r.evals[3].metrics[1].second);
+  EXPECT_NE(h.find(row), std::string::npos) << row;
+  fs::remove_all(work);
+}
+
+// A long run: each curve is thinned to the chart's pixel columns (lowest and highest point of
+// each), so the page stays small; the lowest training loss is still drawn.
+TEST(ReportHtml, ALongRunStaysSmall) {
+  auto work = temp_dir("long");
+  fs::create_directories(work / "run");
+  write(work / "run/log.jsonl", synthetic_log(20000, 3e-3, 0.0, 6));
+  RunLog r = read_run_dir((work / "run").string());
+  ASSERT_EQ(r.steps.size(), 20000u);
+  const std::string h = report_html({r});
+  EXPECT_LT(h.size(), 400u * 1024)
+      << "20,000 steps should not make a page of " << h.size() << " bytes";
+  // The raw loss curve of the loss chart: its lowest point is the lowest loss of the log.
+  const auto c = h.find("aria-label='Loss'");
+  const auto poly = h.find("<polyline", c);
+  const std::string pts =
+      h.substr(h.find("points='", poly) + 8, h.find("'/>", poly) - h.find("points='", poly) - 8);
+  double max_y = -1;  // SVG y grows downwards: the lowest loss has the largest y
+  size_t n = 0;
+  for (size_t p = 0; p < pts.size();) {
+    const size_t comma = pts.find(',', p), sp = pts.find(' ', comma);
+    max_y = std::max(max_y, std::stod(pts.substr(comma + 1, sp - comma - 1)));
+    ++n;
+    p = sp + 1;
+  }
+  EXPECT_LE(n, 2u * 462);  // at most two points a pixel column
+  EXPECT_GT(n, 400u);
+  // Where the lowest loss belongs: the axis path is M<left> <top>V<bottom>, the y ticks span the
+  // raw loss's range (the smoothed and evaluation losses lie inside it here).
+  const auto axis = h.find("<path d='M62 ", c) + std::strlen("<path d='M62 ");
+  const double top = std::stod(h.substr(axis)), bottom = std::stod(h.substr(h.find('V', axis) + 1));
+  double lo = INFINITY, hi = -INFINITY;
+  for (auto& s : r.steps) lo = std::min(lo, s.loss), hi = std::max(hi, s.loss);
+  const AxisTicks ty = nice_ticks(lo, hi);
+  const double expected = top + (1 - (lo - ty.lo) / (ty.hi - ty.lo)) * (bottom - top);
+  EXPECT_NEAR(max_y, expected, 0.06);
   fs::remove_all(work);
 }
 

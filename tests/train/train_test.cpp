@@ -349,6 +349,17 @@ TEST(Resume, StoppedAndResumedEqualsUninterrupted) {
   EXPECT_EQ(st["step"], 7);
   EXPECT_TRUE(fs::exists(work / "b/best/trainable.safetensors"));
   EXPECT_TRUE(fs::exists(work / "b/report.html"));
+  // The appended log reads as one run: steps 1..7 once each, the final summary (not the
+  // interrupted part's), and the same evaluations as the uninterrupted run.
+  RunLog rb = read_run_dir((work / "b").string()), ra = read_run_dir((work / "a").string());
+  ASSERT_EQ(rb.steps.size(), 7u);
+  for (size_t i = 0; i < rb.steps.size(); ++i)
+    EXPECT_EQ(rb.steps[i].step, static_cast<int64_t>(i + 1));
+  EXPECT_TRUE(rb.summary.present);
+  EXPECT_FALSE(rb.summary.interrupted);
+  ASSERT_EQ(rb.evals.size(), ra.evals.size());
+  for (size_t i = 0; i < ra.evals.size(); ++i)
+    EXPECT_EQ(rb.evals[i].metrics, ra.evals[i].metrics) << i;
   fs::remove_all(work);
 }
 
