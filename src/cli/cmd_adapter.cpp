@@ -31,8 +31,9 @@ const char* kAdapterUsage = R"(Usage:
       included) copied, the merged weights stored as --type (f32, f16, q8_0, q4_0, q4_1; default
       f16) and every other tensor copied byte for byte. For f16 and the quantized types it first
       measures, per module, how far rounding moves the merged weight relative to the adapter's own
-      change (|Q(W+dW) - (W+dW)| / |dW|), prints the worst module, and refuses above 0.5 (the
-      adapter would be mostly lost; q4_0/q4_1 often are) unless --force.
+      change (|Q(W+dW) - (W+dW)| / |dW|, Frobenius norms), prints the worst module, and refuses
+      above 1 (rounding would move the weights more than the adapter does: q4_0/q4_1 often do)
+      unless --force.
   lorafit adapter convert-to-lora ADAPTER_DIR --base MODEL --out OUT_DIR [--initial INIT_DIR]
       A PiSSA / OLoRA adapter (init_lora_weights "pissa", "pissa_niter_K", "olora") as a plain
       LoRA against the original base, as PEFT's save_pretrained(path_initial_model_for_weight_
@@ -247,6 +248,7 @@ int cmd_adapter(int argc, char** argv) {
         std::printf("rounding to %s moves the merged weights by up to %.3g x the adapter's own change "
                     "(worst: %s, |Q(W+dW) - (W+dW)| = %.4g, |dW| = %.4g)\n",
                     ts::dtype_name(type), w.ratio(), w.module.c_str(), w.rounding, w.delta);
+        std::fflush(stdout);  // before a refusal on stderr
         if (w.ratio() > peft::kMergeRoundingLimit && !has_flag(argc, argv, "--force"))
           throw lorafit::Error(
               "[adapter] merge --type " + t + ": rounding to " + ts::dtype_name(type) + " changes module " +

@@ -96,6 +96,9 @@ PeftModel::PeftModel(models::Model& model, const AdapterConfig& cfg, uint64_t se
          " (use true, gaussian, pissa or olora)");
   model.set_trainable(false);
   add_adapter(name, cfg, seed);
+  // A new "pissa_niter_K" adapter is factored by the exact SVD here, so it is saved as "pissa":
+  // PEFT then loads it with the residual it was trained on (its svd_lowrank would not).
+  find(name).cfg.pissa_niter = -1;
   set_adapter(name);
 }
 

@@ -368,6 +368,12 @@ TEST(PissaTrain, SavedRunLoadsWithTheTrainedLogitsAndResumesExactly) {
 
 // ---- merging into a quantized GGUF: the rounding check ----------------------------------------
 
+// Echoes the measure line of `lorafit adapter merge` (for the record in the test log).
+void print_measure(const std::string& log) {
+  const size_t a = log.find("rounding to ");
+  if (a != std::string::npos) std::printf("%s\n", log.substr(a, log.find('\n', a) - a).c_str());
+}
+
 TEST(QuantizedMerge, RefusesWhenRoundingSwampsTheAdapter) {
   // A real trained adapter: a short LoRA run on SmolLM2 (Q4_1 GGUF, tools/fetch_models.sh).
   const std::string smol = kRoot + "models/SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -388,14 +394,19 @@ TEST(QuantizedMerge, RefusesWhenRoundingSwampsTheAdapter) {
   EXPECT_NE(log.find("rounding to Q4_1 moves the merged weights by up to"), std::string::npos) << log;
   EXPECT_NE(log.find("lorafit adapter merge: [adapter] merge --type q4_1: rounding to Q4_1 changes module model.layers."),
             std::string::npos) << log;
-  EXPECT_NE(log.find("times as much as the adapter does (limit 0.5), so the merged model would mostly lose the "
+  EXPECT_NE(log.find("times as much as the adapter does (limit 1), so the merged model would mostly lose the "
                      "adapter; use --type q8_0 or f16"), std::string::npos) << log;
   EXPECT_FALSE(fs::exists(work / "m4.gguf")) << "nothing is written when refused";
-  // --force writes it; f16 passes the check.
+  print_measure(log);
+  // --force writes it; f16 passes the check; q8_0 is measured (this 4-step adapter is tiny).
   EXPECT_EQ(run(merge + (work / "m4.gguf").string() + " --type q4_1 --force", &log), 0) << log;
   EXPECT_TRUE(fs::exists(work / "m4.gguf"));
   EXPECT_EQ(run(merge + (work / "m16.gguf").string() + " --type f16", &log), 0) << log;
   EXPECT_NE(log.find("rounding to F16 moves"), std::string::npos) << log;
+  print_measure(log);
+  run(merge + (work / "m8.gguf").string() + " --type q8_0", &log);
+  EXPECT_NE(log.find("rounding to Q8_0 moves"), std::string::npos) << log;
+  print_measure(log);
   fs::remove_all(work);
 }
 
