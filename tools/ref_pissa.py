@@ -153,6 +153,9 @@ def _case(out, name, kind, model_dir, base_rel, lcfg, seed, convert=False, tok=N
         _fix_base_path(lora_d, base_rel)
     if changes_base:
         _fix_base_path(init_d, base_rel)
+    for x in (d, init_d, lora_d):  # PEFT's model card: 200 lines of template per folder
+        if os.path.exists(os.path.join(x, "README.md")):
+            os.remove(os.path.join(x, "README.md"))
 
     # The reference: PEFT loading the folder on a fresh base.
     batch = _batch(kind, vocab, seed + 1)

@@ -31,8 +31,9 @@ const char* kAdapterUsage = R"(Usage:
       included) copied, the merged weights stored as --type (f32, f16, q8_0, q4_0, q4_1; default
       f16) and every other tensor copied byte for byte. For f16 and the quantized types it first
       measures, per module, how far rounding moves the merged weight relative to the adapter's own
-      change (|Q(W+dW) - (W+dW)| / |dW|), prints the worst module, and refuses above 0.5 (the
-      adapter would be mostly lost; q4_0/q4_1 often are) unless --force.
+      change (|Q(W+dW) - (W+dW)| / |dW|, Frobenius norms), prints the worst module, and refuses
+      above 1 (rounding would move the weights more than the adapter does: q4_0/q4_1 often do)
+      unless --force.
   lorafit adapter convert-to-lora ADAPTER_DIR --base MODEL --out OUT_DIR [--initial INIT_DIR]
       A PiSSA / OLoRA adapter (init_lora_weights "pissa", "pissa_niter_K", "olora") as a plain
       LoRA against the original base, as PEFT's save_pretrained(path_initial_model_for_weight_
@@ -64,25 +65,28 @@ bool has_flag(int argc, char** argv, const char* name) {
 // Labels a lorafit run recorded next to its adapter (lorafit_task.json "labels"), else none.
 std::vector<std::string> run_labels(const std::string& dir) {
   namespace fs = std::filesystem;
-  for (auto p : {fs::path(dir) / "lorafit_task.json", fs::path(dir).parent_path() / "final" / "lorafit_task.json"}) {
+  for (auto p : {fs::path(dir) / "lorafit_task.json",
+                 fs::path(dir).parent_path() / "final" / "lorafit_task.json"}) {
     if (!fs::exists(p)) continue;
     auto j = lorafit::io::read_json_file(p.string());
-    if (j.contains("labels") && j["labels"].is_array()) return j["labels"].get<std::vector<std::string>>();
+    if (j.contains("labels") && j["labels"].is_array())
+      return j["labels"].get<std::vector<std::string>>();
   }
   return {};
 }
 
 // Clones of the base weights an adapter folder targets (before loading it: a PiSSA / OLoRA load
 // changes them), for measuring the adapter's own change after merging.
-std::vector<std::pair<std::string, lorafit::tensor::Tensor>> targeted_weights(lorafit::models::Model& m,
-                                                                                const std::string& dir) {
+std::vector<std::pair<std::string, lorafit::tensor::Tensor>> targeted_weights(
+    lorafit::models::Model& m, const std::string& dir) {
   namespace peft = lorafit::peft;
   const peft::AdapterConfig cfg = peft::read_adapter_config(dir);
   auto lins = m.linears();
   std::vector<std::pair<std::string, lorafit::tensor::Tensor>> out;
   for (size_t i = 0; i < lins.size(); ++i)
     if (peft::target_matches(cfg, lins[i].first, i + 1 == lins.size()))
-      out.emplace_back(lins[i].first, lins[i].second->weight.value.to(lorafit::tensor::DType::F32).clone());
+      out.emplace_back(lins[i].first,
+                       lins[i].second->weight.value.to(lorafit::tensor::DType::F32).clone());
   return out;
 }
 
@@ -244,14 +248,18 @@ int cmd_adapter(int argc, char** argv) {
         auto rep = peft::merge_rounding(*model, before, type);
         before.clear();
         const auto& w = rep.front();
-        std::printf("rounding to %s moves the merged weights by up to %.3g x the adapter's own change "
-                    "(worst: %s, |Q(W+dW) - (W+dW)| = %.4g, |dW| = %.4g)\n",
-                    ts::dtype_name(type), w.ratio(), w.module.c_str(), w.rounding, w.delta);
+        std::printf(
+            "rounding to %s moves the merged weights by up to %.3g x the adapter's own change "
+            "(worst: %s, |Q(W+dW) - (W+dW)| = %.4g, |dW| = %.4g)\n",
+            ts::dtype_name(type), w.ratio(), w.module.c_str(), w.rounding, w.delta);
+        std::fflush(stdout);  // before a refusal on stderr
         if (w.ratio() > peft::kMergeRoundingLimit && !has_flag(argc, argv, "--force"))
           throw lorafit::Error(
-              "[adapter] merge --type " + t + ": rounding to " + ts::dtype_name(type) + " changes module " +
-              w.module + " by " + num(w.ratio()) + " times as much as the adapter does (limit " +
-              num(peft::kMergeRoundingLimit) + "), so the merged model would mostly lose the adapter; use --type q8_0 or f16 (or keep the "
+              "[adapter] merge --type " + t + ": rounding to " + ts::dtype_name(type) +
+              " changes module " + w.module + " by " + num(w.ratio()) +
+              " times as much as the adapter does (limit " + num(peft::kMergeRoundingLimit) +
+              "), so the merged model would mostly lose the adapter; use --type q8_0 or f16 (or "
+              "keep the "
               "adapter separate: lorafit adapter export-gguf), or pass --force to write it anyway");
       }
       peft::save_merged_gguf(*model, paths, base, out, type);
@@ -279,9 +287,10 @@ int cmd_adapter(int argc, char** argv) {
       auto model = lorafit::models::load_model(base, lo);
       const std::string initial = option(argc, argv, "--initial");
       peft::convert_to_lora(*model, dir, out, initial);
-      std::printf("converted %s (%s, r %lld) to a plain LoRA (r %lld) against %s -> %s\n", dir.c_str(),
-                  peft::init_lora_weights_str(cfg).c_str(), static_cast<long long>(cfg.r),
-                  static_cast<long long>(2 * cfg.r), base.c_str(), out.c_str());
+      std::printf("converted %s (%s, r %lld) to a plain LoRA (r %lld) against %s -> %s\n",
+                  dir.c_str(), peft::init_lora_weights_str(cfg).c_str(),
+                  static_cast<long long>(cfg.r), static_cast<long long>(2 * cfg.r), base.c_str(),
+                  out.c_str());
       return 0;
     }
     if (sub == "export-gguf") {
@@ -297,7 +306,8 @@ int cmd_adapter(int argc, char** argv) {
       try {
         auto pm = peft::PeftModel::from_pretrained(*model, src);
         peft::save_llama_cpp_lora(*pm, out);
-        std::printf("wrote llama.cpp LoRA %s (%zu modules%s)\n", out.c_str(), pm->lora_layers().size(),
+        std::printf("wrote llama.cpp LoRA %s (%zu modules%s)\n", out.c_str(),
+                    pm->lora_layers().size(),
                     src == dir ? "" : ", converted from PiSSA/OLoRA to rank 2r");
       } catch (...) {
         if (src != dir) std::filesystem::remove_all(src);

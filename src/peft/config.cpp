@@ -16,10 +16,14 @@ const char* lora_init_name(LoraInit init) {
     case LoraInit::Gaussian: return "gaussian";
     case LoraInit::Pissa: return "pissa";
     case LoraInit::Olora: return "olora";
-    case LoraInit::Eva: return "eva";
-    case LoraInit::Orthogonal: return "orthogonal";
-    case LoraInit::Mica: return "mica";
-    case LoraInit::LoraGa: return "lora_ga";
+    case LoraInit::Eva:
+      return "eva";
+    case LoraInit::Orthogonal:
+      return "orthogonal";
+    case LoraInit::Mica:
+      return "mica";
+    case LoraInit::LoraGa:
+      return "lora_ga";
   }
   return "?";
 }
@@ -35,21 +39,31 @@ void set_init_lora_weights(AdapterConfig& c, const std::string& v, const std::st
   std::string low = v;
   for (auto& ch : low) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
   c.pissa_niter = -1;
-  if (v == "true") c.init_lora_weights = LoraInit::Default;
-  else if (v == "false") c.init_lora_weights = LoraInit::Random;
-  else if (low == "gaussian") c.init_lora_weights = LoraInit::Gaussian;
-  else if (low == "olora") c.init_lora_weights = LoraInit::Olora;
-  else if (v == "eva") c.init_lora_weights = LoraInit::Eva;
-  else if (v == "orthogonal") c.init_lora_weights = LoraInit::Orthogonal;
-  else if (low == "mica") c.init_lora_weights = LoraInit::Mica;
-  else if (v == "lora_ga") c.init_lora_weights = LoraInit::LoraGa;
-  else if (v == "pissa") c.init_lora_weights = LoraInit::Pissa;
+  if (v == "true")
+    c.init_lora_weights = LoraInit::Default;
+  else if (v == "false")
+    c.init_lora_weights = LoraInit::Random;
+  else if (low == "gaussian")
+    c.init_lora_weights = LoraInit::Gaussian;
+  else if (low == "olora")
+    c.init_lora_weights = LoraInit::Olora;
+  else if (v == "eva")
+    c.init_lora_weights = LoraInit::Eva;
+  else if (v == "orthogonal")
+    c.init_lora_weights = LoraInit::Orthogonal;
+  else if (low == "mica")
+    c.init_lora_weights = LoraInit::Mica;
+  else if (v == "lora_ga")
+    c.init_lora_weights = LoraInit::LoraGa;
+  else if (v == "pissa")
+    c.init_lora_weights = LoraInit::Pissa;
   else if (v.rfind("pissa", 0) == 0) {
     // PEFT: len(s.split("_niter_")) == 2, then int() of the second part.
     const std::string pre = "pissa_niter_";
     const std::string k = v.rfind(pre, 0) == 0 ? v.substr(pre.size()) : "";
     if (k.empty() || k.size() > 9 || k.find_first_not_of("0123456789") != std::string::npos)
-      bad("is not \"pissa\" or \"pissa_niter_K\" with K a number of iterations, e.g. \"pissa_niter_4\"");
+      bad("is not \"pissa\" or \"pissa_niter_K\" with K a number of iterations, e.g. "
+          "\"pissa_niter_4\"");
     c.init_lora_weights = LoraInit::Pissa;
     c.pissa_niter = std::stoll(k);
   } else if (v == "loftq") {
@@ -59,7 +73,8 @@ void set_init_lora_weights(AdapterConfig& c, const std::string& v, const std::st
   } else if (v.rfind("corda", 0) == 0) {
     bad("is not supported: CorDA's init needs covariance statistics of the training data (PEFT's "
         "preprocess_corda; PEFT cannot load the folder without them either); convert the adapter "
-        "to a plain LoRA with PEFT's save_pretrained(path_initial_model_for_weight_conversion=...)");
+        "to a plain LoRA with PEFT's "
+        "save_pretrained(path_initial_model_for_weight_conversion=...)");
   } else {
     bad("is not a PEFT init (expected true, false, \"gaussian\", \"pissa\", \"pissa_niter_K\", "
         "\"olora\", \"eva\", \"orthogonal\", \"mica\", \"lora_ga\")");
@@ -125,13 +140,15 @@ void AdapterConfig::validate(const std::string& where) const {
     bad("bias", "'" + bias + "' is not supported (only \"none\"; bias training is not implemented)");
   if (fan_in_fan_out) bad("fan_in_fan_out", "must be false (no Conv1D layers here)");
   if (init_lora_weights == LoraInit::Orthogonal) {  // PEFT's orthogonal_init raises for odd ranks
-    if (r % 2 != 0) bad("init_lora_weights", "\"orthogonal\" needs an even r, got " + std::to_string(r));
+    if (r % 2 != 0)
+      bad("init_lora_weights", "\"orthogonal\" needs an even r, got " + std::to_string(r));
     for (const auto& [k, v] : rank_pattern)
       if (v % 2 != 0)
-        bad("init_lora_weights", "\"orthogonal\" needs even ranks, rank_pattern '" + k + "' is " +
-                                     std::to_string(v));
+        bad("init_lora_weights",
+            "\"orthogonal\" needs even ranks, rank_pattern '" + k + "' is " + std::to_string(v));
   }
-  if (is_adalora() && init_lora_weights != LoraInit::Default && init_lora_weights != LoraInit::Random)
+  if (is_adalora() && init_lora_weights != LoraInit::Default &&
+      init_lora_weights != LoraInit::Random)
     bad("init_lora_weights", std::string("\"") + lora_init_name(init_lora_weights) +
                                  "\" does not apply to AdaLoRA (true or false)");
   for (const auto& [k, v] : rank_pattern)
@@ -258,7 +275,8 @@ io::json config_to_json(const AdapterConfig& c) {
   switch (c.init_lora_weights) {
     case LoraInit::Default: j["init_lora_weights"] = true; break;
     case LoraInit::Random: j["init_lora_weights"] = false; break;
-    default: j["init_lora_weights"] = init_lora_weights_str(c);
+    default:
+      j["init_lora_weights"] = init_lora_weights_str(c);
   }
   j["inference_mode"] = c.inference_mode;
   if (c.is_adalora()) adalora_config_to_json(c, j);

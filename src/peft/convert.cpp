@@ -1,11 +1,12 @@
 // PiSSA / OLoRA adapter -> plain LoRA against the original base (PEFT 0.21 peft_model.py
-// save_pretrained with path_initial_model_for_weight_conversion, and LoraModel.subtract_mutated_init):
+// save_pretrained with path_initial_model_for_weight_conversion, and
+// LoraModel.subtract_mutated_init):
 //   W = W_res + s·B₀A₀ and the trained model is W_res + s·B A, so
 //   ΔW = s·(B A − B₀ A₀) = s·[B | −B₀] · [A ; A₀]   (rank 2r, the same scaling s)
+#include <unistd.h>
 #include <cmath>
 #include <filesystem>
 #include <map>
-#include <unistd.h>
 
 #include "lorafit/peft.h"
 #include "peft/peft_internal.h"
@@ -43,22 +44,25 @@ Tensor cat_cols(const Tensor& a, const Tensor& b, float sign) {
 
 }  // namespace
 
-void convert_to_lora(models::Model& base, const std::string& adapter_dir, const std::string& out_dir,
-                     const std::string& initial_dir) {
+void convert_to_lora(models::Model& base, const std::string& adapter_dir,
+                     const std::string& out_dir, const std::string& initial_dir) {
   const std::string where = adapter_dir + "/adapter_config.json";
   AdapterConfig cfg = read_adapter_config(adapter_dir);
   const bool ga = cfg.init_lora_weights == LoraInit::LoraGa;  // PEFT's conversion covers it too
   if (ga && initial_dir.empty())
-    fail(where + ": field 'init_lora_weights': lora_ga: the initial A0, B0 come from gradients of the "
+    fail(where +
+         ": field 'init_lora_weights': lora_ga: the initial A0, B0 come from gradients of the "
          "training data; give the adapter saved right after the init (--initial)");
   if (!cfg.init_changes_base() && !ga)
     fail(where + ": field 'init_lora_weights': " + init_lora_weights_str(cfg) +
          " leaves the base unchanged; the folder already is a plain LoRA (nothing to convert)");
   if (cfg.use_dora)
-    fail(where + ": field 'use_dora': a DoRA magnitude is taken on the residual base, so no "
+    fail(where +
+         ": field 'use_dora': a DoRA magnitude is taken on the residual base, so no "
          "rank-2r LoRA reproduces it; merge the adapter instead (lorafit adapter merge)");
   if (cfg.use_rslora && (!cfg.rank_pattern.empty() || !cfg.alpha_pattern.empty()))
-    fail(where + ": use_rslora with rank_pattern / alpha_pattern cannot be converted (PEFT refuses "
+    fail(where +
+         ": use_rslora with rank_pattern / alpha_pattern cannot be converted (PEFT refuses "
          "it too: doubling alpha by √2 per pattern is not defined there)");
   const std::string wpath = adapter_dir + "/adapter_model.safetensors";
   if (!io::file_exists(wpath)) fail(adapter_dir + ": no adapter_model.safetensors");
@@ -68,7 +72,8 @@ void convert_to_lora(models::Model& base, const std::string& adapter_dir, const 
   std::map<std::string, Tensor> init;
   if (!initial_dir.empty()) {
     const std::string ip = initial_dir + "/adapter_model.safetensors";
-    if (!io::file_exists(ip)) fail(initial_dir + ": no adapter_model.safetensors (the initial adapter)");
+    if (!io::file_exists(ip))
+      fail(initial_dir + ": no adapter_model.safetensors (the initial adapter)");
     io::SafetensorsFile f = io::SafetensorsFile::open(ip);
     for (const auto& n : f.names())
       if (ends_with(n, ".lora_A.weight") || ends_with(n, ".lora_B.weight")) init[n] = f.get_f32(n);
@@ -91,11 +96,12 @@ void convert_to_lora(models::Model& base, const std::string& adapter_dir, const 
     }
     auto it = init.find(n);
     if (it == init.end())
-      fail((initial_dir.empty() ? std::string("the init on the base") : initial_dir) + ": no initial tensor '" +
-           n + "' for " + wpath);
+      fail((initial_dir.empty() ? std::string("the init on the base") : initial_dir) +
+           ": no initial tensor '" + n + "' for " + wpath);
     const Tensor& t0 = it->second;
     const bool fits = is_a ? t0.dim(1) == t.dim(1) : t0.dim(0) == t.dim(0);
-    if (t0.shape().size() != 2 || !fits || (is_a ? t0.dim(0) : t0.dim(1)) != (is_a ? t.dim(0) : t.dim(1)))
+    if (t0.shape().size() != 2 || !fits ||
+        (is_a ? t0.dim(0) : t0.dim(1)) != (is_a ? t.dim(0) : t.dim(1)))
       fail(wpath + ": tensor '" + n + "' is " + t.str() + " but the initial one is " + t0.str());
     out.emplace_back(n, is_a ? cat_rows(t, t0) : cat_cols(t, t0, -1.0f));
   }
@@ -117,7 +123,8 @@ void convert_to_lora(models::Model& base, const std::string& adapter_dir, const 
   fs::create_directories(parent, ec);
   fs::path tmp = parent / (target.filename().string() + ".tmp." + std::to_string(::getpid()));
   fs::remove_all(tmp, ec);
-  if (!fs::create_directory(tmp, ec)) fail(tmp.string() + ": cannot create folder: " + ec.message());
+  if (!fs::create_directory(tmp, ec))
+    fail(tmp.string() + ": cannot create folder: " + ec.message());
   try {
     io::write_json_file((tmp / "adapter_config.json").string(), config_to_json(lc));
     io::write_safetensors((tmp / "adapter_model.safetensors").string(), out, {{"format", "pt"}});
@@ -125,7 +132,8 @@ void convert_to_lora(models::Model& base, const std::string& adapter_dir, const 
       fs::rename(tmp, target);
     } else {
       if (!fs::is_directory(target)) fail(out_dir + ": exists and is not a folder");
-      for (auto& e : fs::directory_iterator(tmp)) fs::rename(e.path(), target / e.path().filename());
+      for (auto& e : fs::directory_iterator(tmp))
+        fs::rename(e.path(), target / e.path().filename());
       fs::remove_all(tmp);
     }
   } catch (...) {

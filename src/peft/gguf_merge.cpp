@@ -82,11 +82,13 @@ std::vector<MergeRounding> merge_rounding(models::Model& merged,
   std::vector<MergeRounding> out;
   for (const auto& [path, w0] : before) {
     auto it = lins.find(path);
-    if (it == lins.end()) fail("merge_rounding: module '" + path + "' is not a Linear of the model");
+    if (it == lins.end())
+      fail("merge_rounding: module '" + path + "' is not a Linear of the model");
     const Tensor& w = it->second->weight.value;
-    if (w.dtype() != tensor::DType::F32 || w0.dtype() != tensor::DType::F32 || w.shape() != w0.shape())
-      fail("merge_rounding: module '" + path + "': merged " + w.str() + " and original " + w0.str() +
-           " must be F32 of one shape");
+    if (w.dtype() != tensor::DType::F32 || w0.dtype() != tensor::DType::F32 ||
+        w.shape() != w0.shape())
+      fail("merge_rounding: module '" + path + "': merged " + w.str() + " and original " +
+           w0.str() + " must be F32 of one shape");
     const int64_t rows = w.dim(0), cols = w.dim(1);
     const size_t bytes = tensor::dtype_nbytes(type, cols);
     if (type != tensor::DType::F32 && type != tensor::DType::F16 && type != tensor::DType::BF16 &&
@@ -112,8 +114,9 @@ std::vector<MergeRounding> merge_rounding(models::Model& merged,
     }
     out.push_back({path, std::sqrt(r2), std::sqrt(d2)});
   }
-  std::stable_sort(out.begin(), out.end(),
-                   [](const MergeRounding& a, const MergeRounding& b) { return a.ratio() > b.ratio(); });
+  std::stable_sort(out.begin(), out.end(), [](const MergeRounding& a, const MergeRounding& b) {
+    return a.ratio() > b.ratio();
+  });
   return out;
 }
 

@@ -67,8 +67,8 @@ void LoraLinear::init(nn::Linear& base, LoraInit how, uint64_t seed) {
       std::vector<double> g1(static_cast<size_t>(in * h)), g2(static_cast<size_t>(h * out));
       for (auto& x : g1) x = normal();  // randn(in, h)
       for (auto& x : g2) x = normal();  // randn(h, out)
-      float* a = A.value.f32();  // A = (g1 · q_odd)ᵀ / 10  [r, in]
-      float* b = B.value.f32();  // B = g2ᵀ · q_even / 10    [out, r]
+      float* a = A.value.f32();         // A = (g1 · q_odd)ᵀ / 10  [r, in]
+      float* b = B.value.f32();         // B = g2ᵀ · q_even / 10    [out, r]
       for (int64_t j = 0; j < r_; ++j) {
         for (int64_t c = 0; c < in; ++c) {
           double d = 0;
@@ -89,13 +89,14 @@ void LoraLinear::init(nn::Linear& base, LoraInit how, uint64_t seed) {
       break;
     case LoraInit::Gaussian: {  // nn.init.normal_(A, std=1/r), B = 0
       float* p = A.value.f32();
-      for (int64_t i = 0; i < A.value.numel(); ++i) p[i] = static_cast<float>(normal() / static_cast<double>(r_));
+      for (int64_t i = 0; i < A.value.numel(); ++i)
+        p[i] = static_cast<float>(normal() / static_cast<double>(r_));
       B.value.zero();
       break;
     }
     case LoraInit::Pissa:  // principal singular vectors / QR of W; base becomes W − s·B A
     case LoraInit::Olora:
-    case LoraInit::Mica:   // minor singular vectors of W in B, A = 0; base unchanged
+    case LoraInit::Mica:  // minor singular vectors of W in B, A = 0; base unchanged
       init_from_weight(*this, base, how);
       break;
     default:

@@ -88,7 +88,8 @@ PeftModel::PeftModel(models::Model& model, const AdapterConfig& cfg, uint64_t se
     : model_(&model) {
   const LoraInit i = cfg.init_lora_weights;
   if (i == LoraInit::Eva || i == LoraInit::Mica || i == LoraInit::LoraGa)
-    fail(std::string("init_lora_weights \"") + lora_init_name(i) + "\": lorafit loads such adapters (as PEFT "
+    fail(std::string("init_lora_weights \"") + lora_init_name(i) +
+         "\": lorafit loads such adapters (as PEFT "
          "does) but cannot make them: " +
          (i == LoraInit::Eva    ? "EVA's init is an SVD of activations on the training data"
           : i == LoraInit::Mica ? "MiCA freezes lora_B, which lorafit's trainer does not"
@@ -96,6 +97,9 @@ PeftModel::PeftModel(models::Model& model, const AdapterConfig& cfg, uint64_t se
          " (use true, gaussian, pissa or olora)");
   model.set_trainable(false);
   add_adapter(name, cfg, seed);
+  // A new "pissa_niter_K" adapter is factored by the exact SVD here, so it is saved as "pissa":
+  // PEFT then loads it with the residual it was trained on (its svd_lowrank would not).
+  find(name).cfg.pissa_niter = -1;
   set_adapter(name);
 }
 
@@ -552,7 +556,8 @@ void save_merged_hf(models::Model& model, const std::string& base_dir, const std
            std::to_string(mc.num_labels) + " outputs");
     io::json id2label = io::json::object(), label2id = io::json::object();
     for (int64_t i = 0; i < mc.num_labels; ++i) {
-      const std::string name = labels.empty() ? "LABEL_" + std::to_string(i) : labels[static_cast<size_t>(i)];
+      const std::string name =
+          labels.empty() ? "LABEL_" + std::to_string(i) : labels[static_cast<size_t>(i)];
       id2label[std::to_string(i)] = name;
       label2id[name] = i;
     }

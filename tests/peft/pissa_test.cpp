@@ -41,7 +41,8 @@ const std::string kFix = std::string(LORAFIT_FIXTURES) + "/pissa/";
 const std::string kBin = LORAFIT_BINARY;
 
 fs::path temp_dir(const std::string& name) {
-  fs::path p = fs::temp_directory_path() / ("lorafit_pissa_" + std::to_string(::getpid()) + "_" + name);
+  fs::path p =
+      fs::temp_directory_path() / ("lorafit_pissa_" + std::to_string(::getpid()) + "_" + name);
   fs::remove_all(p);
   fs::create_directories(p);
   return p;
@@ -49,14 +50,17 @@ fs::path temp_dir(const std::string& name) {
 
 // Runs a command; returns its exit status and (in *out) stdout + stderr.
 int run(const std::string& cmd, std::string* out = nullptr) {
-  const std::string log = (fs::temp_directory_path() / ("lorafit_pissa_run_" + std::to_string(::getpid()))).string();
+  const std::string log =
+      (fs::temp_directory_path() / ("lorafit_pissa_run_" + std::to_string(::getpid()))).string();
   int rc = std::system((cmd + " > " + log + " 2>&1").c_str());
   if (out) out->assign(io::read_file(log));
   fs::remove(log);
   return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
 }
 
-bool is_llama(const std::string& c) { return c.rfind("llama", 0) == 0; }
+bool is_llama(const std::string& c) {
+  return c.rfind("llama", 0) == 0;
+}
 
 std::string base_of(const std::string& c) {
   return kRoot + "tests/fixtures/models/" + (is_llama(c) ? "tiny_llama" : "tiny_bert");
@@ -72,7 +76,8 @@ Tensor forward(models::Model& m, const io::SafetensorsFile& ref) {
   Context ctx;
   Tensor ids = ref.get("input_ids").clone(), mask = ref.get("attention_mask").clone();
   if (auto* bert = dynamic_cast<models::BertModel*>(&m))
-    return bert->classify(ctx, bert->forward(ctx, ids, mask, ref.get("token_type_ids").clone())).clone();
+    return bert->classify(ctx, bert->forward(ctx, ids, mask, ref.get("token_type_ids").clone()))
+        .clone();
   return dynamic_cast<models::LlamaModel&>(m).forward(ctx, ids, mask).clone();
 }
 
@@ -86,7 +91,8 @@ std::map<std::string, lorafit::nn::Linear*> linears(models::Model& m) {
 fs::path model_with_tokenizer(const fs::path& work, const std::string& c) {
   const fs::path d = work / "model";
   fs::create_directories(d);
-  for (auto f : {"config.json", "model.safetensors"}) fs::copy_file(fs::path(base_of(c)) / f, d / f);
+  for (auto f : {"config.json", "model.safetensors"})
+    fs::copy_file(fs::path(base_of(c)) / f, d / f);
   fs::copy_file(kFix + "tokenizer.json", d / "tokenizer.json");
   return d;
 }
@@ -106,7 +112,8 @@ TEST_P(PissaLoad, LogitsResidualAndMergeEqualPeft) {
   {
     auto pm = PeftModel::from_pretrained(*m, kFix + c);
     EXPECT_LT(max_abs_diff(forward(*m, ref), ref.get("logits")), 1e-5) << c;
-    EXPECT_GT(max_abs_diff(forward(*m, ref), base_logits), 1e-3) << c << ": the adapter does something";
+    EXPECT_GT(max_abs_diff(forward(*m, ref), base_logits), 1e-3)
+        << c << ": the adapter does something";
     const bool moves = pm->config().init_changes_base();
     int n = 0;
     for (auto& [path, l] : pm->lora_layers()) {
@@ -119,7 +126,8 @@ TEST_P(PissaLoad, LogitsResidualAndMergeEqualPeft) {
     EXPECT_EQ(n, 6 - (is_llama(c) ? 0 : 2)) << c;  // llama: 3 per layer, bert: 2 per layer
   }
   // Deleting the adapter gives the base back what the init took out of it.
-  for (auto& [p, l] : m->linears()) EXPECT_LT(max_abs_diff(l->weight.value, orig[p]), 1e-6) << c << " " << p;
+  for (auto& [p, l] : m->linears())
+    EXPECT_LT(max_abs_diff(l->weight.value, orig[p]), 1e-6) << c << " " << p;
   EXPECT_LT(max_abs_diff(forward(*m, ref), base_logits), 1e-5) << c;
   // merge_and_unload equals PEFT's (merged = W_res + s·B A).
   {
@@ -128,7 +136,8 @@ TEST_P(PissaLoad, LogitsResidualAndMergeEqualPeft) {
     for (auto& [path, l] : pm->lora_layers()) paths.push_back(path);
     pm->merge_and_unload();
     for (auto& path : paths)
-      EXPECT_LT(max_abs_diff(lins[path]->weight.value, ref.get_f32("merged." + path)), 1e-5) << c << " " << path;
+      EXPECT_LT(max_abs_diff(lins[path]->weight.value, ref.get_f32("merged." + path)), 1e-5)
+          << c << " " << path;
   }
   EXPECT_LT(max_abs_diff(forward(*m, ref), ref.get("logits")), 1e-5) << c << " merged";
 }
@@ -168,13 +177,15 @@ TEST(PissaLoad, NiterLoadsAsTheExactSvd) {
   EXPECT_LT(max_abs_diff(got, ref.get("logits.exact")), 1e-5);
   const double spread = max_abs_diff(ref.get("logits"), ref.get("logits.seed1"));
   EXPECT_GT(spread, 1e-4) << "PEFT's randomized loads agree: the fixture does not show the point";
-  std::printf("pissa_niter_4: |lorafit - PEFT exact| %.3g, |lorafit - PEFT seed 1234| %.3g, "
-              "PEFT seed-to-seed %.3g\n", max_abs_diff(got, ref.get("logits.exact")),
-              max_abs_diff(got, ref.get("logits")), spread);
+  std::printf(
+      "pissa_niter_4: |lorafit - PEFT exact| %.3g, |lorafit - PEFT seed 1234| %.3g, "
+      "PEFT seed-to-seed %.3g\n",
+      max_abs_diff(got, ref.get("logits.exact")), max_abs_diff(got, ref.get("logits")), spread);
   // Saved back as PEFT wrote it.
   const auto dir = temp_dir("niter");
   pm->save_pretrained((dir / "a").string());
-  EXPECT_EQ(io::read_json_file((dir / "a/adapter_config.json").string())["init_lora_weights"], "pissa_niter_4");
+  EXPECT_EQ(io::read_json_file((dir / "a/adapter_config.json").string())["init_lora_weights"],
+            "pissa_niter_4");
   fs::remove_all(dir);
 }
 
@@ -183,11 +194,13 @@ TEST(PissaLoad, NiterLoadsAsTheExactSvd) {
 TEST(PissaCli, LogitsCommandEqualsPeft) {
   for (std::string c : {"llama_pissa", "llama_olora", "bert_pissa", "bert_olora"}) {
     io::SafetensorsFile ref = io::SafetensorsFile::open(kFix + c + "_ref.safetensors");
-    const auto prompts = io::parse_json(ref.metadata().at("prompts"), "prompts").get<std::vector<std::string>>();
+    const auto prompts =
+        io::parse_json(ref.metadata().at("prompts"), "prompts").get<std::vector<std::string>>();
     auto work = temp_dir("cli_" + c);
     const fs::path mdir = model_with_tokenizer(work, c);
     const std::string out = (work / "logits.safetensors").string();
-    std::string cmd = kBin + " logits --model " + mdir.string() + " --adapter " + kFix + c + " --out " + out;
+    std::string cmd =
+        kBin + " logits --model " + mdir.string() + " --adapter " + kFix + c + " --out " + out;
     for (auto& p : prompts) cmd += " --prompt '" + p + "'";
     std::string log;
     ASSERT_EQ(run(cmd, &log), 0) << log;
@@ -197,7 +210,8 @@ TEST(PissaCli, LogitsCommandEqualsPeft) {
       Tensor ids = f.get("ids." + k), want_ids = ref.get("cli.ids." + k);
       ASSERT_EQ(ids.numel(), want_ids.numel()) << c << " " << prompts[i];
       for (int64_t j = 0; j < ids.numel(); ++j) EXPECT_EQ(ids.i32()[j], want_ids.i32()[j]);
-      EXPECT_LT(max_abs_diff(f.get_f32("logits." + k), ref.get_f32("cli.logits." + k)), 1e-5) << c << " " << prompts[i];
+      EXPECT_LT(max_abs_diff(f.get_f32("logits." + k), ref.get_f32("cli.logits." + k)), 1e-5)
+          << c << " " << prompts[i];
     }
     fs::remove_all(work);
   }
@@ -208,14 +222,16 @@ TEST(PissaCli, LogitsCommandEqualsPeft) {
 TEST(PissaConvert, EqualsPeftConversion) {
   for (std::string c : {"llama_pissa", "llama_olora", "bert_pissa"}) {
     io::SafetensorsFile ref = io::SafetensorsFile::open(kFix + c + "_ref.safetensors");
-    io::SafetensorsFile peft_lora = io::SafetensorsFile::open(kFix + c + "_lora/adapter_model.safetensors");
+    io::SafetensorsFile peft_lora =
+        io::SafetensorsFile::open(kFix + c + "_lora/adapter_model.safetensors");
     const io::json peft_cfg = io::read_json_file(kFix + c + "_lora/adapter_config.json");
     auto work = temp_dir("convert_" + c);
     // With PEFT's initial folder: the same tensors as PEFT's conversion.
     {
       auto m = load_base(c);
       peft::convert_to_lora(*m, kFix + c, (work / "with_init").string(), kFix + c + "_init");
-      io::SafetensorsFile got = io::SafetensorsFile::open((work / "with_init/adapter_model.safetensors").string());
+      io::SafetensorsFile got =
+          io::SafetensorsFile::open((work / "with_init/adapter_model.safetensors").string());
       for (const auto& n : peft_lora.names()) {
         ASSERT_TRUE(got.contains(n)) << c << " " << n;
         EXPECT_EQ(max_abs_diff(got.get_f32(n), peft_lora.get_f32(n)), 0.0) << c << " " << n;
@@ -227,8 +243,11 @@ TEST(PissaConvert, EqualsPeftConversion) {
     // Without it: A₀, B₀ from the init on the base (signs of the factors may differ, ΔW may not).
     auto m = load_base(c);
     std::string log;
-    ASSERT_EQ(run(kBin + " adapter convert-to-lora " + kFix + c + " --base " + base_of(c) + " --out " +
-                  (work / "cli").string(), &log), 0) << log;
+    ASSERT_EQ(run(kBin + " adapter convert-to-lora " + kFix + c + " --base " + base_of(c) +
+                      " --out " + (work / "cli").string(),
+                  &log),
+              0)
+        << log;
     EXPECT_NE(log.find("to a plain LoRA (r 8)"), std::string::npos) << log;
     {
       auto pm = PeftModel::from_pretrained(*m, (work / "cli").string());
@@ -248,8 +267,11 @@ TEST(PissaConvert, Errors) {
     peft::convert_to_lora(*m, kFix + "llama_eva", (work / "x").string());
     ADD_FAILURE() << "converting an eva adapter did not throw";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("llama_eva/adapter_config.json: field 'init_lora_weights': eva "
-                                         "leaves the base unchanged"), std::string::npos) << e.what();
+    EXPECT_NE(
+        std::string(e.what()).find("llama_eva/adapter_config.json: field 'init_lora_weights': eva "
+                                   "leaves the base unchanged"),
+        std::string::npos)
+        << e.what();
   }
   EXPECT_FALSE(fs::exists(work / "x"));
   fs::remove_all(work);
@@ -273,7 +295,9 @@ TEST(PissaConfig, RefusedInitsNameFileAndField) {
       ADD_FAILURE() << value.dump() << " did not throw";
     } catch (const Error& e) {
       const std::string w = e.what();
-      EXPECT_NE(w.find((d / "adapter_config.json").string() + ": field 'init_lora_weights'"), std::string::npos) << w;
+      EXPECT_NE(w.find((d / "adapter_config.json").string() + ": field 'init_lora_weights'"),
+                std::string::npos)
+          << w;
       EXPECT_NE(w.find(needle), std::string::npos) << w;
     }
   };
@@ -300,11 +324,15 @@ TEST(PissaConfig, RefusedInitsNameFileAndField) {
     for (int i = 0; i < 40; ++i) t << "the movie was very good but the plot was bad\n";
   }
   std::string log;
-  EXPECT_EQ(run(kBin + " train --model " + mdir.string() + " --train " + (w2 / "t.txt").string() + " --output " +
-                (w2 / "out").string() + " --init-lora-weights loftq", &log), 1);
+  EXPECT_EQ(run(kBin + " train --model " + mdir.string() + " --train " + (w2 / "t.txt").string() +
+                    " --output " + (w2 / "out").string() + " --init-lora-weights loftq",
+                &log),
+            1);
   EXPECT_FALSE(fs::exists(w2 / "out"));
   fs::remove_all(w2);
-  EXPECT_NE(log.find("--init-lora-weights: field 'init_lora_weights': \"loftq\" is not supported"), std::string::npos) << log;
+  EXPECT_NE(log.find("--init-lora-weights: field 'init_lora_weights': \"loftq\" is not supported"),
+            std::string::npos)
+      << log;
 }
 
 TEST(PissaConfig, OrthogonalInitIsAZeroDelta) {
@@ -323,28 +351,37 @@ TEST(PissaConfig, OrthogonalInitIsAZeroDelta) {
   }
 }
 
-// ---- a PiSSA run trained by lorafit --------------------------------------------------------------
+// ---- a PiSSA run trained by lorafit
+// --------------------------------------------------------------
 
 TEST(PissaTrain, SavedRunLoadsWithTheTrainedLogitsAndResumesExactly) {
   auto work = temp_dir("train");
   const fs::path mdir = model_with_tokenizer(work, "llama_pissa");
   {
     std::ofstream t(work / "train.txt");
-    for (int i = 0; i < 40; ++i) t << "the movie was very good but the plot was bad and it is not a fine film\n";
+    for (int i = 0; i < 40; ++i)
+      t << "the movie was very good but the plot was bad and it is not a fine film\n";
   }
-  const std::string common = kBin + " train --model " + mdir.string() + " --train " + (work / "train.txt").string() +
-                             " --init-lora-weights pissa --lora-r 4 --target-modules q_proj,v_proj --block-size 8 "
-                             "--batch-size 2 --max-steps 6 --lr 1e-2 --lora-dropout 0 --threads 1 --quiet";
+  const std::string common =
+      kBin + " train --model " + mdir.string() + " --train " + (work / "train.txt").string() +
+      " --init-lora-weights pissa --lora-r 4 --target-modules q_proj,v_proj --block-size 8 "
+      "--batch-size 2 --max-steps 6 --lr 1e-2 --lora-dropout 0 --threads 1 --quiet";
   std::string log;
   ASSERT_EQ(run(common + " --output " + (work / "full").string(), &log), 0) << log;
   // 3 steps, stop, resume: the same adapter as 6 steps at once (the init runs again on resume).
-  ASSERT_EQ(run(common + " --stop-after 3 --output " + (work / "half").string(), &log), 130) << log;  // stopped
-  ASSERT_EQ(run(common + " --resume " + (work / "half/checkpoint").string() + " --output " + (work / "half").string(),
-                &log), 0) << log;
+  ASSERT_EQ(run(common + " --stop-after 3 --output " + (work / "half").string(), &log), 130)
+      << log;  // stopped
+  ASSERT_EQ(run(common + " --resume " + (work / "half/checkpoint").string() + " --output " +
+                    (work / "half").string(),
+                &log),
+            0)
+      << log;
   const io::json cfg = io::read_json_file((work / "full/final/adapter_config.json").string());
   EXPECT_EQ(cfg["init_lora_weights"], "pissa");
-  io::SafetensorsFile a = io::SafetensorsFile::open((work / "full/final/adapter_model.safetensors").string());
-  io::SafetensorsFile b = io::SafetensorsFile::open((work / "half/final/adapter_model.safetensors").string());
+  io::SafetensorsFile a =
+      io::SafetensorsFile::open((work / "full/final/adapter_model.safetensors").string());
+  io::SafetensorsFile b =
+      io::SafetensorsFile::open((work / "half/final/adapter_model.safetensors").string());
   for (const auto& n : a.names()) EXPECT_EQ(max_abs_diff(a.get_f32(n), b.get_f32(n)), 0.0) << n;
   // Loading final/ (init once, then A and B) gives the trained model: W_res + s·B A, where the
   // residual is what training used.
@@ -368,6 +405,12 @@ TEST(PissaTrain, SavedRunLoadsWithTheTrainedLogitsAndResumesExactly) {
 
 // ---- merging into a quantized GGUF: the rounding check ----------------------------------------
 
+// Echoes the measure line of `lorafit adapter merge` (for the record in the test log).
+void print_measure(const std::string& log) {
+  const size_t a = log.find("rounding to ");
+  if (a != std::string::npos) std::printf("%s\n", log.substr(a, log.find('\n', a) - a).c_str());
+}
+
 TEST(QuantizedMerge, RefusesWhenRoundingSwampsTheAdapter) {
   // A real trained adapter: a short LoRA run on SmolLM2 (Q4_1 GGUF, tools/fetch_models.sh).
   const std::string smol = kRoot + "models/SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -376,26 +419,42 @@ TEST(QuantizedMerge, RefusesWhenRoundingSwampsTheAdapter) {
   {
     std::ofstream t(work / "train.txt");
     for (int i = 0; i < 30; ++i)
-      t << "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer.\n";
+      t << "To be, or not to be, that is the question: whether 'tis nobler in the mind to "
+           "suffer.\n";
   }
   std::string log;
   ASSERT_EQ(run(kBin + " train --model " + smol + " --train " + (work / "train.txt").string() +
-                " --output " + (work / "run").string() +
-                " --max-steps 4 --batch-size 2 --block-size 32 --lr 5e-4 --quiet", &log), 0) << log;
+                    " --output " + (work / "run").string() +
+                    " --max-steps 4 --batch-size 2 --block-size 32 --lr 5e-4 --quiet",
+                &log),
+            0)
+      << log;
   const std::string ad = (work / "run/final").string();
   const std::string merge = kBin + " adapter merge " + ad + " --base " + smol + " --out ";
   EXPECT_EQ(run(merge + (work / "m4.gguf").string() + " --type q4_1", &log), 1) << log;
-  EXPECT_NE(log.find("rounding to Q4_1 moves the merged weights by up to"), std::string::npos) << log;
-  EXPECT_NE(log.find("lorafit adapter merge: [adapter] merge --type q4_1: rounding to Q4_1 changes module model.layers."),
-            std::string::npos) << log;
-  EXPECT_NE(log.find("times as much as the adapter does (limit 0.5), so the merged model would mostly lose the "
-                     "adapter; use --type q8_0 or f16"), std::string::npos) << log;
+  EXPECT_NE(log.find("rounding to Q4_1 moves the merged weights by up to"), std::string::npos)
+      << log;
+  EXPECT_NE(log.find("lorafit adapter merge: [adapter] merge --type q4_1: rounding to Q4_1 changes "
+                     "module model.layers."),
+            std::string::npos)
+      << log;
+  EXPECT_NE(
+      log.find(
+          "times as much as the adapter does (limit 1), so the merged model would mostly lose the "
+          "adapter; use --type q8_0 or f16"),
+      std::string::npos)
+      << log;
   EXPECT_FALSE(fs::exists(work / "m4.gguf")) << "nothing is written when refused";
-  // --force writes it; f16 passes the check.
+  print_measure(log);
+  // --force writes it; f16 passes the check; q8_0 is measured (this 4-step adapter is tiny).
   EXPECT_EQ(run(merge + (work / "m4.gguf").string() + " --type q4_1 --force", &log), 0) << log;
   EXPECT_TRUE(fs::exists(work / "m4.gguf"));
   EXPECT_EQ(run(merge + (work / "m16.gguf").string() + " --type f16", &log), 0) << log;
   EXPECT_NE(log.find("rounding to F16 moves"), std::string::npos) << log;
+  print_measure(log);
+  run(merge + (work / "m8.gguf").string() + " --type q8_0", &log);
+  EXPECT_NE(log.find("rounding to Q8_0 moves"), std::string::npos) << log;
+  print_measure(log);
   fs::remove_all(work);
 }
 
@@ -406,10 +465,12 @@ TEST(QuantizedMerge, MeasureIsRoundingOverDelta) {
   const std::string path = "model.layers.0.self_attn.q_proj";
   Tensor w0 = lins[path]->weight.value.clone();
   Tensor& w = lins[path]->weight.value;
-  for (int64_t i = 0; i < w.numel(); ++i) w.f32()[i] += 1e-3f * static_cast<float>((i * 7919) % 13 - 6);
+  for (int64_t i = 0; i < w.numel(); ++i)
+    w.f32()[i] += 1e-3f * static_cast<float>((i * 7919) % 13 - 6);
   auto rep = peft::merge_rounding(*m, {{path, w0}}, lorafit::tensor::DType::Q4_0);
   ASSERT_EQ(rep.size(), 1u);
-  Tensor q = lorafit::tensor::dequantize(lorafit::tensor::quantize(w, lorafit::tensor::DType::Q4_0));
+  Tensor q =
+      lorafit::tensor::dequantize(lorafit::tensor::quantize(w, lorafit::tensor::DType::Q4_0));
   double r2 = 0, d2 = 0;
   for (int64_t i = 0; i < w.numel(); ++i) {
     r2 += std::pow(static_cast<double>(q.f32()[i]) - w.f32()[i], 2);
@@ -429,7 +490,8 @@ TEST(MergedClassifier, ConfigNamesTheTask) {
     auto pm = PeftModel::from_pretrained(*m, kFix + "bert_pissa");
     pm->merge_and_unload();
   }
-  peft::save_merged_hf(*m, base_of("bert_pissa"), (work / "out").string(), {"neg", "neutral", "pos"});
+  peft::save_merged_hf(*m, base_of("bert_pissa"), (work / "out").string(),
+                       {"neg", "neutral", "pos"});
   const io::json cfg = io::read_json_file((work / "out/config.json").string());
   EXPECT_EQ(cfg["architectures"], io::json::array({"BertForSequenceClassification"}));
   EXPECT_EQ(cfg["num_labels"], 3);
@@ -439,7 +501,9 @@ TEST(MergedClassifier, ConfigNamesTheTask) {
     peft::save_merged_hf(*m, base_of("bert_pissa"), (work / "bad").string(), {"a", "b"});
     ADD_FAILURE() << "two labels for three outputs did not throw";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("2 label names for a classifier with 3 outputs"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("2 label names for a classifier with 3 outputs"),
+              std::string::npos)
+        << e.what();
   }
   EXPECT_FALSE(fs::exists(work / "bad"));
   fs::remove_all(work);
