@@ -10,6 +10,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -80,6 +81,17 @@ class AtomicWriter {
 std::string read_file(const std::string& path);
 void write_file_atomic(const std::string& path, std::string_view bytes);
 bool file_exists(const std::string& path);
+
+// Writes a folder atomically: `fill` writes into a fresh temporary folder "<dir>.tmp.<pid>" next
+// to dir, which then takes dir's place, so a reader never sees a half-written folder and a failed
+// fill (an exception; the temporary folder is removed) leaves dir as it was.
+//   Replace: dir's old contents go (dir is swapped out through "<dir>.old.<pid>"): run folders.
+//   Merge:   each written file is renamed over its old version; other files in dir stay (an
+//            adapter saved into a folder that holds other things).
+// Errors: "[io] <dir>: exists and is not a folder", "[io] <path>: cannot create folder: ...".
+enum class FolderWrite { Replace, Merge };
+void write_folder_atomic(const std::string& dir, const std::function<void(const std::string& tmp)>& fill,
+                         FolderWrite mode = FolderWrite::Replace);
 
 // ---------------------------------------------------------------------------------------------
 // JSON

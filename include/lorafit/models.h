@@ -271,6 +271,25 @@ class LlamaModel : public Model {
   bool no_grad_forward_ = false;  // last forward freed its activations (ctx.no_grad)
 };
 
+// ---- the Llama GGUF layout (llama.cpp convert_hf_to_gguf.py; the loader, LoRA and merged GGUF
+// writers in peft use the same two facts) ------------------------------------------------------
+
+// The llama.cpp GGUF name of a Hugging Face Llama tensor: "model.embed_tokens.weight" ->
+// "token_embd.weight", "model.layers.3.self_attn.q_proj.weight" -> "blk.3.attn_q.weight",
+// "model.layers.3.input_layernorm.weight" -> "blk.3.attn_norm.weight", "model.norm.weight" ->
+// "output_norm.weight", "lm_head.weight" -> "output.weight" (llama.cpp's LLM_TENSOR_OUTPUT, absent
+// when the head is tied to token_embd). A module path without ".weight"/".bias" maps the same way
+// ("lm_head" -> "output"). Throws "[models] no llama.cpp GGUF name for '<name>'" otherwise.
+std::string llama_gguf_name(const std::string& hf_name);
+
+// q/k projection rows: llama.cpp stores them permuted so that its adjacent-pair RoPE equals HF's
+// rotate-half (LlamaModel.permute: reshape(n_head, 2, D/2, cols).swapaxes(1, 2)), per head:
+//   gguf[h*D + 2*i + j] = hf[h*D + j*(D/2) + i],  i < D/2, j in {0, 1}.
+// Rows are moved as bytes, so any dtype works (block-quantized rows too). A 1-D tensor (a bias)
+// is one value per row. Throws unless the row count is n_head · D with D even.
+Tensor llama_qk_to_gguf(const Tensor& w, int64_t n_head);
+Tensor llama_qk_from_gguf(const Tensor& w, int64_t n_head);
+
 // ---- loading (registry) ---------------------------------------------------------------------
 
 // Loads a Hugging Face folder (config.json model_type) or a .gguf file (general.architecture).

@@ -402,9 +402,7 @@ class MixedBatch {
 // module whose s·r differs (rsLoRA with rank_pattern, alpha_pattern) gets the ratio folded into
 // its lora_b, so llama.cpp applies exactly s · B A. Atomic.
 void save_llama_cpp_lora(const PeftModel& pm, const std::string& path, const std::string& name = "");
-// The llama.cpp tensor name of a Hugging Face Llama module path ("model.layers.3.self_attn.q_proj"
-// -> "blk.3.attn_q.weight", "lm_head" -> "output.weight"); throws for other paths.
-std::string llama_gguf_name(const std::string& hf_module_path);
+// (Tensor names and the q/k row order: models::llama_gguf_name, models::llama_qk_to_gguf.)
 
 // Writes a merged Llama-family model as a GGUF next to its GGUF base (gguf_merge.cpp), a plain
 // model that llama.cpp and lorafit load with no adapter: every metadata key of `base_gguf` copied

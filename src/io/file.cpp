@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -116,6 +117,49 @@ void write_file_atomic(const std::string& path, std::string_view bytes) {
   AtomicWriter w(path);
   w.write(bytes);
   w.commit();
+}
+
+void write_folder_atomic(const std::string& dir, const std::function<void(const std::string&)>& fill,
+                         FolderWrite mode) {
+  namespace fs = std::filesystem;
+  const fs::path target(dir);
+  const fs::path parent = target.has_parent_path() ? target.parent_path() : fs::path(".");
+  const std::string pid = std::to_string(::getpid());
+  const fs::path tmp = parent / (target.filename().string() + ".tmp." + pid);
+  const fs::path old = parent / (target.filename().string() + ".old." + pid);
+  std::error_code ec;
+  if (fs::exists(target, ec) && !fs::is_directory(target, ec))
+    throw Error("[io] " + dir + ": exists and is not a folder");
+  fs::create_directories(parent, ec);
+  fs::remove_all(tmp, ec);
+  if (!fs::create_directory(tmp, ec))
+    throw Error("[io] " + tmp.string() + ": cannot create folder: " + ec.message());
+  auto check = [&](const std::error_code& e, const std::string& what) {
+    if (e) throw Error("[io] " + dir + ": " + what + ": " + e.message());
+  };
+  try {
+    fill(tmp.string());
+    if (!fs::exists(target)) {
+      fs::rename(tmp, target, ec);
+      check(ec, "cannot rename " + tmp.string() + " to it");
+    } else if (mode == FolderWrite::Merge) {
+      for (const auto& e : fs::directory_iterator(tmp)) {
+        fs::rename(e.path(), target / e.path().filename(), ec);
+        check(ec, "cannot move " + e.path().string() + " into it");
+      }
+      fs::remove_all(tmp, ec);
+    } else {
+      fs::remove_all(old, ec);
+      fs::rename(target, old, ec);
+      check(ec, "cannot move the old folder to " + old.string());
+      fs::rename(tmp, target, ec);
+      check(ec, "cannot rename " + tmp.string() + " to it");
+      fs::remove_all(old, ec);
+    }
+  } catch (...) {
+    fs::remove_all(tmp, ec);
+    throw;
+  }
 }
 
 bool file_exists(const std::string& path) {

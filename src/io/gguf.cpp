@@ -135,73 +135,6 @@ bool dtype_to_ggml(DType t, uint32_t* out) {
   }
 }
 
-// --- K-quant dequantization (ggml's dequantize_row_q4_K / q6_K), for reading only. ---
-
-void scale_min_k4(int j, const uint8_t* q, uint8_t* d, uint8_t* m) {
-  if (j < 4) {
-    *d = q[j] & 63;
-    *m = q[j + 4] & 63;
-  } else {
-    *d = static_cast<uint8_t>((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
-    *m = static_cast<uint8_t>((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
-  }
-}
-
-// Q4_K block (144 bytes / 256 values): f16 d, f16 dmin, u8 scales[12], u8 qs[128].
-void dequant_q4_k(const uint8_t* src, float* y, int64_t nb) {
-  for (int64_t i = 0; i < nb; ++i) {
-    const uint8_t* b = src + i * 144;
-    uint16_t hd, hm;
-    std::memcpy(&hd, b, 2);
-    std::memcpy(&hm, b + 2, 2);
-    const float d = tensor::f16_to_f32(hd), min = tensor::f16_to_f32(hm);
-    const uint8_t* scales = b + 4;
-    const uint8_t* q = b + 16;
-    int is = 0;
-    for (int j = 0; j < 256; j += 64) {
-      uint8_t sc, m;
-      scale_min_k4(is, scales, &sc, &m);
-      const float d1 = d * sc, m1 = min * m;
-      scale_min_k4(is + 1, scales, &sc, &m);
-      const float d2 = d * sc, m2 = min * m;
-      for (int l = 0; l < 32; ++l) *y++ = d1 * (q[l] & 0xF) - m1;
-      for (int l = 0; l < 32; ++l) *y++ = d2 * (q[l] >> 4) - m2;
-      q += 32;
-      is += 2;
-    }
-  }
-}
-
-// Q6_K block (210 bytes / 256 values): u8 ql[128], u8 qh[64], i8 scales[16], f16 d.
-void dequant_q6_k(const uint8_t* src, float* y, int64_t nb) {
-  for (int64_t i = 0; i < nb; ++i) {
-    const uint8_t* b = src + i * 210;
-    uint16_t hd;
-    std::memcpy(&hd, b + 208, 2);
-    const float d = tensor::f16_to_f32(hd);
-    const uint8_t* ql = b;
-    const uint8_t* qh = b + 128;
-    const int8_t* sc = reinterpret_cast<const int8_t*>(b + 192);
-    for (int n = 0; n < 256; n += 128) {
-      for (int l = 0; l < 32; ++l) {
-        const int is = l / 16;
-        const int q1 = ((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
-        const int q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
-        const int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
-        const int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
-        y[l] = d * sc[is] * q1;
-        y[l + 32] = d * sc[is + 2] * q2;
-        y[l + 64] = d * sc[is + 4] * q3;
-        y[l + 96] = d * sc[is + 6] * q4;
-      }
-      y += 128;
-      ql += 64;
-      qh += 32;
-      sc += 8;
-    }
-  }
-}
-
 // Bounds-checked little-endian cursor over the mapping.
 class Cursor {
  public:
@@ -803,9 +736,9 @@ Tensor GgufFile::tensor_f32(const std::string& name) const {
                     " is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K and Q6_K are)");
   const uint8_t* p = map_->data() + data_offset_ + t.offset;
   Tensor out = Tensor::empty(t.shape, DType::F32);
-  const int64_t nb = out.numel() / 256;
-  if (t.ggml_type == static_cast<uint32_t>(GgmlType::Q4_K)) dequant_q4_k(p, out.f32(), nb);
-  else dequant_q6_k(p, out.f32(), nb);
+  tensor::dequantize_kquant_row(
+      t.ggml_type == static_cast<uint32_t>(GgmlType::Q4_K) ? tensor::KQuant::Q4_K : tensor::KQuant::Q6_K,
+      p, out.f32(), out.numel());
   return out;
 }
 

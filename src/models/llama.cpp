@@ -266,24 +266,6 @@ std::unique_ptr<Model> load_llama_folder(const std::string& dir, const io::json&
   return m;
 }
 
-// llama.cpp stores q/k rows permuted so that its adjacent-pair RoPE equals HF's rotate-half:
-// HF -> GGUF is reshape(n_head, 2, D/2, in).swapaxes(1, 2). Undo it per head:
-//   hf[h*D + j*(D/2) + i] = gguf[h*D + 2*i + j],  i < D/2, j in {0, 1}.
-// Rows are moved as bytes, so this works for block-quantized rows too.
-static Tensor unpermute_rows(const Tensor& w, int64_t n_head) {
-  const int64_t rows = w.dim(0), D = rows / n_head;
-  const size_t rb = w.nbytes() / static_cast<size_t>(rows);
-  Tensor out = Tensor::empty(w.shape(), w.dtype());
-  const auto* src = static_cast<const uint8_t*>(w.raw());
-  auto* dst = static_cast<uint8_t*>(out.raw());
-  for (int64_t h = 0; h < n_head; ++h)
-    for (int64_t i = 0; i < D / 2; ++i)
-      for (int64_t j = 0; j < 2; ++j)
-        std::memcpy(dst + static_cast<size_t>(h * D + j * (D / 2) + i) * rb,
-                    src + static_cast<size_t>(h * D + 2 * i + j) * rb, rb);
-  return out;
-}
-
 std::unique_ptr<Model> load_llama_gguf(const io::GgufFile& f, const LoadOptions& opts) {
   const std::string& where = f.path();
   ModelConfig c;
@@ -327,33 +309,84 @@ std::unique_ptr<Model> load_llama_gguf(const io::GgufFile& f, const LoadOptions&
   r.dtype_name = [&f](const std::string& n) {
     return io::ggml_type_name(f.tensor_info(n).ggml_type);
   };
-  auto name = [](const std::string& hf) -> std::string {
-    static const std::pair<const char*, const char*> kMap[] = {
-        {"input_layernorm", "attn_norm"},    {"self_attn.q_proj", "attn_q"},
-        {"self_attn.k_proj", "attn_k"},      {"self_attn.v_proj", "attn_v"},
-        {"self_attn.o_proj", "attn_output"}, {"post_attention_layernorm", "ffn_norm"},
-        {"mlp.gate_proj", "ffn_gate"},       {"mlp.up_proj", "ffn_up"},
-        {"mlp.down_proj", "ffn_down"}};
-    if (hf == "model.embed_tokens.weight") return "token_embd.weight";
-    if (hf == "model.norm.weight") return "output_norm.weight";
-    if (hf == "lm_head") return "output";
-    const std::string pre = "model.layers.";
-    size_t dot = hf.find('.', pre.size());
-    std::string layer = hf.substr(pre.size(), dot - pre.size());
-    std::string rest = hf.substr(dot + 1);
-    for (auto& [from, to] : kMap) {
-      const std::string hf_part = from;
-      if (rest.compare(0, hf_part.size(), hf_part) == 0)
-        return "blk." + layer + "." + to + rest.substr(hf_part.size());
-    }
-    throw Error("[models] no GGUF name for '" + hf + "'");
-  };
   auto m = std::make_unique<LlamaModel>(c);
   const int64_t nh = c.n_heads, nkv = c.n_kv_heads;
-  load_llama_weights(*m, r, name,
-                     [nh, nkv](Tensor t, bool is_q) { return unpermute_rows(t, is_q ? nh : nkv); });
+  load_llama_weights(*m, r, llama_gguf_name, [nh, nkv](Tensor t, bool is_q) {
+    return llama_qk_from_gguf(t, is_q ? nh : nkv);
+  });
   return m;
 }
 
 }  // namespace detail
+
+std::string llama_gguf_name(const std::string& hf_name) {
+  // HF module (part of a layer) -> GGUF, as llama.cpp's tensor map (gguf-py TENSOR_NAMES).
+  static const std::pair<const char*, const char*> kLayer[] = {
+      {"input_layernorm", "attn_norm"},    {"self_attn.q_proj", "attn_q"},
+      {"self_attn.k_proj", "attn_k"},      {"self_attn.v_proj", "attn_v"},
+      {"self_attn.o_proj", "attn_output"}, {"post_attention_layernorm", "ffn_norm"},
+      {"mlp.gate_proj", "ffn_gate"},       {"mlp.up_proj", "ffn_up"},
+      {"mlp.down_proj", "ffn_down"}};
+  static const std::pair<const char*, const char*> kTop[] = {
+      {"model.embed_tokens", "token_embd"}, {"model.norm", "output_norm"}, {"lm_head", "output"}};
+  std::string module = hf_name, suffix;
+  for (const char* s : {".weight", ".bias"})
+    if (hf_name.ends_with(s)) {
+      suffix = s;
+      module = hf_name.substr(0, hf_name.size() - suffix.size());
+    }
+  for (const auto& [hf, gguf] : kTop)
+    if (module == hf) return gguf + suffix;
+  const std::string pre = "model.layers.";
+  if (module.rfind(pre, 0) == 0) {
+    const size_t dot = module.find('.', pre.size());
+    const std::string layer = module.substr(pre.size(), dot == std::string::npos ? 0 : dot - pre.size());
+    const bool numeric = !layer.empty() && layer.find_first_not_of("0123456789") == std::string::npos;
+    if (numeric && dot != std::string::npos)
+      for (const auto& [hf, gguf] : kLayer)
+        if (module.compare(dot + 1, std::string::npos, hf) == 0)
+          return "blk." + layer + "." + gguf + suffix;
+  }
+  throw Error("[models] no llama.cpp GGUF name for '" + hf_name + "'");
+}
+
+namespace {
+
+// Row i of the result is row src_row(i) of w (as bytes), for each of the n_head heads.
+template <class SrcRow>
+Tensor permute_qk_rows(const Tensor& w, int64_t n_head, const char* what, SrcRow src_row) {
+  const int64_t rows = w.ndim() >= 1 ? w.dim(0) : 0;
+  if (n_head <= 0 || rows % n_head != 0 || (rows / n_head) % 2 != 0)
+    throw Error(std::string("[models] ") + what + ": cannot permute the rows of " + w.str() + " for " +
+                std::to_string(n_head) + " heads (rows must be n_head x an even head size)");
+  const int64_t D = rows / n_head;
+  const size_t rb = w.nbytes() / static_cast<size_t>(rows);
+  Tensor out = Tensor::empty(w.shape(), w.dtype());
+  const auto* src = static_cast<const uint8_t*>(w.raw());
+  auto* dst = static_cast<uint8_t*>(out.raw());
+  for (int64_t h = 0; h < n_head; ++h)
+    for (int64_t i = 0; i < D / 2; ++i)
+      for (int64_t j = 0; j < 2; ++j) {
+        const auto [to, from] = src_row(h * D, D, i, j);
+        std::memcpy(dst + static_cast<size_t>(to) * rb, src + static_cast<size_t>(from) * rb, rb);
+      }
+  return out;
+}
+
+}  // namespace
+
+Tensor llama_qk_to_gguf(const Tensor& w, int64_t n_head) {
+  // gguf[h*D + 2*i + j] = hf[h*D + j*(D/2) + i]
+  return permute_qk_rows(w, n_head, "llama_qk_to_gguf", [](int64_t base, int64_t D, int64_t i, int64_t j) {
+    return std::pair<int64_t, int64_t>{base + 2 * i + j, base + j * (D / 2) + i};
+  });
+}
+
+Tensor llama_qk_from_gguf(const Tensor& w, int64_t n_head) {
+  // hf[h*D + j*(D/2) + i] = gguf[h*D + 2*i + j]
+  return permute_qk_rows(w, n_head, "llama_qk_from_gguf", [](int64_t base, int64_t D, int64_t i, int64_t j) {
+    return std::pair<int64_t, int64_t>{base + j * (D / 2) + i, base + 2 * i + j};
+  });
+}
+
 }  // namespace lorafit::models

@@ -475,15 +475,16 @@ void adalora_validate(const AdapterConfig& c, const std::string& where) {
 }
 
 void adalora_config_from_json(const io::json& j, AdapterConfig& c, const std::string& where) {
-  c.target_r = io::json_int(j, "target_r", where, 8);
-  c.init_r = io::json_int(j, "init_r", where, 12);
-  c.tinit = io::json_int(j, "tinit", where, 0);
-  c.tfinal = io::json_int(j, "tfinal", where, 0);
-  c.deltaT = io::json_int(j, "deltaT", where, 1);
-  c.beta1 = io::json_number(j, "beta1", where, 0.85);
-  c.beta2 = io::json_number(j, "beta2", where, 0.85);
-  c.orth_reg_weight = io::json_number(j, "orth_reg_weight", where, 0.5);
-  c.total_step = io::json_int(j, "total_step", where, 0);  // null/missing: validate names it
+  const AdapterConfig d;  // defaults: AdapterConfig's (PEFT AdaLoraConfig's)
+  c.target_r = io::json_int(j, "target_r", where, d.target_r);
+  c.init_r = io::json_int(j, "init_r", where, d.init_r);
+  c.tinit = io::json_int(j, "tinit", where, d.tinit);
+  c.tfinal = io::json_int(j, "tfinal", where, d.tfinal);
+  c.deltaT = io::json_int(j, "deltaT", where, d.deltaT);
+  c.beta1 = io::json_number(j, "beta1", where, d.beta1);
+  c.beta2 = io::json_number(j, "beta2", where, d.beta2);
+  c.orth_reg_weight = io::json_number(j, "orth_reg_weight", where, d.orth_reg_weight);
+  c.total_step = io::json_int(j, "total_step", where, d.total_step);  // null/missing: validate names it
   if (!io::json_has(j, "rank_pattern")) return;
   const auto& m = j.at("rank_pattern");
   if (!m.is_object())

@@ -166,13 +166,15 @@ void AdapterConfig::validate(const std::string& where) const {
 
 AdapterConfig config_from_json(const io::json& j, const std::string& where) {
   if (!j.is_object()) fail(where + ": expected a JSON object, got " + io::json_type_name(j));
+  // Missing fields take the defaults of AdapterConfig (PEFT's, stated once in peft.h).
+  const AdapterConfig d;
   AdapterConfig c;
   c.peft_type = io::json_string(j, "peft_type", where);  // required, as PEFT
-  c.task_type = io::json_string(j, "task_type", where, "");
-  c.base_model_name_or_path = io::json_string(j, "base_model_name_or_path", where, "");
-  c.r = io::json_int(j, "r", where, 8);
-  c.lora_alpha = io::json_number(j, "lora_alpha", where, 8.0);
-  c.lora_dropout = io::json_number(j, "lora_dropout", where, 0.0);
+  c.task_type = io::json_string(j, "task_type", where, d.task_type);
+  c.base_model_name_or_path = io::json_string(j, "base_model_name_or_path", where, d.base_model_name_or_path);
+  c.r = io::json_int(j, "r", where, d.r);
+  c.lora_alpha = io::json_number(j, "lora_alpha", where, d.lora_alpha);
+  c.lora_dropout = io::json_number(j, "lora_dropout", where, d.lora_dropout);
   if (io::json_has(j, "target_modules")) {
     const auto& t = j.at("target_modules");
     if (t.is_string()) {
@@ -212,11 +214,11 @@ AdapterConfig config_from_json(const io::json& j, const std::string& where) {
   read_map("alpha_pattern", c.alpha_pattern, false);
   if (io::json_has(j, "modules_to_save"))
     c.modules_to_save = io::json_string_list(j, "modules_to_save", where);
-  c.bias = io::json_string(j, "bias", where, "none");
-  c.use_rslora = io::json_bool(j, "use_rslora", where, false);
-  c.use_dora = io::json_bool(j, "use_dora", where, false);
-  c.fan_in_fan_out = io::json_bool(j, "fan_in_fan_out", where, false);
-  c.inference_mode = io::json_bool(j, "inference_mode", where, false);
+  c.bias = io::json_string(j, "bias", where, d.bias);
+  c.use_rslora = io::json_bool(j, "use_rslora", where, d.use_rslora);
+  c.use_dora = io::json_bool(j, "use_dora", where, d.use_dora);
+  c.fan_in_fan_out = io::json_bool(j, "fan_in_fan_out", where, d.fan_in_fan_out);
+  c.inference_mode = io::json_bool(j, "inference_mode", where, d.inference_mode);
   if (io::json_has(j, "init_lora_weights")) {
     const auto& v = j.at("init_lora_weights");
     if (v.is_boolean()) {

@@ -37,7 +37,7 @@ void save_merged_gguf(models::Model& model, const std::vector<std::string>& merg
   for (const auto& path : merged_modules) {
     auto it = lins.find(path);
     if (it == lins.end()) fail(out_path + ": module '" + path + "' is not a Linear of the model");
-    const std::string g = llama_gguf_name(path);
+    const std::string g = models::llama_gguf_name(path + ".weight");
     if (!base.has_tensor(g))
       fail(base_gguf + ": no tensor '" + g + "' for merged module '" + path + "'" +
            (path == "lm_head" ? " (the output head is tied to token_embd.weight)" : ""));
@@ -59,8 +59,8 @@ void save_merged_gguf(models::Model& model, const std::vector<std::string>& merg
     if (w.shape() != ti.shape)
       fail(base_gguf + ": tensor '" + ti.name + "' has shape " + tensor::shape_str(ti.shape) +
            ", the merged module '" + it->second.first + "' is " + w.str());
-    if (ti.name.find(".attn_q.") != std::string::npos) w = permute_rows(w, mc.n_heads);
-    if (ti.name.find(".attn_k.") != std::string::npos) w = permute_rows(w, mc.n_kv_heads);
+    if (ti.name.find(".attn_q.") != std::string::npos) w = models::llama_qk_to_gguf(w, mc.n_heads);
+    if (ti.name.find(".attn_k.") != std::string::npos) w = models::llama_qk_to_gguf(w, mc.n_kv_heads);
     if (type != DType::F32 && type != DType::F16 && w.dim(1) % tensor::kQK != 0)
       fail(out_path + ": tensor '" + ti.name + "' has rows of " + std::to_string(w.dim(1)) +
            " values, not a multiple of the " + tensor::dtype_name(type) + " block size 32");

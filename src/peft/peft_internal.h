@@ -63,11 +63,3 @@ void init_from_weight(LoraLinear& layer, nn::Linear& base, LoraInit how);
 void add_low_rank(tensor::Tensor& w, const tensor::Tensor& b, const tensor::Tensor& a, double s);
 
 }  // namespace lorafit::peft
-
-namespace lorafit::peft {
-
-// HF -> GGUF row order of a q/k weight [n_head·D, cols] (llama.cpp convert_hf_to_gguf.py
-// LlamaModel.permute; gguf_lora.cpp). The GGUF loader applies the inverse.
-tensor::Tensor permute_rows(const tensor::Tensor& w, int64_t n_head);
-
-}  // namespace lorafit::peft

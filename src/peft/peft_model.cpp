@@ -380,46 +380,20 @@ std::vector<std::pair<std::string, Tensor>> PeftModel::adapter_state(const std::
   return t;
 }
 
-namespace {
-
-// Writes files into a fresh temporary folder next to `dir`, then moves them in: a new folder is
-// renamed whole; into an existing folder each file is renamed over its old version.
-template <class F>
-void write_folder_atomic(const std::string& dir, F&& write_into) {
-  fs::path target(dir);
-  fs::path parent = target.has_parent_path() ? target.parent_path() : fs::path(".");
-  std::error_code ec;
-  fs::create_directories(parent, ec);
-  fs::path tmp = parent / (target.filename().string() + ".tmp." + std::to_string(::getpid()));
-  fs::remove_all(tmp, ec);
-  if (!fs::create_directory(tmp, ec)) fail(tmp.string() + ": cannot create folder: " + ec.message());
-  try {
-    write_into(tmp.string());
-    if (!fs::exists(target)) {
-      fs::rename(tmp, target);
-    } else {
-      if (!fs::is_directory(target)) fail(dir + ": exists and is not a folder");
-      for (auto& e : fs::directory_iterator(tmp)) fs::rename(e.path(), target / e.path().filename());
-      fs::remove_all(tmp);
-    }
-  } catch (...) {
-    fs::remove_all(tmp, ec);
-    throw;
-  }
-}
-
-}  // namespace
-
 void PeftModel::save_pretrained(const std::string& dir, const std::string& name) const {
   const Adapter& a = find(name);
   AdapterConfig cfg = a.cfg;
   if (cfg.base_model_name_or_path.empty()) cfg.base_model_name_or_path = model_->config().source;
   cfg.inference_mode = true;  // PEFT writes inference_mode true
   auto state = adapter_state(name);
-  write_folder_atomic(dir, [&](const std::string& tmp) {
-    io::write_json_file(tmp + "/adapter_config.json", config_to_json(cfg));
-    io::write_safetensors(tmp + "/adapter_model.safetensors", state, {{"format", "pt"}});
-  });
+  // Merge: other files in the folder (a checkpoint's optimizer state, a README) stay.
+  io::write_folder_atomic(
+      dir,
+      [&](const std::string& tmp) {
+        io::write_json_file(tmp + "/adapter_config.json", config_to_json(cfg));
+        io::write_safetensors(tmp + "/adapter_model.safetensors", state, {{"format", "pt"}});
+      },
+      io::FolderWrite::Merge);
 }
 
 void PeftModel::load_adapter(const std::string& adapter_dir, const std::string& name,
@@ -570,13 +544,13 @@ void save_merged_hf(models::Model& model, const std::string& base_dir, const std
   for (auto& [name, p] : model.named_parameters())
     tensors.emplace_back(name, p->value.dtype() == tensor::DType::F32 ? p->value
                                                                       : p->value.to(tensor::DType::F32));
-  write_folder_atomic(out_dir, [&](const std::string& tmp) {
+  io::write_folder_atomic(out_dir, [&](const std::string& tmp) {
     io::write_json_file(tmp + "/config.json", cfg);
     for (const char* f : {"tokenizer.json", "tokenizer_config.json", "vocab.txt",
                           "special_tokens_map.json", "generation_config.json"})
       if (io::file_exists(base_dir + "/" + f)) fs::copy_file(base_dir + "/" + f, tmp + "/" + f);
     io::write_safetensors(tmp + "/model.safetensors", tensors, {{"format", "pt"}});
-  });
+  }, io::FolderWrite::Merge);
 }
 
 }  // namespace lorafit::peft

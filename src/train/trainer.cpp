@@ -41,18 +41,6 @@ io::json eval_json(const EvalResult& e, bool lm) {
 // Higher is better: accuracy for classification, -loss for LM.
 double score_of(const EvalResult& e, bool lm) { return lm ? -e.loss : e.cls.accuracy; }
 
-// Writes a folder atomically: fill "<dir>.tmp", then swap it in place of <dir>.
-void write_folder_atomic(const std::string& dir, const std::function<void(const std::string&)>& fill) {
-  const std::string tmp = dir + ".tmp", old = dir + ".old";
-  fs::remove_all(tmp);
-  fs::create_directories(tmp);
-  fill(tmp);
-  fs::remove_all(old);
-  if (fs::exists(dir)) fs::rename(dir, old);
-  fs::rename(tmp, dir);
-  fs::remove_all(old);
-}
-
 }  // namespace
 
 void install_sigint_handler() {
@@ -204,7 +192,7 @@ TrainSummary run_training(Task& task, const nn::NamedParameters& params,
   auto batches = epoch_batches(train_set, opt.batch_size, opt.seed, st.epoch, true);
 
   auto save_ckpt = [&](const std::string& dir) {
-    write_folder_atomic(dir, [&](const std::string& tmp) {
+    io::write_folder_atomic(dir, [&](const std::string& tmp) {
       if (opt.save_weights) opt.save_weights(tmp);
       save_parameters(tmp + "/trainable.safetensors", params);
       auto sd = adam.state();
@@ -225,7 +213,7 @@ TrainSummary run_training(Task& task, const nn::NamedParameters& params,
       st.best_score = s;
       st.best_step = st.step;
       st.best_eval = j;
-      write_folder_atomic(out + "/best", [&](const std::string& tmp) {
+      io::write_folder_atomic(out + "/best", [&](const std::string& tmp) {
         if (opt.save_weights) opt.save_weights(tmp);
         save_parameters(tmp + "/trainable.safetensors", params);
         io::write_json_file(tmp + "/eval.json", io::json{{"step", st.step}, {"eval", j}});
@@ -306,7 +294,7 @@ TrainSummary run_training(Task& task, const nn::NamedParameters& params,
       sum.final_eval = run_eval();
       sum.best_step = st.best_step;
     }
-    write_folder_atomic(out + "/final", [&](const std::string& tmp) {
+    io::write_folder_atomic(out + "/final", [&](const std::string& tmp) {
       if (opt.save_weights) opt.save_weights(tmp);
       save_parameters(tmp + "/trainable.safetensors", params);
     });

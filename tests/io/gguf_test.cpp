@@ -252,6 +252,37 @@ TEST(Gguf, ReadsGgufPyFile) {
   expect_error([&] { f.tensor("w.q6_k"); }, {"tensor 'w.q6_k'", "type Q6_K has no tensor dtype; use tensor_f32"});
 }
 
+// The K-quant dequantizers live in tensor/ (quant.h); GgufFile::tensor_f32 is a call to them.
+// On the raw bytes of gguf-py's Q4_K / Q6_K tensors they give gguf-py's values.
+TEST(Gguf, KQuantsDequantizeInTheTensorLayer) {
+  GgufFile f = GgufFile::open(io_test::fixtures("ref.gguf"));
+  SafetensorsFile ref = SafetensorsFile::open(io_test::fixtures("ref_gguf_expected.safetensors"));
+  const std::string bytes = io_test::read_bytes(io_test::fixtures("ref.gguf"));
+  int seen = 0;
+  for (const auto& ti : f.tensors()) {
+    const bool q4k = ti.ggml_type == static_cast<uint32_t>(GgmlType::Q4_K);
+    if (!q4k && ti.ggml_type != static_cast<uint32_t>(GgmlType::Q6_K)) continue;
+    SCOPED_TRACE(ti.name);
+    ++seen;
+    const KQuant kq = q4k ? KQuant::Q4_K : KQuant::Q6_K;
+    const int64_t n = shape_numel(ti.shape);
+    ASSERT_EQ(ti.nbytes, kquant_block_bytes(kq) * static_cast<uint64_t>(n / kQK_K));
+    Tensor got = Tensor::empty({n});
+    dequantize_kquant_row(kq, bytes.data() + f.data_offset() + ti.offset, got.f32(), n);
+    Tensor want = ref.get_f32(ti.name + ".deq");
+    Tensor via_gguf = f.tensor_f32(ti.name);
+    ASSERT_EQ(want.numel(), n);
+    for (int64_t k = 0; k < n; ++k) {
+      ASSERT_NEAR(got.f32()[k], want.f32()[k], 1e-6 * std::max(1.0f, std::fabs(want.f32()[k]))) << k;
+      ASSERT_EQ(got.f32()[k], via_gguf.f32()[k]) << k;
+    }
+  }
+  EXPECT_EQ(seen, 2) << "ref.gguf has one Q4_K and one Q6_K tensor";
+  float out[256];
+  expect_error([&] { dequantize_kquant_row(KQuant::Q6_K, bytes.data(), out, 100); },
+               {"dequantize_kquant_row", "100 values is not a whole number of blocks of 256"});
+}
+
 TEST(Gguf, BadFiles) {
   TempDir dir;
   const std::string p = dir.file("bad.gguf");

@@ -13,6 +13,7 @@
 #include "lorafit/io.h"
 #include "lorafit/kernels.h"
 #include "lorafit/models.h"
+#include "lorafit/quant.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
@@ -342,6 +343,81 @@ TEST(TinyLlama, NamesAreHuggingFaceNames) {
   EXPECT_EQ(lin[0].first, "model.layers.0.self_attn.q_proj");
   EXPECT_EQ(lin[6].first, "model.layers.0.mlp.down_proj");
   EXPECT_EQ(lin.back().first, "lm_head");
+}
+
+// ---- the Llama GGUF layout: one name table and one q/k permutation -------------------------
+
+// llama.cpp's names (gguf-py TENSOR_NAMES for MODEL_ARCH.LLAMA): the output head is "output"
+// (LLM_TENSOR_OUTPUT), with ".weight" like every tensor; the loader, the LoRA GGUF and the merged
+// GGUF writers all go through llama_gguf_name.
+TEST(LlamaGguf, NamesAreLlamaCppNames) {
+  EXPECT_EQ(models::llama_gguf_name("lm_head.weight"), "output.weight");
+  EXPECT_EQ(models::llama_gguf_name("lm_head"), "output");
+  EXPECT_EQ(models::llama_gguf_name("model.embed_tokens.weight"), "token_embd.weight");
+  EXPECT_EQ(models::llama_gguf_name("model.norm.weight"), "output_norm.weight");
+  EXPECT_EQ(models::llama_gguf_name("model.layers.12.self_attn.q_proj.weight"), "blk.12.attn_q.weight");
+  EXPECT_EQ(models::llama_gguf_name("model.layers.0.self_attn.k_proj.bias"), "blk.0.attn_k.bias");
+  EXPECT_EQ(models::llama_gguf_name("model.layers.3.self_attn.o_proj"), "blk.3.attn_output");
+  EXPECT_EQ(models::llama_gguf_name("model.layers.1.post_attention_layernorm.weight"), "blk.1.ffn_norm.weight");
+  EXPECT_EQ(models::llama_gguf_name("model.layers.1.mlp.down_proj.weight"), "blk.1.ffn_down.weight");
+  for (const char* bad : {"model.layers.x.self_attn.q_proj", "model.layers.0.self_attn.q_proj_x",
+                          "bert.encoder.layer.0.attention.self.query", "output.weight"}) {
+    try {
+      models::llama_gguf_name(bad);
+      ADD_FAILURE() << bad << ": no error";
+    } catch (const Error& e) {
+      EXPECT_EQ(std::string(e.what()), std::string("[models] no llama.cpp GGUF name for '") + bad + "'");
+    }
+  }
+  // Against real files (written by gguf-py from the HF folders): every HF tensor has its GGUF
+  // tensor with the same number of values, and nothing else is in the GGUF; a tied head has no
+  // "output.weight".
+  for (const char* name : {"tiny_llama", "tiny_llama_tied"}) {
+    io::SafetensorsFolder st = io::SafetensorsFolder::open(kFix + "/" + name);
+    io::GgufFile g = io::GgufFile::open(kFix + "/" + name + ".gguf");
+    std::set<std::string> mapped, in_gguf;
+    for (const std::string& n : st.names()) {
+      const std::string gn = models::llama_gguf_name(n);
+      mapped.insert(gn);
+      ASSERT_TRUE(g.has_tensor(gn)) << name << ": " << n << " -> " << gn;
+      EXPECT_EQ(lorafit::tensor::shape_numel(g.tensor_info(gn).shape),
+                lorafit::tensor::shape_numel(st.entry(n).shape))
+          << gn;
+    }
+    for (const auto& ti : g.tensors()) in_gguf.insert(ti.name);
+    EXPECT_EQ(mapped, in_gguf) << name;
+    EXPECT_EQ(g.has_tensor("output.weight"), std::string(name) == "tiny_llama") << name;
+  }
+}
+
+TEST(LlamaGguf, QkPermutationIsLlamaCppPermute) {
+  const int64_t heads = 3, D = 6, cols = 32;
+  Tensor w = Tensor::empty({heads * D, cols});
+  for (int64_t r = 0; r < heads * D; ++r)
+    for (int64_t c = 0; c < cols; ++c) w.f32()[r * cols + c] = static_cast<float>(r * 1000 + c);
+  Tensor g = models::llama_qk_to_gguf(w, heads);
+  // convert_hf_to_gguf.py permute: reshape(n_head, 2, D/2, cols).swapaxes(1, 2), i.e.
+  // gguf row h*D + 2i + j is hf row h*D + j*D/2 + i.
+  for (int64_t h = 0; h < heads; ++h)
+    for (int64_t i = 0; i < D / 2; ++i)
+      for (int64_t j = 0; j < 2; ++j)
+        for (int64_t c = 0; c < cols; ++c)
+          ASSERT_EQ(g.f32()[(h * D + 2 * i + j) * cols + c], static_cast<float>((h * D + j * (D / 2) + i) * 1000 + c));
+  EXPECT_EQ(max_abs_diff(models::llama_qk_from_gguf(g, heads), w), 0.0);
+  // Rows move as bytes: a Q8_0 weight round-trips byte for byte, a bias [rows] too.
+  Tensor q = lorafit::tensor::quantize(w, DType::Q8_0);
+  Tensor back = models::llama_qk_from_gguf(models::llama_qk_to_gguf(q, heads), heads);
+  ASSERT_EQ(back.nbytes(), q.nbytes());
+  EXPECT_EQ(std::memcmp(back.raw(), q.raw(), q.nbytes()), 0);
+  Tensor b = Tensor::empty({heads * D});
+  for (int64_t r = 0; r < heads * D; ++r) b.f32()[r] = static_cast<float>(r);
+  EXPECT_EQ(models::llama_qk_to_gguf(b, heads).f32()[1], static_cast<float>(D / 2));
+  try {
+    models::llama_qk_to_gguf(Tensor::empty({heads * 5, cols}), heads);
+    ADD_FAILURE() << "odd head size: no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("cannot permute the rows of"), std::string::npos) << e.what();
+  }
 }
 
 // ---- config errors --------------------------------------------------------------------------

@@ -104,7 +104,7 @@ TEST(MergedGguf, ReloadGivesBasePlusAdapterAndCopiesTheRest) {
     }
     ASSERT_EQ(got.tensors().size(), in.tensors().size());
     std::set<std::string> merged;
-    for (auto& p : paths) merged.insert(peft::llama_gguf_name(p));
+    for (auto& p : paths) merged.insert(models::llama_gguf_name(p + ".weight"));
     int copied = 0;
     for (size_t i = 0; i < in.tensors().size(); ++i) {
       const auto& a = in.tensors()[i];

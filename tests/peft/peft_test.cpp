@@ -546,6 +546,34 @@ TEST(PeftConfig, PatternsAndMatching) {
   EXPECT_THROW(peft::config_from_json(j, "x"), Error);
 }
 
+// A field missing from adapter_config.json takes AdapterConfig's default (the one place PEFT's
+// defaults are written): a minimal file reads back as a default-constructed config.
+TEST(PeftConfig, MissingFieldsTakeTheStructDefaults) {
+  for (const char* type : {"LORA", "ADALORA"}) {
+    SCOPED_TRACE(type);
+    io::json j = {{"peft_type", type}, {"target_modules", {"q_proj"}}};
+    AdapterConfig want;
+    want.peft_type = type;
+    want.target_modules = {"q_proj"};
+    if (std::string(type) == "ADALORA") {  // AdaLoRA's total_step has no usable default (> 0)
+      j["total_step"] = 100;
+      want.total_step = 100;
+    }
+    EXPECT_EQ(peft::config_to_json(peft::config_from_json(j, "min.json")).dump(),
+              peft::config_to_json(want).dump());
+  }
+  // And the defaults are PEFT 0.21's LoraConfig / AdaLoraConfig ones.
+  const AdapterConfig d;
+  EXPECT_EQ(d.r, 8);
+  EXPECT_EQ(d.lora_alpha, 8.0);
+  EXPECT_EQ(d.lora_dropout, 0.0);
+  EXPECT_EQ(d.bias, "none");
+  EXPECT_EQ(d.init_r, 12);
+  EXPECT_EQ(d.target_r, 8);
+  EXPECT_EQ(d.beta1, 0.85);
+  EXPECT_EQ(d.orth_reg_weight, 0.5);
+}
+
 }  // namespace
 
 // ---- export for tools/check_peft_load.py ------------------------------------------------------
@@ -637,7 +665,7 @@ TEST(PeftGguf, LlamaCppLoraMatchesPeftDelta) {
     auto layers = pm->lora_layers();
     EXPECT_EQ(f.tensors().size(), 2 * layers.size());
     for (auto& [hf, l] : layers) {
-      const std::string g = peft::llama_gguf_name(hf);
+      const std::string g = models::llama_gguf_name(hf + ".weight");
       Tensor a = f.tensor_f32(g + ".lora_a"), b = f.tensor_f32(g + ".lora_b");
       EXPECT_EQ(f.tensor_info(g + ".lora_a").ne, (std::vector<int64_t>{l->A.value.dim(1), l->r()}));
       EXPECT_EQ(f.tensor_info(g + ".lora_b").ne, (std::vector<int64_t>{l->r(), l->B.value.dim(0)}));
@@ -647,16 +675,7 @@ TEST(PeftGguf, LlamaCppLoraMatchesPeftDelta) {
       const int64_t heads = g.find("attn_q") != std::string::npos   ? mc.n_heads
                             : g.find("attn_k") != std::string::npos ? mc.n_kv_heads
                                                                     : 0;
-      if (heads) {  // GGUF -> HF: reshape(n_head, D/2, 2, in).swapaxes(1, 2)
-        Tensor u = Tensor::empty(d.shape());
-        const int64_t D = out / heads;
-        for (int64_t h = 0; h < heads; ++h)
-          for (int64_t i = 0; i < D / 2; ++i)
-            for (int64_t j = 0; j < 2; ++j)
-              std::memcpy(u.f32() + (h * D + j * (D / 2) + i) * in, d.f32() + (h * D + 2 * i + j) * in,
-                          sizeof(float) * in);
-        d = u;
-      }
+      if (heads) d = models::llama_qk_from_gguf(d, heads);  // GGUF -> HF row order
       // PEFT's delta from its own files: s · B A with s from its config.
       Tensor A = theirs.get_f32("base_model.model." + hf + ".lora_A.weight");
       Tensor B = theirs.get_f32("base_model.model." + hf + ".lora_B.weight");
