@@ -10,7 +10,7 @@ shift || true
 PKGS=(build-essential cmake pkg-config git python3 python3-venv ccache
       libopenblas-openmp-dev libomp-dev
       libgtest-dev libgmock-dev libbenchmark-dev
-      nlohmann-json3-dev libpcre2-dev libutf8proc-dev python3-pip)
+      nlohmann-json3-dev libpcre2-dev libutf8proc-dev libcli11-dev libyaml-cpp-dev python3-pip)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
