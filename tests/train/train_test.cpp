@@ -459,6 +459,15 @@ TEST(Cli, TrainWritesAdapterLogAndReport) {
   std::string preds = io::read_file((work / "p.tsv").string());
   EXPECT_EQ(std::count(preds.begin(), preds.end(), '\n'), 65);  // header + 64 rows
   EXPECT_EQ(run(bin + " train --help"), 0);
+  // --init-lora-weights goes through peft's own init_lora_weights parsing, as PEFT writes it.
+  ASSERT_EQ(run(base + " --overwrite --init-lora-weights gaussian"), 0);
+  EXPECT_EQ(
+      io::read_json_file((work / "out/final/adapter_config.json").string())["init_lora_weights"],
+      "gaussian");
+  auto [rc, err] = run_err(base + " --overwrite --init-lora-weights bogus");
+  EXPECT_EQ(rc, 1);
+  EXPECT_NE(err.find("field 'init_lora_weights': \"bogus\" is not supported"), std::string::npos)
+      << err;
   fs::remove_all(work);
 }
 
