@@ -1070,3 +1070,31 @@ TEST(Cli, InfoAcceptsAFolderHoldingOneGguf) {
   EXPECT_NE(err.find("no config.json and 2 .gguf files"), std::string::npos) << err;
   fs::remove_all(work);
 }
+
+// generate through the CLI and the library give the same text; greedy-only options are refused.
+TEST(Cli, GenerateMatchesTheLibraryAndChecksItsOptions) {
+  const std::string model = tiny_llama_dir().string();
+  GenerateParams p;
+  p.model = model;
+  p.prompt = "hello world";
+  p.sampling.max_new_tokens = 6;
+  p.sampling.temperature = 0.9;
+  p.sampling.top_k = 20;
+  p.sampling.seed = 5;
+  std::string pieces;
+  const std::string text = generate_text(p, [&](const std::string& s) { pieces += s; });
+  EXPECT_EQ(pieces, text);
+  EXPECT_EQ(generate_text(p), text);  // seeded
+  const std::string bin = LORAFIT_BINARY;
+  auto [rc, out] = run_out(bin + " generate --model " + model +
+                           " --prompt 'hello world' --max-new-tokens 6 --temperature 0.9 --top-k "
+                           "20 --seed 5 --threads 1");
+  ASSERT_EQ(rc, 0);
+  EXPECT_EQ(out, "hello world" + text + "\n");
+  auto [rc2, err] = run_err(bin + " generate --model " + model + " --prompt hi --top-k 5");
+  EXPECT_EQ(rc2, 1);
+  EXPECT_NE(err.find("--top-k/--top-p only matter when sampling"), std::string::npos) << err;
+  auto [rc3, err3] = run_err(bin + " generate --model " + model + " --prompt hi --system 'be brief'");
+  EXPECT_EQ(rc3, 1);
+  EXPECT_NE(err3.find("--system and --chat-template need --chat"), std::string::npos) << err3;
+}
