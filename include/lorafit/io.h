@@ -101,11 +101,10 @@ void write_folder_atomic(const std::string& dir, const std::function<void(const 
 json read_json_file(const std::string& path);
 // Parses text; `origin` names it in errors (a file name, "adapter_config.json", ...).
 json parse_json(std::string_view text, const std::string& origin);
-// A YAML options file, the subset config files use: one flat mapping of `key: value` lines,
-// values plain or quoted ('...' / "...") scalars, inline lists `[a, b]` or block lists of
-// `  - item` lines; `#` comments, blank lines and a leading `---`. Every scalar comes back as a
-// JSON string (lists as arrays of strings); the caller interprets them. Anything else (nested
-// mappings, anchors, multi-line strings, tabs) is refused as "[yaml] <path>: line L: <what>".
+// A YAML options file, read with yaml-cpp: mappings (nested too) become JSON objects, sequences
+// arrays, and every scalar a JSON string (`key:` with nothing: ""); the caller interprets them.
+// The top level must be one mapping. Errors read "[yaml] <path>: line L: <what>" (syntax, a key
+// given twice, more than one document).
 json read_yaml_file(const std::string& path);
 json parse_yaml(std::string_view text, const std::string& origin);
 // Writes JSON atomically (indent < 0: compact), with a trailing newline.

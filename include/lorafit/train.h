@@ -365,16 +365,16 @@ std::unique_ptr<peft::PeftModel> load_run_weights(models::Model& model, const st
 
 // Everything `lorafit train` takes, with its defaults (the flag --x-y is the field x_y).
 struct RunParams {
-  std::string model;       // model folder or .gguf (required)
-  std::string train_data;  // .tsv/.csv/.jsonl classification; .txt or instruction .jsonl LM
-  std::string validation;  // none: split off val_fraction of the training data
-  std::string output;      // the run folder (required)
+  std::string model;            // model folder or .gguf (required)
+  std::string train_data;       // .tsv/.csv/.jsonl classification; .txt or instruction .jsonl LM
+  std::string validation;       // none: split off val_fraction of the training data
+  std::string output;           // the run folder (required)
   std::string task = "auto";    // classification | lm | auto (BERT: classification, Llama: lm)
   std::string method = "lora";  // lora | adalora | full | head
   // LoRA / DoRA (method lora; dropout and targets also adalora)
   int64_t lora_r = 8;
   double lora_alpha = 16, lora_dropout = 0.1;
-  std::vector<std::string> target_modules;  // empty: default_target_modules(arch)
+  std::vector<std::string> target_modules;                  // empty: default_target_modules(arch)
   std::optional<std::vector<std::string>> modules_to_save;  // nullopt: PEFT's (classifier)
   bool use_rslora = false, use_dora = false;
   std::string init_lora_weights = "true";  // as PEFT writes it: true|false|gaussian|pissa|olora
@@ -464,9 +464,9 @@ struct EvalParams {
   std::string data;     // required
   std::string task = "auto";
   int64_t batch_size = 32;
-  int64_t max_length = 0;      // 0: as trained, else 128
-  int64_t block_size = 0;      // 0: as trained, else 128
-  std::string chat_template;   // "": as trained, else auto
+  int64_t max_length = 0;     // 0: as trained, else 128
+  int64_t block_size = 0;     // 0: as trained, else 128
+  std::string chat_template;  // "": as trained, else auto
   std::string text_column, text_pair_column, label_column;
 };
 
@@ -496,8 +496,8 @@ std::string format_predictions(const PredictReport& r, bool jsonl);
 struct GenerateParams {
   std::string model, adapter, prompt;
   models::GenerateOptions sampling;
-  bool chat = false;          // the prompt is a user message in the chat template
-  std::string system;         // with chat
+  bool chat = false;   // the prompt is a user message in the chat template
+  std::string system;  // with chat
   std::string chat_template = "auto";
 };
 // Generates text; on_text(piece) receives the continuation as it grows (decoded whole each time,

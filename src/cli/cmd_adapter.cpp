@@ -11,6 +11,7 @@
 
 #include <unistd.h>
 
+#include "cli/cli.h"
 #include "lorafit/io.h"
 #include "lorafit/models.h"
 #include "lorafit/peft.h"
@@ -48,18 +49,16 @@ const char* kAdapterUsage = R"(Usage:
   lorafit adapter export-gguf ADAPTER_DIR --base MODEL --out FILE.gguf
       llama.cpp LoRA GGUF (Llama-family bases). A PiSSA / OLoRA adapter is converted first (as
       convert-to-lora, A0 and B0 from the init on MODEL): llama.cpp applies it to the original base.
+Every subcommand also reads its options from --config FILE (JSON or YAML, keys as the flags).
 )";
+
+using lorafit::cli::Options;
+using lorafit::cli::OptSpec;
 
 std::string num(double v) {
   char b[32];
   std::snprintf(b, sizeof b, "%.3g", v);
   return b;
-}
-
-bool has_flag(int argc, char** argv, const char* name) {
-  for (int i = 0; i < argc; ++i)
-    if (!std::strcmp(argv[i], name)) return true;
-  return false;
 }
 
 // Labels a lorafit run recorded next to its adapter (lorafit_task.json "labels"), else none.
@@ -90,10 +89,42 @@ std::vector<std::pair<std::string, lorafit::tensor::Tensor>> targeted_weights(
   return out;
 }
 
-std::string option(int argc, char** argv, const char* name) {
-  for (int i = 0; i + 1 < argc; ++i)
-    if (!std::strcmp(argv[i], name)) return argv[i + 1];
-  return "";
+
+const std::vector<OptSpec> kInfoOpts = {
+    {"base", "str", "", "check the adapter against this model (default: base_model_name_or_path)"}};
+const std::vector<OptSpec> kMergeOpts = {
+    {"base", "str", "", "the base model folder or .gguf (required)"},
+    {"out", "str", "", "output folder (HF base) or .gguf file (GGUF base) (required)"},
+    {"type", "str", "f16",
+     "GGUF base: dtype of the merged weights: f32 | f16 | q8_0 | q4_0 | q4_1"},
+    {"force", "bool", "false",
+     "GGUF base: write the merge even when rounding moves the weights more than the adapter does"}};
+const std::vector<OptSpec> kConvertOpts = {
+    {"base", "str", "", "the original base model (required)"},
+    {"out", "str", "", "output PEFT folder of the plain LoRA (required)"},
+    {"initial", "str", "",
+     "the adapter saved right after the PiSSA/OLoRA init (default: recomputed from --base)"}};
+const std::vector<OptSpec> kCombineOpts = {
+    {"base", "str", "", "the base model (required)"},
+    {"weights", "str", "", "W1,W2,...: one weight per adapter (required)"},
+    {"out", "str", "", "output PEFT folder (required)"},
+    {"type", "str", "svd", "cat | linear | svd"},
+    {"svd-rank", "int", "0", "svd: rank of the result (0: the largest rank)"}};
+const std::vector<OptSpec> kExportOpts = {
+    {"base", "str", "", "the base model (required)"},
+    {"out", "str", "", "the llama.cpp LoRA .gguf to write (required)"}};
+
+// Parses `adapter <sub> ...`: positionals are the adapter folders.
+Options parse_sub(const std::string& sub, const std::vector<OptSpec>& specs, int argc,
+                  char** argv) {
+  Options o(specs, "adapter " + sub);
+  o.parse(argc - 1, argv + 1);
+  if (o.positional.empty())
+    throw lorafit::Error("[adapter " + sub + "] expected an adapter folder");
+  if (sub != "combine" && o.positional.size() > 1)
+    throw lorafit::Error("[adapter " + sub + "] unexpected argument '" + o.positional[1] +
+                         "'; give one adapter folder");
+  return o;
 }
 
 bool ends_with(const std::string& s, const std::string& e) {
@@ -101,19 +132,15 @@ bool ends_with(const std::string& s, const std::string& e) {
 }
 
 // lorafit adapter combine DIR... --base MODEL --weights W,... --out DIR [--type T] [--svd-rank K]
-int cmd_combine(int argc, char** argv) {
+int cmd_combine(const Options& o) {
   namespace peft = lorafit::peft;
-  std::vector<std::string> dirs;
-  for (int i = 2; i < argc && std::strncmp(argv[i], "--", 2) != 0; ++i) dirs.push_back(argv[i]);
-  const std::string base = option(argc, argv, "--base"), out = option(argc, argv, "--out");
-  const std::string ws = option(argc, argv, "--weights");
-  std::string type = option(argc, argv, "--type");
-  const std::string rank = option(argc, argv, "--svd-rank");
-  if (dirs.empty() || base.empty() || out.empty() || ws.empty()) {
+  const std::vector<std::string>& dirs = o.positional;
+  const std::string base = o.str("base"), out = o.str("out"), ws = o.str("weights");
+  const std::string type = o.str("type");
+  if (base.empty() || out.empty() || ws.empty()) {
     std::fputs(kAdapterUsage, stderr);
     return 2;
   }
-  if (type.empty()) type = "svd";
   try {
     std::vector<double> weights;
     size_t a = 0;
@@ -139,8 +166,7 @@ int cmd_combine(int argc, char** argv) {
       else pm->load_adapter(dirs[i], name);
       names.push_back(name);
     }
-    pm->add_weighted_adapter(names, weights, "combined", type,
-                             rank.empty() ? 0 : std::stoll(rank));
+    pm->add_weighted_adapter(names, weights, "combined", type, o.integer("svd-rank"));
     pm->save_pretrained(out, "combined");
     std::printf("combined %zu adapters (%s, r %lld) -> %s\n", dirs.size(), type.c_str(),
                 static_cast<long long>(pm->config("combined").r), out.c_str());
@@ -154,15 +180,29 @@ int cmd_combine(int argc, char** argv) {
 }  // namespace
 
 int cmd_adapter(int argc, char** argv) {
-  if (argc < 3 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
+  if (argc < 3 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") ||
+      lorafit::cli::wants_help(argc, argv)) {
     std::fputs(kAdapterUsage, argc < 3 ? stderr : stdout);
     return argc < 3 ? 2 : 0;
   }
-  if (!std::strcmp(argv[1], "combine")) return cmd_combine(argc, argv);
-  const std::string sub = argv[1], dir = argv[2];
-  std::string base = option(argc, argv, "--base");
-  const std::string out = option(argc, argv, "--out");
+  const std::string sub = argv[1];
+  const std::vector<OptSpec>* specs = sub == "info"          ? &kInfoOpts
+                                      : sub == "merge"       ? &kMergeOpts
+                                      : sub == "combine"     ? &kCombineOpts
+                                      : sub == "export-gguf" ? &kExportOpts
+                                      : sub == "convert-to-lora" ? &kConvertOpts
+                                                             : nullptr;
+  if (!specs) {
+    std::fprintf(stderr, "lorafit adapter: unknown subcommand '%s'\n%s", sub.c_str(),
+                 kAdapterUsage);
+    return 2;
+  }
   try {
+    const Options o = parse_sub(sub, *specs, argc, argv);
+    if (sub == "combine") return cmd_combine(o);
+    const std::string dir = o.positional[0];
+    std::string base = o.str("base");
+    const std::string out = sub == "info" ? "" : o.str("out");
     namespace peft = lorafit::peft;
     peft::AdapterConfig cfg = peft::read_adapter_config(dir);
     if (sub == "info") {
@@ -222,20 +262,20 @@ int cmd_adapter(int argc, char** argv) {
     }
     if (sub == "merge" && ends_with(base, ".gguf")) {
       namespace ts = lorafit::tensor;
-      const std::string t = option(argc, argv, "--type");
+      const std::string t = o.str("type");
       ts::DType type = ts::DType::F16;
       if (t == "f32") type = ts::DType::F32;
       else if (t == "q8_0") type = ts::DType::Q8_0;
       else if (t == "q4_0") type = ts::DType::Q4_0;
       else if (t == "q4_1") type = ts::DType::Q4_1;
-      else if (!t.empty() && t != "f16")
+      else if (t != "f16")
         throw lorafit::Error("[adapter] --type: '" + t + "' is not one of f32, f16, q8_0, q4_0, q4_1");
       lorafit::models::LoadOptions lo;
       lo.dequantize = true;
       auto model = lorafit::models::load_model(base, lo);
-      std::vector<std::string> paths;
       std::vector<std::pair<std::string, ts::Tensor>> before;
       if (type != ts::DType::F32) before = targeted_weights(*model, dir);
+      std::vector<std::string> paths;
       {
         auto pm = peft::PeftModel::from_pretrained(*model, dir);
         if (pm->config().modules_to_save && !pm->config().modules_to_save->empty())
@@ -253,7 +293,7 @@ int cmd_adapter(int argc, char** argv) {
             "(worst: %s, |Q(W+dW) - (W+dW)| = %.4g, |dW| = %.4g)\n",
             ts::dtype_name(type), w.ratio(), w.module.c_str(), w.rounding, w.delta);
         std::fflush(stdout);  // before a refusal on stderr
-        if (w.ratio() > peft::kMergeRoundingLimit && !has_flag(argc, argv, "--force"))
+        if (w.ratio() > peft::kMergeRoundingLimit && !o.flag("force"))
           throw lorafit::Error(
               "[adapter] merge --type " + t + ": rounding to " + ts::dtype_name(type) +
               " changes module " + w.module + " by " + num(w.ratio()) +
@@ -285,7 +325,7 @@ int cmd_adapter(int argc, char** argv) {
       lo.dequantize = true;  // the init factors F32 weights
       lo.num_labels = peft::adapter_num_labels(dir);
       auto model = lorafit::models::load_model(base, lo);
-      const std::string initial = option(argc, argv, "--initial");
+      const std::string initial = o.str("initial");
       peft::convert_to_lora(*model, dir, out, initial);
       std::printf("converted %s (%s, r %lld) to a plain LoRA (r %lld) against %s -> %s\n",
                   dir.c_str(), peft::init_lora_weights_str(cfg).c_str(),

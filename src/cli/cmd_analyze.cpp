@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "cli/cli.h"
 #include "lorafit/io.h"
 #include "lorafit/models.h"
 #include "lorafit/peft.h"
@@ -21,7 +22,8 @@ namespace peft = lorafit::peft;
 using lorafit::Error;
 using lorafit::tensor::Tensor;
 
-const char* kAnalyzeUsage = R"(Usage: lorafit analyze --base MODEL --result METHOD[@CHECKPOINT]=PATH [--result ...]
+const char* kAnalyzeUsage =
+    R"(Usage: lorafit analyze --base MODEL --result METHOD[@CHECKPOINT]=PATH [--result ...]
                        --out DIR [--modules LIST|all] [--title TEXT]
 
 DoRA's weight-decomposition analysis (Liu et al. 2024, Fig. 2): for every selected Linear module
@@ -30,41 +32,29 @@ of each result, against the same module of the base model, per output row w:
   ΔD = mean (1 − cos(w_ft, w_0))   (direction change)
 Writes DIR/analysis.csv (method,checkpoint,layer,module,module_path,delta_m,delta_d) and
 DIR/analysis.svg (one ΔD–ΔM scatter panel per method; colour = layer, shape = checkpoint).
-
-  --base PATH          the base model folder (config.json + safetensors) or .gguf
-  --result M=PATH      a result labelled by method M (repeat; repeat a method for several
-                       checkpoints). PATH is a folder written by `lorafit train` (final/, best/,
-                       checkpoint/: a LoRA or DoRA adapter, merged on the fly, or the
-                       trainable.safetensors of --method full), a PEFT adapter folder, or a plain
-                       Hugging Face model folder (e.g. from `lorafit adapter merge`). The
-                       checkpoint label is the folder's name unless given as M@LABEL=PATH.
-  --modules LIST       module names to analyse, matched against the end of the module path
-                       [default: the paper's query,value (BERT) / q_proj,v_proj (Llama)];
-                       "all": every Linear but the output head
-  --title TEXT         plot title
+A --result PATH is a folder written by `lorafit train` (final/, best/, checkpoint/: a LoRA or
+DoRA adapter, merged on the fly, or the trainable.safetensors of --method full), a PEFT adapter
+folder, or a plain Hugging Face model folder (e.g. from `lorafit adapter merge`). The checkpoint
+label is the folder's name unless given as M@LABEL=PATH.
 
 Example:
   lorafit analyze --base models/all-MiniLM-L6-v2 --result ft=runs/full/final \
       --result lora=runs/lora/final --result dora=runs/dora/final --out docs/analysis
 )";
 
+const std::vector<lorafit::cli::OptSpec> kAnalyzeOpts = {
+    {"base", "str", "", "the base model folder (config.json + safetensors) or .gguf (required)"},
+    {"result", "multi", "", "METHOD[@CHECKPOINT]=PATH: a result labelled by method (one or more)"},
+    {"out", "str", "", "output folder (required)"},
+    {"modules", "str", "",
+     "module names to analyse, matched against the end of the module path (default: the paper's "
+     "query,value / q_proj,v_proj); \"all\": every Linear but the output head"},
+    {"title", "str", "DoRA weight decomposition: magnitude vs direction change", "plot title"},
+};
+
 struct Result {
   std::string method, checkpoint, path;
 };
-
-std::vector<std::string> split_list(const std::string& s) {
-  std::vector<std::string> v;
-  std::string cur;
-  for (char c : s + ",") {
-    if (c == ',') {
-      if (!cur.empty()) v.push_back(cur);
-      cur.clear();
-    } else if (c != ' ') {
-      cur += c;
-    }
-  }
-  return v;
-}
 
 bool module_selected(const std::vector<std::string>& names, const std::string& path) {
   for (const auto& t : names)
@@ -123,44 +113,34 @@ std::unique_ptr<models::Model> load_result(const std::string& base, const Result
 }  // namespace
 
 int cmd_analyze(int argc, char** argv) {
-  std::string base, out, title = "DoRA weight decomposition: magnitude vs direction change",
-                         modules_opt;
+  if (lorafit::cli::wants_help(argc, argv)) {
+    lorafit::cli::print_help(kAnalyzeUsage, lorafit::cli::Options(kAnalyzeOpts, "analyze").specs());
+    return 0;
+  }
   std::vector<Result> results;
   try {
-    for (int i = 1; i < argc; ++i) {
-      const std::string a = argv[i];
-      if (a == "--help" || a == "-h") {
-        std::fputs(kAnalyzeUsage, stdout);
-        return 0;
-      }
-      if (i + 1 >= argc)
-        throw Error("[analyze] " + a + ": expected a value (see lorafit analyze --help)");
-      const std::string v = argv[++i];
-      if (a == "--base") {
-        base = v;
-      } else if (a == "--out") {
-        out = v;
-      } else if (a == "--title") {
-        title = v;
-      } else if (a == "--modules") {
-        modules_opt = v;
-      } else if (a == "--result") {
-        const size_t eq = v.find('=');
-        if (eq == std::string::npos || eq == 0 || eq + 1 == v.size())
-          throw Error("[analyze] --result '" + v + "': expected METHOD[@CHECKPOINT]=PATH");
-        Result r;
-        std::string label = v.substr(0, eq);
-        r.path = v.substr(eq + 1);
-        const size_t at = label.find('@');
-        r.method = label.substr(0, at);
-        r.checkpoint = at == std::string::npos ? fs::path(r.path).lexically_normal().filename().string()
-                                               : label.substr(at + 1);
-        if (r.checkpoint.empty()) r.checkpoint = fs::path(r.path).lexically_normal().parent_path().filename().string();
-        if (r.method.empty()) throw Error("[analyze] --result '" + v + "': empty method name");
-        results.push_back(r);
-      } else {
-        throw Error("[analyze] unknown option " + a + " (see lorafit analyze --help)");
-      }
+    lorafit::cli::Options o(kAnalyzeOpts, "analyze");
+    o.parse(argc, argv);
+    if (!o.positional.empty())
+      throw Error("[analyze] unexpected argument '" + o.positional[0] + "'; options start with --");
+    const std::string base = o.str("base"), out = o.str("out"), title = o.str("title"),
+                      modules_opt = o.str("modules");
+    for (const std::string& v : o.all("result")) {
+      const size_t eq = v.find('=');
+      if (eq == std::string::npos || eq == 0 || eq + 1 == v.size())
+        throw Error("[analyze] --result '" + v + "': expected METHOD[@CHECKPOINT]=PATH");
+      Result r;
+      std::string label = v.substr(0, eq);
+      r.path = v.substr(eq + 1);
+      const size_t at = label.find('@');
+      r.method = label.substr(0, at);
+      r.checkpoint = at == std::string::npos
+                         ? fs::path(r.path).lexically_normal().filename().string()
+                         : label.substr(at + 1);
+      if (r.checkpoint.empty())
+        r.checkpoint = fs::path(r.path).lexically_normal().parent_path().filename().string();
+      if (r.method.empty()) throw Error("[analyze] --result '" + v + "': empty method name");
+      results.push_back(r);
     }
     if (base.empty() || out.empty() || results.empty()) {
       std::fputs(kAnalyzeUsage, stderr);
@@ -170,8 +150,9 @@ int cmd_analyze(int argc, char** argv) {
     lo.dequantize = true;
     auto base_model = models::load_model(base, lo);
     const std::string arch = base_model->config().arch;
-    std::vector<std::string> names =
-        modules_opt.empty() ? lorafit::train::default_target_modules(arch) : split_list(modules_opt);
+    std::vector<std::string> names = modules_opt.empty()
+                                         ? lorafit::train::default_target_modules(arch)
+                                         : lorafit::cli::split_list(modules_opt);
     const bool all = names.size() == 1 && names[0] == "all";
     // Base weights of the selected modules, in module order.
     std::vector<std::pair<std::string, Tensor>> w0;

@@ -15,7 +15,7 @@ namespace {
 
 const std::vector<OptSpec> kEvalOpts = {
     {"config", "str", "", "JSON or YAML (.yaml/.yml) file of options"},
-    {"model", "str", "", "base model folder or .gguf (required)"},
+    {"model", "str", "", "base model folder, .gguf, or a folder holding one .gguf (required)"},
     {"adapter", "str", "",
      "a run's final/ or best/ folder, or a PEFT adapter folder (none: the base model)"},
     {"data", "str", "", "file to evaluate / classify (required)"},

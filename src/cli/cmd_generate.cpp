@@ -14,7 +14,8 @@ namespace {
 
 const std::vector<OptSpec> kGenOpts = {
     {"config", "str", "", "JSON or YAML (.yaml/.yml) file of options"},
-    {"model", "str", "", "Llama-family model folder or .gguf (required)"},
+    {"model", "str", "",
+     "Llama-family model folder, .gguf, or a folder holding one .gguf (required)"},
     {"adapter", "str", "", "a run's final/ folder or a PEFT adapter folder"},
     {"prompt", "str", "", "the text to continue (required)"},
     {"max-new-tokens", "int", "64", "tokens to generate"},

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "cli/cli.h"
 #include "lorafit/models.h"
 
 namespace {
@@ -53,7 +54,14 @@ int cmd_info(int argc, char** argv) {
     return argc < 2 ? 2 : 0;
   }
   try {
-    auto model = lorafit::models::load_model(lorafit::models::resolve_model_path(argv[1]));
+    lorafit::cli::Options o({}, "info", false);
+    o.parse(argc, argv);
+    if (o.positional.size() != 1)
+      throw lorafit::Error(
+          "[info] expected one PATH (a model folder, a .gguf, or a folder holding one .gguf), "
+          "got " +
+          std::to_string(o.positional.size()));
+    auto model = lorafit::models::load_model(lorafit::models::resolve_model_path(o.positional[0]));
     const auto& c = model->config();
     std::printf("path:          %s (%s)\n", c.source.c_str(), c.format.c_str());
     std::printf("architecture:  %s\n", c.arch.c_str());

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "cli/cli.h"
 #include "lorafit/io.h"
 #include "lorafit/models.h"
 #include "lorafit/peft.h"
@@ -21,26 +22,30 @@ namespace models = lorafit::models;
 using lorafit::Error;
 using lorafit::tensor::Tensor;
 
-const char* kLogitsUsage = R"(Usage: lorafit logits --model PATH --prompt TEXT [--prompt TEXT ...] [options]
+const char* kLogitsUsage =
+    R"(Usage: lorafit logits --model PATH --prompt TEXT [--prompt TEXT ...] [options]
 
 Runs the prompts as one batch (right-padded) and prints, per prompt, the top tokens / labels, or
 saves every logit. Llama-family models: next-token logits at every prompt position [T, V];
 BERT-family classifiers: class logits [L].
-
-Options:
-  --model PATH           model folder or .gguf (required)
-  --prompt TEXT          a prompt (repeatable, at least one)
-  --adapter DIR          a PEFT adapter folder, active for every prompt
-  --adapter NAME=DIR     a named adapter (repeatable); without --route all of them are active
-                         (their deltas add up)
-  --route N1,N2,...      mixed batch: prompt i goes through adapter N_i alone ("__base__": the base
-                         model), as PEFT's adapter_names=[...]; one name per prompt
-  --num-labels N         classifiers without a stored head: number of labels (default: 2)
-  --no-special           do not add BOS/CLS... tokens when encoding
-  --out FILE             write a safetensors file: ids.<i> (I32 [T_i]) and logits.<i> (F32) per
-                         prompt i, metadata model/adapters/route
-  --threads N            compute threads (0: all cores)
 )";
+
+const std::vector<lorafit::cli::OptSpec> kLogitsOpts = {
+    {"model", "str", "", "model folder, .gguf, or a folder holding one .gguf (required)"},
+    {"prompt", "multi", "", "a prompt (at least one)"},
+    {"adapter", "multi", "",
+     "DIR: a PEFT adapter folder, active for every prompt; NAME=DIR: a named adapter (without "
+     "--route all of them are active, their deltas add up)"},
+    {"route", "str", "",
+     "N1,N2,...: mixed batch, prompt i goes through adapter N_i alone (\"__base__\": the base "
+     "model), as PEFT's adapter_names=[...]; one name per prompt"},
+    {"num-labels", "int", "0", "classifiers without a stored head: number of labels (0: 2)"},
+    {"no-special", "bool", "false", "do not add BOS/CLS... tokens when encoding"},
+    {"out", "str", "",
+     "write a safetensors file: ids.<i> (I32 [T_i]) and logits.<i> (F32) per prompt i, metadata "
+     "model/adapters/route"},
+    {"threads", "int", "0", "compute threads (0: all cores)"},
+};
 
 std::vector<std::string> split(const std::string& s, char c) {
   std::vector<std::string> v;
@@ -57,36 +62,33 @@ std::vector<std::string> split(const std::string& s, char c) {
 }  // namespace
 
 int cmd_logits(int argc, char** argv) {
-  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
-    std::fputs(kLogitsUsage, argc < 2 ? stderr : stdout);
-    return argc < 2 ? 2 : 0;
+  using lorafit::cli::Options;
+  if (argc < 2) {
+    std::fputs(kLogitsUsage, stderr);
+    return 2;
   }
-  try {
-    std::string model_path, out, route;
-    std::vector<std::string> prompts;
+  if (lorafit::cli::wants_help(argc, argv)) {
+    lorafit::cli::print_help(kLogitsUsage, Options(kLogitsOpts, "logits").specs());
+    return 0;
+  }
+  return lorafit::cli::run_command("logits", [&] {
+    Options o(kLogitsOpts, "logits");
+    o.parse(argc, argv);
+    if (!o.positional.empty())
+      throw Error("[logits] unexpected argument '" + o.positional[0] + "'; options start with --");
+    std::string model_path = o.str("model");
+    const std::string out = o.str("out"), route = o.str("route");
+    const std::vector<std::string> prompts = o.all("prompt");
     std::vector<std::pair<std::string, std::string>> adapters;  // name, dir
-    int64_t num_labels = 0, threads = 0;
-    bool special = true;
-    for (int i = 1; i < argc; ++i) {
-      const std::string a = argv[i];
-      auto val = [&]() -> std::string {
-        if (i + 1 >= argc) throw Error("[logits] " + a + " needs a value");
-        return argv[++i];
-      };
-      if (a == "--model") model_path = val();
-      else if (a == "--prompt") prompts.push_back(val());
-      else if (a == "--adapter") {
-        const std::string v = val();
-        const size_t eq = v.find('=');
-        if (eq == std::string::npos || fs::exists(v)) adapters.emplace_back("default", v);
-        else adapters.emplace_back(v.substr(0, eq), v.substr(eq + 1));
-      } else if (a == "--route") route = val();
-      else if (a == "--num-labels") num_labels = std::stoll(val());
-      else if (a == "--threads") threads = std::stoll(val());
-      else if (a == "--no-special") special = false;
-      else if (a == "--out") out = val();
-      else throw Error("[logits] unknown option '" + a + "' (see lorafit logits --help)");
+    for (const std::string& v : o.all("adapter")) {
+      const size_t eq = v.find('=');
+      if (eq == std::string::npos || fs::exists(v))
+        adapters.emplace_back("default", v);
+      else
+        adapters.emplace_back(v.substr(0, eq), v.substr(eq + 1));
     }
+    const int64_t num_labels = o.integer("num-labels"), threads = o.integer("threads");
+    const bool special = !o.flag("no-special");
     if (model_path.empty()) throw Error("[logits] --model is required");
     if (prompts.empty()) throw Error("[logits] give at least one --prompt");
     lorafit::kernels::set_num_threads(static_cast<int>(threads));
@@ -101,8 +103,10 @@ int cmd_logits(int argc, char** argv) {
     for (auto& [name, dir] : adapters) {
       if (std::find(names.begin(), names.end(), name) != names.end())
         throw Error("[logits] adapter name '" + name + "' given twice");
-      if (!pm) pm = peft::PeftModel::from_pretrained(*model, dir, name);
-      else pm->load_adapter(dir, name);
+      if (!pm)
+        pm = peft::PeftModel::from_pretrained(*model, dir, name);
+      else
+        pm->load_adapter(dir, name);
       names.push_back(name);
     }
     if (pm) pm->set_adapters(names);
@@ -169,8 +173,5 @@ int cmd_logits(int argc, char** argv) {
       std::printf("wrote %s\n", out.c_str());
     }
     return 0;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "lorafit logits: %s\n", e.what());
-    return 1;
-  }
+  });
 }

@@ -15,7 +15,8 @@ namespace {
 
 const std::vector<OptSpec> kTrainOpts = {
     {"config", "str", "", "JSON or YAML (.yaml/.yml) file of options (keys as the flags, - or _)"},
-    {"model", "str", "", "model folder (config.json + safetensors) or .gguf file (required)"},
+    {"model", "str", "",
+     "model folder (config.json + safetensors), .gguf, or a folder holding one .gguf (required)"},
     {"train", "str", "",
      "training data: .tsv/.csv/.jsonl (classification); .txt or instruction .jsonl (causal LM) "
      "(required)"},

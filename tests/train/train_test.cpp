@@ -432,6 +432,17 @@ int run(const std::string& cmd) {
   int rc = std::system((cmd + " > /dev/null 2>&1").c_str());
   return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
 }
+// Exit status and stderr of a command.
+std::pair<int, std::string> run_err(const std::string& cmd) {
+  std::string err;
+  FILE* p = popen((cmd + " 2>&1 >/dev/null").c_str(), "r");
+  if (!p) return {-1, ""};
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) err.append(buf, n);
+  int rc = pclose(p);
+  return {WIFEXITED(rc) ? WEXITSTATUS(rc) : -1, err};
+}
 }  // namespace
 
 TEST(Cli, TrainWritesAdapterLogAndReport) {
@@ -482,6 +493,15 @@ TEST(Cli, TrainWritesAdapterLogAndReport) {
   std::string preds = io::read_file((work / "p.tsv").string());
   EXPECT_EQ(std::count(preds.begin(), preds.end(), '\n'), 65);  // header + 64 rows
   EXPECT_EQ(run(bin + " train --help"), 0);
+  // --init-lora-weights goes through peft's own init_lora_weights parsing, as PEFT writes it.
+  ASSERT_EQ(run(base + " --overwrite --init-lora-weights gaussian"), 0);
+  EXPECT_EQ(
+      io::read_json_file((work / "out/final/adapter_config.json").string())["init_lora_weights"],
+      "gaussian");
+  auto [rc, err] = run_err(base + " --overwrite --init-lora-weights bogus");
+  EXPECT_EQ(rc, 1);
+  EXPECT_NE(err.find("field 'init_lora_weights': \"bogus\" is not supported"), std::string::npos)
+      << err;
   fs::remove_all(work);
 }
 
@@ -510,8 +530,21 @@ TEST(Cli, YamlAndJsonConfigsEqualFlags) {
   ASSERT_EQ(run(common + " --output " + (work / "json").string() + " --config " +
                 (work / "c.json").string()),
             0);
+  // Nested keys join with '-': lora: {r: 4} is --lora-r 4 (YAML and JSON alike).
+  write(work / "n.yaml",
+        "max_steps: 3\nbatch_size: 8\nlr: 1e-2\nlora:\n  r: 4\ntarget:\n  modules: [query, key, "
+        "value]\n");
+  ASSERT_EQ(run(common + " --output " + (work / "nyaml").string() + " --config " +
+                (work / "n.yaml").string()),
+            0);
+  write(work / "n.json",
+        "{\"max_steps\": 3, \"batch_size\": 8, \"lr\": 1e-2, \"lora\": {\"r\": 4}, "
+        "\"target_modules\": [\"query\", \"key\", \"value\"]}");
+  ASSERT_EQ(run(common + " --output " + (work / "njson").string() + " --config " +
+                (work / "n.json").string()),
+            0);
   auto ref = io::SafetensorsFile::open((work / "flags/final/trainable.safetensors").string());
-  for (const char* other : {"yaml", "json"}) {
+  for (const char* other : {"yaml", "json", "nyaml", "njson"}) {
     auto o = io::SafetensorsFile::open((work / other / "final/trainable.safetensors").string());
     ASSERT_EQ(o.names(), ref.names()) << other;
     for (auto& n : ref.names()) {
@@ -521,10 +554,20 @@ TEST(Cli, YamlAndJsonConfigsEqualFlags) {
         ASSERT_EQ(a.f32()[i], b.f32()[i]) << other << " " << n << " [" << i << "]";
     }
   }
-  write(work / "bad.yaml", "max_steps: 3\nlora:\n  r: 4\n");
-  EXPECT_EQ(run(common + " --output " + (work / "bad").string() + " --config " +
-                (work / "bad.yaml").string()),
-            1);
+  write(work / "bad.yaml", "max_steps: 3\nlora:\n  r: [4\n");
+  auto [rc, err] = run_err(common + " --output " + (work / "bad").string() + " --config " +
+                           (work / "bad.yaml").string());
+  EXPECT_EQ(rc, 1);
+  EXPECT_NE(err.find("[yaml] " + (work / "bad.yaml").string() + ": line 4"), std::string::npos)
+      << err;
+  EXPECT_FALSE(fs::exists(work / "bad"));
+  // A key no option has is refused with the file and a suggestion.
+  write(work / "typo.yaml", "max_steps: 3\nlora:\n  rank: 4\n");
+  auto [rc2, err2] = run_err(common + " --output " + (work / "bad").string() + " --config " +
+                             (work / "typo.yaml").string());
+  EXPECT_EQ(rc2, 1);
+  EXPECT_NE(err2.find("typo.yaml: key 'lora-rank' (did you mean --lora-r"), std::string::npos)
+      << err2;
   EXPECT_FALSE(fs::exists(work / "bad"));
   fs::remove_all(work);
 }
@@ -999,4 +1042,93 @@ TEST(Job, AdaLoraResumesExactlyThroughTheApi) {
   EXPECT_EQ(io::read_json_file((work / "b/final/adapter_config.json").string())["rank_pattern"],
             io::read_json_file((work / "a/final/adapter_config.json").string())["rank_pattern"]);
   fs::remove_all(work);
+}
+
+// ---- one option parser: errors name the option and what it expects ----------------------------
+
+TEST(Cli, UnknownAndMalformedOptionsNameTheOption) {
+  const std::string bin = LORAFIT_BINARY;
+  const std::string fix = LORAFIT_FIXTURES;
+  struct Case {
+    std::string args;
+    std::vector<std::string> parts;
+  };
+  const std::vector<Case> cases = {
+      {"train --model m --lr-rate 3",
+       {"lorafit train: [train] unknown option --lr-rate", "did you mean --lr",
+        "lorafit train --help"}},
+      {"train --model m --lora-r four", {"[train] --lora-r: expected an integer, got 'four'"}},
+      {"train --model m --lr 1e-3x", {"[train] --lr: expected a number, got '1e-3x'"}},
+      {"train --model m --use-dora=maybe",
+       {"[train] --use-dora: expected true or false, got 'maybe'"}},
+      {"train --model", {"[train] --model needs a value"}},
+      {"train --model m stray", {"[train] unexpected argument 'stray'"}},
+      {"eval --model m --batch-size 1.5",
+       {"lorafit eval: [eval] --batch-size: expected an integer, got '1.5'"}},
+      {"generate --model m --top-k abc", {"[generate] --top-k: expected an integer, got 'abc'"}},
+      {"logits --model m --prompt a --threads x",
+       {"lorafit logits: [logits] --threads: expected an integer, got 'x'"}},
+      {"logits --model m --prompt a --num-label 2",
+       {"[logits] unknown option --num-label", "did you mean --num-labels"}},
+      {"adapter merge " + fix + "/peft/llama_qv --base b --out o --bogus 1",
+       {"lorafit adapter merge: [adapter merge] unknown option --bogus"}},
+      {"adapter info " + fix + "/peft/llama_qv --bas x",
+       {"[adapter info] unknown option --bas", "did you mean --base"}},
+      {"adapter combine a b --base m --weights 1,1 --out o --svd-rank x",
+       {"[adapter combine] --svd-rank: expected an integer, got 'x'"}},
+      {"analyze --base m --out o --result a=b --modules", {"[analyze] --modules needs a value"}},
+      {"info --foo " + fix + "/models/tiny_bert", {"lorafit info: [info] unknown option --foo"}},
+  };
+  for (const auto& c : cases) {
+    auto [rc, err] = run_err(bin + " " + c.args);
+    EXPECT_EQ(rc, 1) << c.args << "\n" << err;
+    for (const auto& part : c.parts)
+      EXPECT_NE(err.find(part), std::string::npos) << c.args << "\n" << err;
+    EXPECT_EQ(err.find("stoll"), std::string::npos) << err;
+  }
+}
+
+// `lorafit info` takes every form a model comes in, the folder holding one .gguf included.
+TEST(Cli, InfoAcceptsAFolderHoldingOneGguf) {
+  auto work = temp_dir("info_gguf");
+  fs::create_directories(work / "m");
+  fs::copy_file(fs::path(LORAFIT_FIXTURES) / "models/tiny_llama.gguf", work / "m/tiny.gguf");
+  auto [rc, out] = run_out(std::string(LORAFIT_BINARY) + " info " + (work / "m").string());
+  ASSERT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("architecture:  llama"), std::string::npos) << out;
+  EXPECT_NE(out.find("tiny.gguf (gguf)"), std::string::npos) << out;
+  // Two .gguf files: which one is meant is unclear, and the message says so.
+  fs::copy_file(fs::path(LORAFIT_FIXTURES) / "models/tiny_llama_tied.gguf", work / "m/other.gguf");
+  auto [rc2, err] = run_err(std::string(LORAFIT_BINARY) + " info " + (work / "m").string());
+  EXPECT_EQ(rc2, 1);
+  EXPECT_NE(err.find("no config.json and 2 .gguf files"), std::string::npos) << err;
+  fs::remove_all(work);
+}
+
+// generate through the CLI and the library give the same text; greedy-only options are refused.
+TEST(Cli, GenerateMatchesTheLibraryAndChecksItsOptions) {
+  const std::string model = tiny_llama_dir().string();
+  GenerateParams p;
+  p.model = model;
+  p.prompt = "hello world";
+  p.sampling.max_new_tokens = 6;
+  p.sampling.temperature = 0.9;
+  p.sampling.top_k = 20;
+  p.sampling.seed = 5;
+  std::string pieces;
+  const std::string text = generate_text(p, [&](const std::string& s) { pieces += s; });
+  EXPECT_EQ(pieces, text);
+  EXPECT_EQ(generate_text(p), text);  // seeded
+  const std::string bin = LORAFIT_BINARY;
+  auto [rc, out] = run_out(bin + " generate --model " + model +
+                           " --prompt 'hello world' --max-new-tokens 6 --temperature 0.9 --top-k "
+                           "20 --seed 5 --threads 1");
+  ASSERT_EQ(rc, 0);
+  EXPECT_EQ(out, "hello world" + text + "\n");
+  auto [rc2, err] = run_err(bin + " generate --model " + model + " --prompt hi --top-k 5");
+  EXPECT_EQ(rc2, 1);
+  EXPECT_NE(err.find("--top-k/--top-p only matter when sampling"), std::string::npos) << err;
+  auto [rc3, err3] = run_err(bin + " generate --model " + model + " --prompt hi --system 'be brief'");
+  EXPECT_EQ(rc3, 1);
+  EXPECT_NE(err3.find("--system and --chat-template need --chat"), std::string::npos) << err3;
 }
