@@ -22,7 +22,7 @@ PY=$(bash tools/pyenv.sh | tail -n 1)
 if ! "$PY" -c "import llama_cpp" 2>/dev/null; then
   echo "[interop] building llama-cpp-python (once per machine)"
   CMAKE_ARGS="-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF" \
-    "$PY" -m pip install -q "llama-cpp-python==0.3.36" diskcache jinja2
+    "$PY" -m pip install -q --retries 10 "llama-cpp-python==0.3.36" diskcache jinja2
 fi
 bash tools/fetch_models.sh
 bash tools/fetch_data.sh
