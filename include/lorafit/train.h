@@ -409,6 +409,12 @@ struct RunParams {
 // The effective configuration as JSON (keys as the fields; "train" for train_data), written
 // into checkpoint/trainer_state.json and the report.
 io::json run_params_to_json(const RunParams& p);
+// The inverse (unknown keys ignored; a wrong type names the key and `origin`).
+RunParams run_params_from_json(const io::json& j, const std::string& origin);
+// The parameters of the run that wrote `checkpoint_dir` (its trainer_state.json), set to resume
+// from there: resume = checkpoint_dir, overwrite and stop_after cleared. run_job() on them
+// continues that run exactly (AdaLoRA's allocator state included).
+RunParams resume_params(const std::string& checkpoint_dir);
 
 // What prepare() found, for display.
 struct JobInfo {

@@ -141,6 +141,94 @@ json run_params_to_json(const RunParams& p) {
   return j;
 }
 
+RunParams run_params_from_json(const json& j, const std::string& origin) {
+  RunParams p;
+  auto get = [&](const char* key, auto& field) {
+    if (!j.contains(key) || j.at(key).is_null()) return;
+    try {
+      j.at(key).get_to(field);
+    } catch (const std::exception&) {
+      fail(origin + ": field '" + key + "' has the wrong type (" + j.at(key).type_name() + ")");
+    }
+  };
+  get("model", p.model);
+  get("train", p.train_data);
+  get("validation", p.validation);
+  get("output", p.output);
+  get("task", p.task);
+  get("method", p.method);
+  get("lora_r", p.lora_r);
+  get("lora_alpha", p.lora_alpha);
+  get("lora_dropout", p.lora_dropout);
+  get("target_modules", p.target_modules);
+  get("use_rslora", p.use_rslora);
+  get("use_dora", p.use_dora);
+  get("init_lora_weights", p.init_lora_weights);
+  get("init_r", p.init_r);
+  get("target_r", p.target_r);
+  get("tinit", p.tinit);
+  get("tfinal", p.tfinal);
+  get("delta_t", p.delta_t);
+  get("beta1", p.beta1);
+  get("beta2", p.beta2);
+  get("orth_reg_weight", p.orth_reg_weight);
+  get("train_modules", p.train_modules);
+  get("loraplus_ratio", p.loraplus_ratio);
+  get("weight_decay", p.weight_decay);
+  get("adam_beta1", p.adam_beta1);
+  get("adam_beta2", p.adam_beta2);
+  get("adam_eps", p.adam_eps);
+  get("schedule", p.schedule);
+  get("warmup_ratio", p.warmup_ratio);
+  get("warmup_steps", p.warmup_steps);
+  get("epochs", p.epochs);
+  get("max_steps", p.max_steps);
+  get("max_train_samples", p.max_train_samples);
+  get("batch_size", p.batch_size);
+  get("grad_accum", p.grad_accum);
+  get("max_grad_norm", p.max_grad_norm);
+  get("max_length", p.max_length);
+  get("block_size", p.block_size);
+  get("chat_template", p.chat_template);
+  get("val_fraction", p.val_fraction);
+  get("eval_every", p.eval_every);
+  get("eval_max_batches", p.eval_max_batches);
+  get("save_every", p.save_every);
+  get("log_every", p.log_every);
+  get("text_column", p.text_column);
+  get("text_pair_column", p.text_pair_column);
+  get("label_column", p.label_column);
+  get("seed", p.seed);
+  get("threads", p.threads);
+  get("resume", p.resume);
+  get("overwrite", p.overwrite);
+  get("quiet", p.quiet);
+  get("stop_after", p.stop_after);
+  if (j.contains("modules_to_save") && !j.at("modules_to_save").is_null()) {
+    p.modules_to_save.emplace();
+    get("modules_to_save", *p.modules_to_save);
+  }
+  if (j.contains("lr") && !j.at("lr").is_null()) {
+    p.lr.emplace();
+    get("lr", *p.lr);
+  }
+  return p;
+}
+
+RunParams resume_params(const std::string& checkpoint_dir) {
+  const std::string path = checkpoint_dir + "/trainer_state.json";
+  if (!fs::exists(path))
+    fail(checkpoint_dir + ": no trainer_state.json (give a run's checkpoint/ folder)");
+  const json st = io::read_json_file(path);
+  if (!st.contains("config") || !st.at("config").is_object())
+    fail(path + ": field 'config' is missing (a checkpoint written by another version?)");
+  RunParams p = run_params_from_json(st.at("config"), path);
+  p.resume = checkpoint_dir;
+  p.overwrite = false;
+  p.stop_after = 0;
+  return p;
+}
+
 struct TrainingJob::Impl {
   RunParams p;
   JobInfo info;

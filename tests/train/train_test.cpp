@@ -1035,9 +1035,13 @@ TEST(Job, AdaLoraResumesExactlyThroughTheApi) {
   EXPECT_TRUE(run_job(b).summary.interrupted);
   ASSERT_TRUE(fs::exists(work / "b/checkpoint/adalora_state.safetensors"));
   ASSERT_TRUE(fs::exists(work / "b/checkpoint/adapter_config.json"));
-  b.stop_after = 0;
-  b.resume = (work / "b/checkpoint").string();
-  EXPECT_FALSE(run_job(b).summary.interrupted);
+  // The checkpoint knows its run: resume_params reads the options back (stop_after cleared).
+  RunParams rb = resume_params((work / "b/checkpoint").string());
+  EXPECT_EQ(rb.method, "adalora");
+  EXPECT_EQ(rb.init_r, 4);
+  EXPECT_EQ(rb.output, b.output);
+  EXPECT_EQ(rb.stop_after, 0);
+  EXPECT_FALSE(run_job(rb).summary.interrupted);
   expect_same_tensors(work / "a/final/trainable.safetensors", work / "b/final/trainable.safetensors");
   EXPECT_EQ(io::read_json_file((work / "b/final/adapter_config.json").string())["rank_pattern"],
             io::read_json_file((work / "a/final/adapter_config.json").string())["rank_pattern"]);
