@@ -217,6 +217,43 @@ TEST(PissaCli, LogitsCommandEqualsPeft) {
   }
 }
 
+TEST(PissaCli, MergeAndExportGguf) {
+  // adapter merge: the merged folder holds PEFT's merge_and_unload weights; export-gguf writes
+  // the rank-2r plain LoRA (llama.cpp adds it to the original weights), the same file as
+  // exporting the converted folder.
+  auto work = temp_dir("cli_merge");
+  io::SafetensorsFile ref = io::SafetensorsFile::open(kFix + "llama_pissa_ref.safetensors");
+  const std::string base = base_of("llama_pissa");
+  std::string log;
+  ASSERT_EQ(run(kBin + " adapter merge " + kFix + "llama_pissa --base " + base + " --out " +
+                    (work / "merged").string(),
+                &log),
+            0)
+      << log;
+  auto merged = models::load_model((work / "merged").string());
+  int n = 0;
+  for (auto& [p, l] : merged->linears())
+    if (ref.contains("merged." + p)) {
+      EXPECT_LT(max_abs_diff(l->weight.value, ref.get_f32("merged." + p)), 1e-5) << p;
+      ++n;
+    }
+  EXPECT_EQ(n, 6);
+  ASSERT_EQ(run(kBin + " adapter export-gguf " + kFix + "llama_pissa --base " + base + " --out " +
+                    (work / "a.gguf").string(),
+                &log),
+            0)
+      << log;
+  EXPECT_NE(log.find("converted from PiSSA/OLoRA to rank 2r"), std::string::npos) << log;
+  ASSERT_EQ(run(kBin + " adapter convert-to-lora " + kFix + "llama_pissa --base " + base +
+                " --out " + (work / "conv").string()),
+            0);
+  ASSERT_EQ(run(kBin + " adapter export-gguf " + (work / "conv").string() + " --base " + base +
+                " --out " + (work / "b.gguf").string()),
+            0);
+  EXPECT_EQ(io::read_file((work / "a.gguf").string()), io::read_file((work / "b.gguf").string()));
+  fs::remove_all(work);
+}
+
 // ---- conversion to a plain LoRA (PEFT's path_initial_model_for_weight_conversion) -------------
 
 TEST(PissaConvert, EqualsPeftConversion) {
