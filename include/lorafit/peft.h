@@ -135,7 +135,7 @@ class LoraLinear : public nn::LinearAdapter {
   void forward(nn::Context& ctx, const nn::Linear& base, const Tensor& x, Tensor& y) override;
   void backward(nn::Context& ctx, const nn::Linear& base, const Tensor& dy, Tensor* dx) override;
   // Mixed-batch routing (MixedBatch) makes every layer active; it then applies to its rows only.
-  bool active() const override { return (enabled || routing) && !merged; }
+  bool active() const override { return (enabled || route != nullptr) && !merged; }
 
   // ΔW = s · B A [out, in] (SVDLinear overrides it; merge/unmerge use it).
   virtual Tensor delta_weight() const;
@@ -150,13 +150,15 @@ class LoraLinear : public nn::LinearAdapter {
   double alpha() const { return alpha_; }
   float scaling() const { return scaling_; }
 
-  nn::Parameter A;  // lora_A.weight [r, in]
-  nn::Parameter B;  // lora_B.weight [out, r]
+  nn::Parameter A{nn::ParamRole::LowRankA};  // lora_A.weight [r, in]
+  nn::Parameter B{nn::ParamRole::LowRankB};  // lora_B.weight [out, r]
   float dropout = 0.0f;
   bool enabled = true;  // part of the active set (PeftModel::set_adapter)
   bool merged = false;  // ΔW is inside base.weight: forward adds nothing
   std::string adapter_name;  // the adapter this layer belongs to (mixed-batch routing)
-  bool routing = false;      // set by MixedBatch: forward reads ctx.adapter_names
+  // Set by MixedBatch while it lives: one adapter name per example of the batch; forward then
+  // adds this layer's part to the rows of the examples naming adapter_name only.
+  const std::vector<std::string>* route = nullptr;
 
  private:
   int64_t r_ = 0;
@@ -188,12 +190,11 @@ enum class DoraNorm { Fast, Reference };
 // Backward (v = u + s · h Bᵀ saved [n, out], h = drop(x) Aᵀ [n, r]):
 //   dm += Σ_rows dy ⊙ v / ‖·‖;  g = k ⊙ dy;  dB += s gᵀ h;  dh = s g B;  dA += dhᵀ drop(x)
 //   dx += drop'(((k − 1) ⊙ dy) W + dh A)
-// Without dropout the (k − 1) term is folded into the base product instead (base_grad_scale()
-// returns k: Linear computes (k ⊙ dy) W once, as autograd does for PEFT), so DoRA adds no
-// product with W to LoRA's backward; with dropout it is a second product, as in PEFT.
-// Training with another adapter active before this one on the same Linear (no dropout) would
-// need the (k − 1) factor inside that adapter's backward: backward throws for it (forward is
-// PEFT's). magnitude = lora_magnitude_vector [out], F32, trainable with A and B.
+// Without dropout the (k − 1) term is folded into the base product instead (upstream_grad()
+// returns k ⊙ dy: Linear computes (k ⊙ dy) W once, as autograd does for PEFT), so DoRA adds no
+// product with W to LoRA's backward; with dropout it is a second product, as in PEFT. An adapter
+// active before this one on the same Linear is part of u, so it gets k ⊙ dy too.
+// magnitude = lora_magnitude_vector [out], F32, trainable with A and B.
 class DoraLinear : public LoraLinear {
  public:
   DoraLinear(const nn::Linear& base, int64_t r, double alpha, bool use_rslora, float dropout);
@@ -215,10 +216,10 @@ class DoraLinear : public LoraLinear {
   std::vector<std::pair<std::string, nn::Parameter*>> extra_parameters() override {
     return {{"lora_magnitude_vector", &magnitude}};
   }
-  // k after a forward without dropout (see above); nullptr otherwise.
-  const float* base_grad_scale() const override;
+  // k ⊙ dy after a forward without dropout (see above); dy otherwise.
+  Tensor upstream_grad(nn::Context& ctx, const Tensor& dy) const override;
 
-  nn::Parameter magnitude;            // lora_magnitude_vector [out]
+  nn::Parameter magnitude{nn::ParamRole::Scale};  // lora_magnitude_vector [out]
   DoraNorm norm_mode = DoraNorm::Fast;
   // For finite-difference checks only: when defined ([out]), forward uses it as ‖W + s·B A‖, so
   // the norm is a true constant and the detached-norm gradients are exact derivatives.
@@ -226,7 +227,7 @@ class DoraLinear : public LoraLinear {
 
  private:
   Tensor xd_, h_, v_, norm_, k_;  // saved by forward
-  bool dropped_ = false, stacked_ = false;
+  bool dropped_ = false;
   uint64_t drop_seed_ = 0, drop_counter_ = 0;
   Tensor merged_norm_;  // ‖W + s·B A‖ at merge time
 };
@@ -345,9 +346,9 @@ class PeftModel {
 
 // Mixed-batch inference (PEFT's `adapter_names=[...]` forward argument): example i of the batch
 // goes through adapter names[i] alone ("__base__": the base model), whatever set_adapter chose.
-// While this object lives, ctx.adapter_names points at the names and every LoRA layer applies
-// itself only to the rows of its examples (a Linear input [B, ..., in] has rows / B rows per
-// example), so the models' forward (and cached generation) need no change. names.size() must be
+// While this object lives every LoRA layer of pm holds the names and applies itself only to the
+// rows of its examples (a Linear input [B, ..., in] has rows / B rows per example), so the
+// models' forward (and cached generation) need no change. names.size() must be
 // the batch size: a layer can only check that its row count divides evenly. modules_to_save
 // copies are routed too when the module is a Linear (classifier heads); other modules_to_save
 // throw. Inference only: a forward with ctx.training and any backward throw; refused while an
@@ -365,11 +366,9 @@ class MixedBatch {
  private:
   struct Override;  // modules_to_save routing on one Linear
   PeftModel& pm_;
-  nn::Context& ctx_;
   std::vector<std::string> names_;
-  const std::vector<std::string>* prev_names_;
   bool was_disabled_;
-  std::vector<LoraLinear*> layers_;
+  std::vector<std::pair<LoraLinear*, const std::vector<std::string>*>> layers_;  // and the route before
   std::vector<std::pair<nn::Linear*, std::unique_ptr<Override>>> overrides_;
 };
 
@@ -460,7 +459,7 @@ class SVDLinear : public LoraLinear {
   int64_t ranknum() const { return ranknum_; }
   float svd_scaling() const { return svd_scaling_; }
 
-  nn::Parameter E;  // lora_E [r, 1]
+  nn::Parameter E{nn::ParamRole::Scale};  // lora_E [r, 1]
 
  private:
   int64_t ranknum_ = 0;

@@ -125,12 +125,8 @@ void DoraLinear::forward(nn::Context& ctx, const nn::Linear& base, const Tensor&
     for (int64_t i = 0; i < n * in; ++i)
       d[i] = keep(drop_seed_, drop_counter_ + static_cast<uint64_t>(i), dropout) ? xs[i] * scale : 0.0f;
   }
-  // Another active adapter before this one has already added to y: PEFT folds it into u.
-  stacked_ = false;
-  for (const nn::LinearAdapter* a : base.adapters) {
-    if (a == this) break;
-    if (a->active()) stacked_ = true;
-  }
+  // Another active adapter before this one has already added to y: PEFT folds it into u (and
+  // upstream_grad gives it k ⊙ dy).
   xd_ = xd;
   h_ = ctx.alloc({n, r});
   v_ = ctx.alloc({n, out});
@@ -158,19 +154,24 @@ void DoraLinear::forward(nn::Context& ctx, const nn::Linear& base, const Tensor&
     for (int64_t i = 0; i < out; ++i) py[t * out + i] += k[i] * pv[t * out + i];
 }
 
-const float* DoraLinear::base_grad_scale() const {
-  // Without dropout u is the base output itself (y − b), so its gradient factor k goes into the
-  // base product. Stacked adapters would need it too: backward refuses that case.
-  return (!dropped_ && k_.defined() && h_.defined()) ? k_.f32() : nullptr;
+Tensor DoraLinear::upstream_grad(nn::Context& ctx, const Tensor& dy) const {
+  // Without dropout u = y − b is what arrived here (x Wᵀ and the adapters before this one), and
+  // y − b = k ⊙ u + k ⊙ s·h Bᵀ: u's gradient is k ⊙ dy. Linear takes it through x Wᵀ (no second
+  // product with W) and gives it to the earlier adapters. With dropout u is a product of its own
+  // (drop(x) Wᵀ, in backward): the base output only passes through.
+  if (dropped_ || !k_.defined() || !h_.defined()) return dy;
+  const int64_t out = k_.numel(), n = dy.numel() / out;
+  Tensor g = Tensor::empty(dy.shape());  // heap: freed when Linear::backward returns
+  const float* k = k_.f32();
+  const float* s = dy.f32();
+  float* d = g.f32();
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t i = 0; i < out; ++i) d[t * out + i] = k[i] * s[t * out + i];
+  return g;
 }
 
 void DoraLinear::backward(nn::Context& ctx, const nn::Linear& base, const Tensor& dy, Tensor* dx) {
   if (!h_.defined()) fail("DoRA backward called before forward");
-  if (stacked_ && !dropped_)
-    fail("DoRA on Linear " + shape_of(base) +
-         ": backward with another adapter active before the DoRA one on the same module is not "
-         "supported (its output is scaled by m/‖W+sBA‖ − 1 as in PEFT, which its own backward "
-         "does not see); activate the DoRA adapter alone for training");
   const int64_t in = base.in_features(), out = base.out_features(), r = this->r();
   const int64_t n = h_.dim(0);
   if (n == 0) return;
@@ -212,7 +213,7 @@ void DoraLinear::backward(nn::Context& ctx, const nn::Linear& base, const Tensor
   }
   Tensor dx2 = dx->view({n, in});
   if (!dropped_) {
-    // ((k − 1) ⊙ dy) W is already in dx: Linear used k ⊙ dy for the base (base_grad_scale).
+    // ((k − 1) ⊙ dy) W is already in dx: Linear used k ⊙ dy for the base (upstream_grad).
     kernels::gemm(dh, false, A.value, false, dx2, 1.0f, 1.0f);
     return;
   }

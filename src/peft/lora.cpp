@@ -75,7 +75,7 @@ void LoraLinear::init(nn::Linear& base, LoraInit how, uint64_t seed) {
 
 void LoraLinear::forward(nn::Context& ctx, const nn::Linear& base, const Tensor& x, Tensor& y) {
   routed_ = false;
-  if (routing && ctx.adapter_names) return forward_routed(ctx, base, x, y);  // mixed_batch.cpp
+  if (route) return forward_routed(ctx, base, x, y);  // mixed_batch.cpp
   if (!enabled) return;  // attached for routing only
   const int64_t in = base.in_features(), out = base.out_features();
   const int64_t n = x.numel() / in;

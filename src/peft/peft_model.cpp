@@ -169,7 +169,7 @@ void PeftModel::add_adapter(const std::string& name, const AdapterConfig& cfg_in
       const std::string mod = dot == std::string::npos ? pname : pname.substr(0, dot);
       if (!inside_any(mts, mod)) continue;
       if (!originals_.count(p)) originals_[p] = p->value;
-      Adapter::Saved s{pname, p, {}};
+      Adapter::Saved s{pname, p, nn::Parameter(p->role)};
       s.own.value = originals_[p].to(tensor::DType::F32).clone();
       ad->saved.push_back(std::move(s));
     }

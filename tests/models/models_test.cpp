@@ -345,6 +345,25 @@ TEST(TinyLlama, NamesAreHuggingFaceNames) {
   EXPECT_EQ(lin.back().first, "lm_head");
 }
 
+// Every parameter knows its role (the optimizer's weight-decay groups): biases and norms as their
+// modules say, which is what the names say too.
+TEST(Models, ParametersCarryTheirRoles) {
+  using lorafit::nn::ParamRole;
+  for (const char* name : {"tiny_bert", "tiny_llama"}) {
+    auto m = models::load_model(kFix + "/" + name);
+    int norms = 0, biases = 0;
+    for (auto& [n, p] : m->named_parameters()) {
+      const bool norm = n.find("norm") != std::string::npos || n.find("LayerNorm") != std::string::npos;
+      const ParamRole want = norm ? ParamRole::Norm : n.ends_with("bias") ? ParamRole::Bias : ParamRole::Weight;
+      EXPECT_EQ(static_cast<int>(p->role), static_cast<int>(want)) << name << " " << n;
+      norms += p->role == ParamRole::Norm;
+      biases += p->role == ParamRole::Bias;
+    }
+    EXPECT_GT(norms, 0) << name;
+    if (std::string(name) == "tiny_bert") EXPECT_GT(biases, 0);
+  }
+}
+
 // ---- the Llama GGUF layout: one name table and one q/k permutation -------------------------
 
 // llama.cpp's names (gguf-py TENSOR_NAMES for MODEL_ARCH.LLAMA): the output head is "output"
