@@ -111,9 +111,8 @@ MixedBatch::MixedBatch(PeftModel& pm, nn::Context& ctx, std::vector<std::string>
   // Routing is implemented for plain LoRA layers; a DoRA or AdaLoRA layer would not honour it.
   for (const auto& a : have)
     for (auto& [path, l] : pm.lora_layers(a))
-      if (dynamic_cast<DoraLinear*>(l) || dynamic_cast<SVDLinear*>(l))
-        fail("mixed batch: adapter '" + a + "' is " +
-             (dynamic_cast<DoraLinear*>(l) ? "DoRA" : "AdaLoRA") + " (at " + path +
+      if (std::string(l->method()) != "LoRA")
+        fail("mixed batch: adapter '" + a + "' is " + l->method() + " (at " + path +
              "); per-example routing supports plain LoRA adapters only: "
              "delete it (or merge it into the base) first, or run its examples separately");
   // modules_to_save copies of the adapters used, by Linear.
