@@ -255,7 +255,8 @@ class MixedBatch {
   PeftModel& pm_;
   std::vector<std::string> names_;
   bool was_disabled_;
-  std::vector<std::pair<LoraLinear*, const std::vector<std::string>*>> layers_;  // and the route before
+  std::vector<std::pair<LoraLinear*, const std::vector<std::string>*>>
+      layers_;  // and the route before
   std::vector<std::pair<nn::Linear*, std::unique_ptr<Override>>> overrides_;
 };
 

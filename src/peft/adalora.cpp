@@ -470,7 +470,8 @@ void adalora_config_from_json(const io::json& j, AdapterConfig& c, const std::st
   c.beta1 = io::json_number(j, "beta1", where, d.beta1);
   c.beta2 = io::json_number(j, "beta2", where, d.beta2);
   c.orth_reg_weight = io::json_number(j, "orth_reg_weight", where, d.orth_reg_weight);
-  c.total_step = io::json_int(j, "total_step", where, d.total_step);  // null/missing: validate names it
+  c.total_step =
+      io::json_int(j, "total_step", where, d.total_step);  // null/missing: validate names it
   if (!io::json_has(j, "rank_pattern")) return;
   const auto& m = j.at("rank_pattern");
   if (!m.is_object())

@@ -65,8 +65,8 @@ class AdapterLayer : public nn::LinearAdapter {
   // Every named tensor trainable (with a zero gradient) or frozen.
   void set_trainable(bool t);
 
-  bool enabled = true;  // part of the active set (PeftModel::set_adapter)
-  bool merged = false;  // ΔW is inside base.weight: forward adds nothing
+  bool enabled = true;       // part of the active set (PeftModel::set_adapter)
+  bool merged = false;       // ΔW is inside base.weight: forward adds nothing
   std::string adapter_name;  // the adapter this layer belongs to (mixed-batch routing)
   // Set by MixedBatch while it lives: one adapter name per example of the batch; forward then
   // adds this layer's part to the rows of the examples naming adapter_name only.
@@ -180,7 +180,7 @@ class DoraLinear : public LoraLinear {
 
  private:
   Tensor xd_, h_, v_, norm_, k_;  // saved by forward
-  Tensor merged_norm_;  // ‖W + s·B A‖ at merge time
+  Tensor merged_norm_;            // ‖W + s·B A‖ at merge time
 };
 
 // ---- AdaLoRA (Zhang et al. 2023; PEFT peft/tuners/adalora, peft 0.21.2) ----------------------
@@ -229,7 +229,9 @@ class SVDLinear : public LoraLinear {
 // Test access to the RankAllocator's last triplet scores S (per layer, of the last mask
 // computation).
 struct RankAllocatorProbe {
-  static const std::vector<std::vector<float>>& last_scores(const RankAllocator& a) { return a.scores_; }
+  static const std::vector<std::vector<float>>& last_scores(const RankAllocator& a) {
+    return a.scores_;
+  }
 };
 
 }  // namespace lorafit::peft

@@ -65,7 +65,7 @@ void LoraLinear::forward_routed(nn::Context& ctx, const nn::Linear& base, const 
 // with that copy (the Linear itself ran with the base weights).
 struct MixedBatch::Override : nn::LinearAdapter {
   std::map<std::string, std::pair<Tensor, Tensor>> copies;  // adapter -> weight, bias
-  const std::vector<std::string>* names_of = nullptr;        // one adapter name per example
+  const std::vector<std::string>* names_of = nullptr;       // one adapter name per example
   void forward(nn::Context& ctx, const nn::Linear& base, const Tensor& x, Tensor& y) override {
     if (ctx.training) fail("mixed-batch (adapter_names) forward is inference only");
     const int64_t in = base.in_features(), out = base.out_features();

@@ -134,7 +134,8 @@ void PeftModel::add_adapter(const std::string& name, const AdapterConfig& cfg_in
     if (!mts.empty() && inside_any(mts, path)) continue;  // replaced whole by modules_to_save
     std::unique_ptr<LoraLinear> layer;
     if (cfg.is_adalora()) {  // SVDLinear at init_r (or the rank_pattern's kept rank)
-      std::unique_ptr<SVDLinear> s = make_svd_layer(cfg, path, *lin, nn::random_u64(seed, 0x10000 + i));
+      std::unique_ptr<SVDLinear> s =
+          make_svd_layer(cfg, path, *lin, nn::random_u64(seed, 0x10000 + i));
       ad->svd.emplace_back(path, s.get());
       layer = std::move(s);
     } else {
@@ -446,12 +447,15 @@ void save_merged_hf(models::Model& model, const std::string& base_dir, const std
   for (auto& [name, p] : model.named_parameters())
     tensors.emplace_back(name, p->value.dtype() == tensor::DType::F32 ? p->value
                                                                       : p->value.to(tensor::DType::F32));
-  io::write_folder_atomic(out_dir, [&](const std::string& tmp) {
-    for (const char* f : {"config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
-                          "special_tokens_map.json", "generation_config.json"})
-      if (io::file_exists(base_dir + "/" + f)) fs::copy_file(base_dir + "/" + f, tmp + "/" + f);
-    io::write_safetensors(tmp + "/model.safetensors", tensors, {{"format", "pt"}});
-  }, io::FolderWrite::Merge);
+  io::write_folder_atomic(
+      out_dir,
+      [&](const std::string& tmp) {
+        for (const char* f : {"config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
+                              "special_tokens_map.json", "generation_config.json"})
+          if (io::file_exists(base_dir + "/" + f)) fs::copy_file(base_dir + "/" + f, tmp + "/" + f);
+        io::write_safetensors(tmp + "/model.safetensors", tensors, {{"format", "pt"}});
+      },
+      io::FolderWrite::Merge);
 }
 
 }  // namespace lorafit::peft

@@ -34,7 +34,9 @@ void randomize_base(Linear& lin, uint64_t seed) {
 }
 
 // Double [kOut, kIn] matrix of a F32 tensor.
-std::vector<double> to_d(const Tensor& t) { return opcheck::to_double(t); }
+std::vector<double> to_d(const Tensor& t) {
+  return opcheck::to_double(t);
+}
 
 // y[n, o] = Σ_j x[n, j] M[o, j] + b[o], in double.
 std::vector<double> affine(const Tensor& x, const std::vector<double>& M, const Tensor& b) {
@@ -43,7 +45,8 @@ std::vector<double> affine(const Tensor& x, const std::vector<double>& M, const 
   for (int64_t i = 0; i < n; ++i)
     for (int64_t o = 0; o < kOut; ++o) {
       double s = b.f32()[o];
-      for (int64_t j = 0; j < kIn; ++j) s += static_cast<double>(x.f32()[i * kIn + j]) * M[o * kIn + j];
+      for (int64_t j = 0; j < kIn; ++j)
+        s += static_cast<double>(x.f32()[i * kIn + j]) * M[o * kIn + j];
       y[static_cast<size_t>(i * kOut + o)] = s;
     }
   return y;
@@ -56,7 +59,8 @@ std::vector<double> adapted(const Tensor& W, const std::vector<double>& A, const
   for (int64_t o = 0; o < kOut; ++o)
     for (int64_t j = 0; j < kIn; ++j) {
       double v = 0;
-      for (int64_t a = 0; a < kRank; ++a) v += static_cast<double>(B.f32()[o * kRank + a]) * A[a * kIn + j];
+      for (int64_t a = 0; a < kRank; ++a)
+        v += static_cast<double>(B.f32()[o * kRank + a]) * A[a * kIn + j];
       M[o * kIn + j] += s * v;
     }
   return M;
@@ -73,8 +77,9 @@ void expect_forward(Linear& lin, const Tensor& x, const std::vector<double>& wan
 
 // Backward of lin (adapters attached) against finite differences: dx and every parameter in
 // `params` (the adapter's trainable tensors). Dropout masks repeat: each forward copies ctx.
-void expect_backward(Linear& lin, const Tensor& x0, const std::vector<std::pair<std::string, Parameter*>>& params,
-                     float dropout, const std::string& what) {
+void expect_backward(Linear& lin, const Tensor& x0,
+                     const std::vector<std::pair<std::string, Parameter*>>& params, float dropout,
+                     const std::string& what) {
   Tensor x = x0.clone();
   Tensor r = opcheck::random({2, 3, kOut}, 4);
   Context ctx;
@@ -97,7 +102,8 @@ void expect_backward(Linear& lin, const Tensor& x0, const std::vector<std::pair<
   EXPECT_FALSE(lin.weight.grad.defined()) << what << ": the frozen base got a gradient buffer";
 }
 
-// ---- LoRA: y = x Wᵀ + b + s · x Aᵀ Bᵀ ------------------------------------------------------------
+// ---- LoRA: y = x Wᵀ + b + s · x Aᵀ Bᵀ
+// ------------------------------------------------------------
 
 void check_lora(bool rslora, float dropout) {
   Linear lin(kIn, kOut, true);
@@ -110,23 +116,32 @@ void check_lora(bool rslora, float dropout) {
   const double s = rslora ? 5.0 / std::sqrt(3.0) : 5.0 / 3.0;
   EXPECT_FLOAT_EQ(l.scaling(), static_cast<float>(s));
   Tensor x = opcheck::random({2, 3, kIn}, 3);
-  const std::string what = std::string("LoRA") + (rslora ? " rslora" : "") + (dropout > 0 ? " dropout" : "");
-  expect_forward(lin, x, affine(x, adapted(lin.weight.value, to_d(l.A.value), l.B.value, s), lin.bias.value), what);
+  const std::string what =
+      std::string("LoRA") + (rslora ? " rslora" : "") + (dropout > 0 ? " dropout" : "");
+  expect_forward(
+      lin, x, affine(x, adapted(lin.weight.value, to_d(l.A.value), l.B.value, s), lin.bias.value),
+      what);
   expect_backward(lin, x, {{"A", &l.A}, {"B", &l.B}}, dropout, what);
   lin.adapters.clear();
 }
 
-OPCHECK(LoraLinear, ForwardAndGrads) { check_lora(false, 0.0f); }
-OPCHECK(LoraLinear, RsloraWithDropout) { check_lora(true, 0.3f); }
+OPCHECK(LoraLinear, ForwardAndGrads) {
+  check_lora(false, 0.0f);
+}
+OPCHECK(LoraLinear, RsloraWithDropout) {
+  check_lora(true, 0.3f);
+}
 
-// ---- DoRA: y = (m / ‖W + s·B A‖) ⊙ x (W + s·B A)ᵀ + b ----------------------------------------------
+// ---- DoRA: y = (m / ‖W + s·B A‖) ⊙ x (W + s·B A)ᵀ + b
+// ----------------------------------------------
 
 void check_dora(float dropout) {
   Linear lin(kIn, kOut, true);
   randomize_base(lin, 11);
   peft::DoraLinear l(lin, kRank, 5.0, false, dropout);
   l.init(lin, peft::LoraInit::Random, 13);  // m = ‖W + s·B A‖
-  for (int64_t i = 0; i < kOut; ++i) l.magnitude.value.f32()[i] *= 0.7f + 0.1f * static_cast<float>(i);
+  for (int64_t i = 0; i < kOut; ++i)
+    l.magnitude.value.f32()[i] *= 0.7f + 0.1f * static_cast<float>(i);
   for (Parameter* p : {&l.A, &l.B, &l.magnitude}) p->set_trainable(true);
   lin.adapters.push_back(&l);
   const double s = 5.0 / 3.0;
@@ -146,8 +161,12 @@ void check_dora(float dropout) {
   lin.adapters.clear();
 }
 
-OPCHECK(DoraLinear, ForwardAndGrads) { check_dora(0.0f); }
-OPCHECK(DoraLinear, GradsWithDropout) { check_dora(0.3f); }
+OPCHECK(DoraLinear, ForwardAndGrads) {
+  check_dora(0.0f);
+}
+OPCHECK(DoraLinear, GradsWithDropout) {
+  check_dora(0.3f);
+}
 
 // A LoRA adapter active before a DoRA one on the same Linear is part of what DoRA rescales
 // (PEFT's base_result): without dropout its gradient is k ⊙ dy (DoRA's upstream_grad), with
@@ -159,22 +178,31 @@ void check_lora_then_dora(float dropout) {
   lora.init(lin, peft::LoraInit::Random, 33);
   peft::DoraLinear dora(lin, kRank, 5.0, false, dropout);
   dora.init(lin, peft::LoraInit::Random, 35);
-  for (int64_t i = 0; i < kOut; ++i) dora.magnitude.value.f32()[i] *= 0.6f + 0.15f * static_cast<float>(i);
+  for (int64_t i = 0; i < kOut; ++i)
+    dora.magnitude.value.f32()[i] *= 0.6f + 0.15f * static_cast<float>(i);
   for (Parameter* p : {&lora.A, &lora.B, &dora.A, &dora.B, &dora.magnitude}) p->set_trainable(true);
   lin.adapters = {&lora, &dora};
   dora.fixed_norm = dora.weight_norm(lin, peft::DoraNorm::Fast);
   const std::string what = std::string("LoRA then DoRA") + (dropout > 0 ? " dropout" : "");
   expect_backward(lin, opcheck::random({2, 3, kIn}, 37),
-                  {{"lora A", &lora.A}, {"lora B", &lora.B}, {"dora A", &dora.A}, {"dora B", &dora.B},
+                  {{"lora A", &lora.A},
+                   {"lora B", &lora.B},
+                   {"dora A", &dora.A},
+                   {"dora B", &dora.B},
                    {"magnitude", &dora.magnitude}},
                   dropout, what);
   lin.adapters.clear();
 }
 
-OPCHECK(DoraLinear, AfterLoraOnOneLinear) { check_lora_then_dora(0.0f); }
-OPCHECK(DoraLinear, AfterLoraWithDropout) { check_lora_then_dora(0.3f); }
+OPCHECK(DoraLinear, AfterLoraOnOneLinear) {
+  check_lora_then_dora(0.0f);
+}
+OPCHECK(DoraLinear, AfterLoraWithDropout) {
+  check_lora_then_dora(0.3f);
+}
 
-// ---- AdaLoRA: y = x Wᵀ + b + s · x (A ⊙ E)ᵀ Bᵀ, s = alpha / (ranknum + 1e-5) ----------------------
+// ---- AdaLoRA: y = x Wᵀ + b + s · x (A ⊙ E)ᵀ Bᵀ, s = alpha / (ranknum + 1e-5)
+// ----------------------
 
 void check_svd(float dropout) {
   Linear lin(kIn, kOut, true);
@@ -189,12 +217,17 @@ void check_svd(float dropout) {
     for (int64_t j = 0; j < kIn; ++j) ae[a * kIn + j] *= l.E.value.f32()[a];
   Tensor x = opcheck::random({2, 3, kIn}, 3);
   const std::string what = std::string("AdaLoRA") + (dropout > 0 ? " dropout" : "");
-  expect_forward(lin, x, affine(x, adapted(lin.weight.value, ae, l.B.value, s), lin.bias.value), what);
+  expect_forward(lin, x, affine(x, adapted(lin.weight.value, ae, l.B.value, s), lin.bias.value),
+                 what);
   expect_backward(lin, x, {{"A", &l.A}, {"E", &l.E}, {"B", &l.B}}, dropout, what);
   lin.adapters.clear();
 }
 
-OPCHECK(SVDLinear, ForwardAndGrads) { check_svd(0.0f); }
-OPCHECK(SVDLinear, GradsWithDropout) { check_svd(0.3f); }
+OPCHECK(SVDLinear, ForwardAndGrads) {
+  check_svd(0.0f);
+}
+OPCHECK(SVDLinear, GradsWithDropout) {
+  check_svd(0.3f);
+}
 
 }  // namespace

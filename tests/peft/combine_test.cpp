@@ -235,8 +235,10 @@ TEST(InitFromWeight, PissaAndOloraMatchPeft) {
       for (int64_t j = 0; j < r; ++j) {
         double dp = 0, dm = 0;
         for (int64_t k = 0; k < in; ++k) {
-          dp = nan_max(dp, std::fabs(static_cast<double>(l->A.value.f32()[j * in + k]) - A.f32()[j * in + k]));
-          dm = nan_max(dm, std::fabs(static_cast<double>(l->A.value.f32()[j * in + k]) + A.f32()[j * in + k]));
+          dp = nan_max(dp, std::fabs(static_cast<double>(l->A.value.f32()[j * in + k]) -
+                                     A.f32()[j * in + k]));
+          dm = nan_max(dm, std::fabs(static_cast<double>(l->A.value.f32()[j * in + k]) +
+                                     A.f32()[j * in + k]));
         }
         EXPECT_LT(std::min(dp, dm), 1e-4) << pre << " " << path << " row " << j;
         const float sgn = dp <= dm ? 1.0f : -1.0f;
@@ -268,7 +270,8 @@ TEST(InitFromWeight, NeedsF32Base) {
 
 // ---- mixed batch -------------------------------------------------------------------------------
 
-// True while some LoRA layer of pm still routes per example (MixedBatch sets it, its end clears it).
+// True while some LoRA layer of pm still routes per example (MixedBatch sets it, its end clears
+// it).
 bool any_layer_routing(PeftModel& pm) {
   for (const auto& a : pm.adapter_names())
     for (auto& [path, l] : pm.lora_layers(a))

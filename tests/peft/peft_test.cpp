@@ -10,9 +10,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
-#include <set>
 #include <fstream>
 #include <optional>
+#include <set>
 #include <string>
 
 #include "lorafit/io.h"
@@ -583,7 +583,8 @@ TEST(PeftModel, TrainableParametersCarryTheirRoles) {
   auto role_of = [](const std::string& name) {
     if (name.ends_with("lora_A.weight") || name.ends_with("lora_A")) return ParamRole::LowRankA;
     if (name.ends_with("lora_B.weight") || name.ends_with("lora_B")) return ParamRole::LowRankB;
-    if (name.ends_with("lora_magnitude_vector") || name.ends_with("lora_E")) return ParamRole::Scale;
+    if (name.ends_with("lora_magnitude_vector") || name.ends_with("lora_E"))
+      return ParamRole::Scale;
     if (name.ends_with(".bias")) return ParamRole::Bias;
     return ParamRole::Weight;
   };
