@@ -22,6 +22,7 @@
 #include "lorafit/kernels.h"
 #include "lorafit/models.h"
 #include "lorafit/peft.h"
+#include "peft/layers.h"  // DoraLinear, LoraLinear (internal to peft)
 
 namespace {
 
@@ -137,9 +138,7 @@ void BM_Linear4096(benchmark::State& state) {
   else ad = std::make_unique<peft::DoraLinear>(lin, 8, 16.0, false, 0.0f);
   ad->init(lin, peft::LoraInit::Random, 2);
   if (method == 2) dynamic_cast<peft::DoraLinear&>(*ad).norm_mode = peft::DoraNorm::Reference;
-  ad->A.set_trainable(true);
-  ad->B.set_trainable(true);
-  for (auto& [k, p] : ad->extra_parameters()) p->set_trainable(true);
+  ad->set_trainable(true);  // A, B (and DoRA's magnitude)
   lin.adapters.push_back(ad.get());
   Tensor x = Tensor::zeros({n, d}), dy = Tensor::zeros({n, d});
   for (int64_t i = 0; i < n * d; ++i) {

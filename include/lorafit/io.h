@@ -90,7 +90,8 @@ bool file_exists(const std::string& path);
 //            adapter saved into a folder that holds other things).
 // Errors: "[io] <dir>: exists and is not a folder", "[io] <path>: cannot create folder: ...".
 enum class FolderWrite { Replace, Merge };
-void write_folder_atomic(const std::string& dir, const std::function<void(const std::string& tmp)>& fill,
+void write_folder_atomic(const std::string& dir,
+                         const std::function<void(const std::string& tmp)>& fill,
                          FolderWrite mode = FolderWrite::Replace);
 
 // ---------------------------------------------------------------------------------------------

@@ -38,9 +38,6 @@ struct Context {
   bool no_grad = false;
   uint64_t seed = 0;
   uint64_t rng_counter = 0;  // advanced by every random draw, so a step is reproducible
-  // Mixed-batch adapter routing (inference; set by peft::MixedBatch): one adapter name per
-  // example of the batch. Adapters that route apply only to their examples' rows. nullptr = off.
-  const std::vector<std::string>* adapter_names = nullptr;
 
   Tensor alloc(const Shape& shape, DType dtype = DType::F32);
   Tensor zeros(const Shape& shape, DType dtype = DType::F32);
@@ -68,12 +65,27 @@ inline double random_uniform(uint64_t seed, uint64_t counter) {
   return static_cast<double>(random_u64(seed, counter) >> 11) * (1.0 / 9007199254740992.0);
 }
 
+// What a parameter is, for optimizers (weight decay, learning-rate groups); set by the module or
+// adapter that owns it, so that no one has to guess it from a name.
+enum class ParamRole : uint8_t {
+  Weight,    // a weight matrix or an embedding table
+  Bias,      // a bias (no weight decay, as transformers' Trainer)
+  Norm,      // a LayerNorm / RMSNorm scale or shift (no weight decay)
+  LowRankA,  // the input-side factor A of a low-rank update B·A (LoRA's lora_A)
+  LowRankB,  // its output-side factor B (lora_B; LoRA+ trains it with a larger learning rate)
+  Scale,     // a per-feature or per-rank scale of an update (DoRA's magnitude, AdaLoRA's lora_E)
+};
+
 // A weight with a trainable flag. grad exists (same shape, F32, zeroed) only while trainable;
 // only an F32 value can be trainable.
 struct Parameter {
+  Parameter() = default;
+  explicit Parameter(ParamRole r) : role(r) {}
+
   Tensor value;
   Tensor grad;
   bool trainable = false;
+  ParamRole role = ParamRole::Weight;
 
   void set_trainable(bool t);  // true allocates a zero grad, false frees it
   void zero_grad();            // no-op when frozen
@@ -103,19 +115,22 @@ class Linear;
 class LinearAdapter {
  public:
   virtual ~LinearAdapter() = default;
-  // x [..., in]; y [..., out] holds x Wᵀ + b: add the adapter's part in place.
+  // x [..., in]; y [..., out] holds x Wᵀ + b plus what the adapters before this one added: add
+  // this adapter's part in place (or transform y − b, see upstream_grad).
   virtual void forward(Context& ctx, const Linear& base, const Tensor& x, Tensor& y) = 0;
-  // dy [..., out]. Accumulates the adapter's parameter gradients (+=, trainable ones only) and,
-  // when dx is not null, adds the input gradient of the adapter path to *dx [..., in].
+  // dy [..., out]: the gradient of this adapter's output. Accumulates the adapter's parameter
+  // gradients (+=, trainable ones only) and, when dx is not null, adds the input gradient of the
+  // adapter's own path to *dx [..., in].
   virtual void backward(Context& ctx, const Linear& base, const Tensor& dy, Tensor* dx) = 0;
   // false: skipped in forward and backward (disabled, or merged into the weight).
   virtual bool active() const { return true; }
-  // Optional per-output-feature factors c [out] for the base path's gradient: when an active
-  // adapter returns them (after its forward), Linear::backward takes W's and x's gradients
-  // through x Wᵀ with c ⊙ dy instead of dy (the bias still gets dy). DoRA without dropout
-  // rescales the base output row-wise (y = k ⊙ x Wᵀ + ...): this saves it a second product with
-  // W. At most one active adapter of a Linear may return factors.
-  virtual const float* base_grad_scale() const { return nullptr; }
+  // The gradient of what arrived at this adapter without the bias (z = x Wᵀ + the parts of the
+  // adapters before it; y − b), given dy of this adapter's output, after its forward. Default dy:
+  // the adapter only adds to y. An adapter whose output is a function of z too (DoRA without
+  // dropout: y − b = k ⊙ z + ...) returns its derivative; Linear then takes W's and x's gradients
+  // through x Wᵀ, and the earlier adapters' backward, with it (the bias gets dy: no adapter
+  // changes it). Chained over the attached adapters, last to first.
+  virtual Tensor upstream_grad(Context& ctx, const Tensor& dy) const { return dy; }
 };
 
 // y = x Wᵀ + b. weight [out, in], bias [out] optional (F32). A frozen weight may also be F16,
@@ -149,7 +164,7 @@ class Linear : public Module {
   void weight_rows(int64_t r0, int64_t r1, float* dst) const;
 
   Parameter weight;
-  Parameter bias;
+  Parameter bias{ParamRole::Bias};
   // Attached adapters, not owned (the peft layer attaches and detaches them). Applied after
   // x Wᵀ + b in forward, in reverse in backward.
   std::vector<LinearAdapter*> adapters;
@@ -186,8 +201,8 @@ class LayerNorm : public Module {
   Tensor backward(Context& ctx, const Tensor& dy);
   void parameters(const std::string& prefix, NamedParameters& out) override;
 
-  Parameter weight;
-  Parameter bias;
+  Parameter weight{ParamRole::Norm};
+  Parameter bias{ParamRole::Norm};
   float eps = 1e-12f;
 
  private:
@@ -203,7 +218,7 @@ class RMSNorm : public Module {
   Tensor backward(Context& ctx, const Tensor& dy);
   void parameters(const std::string& prefix, NamedParameters& out) override;
 
-  Parameter weight;
+  Parameter weight{ParamRole::Norm};
   float eps = 1e-6f;
 
  private:

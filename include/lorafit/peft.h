@@ -1,10 +1,11 @@
 // lorafit peft: LoRA adapters exactly as Hugging Face PEFT builds, trains, saves and merges them.
 //
 //   AdapterConfig      PEFT's LoraConfig field names and defaults; adapter_config.json read/write
-//   LoraLinear         the LoRA branch attached to one nn::Linear (an nn::LinearAdapter):
+//   (internal)         one adapter layer per targeted nn::Linear (an nn::LinearAdapter), LoRA:
 //                        y = x Wᵀ + b + s · dropout(x) Aᵀ Bᵀ,  s = alpha / r  (rsLoRA: alpha / √r)
-//                      A = lora_A.weight [r, in], B = lora_B.weight [out, r], both F32 trainable.
-//   SVDLinear, RankAllocator   AdaLoRA (peft_type "ADALORA"; section at the end of this file)
+//                      A = lora_A.weight [r, in], B = lora_B.weight [out, r], both F32 trainable;
+//                      DoRA and AdaLoRA likewise (src/peft/layers.h).
+//   RankAllocator      AdaLoRA's rank budget (peft_type "ADALORA"; section at the end of this file)
 //   PeftModel          injects named adapters into a models::Model by target_modules, freezes the
 //                      base, lists trainable parameters, saves/loads PEFT adapter folders,
 //                      merges / unmerges / merge_and_unload, combines adapters
@@ -95,7 +96,7 @@ struct AdapterConfig {
   }
   bool inference_mode = false;
 
-  // AdaLoRA (peft_type "ADALORA", PEFT AdaLoraConfig; see SVDLinear / RankAllocator below). Every
+  // AdaLoRA (peft_type "ADALORA", PEFT AdaLoraConfig; see the AdaLoRA section below). Every
   // target starts at init_r (r, rank_pattern and alpha_pattern above are not used).
   int64_t target_r = 8, init_r = 12, tinit = 0, tfinal = 0, deltaT = 1;
   double beta1 = 0.85, beta2 = 0.85, orth_reg_weight = 0.5;
@@ -134,123 +135,10 @@ int64_t adapter_num_labels(const std::string& adapter_dir);
 // Does a target_modules entry / the config select this Linear? (head = the model's output head)
 bool target_matches(const AdapterConfig& cfg, const std::string& module_path, bool is_head);
 
+// The adapter layers (LoraLinear, DoraLinear, SVDLinear: one per targeted Linear) are internal
+// (src/peft/layers.h); the API below hands them out only as opaque pointers.
+class LoraLinear;
 class SVDLinear;
-
-// ---- the LoRA layer --------------------------------------------------------------------------
-
-// LoRA branch on one Linear. forward adds s · B A drop(x) to y; backward accumulates A.grad and
-// B.grad (when trainable) and adds the input gradient of the branch to dx:
-//   h = drop(x) Aᵀ [n, r];  y += s · h Bᵀ
-//   dB += s · dyᵀ h;  dh = s · dy B;  dA += dhᵀ drop(x);  dx += drop'(dh A)
-// Saved for backward: x (a reference) and h [n, r]; the dropout mask is regenerated.
-class LoraLinear : public nn::LinearAdapter {
- public:
-  // A [r, in], B [out, r] allocated zero; init() fills them.
-  LoraLinear(const nn::Linear& base, int64_t r, double alpha, bool use_rslora, float dropout);
-
-  // Fills A and B as PEFT does for `init`, drawing from `seed` (counter-based, reproducible).
-  // Pissa/Olora also rewrite base.weight (must be F32) to W − s·B A.
-  // (virtual: DoraLinear also sets its magnitude.)
-  virtual void init(nn::Linear& base, LoraInit init, uint64_t seed);
-
-  void forward(nn::Context& ctx, const nn::Linear& base, const Tensor& x, Tensor& y) override;
-  void backward(nn::Context& ctx, const nn::Linear& base, const Tensor& dy, Tensor* dx) override;
-  // Mixed-batch routing (MixedBatch) makes every layer active; it then applies to its rows only.
-  bool active() const override { return (enabled || routing) && !merged; }
-
-  // ΔW = s · B A [out, in] (SVDLinear overrides it; merge/unmerge use it).
-  virtual Tensor delta_weight() const;
-  // W += ΔW / W −= ΔW on an F32 base weight (throws for a quantized base: dequantize first).
-  virtual void merge(nn::Linear& base);
-  virtual void unmerge(nn::Linear& base);
-  // Trainable tensors besides A and B, with the key suffix they are saved under after
-  // "base_model.model.<module path>." (DoRA: {"lora_magnitude_vector", &magnitude}).
-  virtual std::vector<std::pair<std::string, nn::Parameter*>> extra_parameters() { return {}; }
-
-  int64_t r() const { return r_; }
-  double alpha() const { return alpha_; }
-  float scaling() const { return scaling_; }
-
-  nn::Parameter A;  // lora_A.weight [r, in]
-  nn::Parameter B;  // lora_B.weight [out, r]
-  float dropout = 0.0f;
-  bool enabled = true;  // part of the active set (PeftModel::set_adapter)
-  bool merged = false;  // ΔW is inside base.weight: forward adds nothing
-  std::string adapter_name;  // the adapter this layer belongs to (mixed-batch routing)
-  bool routing = false;      // set by MixedBatch: forward reads ctx.adapter_names
-
- private:
-  int64_t r_ = 0;
-  double alpha_ = 0.0;
-  float scaling_ = 1.0f;
-  Tensor x_, h_;
-  bool dropped_ = false;
-  bool routed_ = false;  // last forward was a mixed batch (no backward)
-  void forward_routed(nn::Context& ctx, const nn::Linear& base, const Tensor& x, Tensor& y);
-  uint64_t drop_seed_ = 0, drop_counter_ = 0;
-};
-
-// ---- DoRA (Liu et al. 2024; PEFT use_dora) ----------------------------------------------------
-
-// How DoraLinear gets the row norms ‖W + s·B A‖ [out]:
-//   Fast       ‖w_i‖² + 2s·B_i (A w_i) + s²·B_i (A Aᵀ) B_iᵀ: one [r, in]·Wᵀ product and an r×r
-//              Gram matrix; nothing of size [out, in] is allocated.
-//   Reference  materializes W + s·B A [out, in] and takes its row norms, as PEFT does (kept for
-//              tests and for the benchmark).
-enum class DoraNorm { Fast, Reference };
-
-// DoRA on one Linear: W' = m ⊙ (W + s·B A) / ‖W + s·B A‖ row-wise, with the norm treated as a
-// constant in backward (DoRA §4.3; PEFT always detaches it). Forward as PEFT's DoraLinearLayer,
-// with k = m / ‖W + s·B A‖ [out]:
-//   no dropout (or eval):  u = y − b (y as it arrives: x Wᵀ + b plus any adapter attached
-//                          before this one, exactly as PEFT's base_result)
-//   dropout in training:   u = drop(x) Wᵀ (a second product with the base weight)
-//   y += (k − 1) ⊙ u + k ⊙ s · drop(x) Aᵀ Bᵀ
-// Backward (v = u + s · h Bᵀ saved [n, out], h = drop(x) Aᵀ [n, r]):
-//   dm += Σ_rows dy ⊙ v / ‖·‖;  g = k ⊙ dy;  dB += s gᵀ h;  dh = s g B;  dA += dhᵀ drop(x)
-//   dx += drop'(((k − 1) ⊙ dy) W + dh A)
-// Without dropout the (k − 1) term is folded into the base product instead (base_grad_scale()
-// returns k: Linear computes (k ⊙ dy) W once, as autograd does for PEFT), so DoRA adds no
-// product with W to LoRA's backward; with dropout it is a second product, as in PEFT.
-// Training with another adapter active before this one on the same Linear (no dropout) would
-// need the (k − 1) factor inside that adapter's backward: backward throws for it (forward is
-// PEFT's). magnitude = lora_magnitude_vector [out], F32, trainable with A and B.
-class DoraLinear : public LoraLinear {
- public:
-  DoraLinear(const nn::Linear& base, int64_t r, double alpha, bool use_rslora, float dropout);
-
-  // LoRA init, then m = ‖W + s·B A‖ per row, as PEFT's dora_init (so the adapted weight starts
-  // equal to W + s·B A; with B = 0, m = ‖W‖).
-  void init(nn::Linear& base, LoraInit init, uint64_t seed) override;
-
-  void forward(nn::Context& ctx, const nn::Linear& base, const Tensor& x, Tensor& y) override;
-  void backward(nn::Context& ctx, const nn::Linear& base, const Tensor& dy, Tensor* dx) override;
-
-  // ‖W + s·B A‖ per output row [out] (F32; accumulated in double), by `how`.
-  Tensor weight_norm(const nn::Linear& base, DoraNorm how) const;
-  // W ← (m / ‖W + s·B A‖) ⊙ (W + s·B A) row-wise (F32 base); the norm is kept for unmerge, which
-  // computes W ← W / (m / norm) − s·B A. Throws when another adapter is merged into the same
-  // base (PEFT then takes the norm of the weight without it; not supported here).
-  void merge(nn::Linear& base) override;
-  void unmerge(nn::Linear& base) override;
-  std::vector<std::pair<std::string, nn::Parameter*>> extra_parameters() override {
-    return {{"lora_magnitude_vector", &magnitude}};
-  }
-  // k after a forward without dropout (see above); nullptr otherwise.
-  const float* base_grad_scale() const override;
-
-  nn::Parameter magnitude;            // lora_magnitude_vector [out]
-  DoraNorm norm_mode = DoraNorm::Fast;
-  // For finite-difference checks only: when defined ([out]), forward uses it as ‖W + s·B A‖, so
-  // the norm is a true constant and the detached-norm gradients are exact derivatives.
-  Tensor fixed_norm;
-
- private:
-  Tensor xd_, h_, v_, norm_, k_;  // saved by forward
-  bool dropped_ = false, stacked_ = false;
-  uint64_t drop_seed_ = 0, drop_counter_ = 0;
-  Tensor merged_norm_;  // ‖W + s·B A‖ at merge time
-};
 
 // ---- the adapted model -----------------------------------------------------------------------
 
@@ -366,9 +254,9 @@ class PeftModel {
 
 // Mixed-batch inference (PEFT's `adapter_names=[...]` forward argument): example i of the batch
 // goes through adapter names[i] alone ("__base__": the base model), whatever set_adapter chose.
-// While this object lives, ctx.adapter_names points at the names and every LoRA layer applies
-// itself only to the rows of its examples (a Linear input [B, ..., in] has rows / B rows per
-// example), so the models' forward (and cached generation) need no change. names.size() must be
+// While this object lives every LoRA layer of pm holds the names and applies itself only to the
+// rows of its examples (a Linear input [B, ..., in] has rows / B rows per example), so the
+// models' forward (and cached generation) need no change. names.size() must be
 // the batch size: a layer can only check that its row count divides evenly. modules_to_save
 // copies are routed too when the module is a Linear (classifier heads); other modules_to_save
 // throw. Inference only: a forward with ctx.training and any backward throw; refused while an
@@ -386,11 +274,10 @@ class MixedBatch {
  private:
   struct Override;  // modules_to_save routing on one Linear
   PeftModel& pm_;
-  nn::Context& ctx_;
   std::vector<std::string> names_;
-  const std::vector<std::string>* prev_names_;
   bool was_disabled_;
-  std::vector<LoraLinear*> layers_;
+  std::vector<std::pair<LoraLinear*, const std::vector<std::string>*>>
+      layers_;  // and the route before
   std::vector<std::pair<nn::Linear*, std::unique_ptr<Override>>> overrides_;
 };
 
@@ -492,43 +379,13 @@ void write_analysis_svg(const std::string& path, const std::vector<AnalysisPoint
                         const std::string& title);
 // ---- AdaLoRA (Zhang et al. 2023; PEFT peft/tuners/adalora, peft 0.21.2) ----------------------
 //
-// SVDLinear       the SVD-shaped branch on one Linear: y += (drop(x) (A ⊙ E)ᵀ Bᵀ) · s,
-//                 s = lora_alpha / (ranknum + 1e-5) (lora_alpha <= 0: r), ranknum = init_r (it
-//                 stays init_r after pruning, as PEFT's resize keeps it). A = lora_A [r, in],
-//                 E = lora_E [r, 1], B = lora_B [out, r]; saved keys have no ".weight":
-//                 base_model.model.<path>.lora_A / .lora_E / .lora_B.
+// AdaLoRA adapters (peft_type "ADALORA") are SVD-shaped layers (y += s · drop(x) (A ⊙ E)ᵀ Bᵀ,
+// saved keys base_model.model.<path>.lora_A / .lora_E / .lora_B) that PeftModel builds and
+// PeftModel::adalora_layers lists. Training adds:
 // adalora_orth_reg   the orthogonal regularization PEFT adds to the loss.
 // RankAllocator   importance EMAs, the cubic budget schedule and masking of lora_E, exactly as
 //                 PEFT's RankAllocator + AdaLoraModel.update_and_allocate. The trainer calls it
 //                 after every optimizer step (before zero_grad) with the 1-based step number.
-class SVDLinear : public LoraLinear {
- public:
-  // A, E, B allocated zero with rank r; init_svd fills them.
-  SVDLinear(const nn::Linear& base, int64_t r, double alpha, int64_t ranknum, float dropout);
-  // PEFT reset_lora_parameters: E = 0, A, B ~ N(0, 0.02²) (init_lora_weights true); false keeps
-  // torch.randn: A, E, B ~ N(0, 1). Counter-based stream from `seed`.
-  void init_svd(bool init_lora_weights, uint64_t seed);
-
-  // forward: AE = A ⊙ E, h = xd AEᵀ [n, r], y += s · h Bᵀ. backward:
-  //   dB += s dyᵀ h;  dh = s dy B;  dAE = dhᵀ xd;  dA += dAE ⊙ E;  dE_i += Σ_j dAE_ij A_ij;
-  //   dx += drop'(dh AE)
-  void forward(nn::Context& ctx, const nn::Linear& base, const Tensor& x, Tensor& y) override;
-  void backward(nn::Context& ctx, const nn::Linear& base, const Tensor& dy, Tensor* dx) override;
-  Tensor delta_weight() const override;  // s · B (A ⊙ E) [out, in]
-
-  int64_t rank() const { return A.value.dim(0); }
-  int64_t ranknum() const { return ranknum_; }
-  float svd_scaling() const { return svd_scaling_; }
-
-  nn::Parameter E;  // lora_E [r, 1]
-
- private:
-  int64_t ranknum_ = 0;
-  float svd_scaling_ = 1.0f;
-  Tensor xd_, h_, ae_;
-  bool dropped_ = false;
-  uint64_t drop_seed_ = 0, drop_counter_ = 0;
-};
 
 // orth_reg_weight · (Σ over every A and B of ‖A Aᵀ − I‖_F resp. ‖Bᵀ B − I‖_F) / (2 · #layers)
 // (PEFT AdaLoraModel.forward: unsquared Frobenius norms). grad_scale != 0 adds grad_scale times
@@ -562,8 +419,6 @@ class RankAllocator {
   const std::vector<std::pair<std::string, std::vector<bool>>>& rank_pattern() const {
     return pattern_;
   }
-  // Per layer, the triplet scores S of the last mask computation (for checks).
-  const std::vector<std::vector<float>>& last_scores() const { return scores_; }
   // The allocator's state (importance EMAs, last mask) as named F32 tensors, for checkpoints, and
   // its restore (an exact --resume); errors name `origin` and the tensor.
   std::vector<std::pair<std::string, Tensor>> state() const;
@@ -585,11 +440,7 @@ class RankAllocator {
   void update_ipt();
   double mask_to_budget(int64_t budget);
   void mask_using_pattern();
+  friend struct RankAllocatorProbe;  // internal (peft/layers.h): the scores, for tests
 };
-
-// config.cpp hooks for the AdaLoRA fields of adapter_config.json.
-void adalora_config_from_json(const io::json& j, AdapterConfig& c, const std::string& where);
-void adalora_config_to_json(const AdapterConfig& c, io::json& j);
-void adalora_validate(const AdapterConfig& c, const std::string& where);
 
 }  // namespace lorafit::peft

@@ -119,8 +119,8 @@ void write_file_atomic(const std::string& path, std::string_view bytes) {
   w.commit();
 }
 
-void write_folder_atomic(const std::string& dir, const std::function<void(const std::string&)>& fill,
-                         FolderWrite mode) {
+void write_folder_atomic(const std::string& dir,
+                         const std::function<void(const std::string&)>& fill, FolderWrite mode) {
   namespace fs = std::filesystem;
   const fs::path target(dir);
   const fs::path parent = target.has_parent_path() ? target.parent_path() : fs::path(".");

@@ -736,9 +736,10 @@ Tensor GgufFile::tensor_f32(const std::string& name) const {
                     " is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K and Q6_K are)");
   const uint8_t* p = map_->data() + data_offset_ + t.offset;
   Tensor out = Tensor::empty(t.shape, DType::F32);
-  tensor::dequantize_kquant_row(
-      t.ggml_type == static_cast<uint32_t>(GgmlType::Q4_K) ? tensor::KQuant::Q4_K : tensor::KQuant::Q6_K,
-      p, out.f32(), out.numel());
+  tensor::dequantize_kquant_row(t.ggml_type == static_cast<uint32_t>(GgmlType::Q4_K)
+                                    ? tensor::KQuant::Q4_K
+                                    : tensor::KQuant::Q6_K,
+                                p, out.f32(), out.numel());
   return out;
 }
 

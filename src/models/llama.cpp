@@ -340,8 +340,10 @@ std::string llama_gguf_name(const std::string& hf_name) {
   const std::string pre = "model.layers.";
   if (module.rfind(pre, 0) == 0) {
     const size_t dot = module.find('.', pre.size());
-    const std::string layer = module.substr(pre.size(), dot == std::string::npos ? 0 : dot - pre.size());
-    const bool numeric = !layer.empty() && layer.find_first_not_of("0123456789") == std::string::npos;
+    const std::string layer =
+        module.substr(pre.size(), dot == std::string::npos ? 0 : dot - pre.size());
+    const bool numeric =
+        !layer.empty() && layer.find_first_not_of("0123456789") == std::string::npos;
     if (numeric && dot != std::string::npos)
       for (const auto& [hf, gguf] : kLayer)
         if (module.compare(dot + 1, std::string::npos, hf) == 0)
@@ -357,8 +359,9 @@ template <class SrcRow>
 Tensor permute_qk_rows(const Tensor& w, int64_t n_head, const char* what, SrcRow src_row) {
   const int64_t rows = w.ndim() >= 1 ? w.dim(0) : 0;
   if (n_head <= 0 || rows % n_head != 0 || (rows / n_head) % 2 != 0)
-    throw Error(std::string("[models] ") + what + ": cannot permute the rows of " + w.str() + " for " +
-                std::to_string(n_head) + " heads (rows must be n_head x an even head size)");
+    throw Error(std::string("[models] ") + what + ": cannot permute the rows of " + w.str() +
+                " for " + std::to_string(n_head) +
+                " heads (rows must be n_head x an even head size)");
   const int64_t D = rows / n_head;
   const size_t rb = w.nbytes() / static_cast<size_t>(rows);
   Tensor out = Tensor::empty(w.shape(), w.dtype());
@@ -377,16 +380,18 @@ Tensor permute_qk_rows(const Tensor& w, int64_t n_head, const char* what, SrcRow
 
 Tensor llama_qk_to_gguf(const Tensor& w, int64_t n_head) {
   // gguf[h*D + 2*i + j] = hf[h*D + j*(D/2) + i]
-  return permute_qk_rows(w, n_head, "llama_qk_to_gguf", [](int64_t base, int64_t D, int64_t i, int64_t j) {
-    return std::pair<int64_t, int64_t>{base + 2 * i + j, base + j * (D / 2) + i};
-  });
+  return permute_qk_rows(
+      w, n_head, "llama_qk_to_gguf", [](int64_t base, int64_t D, int64_t i, int64_t j) {
+        return std::pair<int64_t, int64_t>{base + 2 * i + j, base + j * (D / 2) + i};
+      });
 }
 
 Tensor llama_qk_from_gguf(const Tensor& w, int64_t n_head) {
   // hf[h*D + j*(D/2) + i] = gguf[h*D + 2*i + j]
-  return permute_qk_rows(w, n_head, "llama_qk_from_gguf", [](int64_t base, int64_t D, int64_t i, int64_t j) {
-    return std::pair<int64_t, int64_t>{base + j * (D / 2) + i, base + 2 * i + j};
-  });
+  return permute_qk_rows(
+      w, n_head, "llama_qk_from_gguf", [](int64_t base, int64_t D, int64_t i, int64_t j) {
+        return std::pair<int64_t, int64_t>{base + j * (D / 2) + i, base + 2 * i + j};
+      });
 }
 
 }  // namespace lorafit::models

@@ -97,37 +97,30 @@ Tensor Linear::backward(Context& ctx, const Tensor& dy, bool need_input_grad) {
           tensor::shape_str(detail::with_last(x_.shape(), out_)));
   const int64_t n = x_.numel() / in_;
   Tensor dy2 = dy.view({n, out_});
-  // An adapter may rescale the base output per feature (DoRA): dyw = c ⊙ dy for x Wᵀ's part.
-  const float* c = nullptr;
-  for (LinearAdapter* a : adapters) {
-    if (!a->active()) continue;
-    const float* ca = a->base_grad_scale();
-    NN_CHECK(!(ca && c), kOp, "two active adapters rescale the base output of one Linear");
-    if (ca) c = ca;
+  // Active adapters, last to first, each with the gradient of its output: what reaches the ones
+  // before it and x Wᵀ is its upstream_grad (dy itself, or DoRA's k ⊙ dy).
+  std::vector<std::pair<LinearAdapter*, Tensor>> active;
+  Tensor g = dy;
+  for (auto it = adapters.rbegin(); it != adapters.rend(); ++it) {
+    if (!(*it)->active()) continue;
+    active.emplace_back(*it, g);
+    g = (*it)->upstream_grad(ctx, g);
+    NN_CHECK(g.shape() == dy.shape(), kOp, "an adapter's upstream gradient is " + g.str());
   }
-  Tensor dyw = dy2;
-  if (c != nullptr && n > 0) {
-    dyw = Tensor::empty({n, out_});  // heap: freed when backward returns
-    const float* s = dy2.f32();
-    float* d = dyw.f32();
-    for (int64_t t = 0; t < n; ++t)
-      for (int64_t i = 0; i < out_; ++i) d[t * out_ + i] = c[i] * s[t * out_ + i];
-  }
-  // forward was: y = x Wᵀ + b
+  Tensor dyw = g.view({n, out_});
+  // forward was: y = x Wᵀ + b (+ adapters)
   if (weight.trainable && n > 0)
     kernels::gemm(dyw, true, x_.view({n, in_}), false, weight.grad, 1.0f, 1.0f);  // dW += dywᵀ x
   if (has_bias() && bias.trainable && n > 0) kernels::bias_backward(dy2, bias.grad);  // db += Σ dy
   if (!need_input_grad) {
-    for (auto it = adapters.rbegin(); it != adapters.rend(); ++it)
-      if ((*it)->active()) (*it)->backward(ctx, *this, dy, nullptr);
+    for (auto& [a, ga] : active) a->backward(ctx, *this, ga, nullptr);
     return Tensor();
   }
   Tensor dx = ctx.alloc(x_.shape());
   Tensor dx2 = dx.view({n, in_});
   if (n == 0) return dx;
   matmul_weight_t(dyw, dx2);  // dx [n, in] = dyw [n, out] · W [out, in]
-  for (auto it = adapters.rbegin(); it != adapters.rend(); ++it)
-    if ((*it)->active()) (*it)->backward(ctx, *this, dy, &dx);  // dx += adapter path
+  for (auto& [a, ga] : active) a->backward(ctx, *this, ga, &dx);  // dx += adapter path
   return dx;
 }
 

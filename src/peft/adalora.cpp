@@ -14,10 +14,6 @@ namespace lorafit::peft {
 
 namespace {
 
-inline bool keep(uint64_t seed, uint64_t counter, float p) {
-  return nn::random_uniform(seed, counter) >= static_cast<double>(p);
-}
-
 const std::string kPrefix = "base_model.model.";
 
 // The rank_pattern entry of a module path (key "<path>.lora_E"), or null.
@@ -66,19 +62,7 @@ void SVDLinear::forward(nn::Context& ctx, const nn::Linear& base, const Tensor& 
   if (A.value.dim(1) != in || B.value.dim(0) != out || B.value.dim(1) != r || E.value.dim(0) != r)
     fail("AdaLoRA on Linear [" + std::to_string(out) + ", " + std::to_string(in) + "]: lora_A is " +
          A.value.str() + ", lora_E is " + E.value.str() + ", lora_B is " + B.value.str());
-  dropped_ = ctx.training && dropout > 0.0f && n > 0;
-  Tensor xd = x.view({n, in});
-  if (dropped_) {
-    drop_seed_ = ctx.seed;
-    drop_counter_ = ctx.take_rng(static_cast<uint64_t>(n * in));
-    xd = ctx.alloc({n, in});
-    const float* xs = x.f32();
-    float* d = xd.f32();
-    const float scale = 1.0f / (1.0f - dropout);
-    for (int64_t i = 0; i < n * in; ++i)
-      d[i] = keep(drop_seed_, drop_counter_ + static_cast<uint64_t>(i), dropout) ? xs[i] * scale
-                                                                                 : 0.0f;
-  }
+  Tensor xd = drop.forward(ctx, x, n, in);
   xd_ = xd;
   ae_ = ctx.alloc({r, in});  // A ⊙ E: row i of A times E_i
   const float* a = A.value.f32();
@@ -120,17 +104,18 @@ void SVDLinear::backward(nn::Context& ctx, const nn::Linear& base, const Tensor&
   }
   if (dx == nullptr) return;
   Tensor dx2 = dx->view({n, in});
-  if (!dropped_) {
+  if (!drop.dropped()) {
     kernels::gemm(dh, false, ae_, false, dx2, 1.0f, 1.0f);  // dx += dh AE
     return;
   }
   Tensor dxd = ctx.alloc({n, in});
   kernels::gemm(dh, false, ae_, false, dxd);
-  const float scale = 1.0f / (1.0f - dropout);
-  const float* s = dxd.f32();
-  float* d = dx2.f32();
-  for (int64_t i = 0; i < n * in; ++i)
-    if (keep(drop_seed_, drop_counter_ + static_cast<uint64_t>(i), dropout)) d[i] += s[i] * scale;
+  drop.backward_add(dxd, dx2);
+}
+
+std::vector<std::pair<std::string, nn::Parameter*>> SVDLinear::named_tensors() const {
+  auto* self = const_cast<SVDLinear*>(this);
+  return {{"lora_A", &self->A}, {"lora_B", &self->B}, {"lora_E", &self->E}};
 }
 
 Tensor SVDLinear::delta_weight() const {
@@ -398,8 +383,8 @@ void RankAllocator::load_state(const io::SafetensorsFile& f, const std::string& 
 // ---- PeftModel hooks
 // ---------------------------------------------------------------------------------
 
-std::unique_ptr<LoraLinear> make_svd_layer(const AdapterConfig& cfg, const std::string& path,
-                                           const nn::Linear& lin, uint64_t seed) {
+std::unique_ptr<SVDLinear> make_svd_layer(const AdapterConfig& cfg, const std::string& path,
+                                          const nn::Linear& lin, uint64_t seed) {
   int64_t r = cfg.init_r;
   if (const auto* m = mask_for(cfg, path)) {
     if (static_cast<int64_t>(m->size()) != cfg.init_r)
@@ -416,8 +401,9 @@ std::unique_ptr<LoraLinear> make_svd_layer(const AdapterConfig& cfg, const std::
   return l;
 }
 
-void svd_state(const AdapterConfig& cfg, const std::string& key, const SVDLinear& l,
-               std::vector<std::pair<std::string, Tensor>>& out) {
+void SVDLinear::append_state(const AdapterConfig& cfg, const std::string& key,
+                             std::vector<std::pair<std::string, Tensor>>& out) const {
+  const SVDLinear& l = *this;
   const std::string path =
       key.compare(0, kPrefix.size(), kPrefix) == 0 ? key.substr(kPrefix.size()) : key;
   const std::vector<bool>* m = mask_for(cfg, path);
@@ -484,7 +470,8 @@ void adalora_config_from_json(const io::json& j, AdapterConfig& c, const std::st
   c.beta1 = io::json_number(j, "beta1", where, d.beta1);
   c.beta2 = io::json_number(j, "beta2", where, d.beta2);
   c.orth_reg_weight = io::json_number(j, "orth_reg_weight", where, d.orth_reg_weight);
-  c.total_step = io::json_int(j, "total_step", where, d.total_step);  // null/missing: validate names it
+  c.total_step =
+      io::json_int(j, "total_step", where, d.total_step);  // null/missing: validate names it
   if (!io::json_has(j, "rank_pattern")) return;
   const auto& m = j.at("rank_pattern");
   if (!m.is_object())

@@ -171,7 +171,8 @@ AdapterConfig config_from_json(const io::json& j, const std::string& where) {
   AdapterConfig c;
   c.peft_type = io::json_string(j, "peft_type", where);  // required, as PEFT
   c.task_type = io::json_string(j, "task_type", where, d.task_type);
-  c.base_model_name_or_path = io::json_string(j, "base_model_name_or_path", where, d.base_model_name_or_path);
+  c.base_model_name_or_path =
+      io::json_string(j, "base_model_name_or_path", where, d.base_model_name_or_path);
   c.r = io::json_int(j, "r", where, d.r);
   c.lora_alpha = io::json_number(j, "lora_alpha", where, d.lora_alpha);
   c.lora_dropout = io::json_number(j, "lora_dropout", where, d.lora_dropout);

@@ -19,11 +19,6 @@ namespace lorafit::peft {
 
 namespace {
 
-// Same mask stream as LoraLinear: kept with probability 1 − p.
-inline bool keep(uint64_t seed, uint64_t counter, float p) {
-  return nn::random_uniform(seed, counter) >= static_cast<double>(p);
-}
-
 std::string shape_of(const nn::Linear& base) {
   std::string s = "[";  // (appended step by step: GCC 12 warns falsely on "[" + std::string)
   s += std::to_string(base.out_features());
@@ -38,6 +33,12 @@ DoraLinear::DoraLinear(const nn::Linear& base, int64_t r, double alpha, bool use
                        float dropout_p)
     : LoraLinear(base, r, alpha, use_rslora, dropout_p) {
   magnitude.value = Tensor::zeros({base.out_features()});
+}
+
+std::vector<std::pair<std::string, nn::Parameter*>> DoraLinear::named_tensors() const {
+  auto v = LoraLinear::named_tensors();
+  v.emplace_back("lora_magnitude_vector", const_cast<nn::Parameter*>(&magnitude));
+  return v;
 }
 
 void DoraLinear::init(nn::Linear& base, LoraInit how, uint64_t seed) {
@@ -113,24 +114,10 @@ void DoraLinear::forward(nn::Context& ctx, const nn::Linear& base, const Tensor&
   k_ = Tensor::zeros({out});
   for (int64_t i = 0; i < out; ++i) k_.f32()[i] = magnitude.value.f32()[i] / norm_.f32()[i];
 
-  dropped_ = ctx.training && dropout > 0.0f && n > 0;
-  Tensor xd = x.view({n, in});
-  if (dropped_) {
-    drop_seed_ = ctx.seed;
-    drop_counter_ = ctx.take_rng(static_cast<uint64_t>(n * in));
-    xd = ctx.alloc({n, in});
-    const float* xs = x.f32();
-    float* d = xd.f32();
-    const float scale = 1.0f / (1.0f - dropout);
-    for (int64_t i = 0; i < n * in; ++i)
-      d[i] = keep(drop_seed_, drop_counter_ + static_cast<uint64_t>(i), dropout) ? xs[i] * scale : 0.0f;
-  }
-  // Another active adapter before this one has already added to y: PEFT folds it into u.
-  stacked_ = false;
-  for (const nn::LinearAdapter* a : base.adapters) {
-    if (a == this) break;
-    if (a->active()) stacked_ = true;
-  }
+  Tensor xd = drop.forward(ctx, x, n, in);
+  const bool dropped = drop.dropped();
+  // Another active adapter before this one has already added to y: PEFT folds it into u (and
+  // upstream_grad gives it k ⊙ dy).
   xd_ = xd;
   h_ = ctx.alloc({n, r});
   v_ = ctx.alloc({n, out});
@@ -139,7 +126,7 @@ void DoraLinear::forward(nn::Context& ctx, const nn::Linear& base, const Tensor&
   float* pv = v_.f32();
   float* py = y2.f32();
   // u: the base output without bias (PEFT's base_result).
-  if (dropped_) {
+  if (dropped) {
     base.matmul_weight(xd, v_);  // u = drop(x) Wᵀ
   } else {
     std::copy(py, py + n * out, pv);  // u = y − b
@@ -158,19 +145,24 @@ void DoraLinear::forward(nn::Context& ctx, const nn::Linear& base, const Tensor&
     for (int64_t i = 0; i < out; ++i) py[t * out + i] += k[i] * pv[t * out + i];
 }
 
-const float* DoraLinear::base_grad_scale() const {
-  // Without dropout u is the base output itself (y − b), so its gradient factor k goes into the
-  // base product. Stacked adapters would need it too: backward refuses that case.
-  return (!dropped_ && k_.defined() && h_.defined()) ? k_.f32() : nullptr;
+Tensor DoraLinear::upstream_grad(nn::Context& ctx, const Tensor& dy) const {
+  // Without dropout u = y − b is what arrived here (x Wᵀ and the adapters before this one), and
+  // y − b = k ⊙ u + k ⊙ s·h Bᵀ: u's gradient is k ⊙ dy. Linear takes it through x Wᵀ (no second
+  // product with W) and gives it to the earlier adapters. With dropout u is a product of its own
+  // (drop(x) Wᵀ, in backward): the base output only passes through.
+  if (drop.dropped() || !k_.defined() || !h_.defined()) return dy;
+  const int64_t out = k_.numel(), n = dy.numel() / out;
+  Tensor g = Tensor::empty(dy.shape());  // heap: freed when Linear::backward returns
+  const float* k = k_.f32();
+  const float* s = dy.f32();
+  float* d = g.f32();
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t i = 0; i < out; ++i) d[t * out + i] = k[i] * s[t * out + i];
+  return g;
 }
 
 void DoraLinear::backward(nn::Context& ctx, const nn::Linear& base, const Tensor& dy, Tensor* dx) {
   if (!h_.defined()) fail("DoRA backward called before forward");
-  if (stacked_ && !dropped_)
-    fail("DoRA on Linear " + shape_of(base) +
-         ": backward with another adapter active before the DoRA one on the same module is not "
-         "supported (its output is scaled by m/‖W+sBA‖ − 1 as in PEFT, which its own backward "
-         "does not see); activate the DoRA adapter alone for training");
   const int64_t in = base.in_features(), out = base.out_features(), r = this->r();
   const int64_t n = h_.dim(0);
   if (n == 0) return;
@@ -202,7 +194,8 @@ void DoraLinear::backward(nn::Context& ctx, const nn::Linear& base, const Tensor
   Tensor dh = ctx.alloc({n, r});
   kernels::gemm(g, false, B.value, false, dh, s, 0.0f);  // dh = s · g B
   if (A.trainable) kernels::gemm(dh, true, xd_, false, A.grad, 1.0f, 1.0f);  // dA += dhᵀ drop(x)
-  if (dx == nullptr && !(dropped_ && base.weight.trainable)) return;
+  const bool dropped = drop.dropped();
+  if (dx == nullptr && !(dropped && base.weight.trainable)) return;
   if (dx == nullptr) {
     for (int64_t t = 0; t < n; ++t)
       for (int64_t i = 0; i < out; ++i) pg[t * out + i] = (k[i] - 1.0f) * pdy[t * out + i];
@@ -211,8 +204,8 @@ void DoraLinear::backward(nn::Context& ctx, const nn::Linear& base, const Tensor
     return;
   }
   Tensor dx2 = dx->view({n, in});
-  if (!dropped_) {
-    // ((k − 1) ⊙ dy) W is already in dx: Linear used k ⊙ dy for the base (base_grad_scale).
+  if (!dropped) {
+    // ((k − 1) ⊙ dy) W is already in dx: Linear used k ⊙ dy for the base (upstream_grad).
     kernels::gemm(dh, false, A.value, false, dx2, 1.0f, 1.0f);
     return;
   }
@@ -226,11 +219,7 @@ void DoraLinear::backward(nn::Context& ctx, const nn::Linear& base, const Tensor
   Tensor dxd = ctx.alloc({n, in});
   base.matmul_weight_t(g, dxd);
   kernels::gemm(dh, false, A.value, false, dxd, 1.0f, 1.0f);
-  const float scale = 1.0f / (1.0f - dropout);
-  const float* sd = dxd.f32();
-  float* d = dx2.f32();
-  for (int64_t i = 0; i < n * in; ++i)
-    if (keep(drop_seed_, drop_counter_ + static_cast<uint64_t>(i), dropout)) d[i] += sd[i] * scale;
+  drop.backward_add(dxd, dx2);
 }
 
 void DoraLinear::merge(nn::Linear& base) {
@@ -239,7 +228,7 @@ void DoraLinear::merge(nn::Linear& base) {
     fail(std::string("DoRA merge needs an F32 base weight, got ") +
          tensor::dtype_name(base.weight.value.dtype()) + " (load the model with dequantize)");
   for (const nn::LinearAdapter* a : base.adapters) {
-    auto* l = dynamic_cast<const LoraLinear*>(a);
+    auto* l = dynamic_cast<const AdapterLayer*>(a);
     if (a != this && l != nullptr && l->merged)
       fail("DoRA merge on Linear " + shape_of(base) +
            ": another adapter is already merged into this weight (PEFT takes the DoRA norm of the "

@@ -60,7 +60,8 @@ void save_merged_gguf(models::Model& model, const std::vector<std::string>& merg
       fail(base_gguf + ": tensor '" + ti.name + "' has shape " + tensor::shape_str(ti.shape) +
            ", the merged module '" + it->second.first + "' is " + w.str());
     if (ti.name.find(".attn_q.") != std::string::npos) w = models::llama_qk_to_gguf(w, mc.n_heads);
-    if (ti.name.find(".attn_k.") != std::string::npos) w = models::llama_qk_to_gguf(w, mc.n_kv_heads);
+    if (ti.name.find(".attn_k.") != std::string::npos)
+      w = models::llama_qk_to_gguf(w, mc.n_kv_heads);
     if (type != DType::F32 && type != DType::F16 && w.dim(1) % tensor::kQK != 0)
       fail(out_path + ": tensor '" + ti.name + "' has rows of " + std::to_string(w.dim(1)) +
            " values, not a multiple of the " + tensor::dtype_name(type) + " block size 32");

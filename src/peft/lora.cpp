@@ -20,16 +20,67 @@ inline bool keep(uint64_t seed, uint64_t counter, float p) {
 
 }  // namespace
 
+// ---- InputDropout ----------------------------------------------------------------------------
+
+InputDropout::InputDropout(float p) : p_(p) {
+  if (!(p >= 0.0f && p < 1.0f)) fail("lora_dropout must be in [0, 1), got " + std::to_string(p));
+}
+
+Tensor InputDropout::forward(nn::Context& ctx, const Tensor& x, int64_t n, int64_t in) {
+  dropped_ = ctx.training && p_ > 0.0f && n > 0;
+  if (!dropped_) return x.view({n, in});
+  seed_ = ctx.seed;
+  counter_ = ctx.take_rng(static_cast<uint64_t>(n * in));
+  Tensor xd = ctx.alloc({n, in});
+  const float* xs = x.f32();
+  float* d = xd.f32();
+  const float scale = 1.0f / (1.0f - p_);
+  for (int64_t i = 0; i < n * in; ++i)
+    d[i] = keep(seed_, counter_ + static_cast<uint64_t>(i), p_) ? xs[i] * scale : 0.0f;
+  return xd;
+}
+
+void InputDropout::backward_add(const Tensor& g, Tensor& dx) const {
+  // forward was: xd[i] = x[i] · mask[i] / (1 − p)
+  const int64_t n = g.numel();
+  const float* s = g.f32();
+  float* d = dx.f32();
+  if (!dropped_) {
+    for (int64_t i = 0; i < n; ++i) d[i] += s[i];
+    return;
+  }
+  const float scale = 1.0f / (1.0f - p_);
+  for (int64_t i = 0; i < n; ++i)
+    if (keep(seed_, counter_ + static_cast<uint64_t>(i), p_)) d[i] += s[i] * scale;
+}
+
+// ---- AdapterLayer ----------------------------------------------------------------------------
+
+void AdapterLayer::append_state(const AdapterConfig&, const std::string& key,
+                                std::vector<std::pair<std::string, Tensor>>& out) const {
+  for (auto& [suffix, p] : named_tensors()) out.emplace_back(key + "." + suffix, p->value);
+}
+
+void AdapterLayer::set_trainable(bool t) {
+  for (auto& [suffix, p] : named_tensors())
+    if (p->trainable != t) p->set_trainable(t);
+}
+
+// ---- LoraLinear --------------------------------------------------------------------------------
+
 LoraLinear::LoraLinear(const nn::Linear& base, int64_t r, double alpha, bool use_rslora,
                        float dropout_p)
-    : dropout(dropout_p), r_(r), alpha_(alpha) {
+    : AdapterLayer(dropout_p), r_(r), alpha_(alpha) {
   if (r <= 0) fail("LoRA rank must be positive, got " + std::to_string(r));
-  if (!(dropout_p >= 0.0f && dropout_p < 1.0f))
-    fail("lora_dropout must be in [0, 1), got " + std::to_string(dropout_p));
   scaling_ = static_cast<float>(use_rslora ? alpha / std::sqrt(static_cast<double>(r))
                                            : alpha / static_cast<double>(r));
   A.value = Tensor::zeros({r, base.in_features()});
   B.value = Tensor::zeros({base.out_features(), r});
+}
+
+std::vector<std::pair<std::string, nn::Parameter*>> LoraLinear::named_tensors() const {
+  auto* self = const_cast<LoraLinear*>(this);
+  return {{"lora_A.weight", &self->A}, {"lora_B.weight", &self->B}};
 }
 
 void LoraLinear::init(nn::Linear& base, LoraInit how, uint64_t seed) {
@@ -106,7 +157,7 @@ void LoraLinear::init(nn::Linear& base, LoraInit how, uint64_t seed) {
 
 void LoraLinear::forward(nn::Context& ctx, const nn::Linear& base, const Tensor& x, Tensor& y) {
   routed_ = false;
-  if (routing && ctx.adapter_names) return forward_routed(ctx, base, x, y);  // mixed_batch.cpp
+  if (route) return forward_routed(ctx, base, x, y);  // mixed_batch.cpp
   if (!enabled) return;  // attached for routing only
   const int64_t in = base.in_features(), out = base.out_features();
   const int64_t n = x.numel() / in;
@@ -114,18 +165,7 @@ void LoraLinear::forward(nn::Context& ctx, const nn::Linear& base, const Tensor&
     fail("LoRA on Linear [" + std::to_string(out) + ", " + std::to_string(in) + "]: lora_A is " +
          A.value.str() + ", lora_B is " + B.value.str());
   // xd = drop(x) [n, in]: stored when dropout is on (the mask is not kept separately).
-  dropped_ = ctx.training && dropout > 0.0f && n > 0;
-  Tensor xd = x.view({n, in});
-  if (dropped_) {
-    drop_seed_ = ctx.seed;
-    drop_counter_ = ctx.take_rng(static_cast<uint64_t>(n * in));
-    xd = ctx.alloc({n, in});
-    const float* xs = x.f32();
-    float* d = xd.f32();
-    const float scale = 1.0f / (1.0f - dropout);
-    for (int64_t i = 0; i < n * in; ++i)
-      d[i] = keep(drop_seed_, drop_counter_ + static_cast<uint64_t>(i), dropout) ? xs[i] * scale : 0.0f;
-  }
+  Tensor xd = drop.forward(ctx, x, n, in);
   x_ = xd;
   h_ = ctx.alloc({n, r_});
   if (n == 0) return;
@@ -150,17 +190,13 @@ void LoraLinear::backward(nn::Context& ctx, const nn::Linear& base, const Tensor
   if (A.trainable) kernels::gemm(dh, true, x_, false, A.grad, 1.0f, 1.0f);  // dA += dhᵀ xd
   if (dx == nullptr) return;
   Tensor dx2 = dx->view({n, in});
-  if (!dropped_) {
+  if (!drop.dropped()) {
     kernels::gemm(dh, false, A.value, false, dx2, 1.0f, 1.0f);  // dx += dh A
     return;
   }
   Tensor dxd = ctx.alloc({n, in});
   kernels::gemm(dh, false, A.value, false, dxd);  // d(xd) = dh A, then through the mask
-  const float scale = 1.0f / (1.0f - dropout);
-  const float* s = dxd.f32();
-  float* d = dx2.f32();
-  for (int64_t i = 0; i < n * in; ++i)
-    if (keep(drop_seed_, drop_counter_ + static_cast<uint64_t>(i), dropout)) d[i] += s[i] * scale;
+  drop.backward_add(dxd, dx2);
 }
 
 Tensor LoraLinear::delta_weight() const {

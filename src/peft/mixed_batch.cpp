@@ -1,6 +1,7 @@
 // Mixed-batch inference: each example of a batch names its adapter (PEFT's adapter_names forward
 // argument, LoraLayer._mixed_batch_forward and ModulesToSaveWrapper._mixed_batch_forward). The
-// routing travels in nn::Context::adapter_names, so models need no change: every LoRA layer adds
+// routing is held by the peft layers themselves (LoraLinear::route, and an Override adapter on a
+// modules_to_save Linear), so models and nn need no change: every LoRA layer adds
 // s·B A x only to the rows of its own examples, and a modules_to_save Linear recomputes the rows
 // of examples whose adapter keeps a copy of it.
 #include <algorithm>
@@ -45,7 +46,7 @@ void LoraLinear::forward_routed(nn::Context& ctx, const nn::Linear& base, const 
   routed_ = true;
   const int64_t in = base.in_features(), out = base.out_features();
   const int64_t n = x.numel() / in;
-  const auto& names = *ctx.adapter_names;
+  const auto& names = *route;
   const int64_t rpe = rows_per_example(n, names.size(), "LoRA");
   const float* xs = x.f32();
   float* ys = y.f32();
@@ -64,12 +65,12 @@ void LoraLinear::forward_routed(nn::Context& ctx, const nn::Linear& base, const 
 // with that copy (the Linear itself ran with the base weights).
 struct MixedBatch::Override : nn::LinearAdapter {
   std::map<std::string, std::pair<Tensor, Tensor>> copies;  // adapter -> weight, bias
+  const std::vector<std::string>* names_of = nullptr;       // one adapter name per example
   void forward(nn::Context& ctx, const nn::Linear& base, const Tensor& x, Tensor& y) override {
-    if (!ctx.adapter_names) return;
     if (ctx.training) fail("mixed-batch (adapter_names) forward is inference only");
     const int64_t in = base.in_features(), out = base.out_features();
     const int64_t n = x.numel() / in;
-    const auto& names = *ctx.adapter_names;
+    const auto& names = *names_of;
     const int64_t rpe = rows_per_example(n, names.size(), "modules_to_save");
     for (auto& [name, wb] : copies) {
       const Tensor& w = wb.first;
@@ -91,8 +92,7 @@ struct MixedBatch::Override : nn::LinearAdapter {
 };
 
 MixedBatch::MixedBatch(PeftModel& pm, nn::Context& ctx, std::vector<std::string> names)
-    : pm_(pm), ctx_(ctx), names_(std::move(names)), prev_names_(ctx.adapter_names),
-      was_disabled_(pm.adapters_disabled()) {
+    : pm_(pm), names_(std::move(names)), was_disabled_(pm.adapters_disabled()) {
   if (names_.empty()) fail("mixed batch: no adapter names given");
   if (ctx.training) fail("mixed batch (adapter_names) is inference only; the context is training");
   if (pm.merged()) fail("mixed batch (adapter_names) cannot run while an adapter is merged");
@@ -111,9 +111,8 @@ MixedBatch::MixedBatch(PeftModel& pm, nn::Context& ctx, std::vector<std::string>
   // Routing is implemented for plain LoRA layers; a DoRA or AdaLoRA layer would not honour it.
   for (const auto& a : have)
     for (auto& [path, l] : pm.lora_layers(a))
-      if (dynamic_cast<DoraLinear*>(l) || dynamic_cast<SVDLinear*>(l))
-        fail("mixed batch: adapter '" + a + "' is " +
-             (dynamic_cast<DoraLinear*>(l) ? "DoRA" : "AdaLoRA") + " (at " + path +
+      if (std::string(l->method()) != "LoRA")
+        fail("mixed batch: adapter '" + a + "' is " + l->method() + " (at " + path +
              "); per-example routing supports plain LoRA adapters only: "
              "delete it (or merge it into the base) first, or run its examples separately");
   // modules_to_save copies of the adapters used, by Linear.
@@ -144,23 +143,22 @@ MixedBatch::MixedBatch(PeftModel& pm, nn::Context& ctx, std::vector<std::string>
   pm.disable_adapters();
   for (const auto& a : have)
     for (auto& [path, l] : pm.lora_layers(a)) {
-      l->routing = true;
-      layers_.push_back(l);
+      layers_.emplace_back(l, l->route);
+      l->route = &names_;
     }
   for (auto& [lin, o] : ov) {
+    o->names_of = &names_;
     lin->adapters.push_back(o.get());
     overrides_.emplace_back(lin, std::move(o));
   }
-  ctx.adapter_names = &names_;
 }
 
 MixedBatch::~MixedBatch() {
-  ctx_.adapter_names = prev_names_;
   for (auto& [lin, o] : overrides_) {
     auto& v = lin->adapters;
     v.erase(std::remove(v.begin(), v.end(), o.get()), v.end());
   }
-  for (LoraLinear* l : layers_) l->routing = false;
+  for (auto& [l, prev] : layers_) l->route = prev;  // an enclosing MixedBatch's, or none
   if (!was_disabled_) pm_.enable_adapters();
 }
 

@@ -8,6 +8,7 @@
 
 #include "lorafit/peft.h"
 #include "lorafit/tensor.h"
+#include "peft/layers.h"
 
 namespace lorafit::peft {
 
@@ -22,11 +23,14 @@ bool path_matches_any(const std::vector<std::string>& names, const std::string& 
 bool inside_any(const std::vector<std::string>& names, const std::string& key);
 
 // AdaLoRA (adalora.cpp): the SVDLinear for one target (rank init_r, or the kept rank of the
-// config's rank_pattern), and its saved tensors "<key>.lora_A/E/B" pruned by the rank_pattern.
-std::unique_ptr<LoraLinear> make_svd_layer(const AdapterConfig& cfg, const std::string& path,
-                                           const nn::Linear& lin, uint64_t seed);
-void svd_state(const AdapterConfig& cfg, const std::string& key, const SVDLinear& l,
-               std::vector<std::pair<std::string, tensor::Tensor>>& out);
+// config's rank_pattern).
+std::unique_ptr<SVDLinear> make_svd_layer(const AdapterConfig& cfg, const std::string& path,
+                                          const nn::Linear& lin, uint64_t seed);
+
+// config.cpp hooks for the AdaLoRA fields of adapter_config.json.
+void adalora_config_from_json(const io::json& j, AdapterConfig& c, const std::string& where);
+void adalora_config_to_json(const AdapterConfig& c, io::json& j);
+void adalora_validate(const AdapterConfig& c, const std::string& where);
 
 }  // namespace lorafit::peft
 
@@ -46,14 +50,8 @@ void qr(const std::vector<double>& a, int64_t m, int64_t n, std::vector<double>&
 
 }  // namespace lorafit::peft::linalg
 
-namespace lorafit::nn {
-class Linear;
-}
-
 namespace lorafit::peft {
 
-class LoraLinear;
-enum class LoraInit;
 // PiSSA / OLoRA init of one LoRA layer (init_svd.cpp): fills A and B from the SVD / QR of the F32
 // base weight and rewrites it to W − s·B A.
 void init_from_weight(LoraLinear& layer, nn::Linear& base, LoraInit how);

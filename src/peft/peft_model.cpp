@@ -49,6 +49,7 @@ struct PeftModel::Adapter {
   bool trainable = true;
   std::vector<std::pair<std::string, nn::Linear*>> targets;  // module path, base Linear
   std::vector<std::unique_ptr<LoraLinear>> layers;           // parallel to targets
+  std::vector<std::pair<std::string, SVDLinear*>> svd;       // AdaLoRA: the layers, as SVDLinear
   struct Saved {
     std::string name;       // HF parameter name, e.g. "classifier.weight"
     nn::Parameter* param;   // the model's parameter
@@ -157,7 +158,10 @@ void PeftModel::add_adapter(const std::string& name, const AdapterConfig& cfg_in
     if (!mts.empty() && inside_any(mts, path)) continue;  // replaced whole by modules_to_save
     std::unique_ptr<LoraLinear> layer;
     if (cfg.is_adalora()) {  // SVDLinear at init_r (or the rank_pattern's kept rank)
-      layer = make_svd_layer(cfg, path, *lin, nn::random_u64(seed, 0x10000 + i));
+      std::unique_ptr<SVDLinear> s =
+          make_svd_layer(cfg, path, *lin, nn::random_u64(seed, 0x10000 + i));
+      ad->svd.emplace_back(path, s.get());
+      layer = std::move(s);
     } else {
       const int64_t r = cfg.rank_for(path);
       if (cfg.use_dora)
@@ -195,7 +199,7 @@ void PeftModel::add_adapter(const std::string& name, const AdapterConfig& cfg_in
       const std::string mod = dot == std::string::npos ? pname : pname.substr(0, dot);
       if (!inside_any(mts, mod)) continue;
       if (!originals_.count(p)) originals_[p] = p->value;
-      Adapter::Saved s{pname, p, {}};
+      Adapter::Saved s{pname, p, nn::Parameter(p->role)};
       s.own.value = originals_[p].to(tensor::DType::F32).clone();
       ad->saved.push_back(std::move(s));
     }
@@ -242,12 +246,7 @@ void PeftModel::attach_all() {
                     std::find(active_.begin(), active_.end(), a->name) != active_.end();
     for (auto& l : a->layers) {
       l->enabled = on;
-      const bool t = on && a->trainable;
-      if (l->A.trainable != t) l->A.set_trainable(t);
-      if (l->B.trainable != t) l->B.set_trainable(t);
-      for (auto& [key, p] : l->extra_parameters())
-        if (p->trainable != t) p->set_trainable(t);
-      if (auto* s = dynamic_cast<SVDLinear*>(l.get()); s && s->E.trainable != t) s->E.set_trainable(t);
+      l->set_trainable(on && a->trainable);
     }
     for (auto& s : a->saved) {
       const bool t = on && a->trainable;
@@ -289,20 +288,9 @@ nn::NamedParameters PeftModel::trainable_parameters() {
   nn::NamedParameters out;
   for (const auto& n : active_) {
     Adapter& a = find(n);
-    for (size_t i = 0; i < a.targets.size(); ++i) {
-      LoraLinear& l = *a.layers[i];
-      if (auto* s = dynamic_cast<SVDLinear*>(&l)) {  // AdaLoRA keys have no ".weight"
-        const std::string k = kPrefix + a.targets[i].first;
-        if (s->A.trainable) out.emplace_back(k + ".lora_A", &s->A);
-        if (s->B.trainable) out.emplace_back(k + ".lora_B", &s->B);
-        if (s->E.trainable) out.emplace_back(k + ".lora_E", &s->E);
-        continue;
-      }
-      if (l.A.trainable) out.emplace_back(kPrefix + a.targets[i].first + ".lora_A.weight", &l.A);
-      if (l.B.trainable) out.emplace_back(kPrefix + a.targets[i].first + ".lora_B.weight", &l.B);
-      for (auto& [key, p] : l.extra_parameters())
+    for (size_t i = 0; i < a.targets.size(); ++i)
+      for (auto& [key, p] : a.layers[i]->named_tensors())
         if (p->trainable) out.emplace_back(kPrefix + a.targets[i].first + "." + key, p);
-    }
     for (auto& s : a.saved)
       if (s.param->trainable && s.param->value.same_storage(s.own.value))
         out.emplace_back(kPrefix + s.name, s.param);
@@ -319,17 +307,11 @@ ParameterCount PeftModel::count_parameters() {
   c.total = model_->num_parameters();
   for (auto& a : adapters_) {
     for (auto& l : a->layers) {
-      c.total += l->A.value.numel() + l->B.value.numel();
-      if (l->A.trainable) c.trainable += l->A.value.numel();
-      if (l->B.trainable) c.trainable += l->B.value.numel();
-      for (auto& [key, p] : l->extra_parameters()) {
+      for (auto& [key, p] : l->named_tensors()) {
         c.total += p->value.numel();
         if (p->trainable) c.trainable += p->value.numel();
       }
-      if (auto* s = dynamic_cast<SVDLinear*>(l.get())) {  // lora_E, and PEFT's ranknum [1]
-        c.total += s->E.value.numel() + 1;
-        if (s->E.trainable) c.trainable += s->E.value.numel();
-      }
+      c.total += l->extra_parameter_count();  // AdaLoRA: PEFT's ranknum [1]
     }
     for (auto& s : a->saved) {
       c.total += s.own.value.numel();  // PEFT keeps the original and a copy per adapter
@@ -347,11 +329,7 @@ std::vector<std::pair<std::string, LoraLinear*>> PeftModel::lora_layers(const st
 }
 
 std::vector<std::pair<std::string, SVDLinear*>> PeftModel::adalora_layers(const std::string& name) {
-  Adapter& a = find(name);
-  std::vector<std::pair<std::string, SVDLinear*>> v;
-  for (size_t i = 0; i < a.targets.size(); ++i)
-    if (auto* s = dynamic_cast<SVDLinear*>(a.layers[i].get())) v.emplace_back(a.targets[i].first, s);
-  return v;
+  return find(name).svd;
 }
 
 void PeftModel::set_adalora_rank_pattern(
@@ -366,16 +344,8 @@ void PeftModel::set_adalora_rank_pattern(
 std::vector<std::pair<std::string, Tensor>> PeftModel::adapter_state(const std::string& name) const {
   const Adapter& a = find(name);
   std::vector<std::pair<std::string, Tensor>> t;
-  for (size_t i = 0; i < a.targets.size(); ++i) {
-    if (auto* s = dynamic_cast<const SVDLinear*>(a.layers[i].get())) {  // pruned by rank_pattern
-      svd_state(a.cfg, kPrefix + a.targets[i].first, *s, t);
-      continue;
-    }
-    t.emplace_back(kPrefix + a.targets[i].first + ".lora_A.weight", a.layers[i]->A.value);
-    t.emplace_back(kPrefix + a.targets[i].first + ".lora_B.weight", a.layers[i]->B.value);
-    for (auto& [key, p] : a.layers[i]->extra_parameters())
-      t.emplace_back(kPrefix + a.targets[i].first + "." + key, p->value);
-  }
+  for (size_t i = 0; i < a.targets.size(); ++i)  // AdaLoRA: pruned by the rank_pattern
+    a.layers[i]->append_state(a.cfg, kPrefix + a.targets[i].first, t);
   for (auto& s : a.saved) t.emplace_back(kPrefix + s.name, s.own.value);
   return t;
 }
@@ -418,18 +388,9 @@ void PeftModel::load_adapter(const std::string& adapter_dir, const std::string& 
              ", the base model needs " + tensor::shape_str(dst.shape()));
       dst.copy_from(f.get_f32(key));
     };
-    for (size_t i = 0; i < a.targets.size(); ++i) {
-      if (auto* s = dynamic_cast<SVDLinear*>(a.layers[i].get())) {
-        take(kPrefix + a.targets[i].first + ".lora_A", s->A.value);
-        take(kPrefix + a.targets[i].first + ".lora_E", s->E.value);
-        take(kPrefix + a.targets[i].first + ".lora_B", s->B.value);
-        continue;
-      }
-      take(kPrefix + a.targets[i].first + ".lora_A.weight", a.layers[i]->A.value);
-      take(kPrefix + a.targets[i].first + ".lora_B.weight", a.layers[i]->B.value);
-      for (auto& [key, p] : a.layers[i]->extra_parameters())
+    for (size_t i = 0; i < a.targets.size(); ++i)
+      for (auto& [key, p] : a.layers[i]->named_tensors())
         take(kPrefix + a.targets[i].first + "." + key, p->value);
-    }
     for (auto& s : a.saved) {
       const std::string key = kPrefix + s.name;
       take(key, s.own.value);

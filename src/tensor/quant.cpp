@@ -278,14 +278,19 @@ Tensor dequantize(const Tensor& x) {
   return out;
 }
 
-size_t kquant_block_bytes(KQuant t) { return t == KQuant::Q4_K ? 144 : 210; }
+size_t kquant_block_bytes(KQuant t) {
+  return t == KQuant::Q4_K ? 144 : 210;
+}
 
 void dequantize_kquant_row(KQuant t, const void* src, float* dst, int64_t n) {
-  LORAFIT_CHECK(n >= 0 && n % kQK_K == 0, "dequantize_kquant_row",
-                std::to_string(n) + " values is not a whole number of blocks of " + std::to_string(kQK_K));
+  LORAFIT_CHECK(
+      n >= 0 && n % kQK_K == 0, "dequantize_kquant_row",
+      std::to_string(n) + " values is not a whole number of blocks of " + std::to_string(kQK_K));
   const auto* s = static_cast<const uint8_t*>(src);
-  if (t == KQuant::Q4_K) dequant_q4_k(s, dst, n / kQK_K);
-  else dequant_q6_k(s, dst, n / kQK_K);
+  if (t == KQuant::Q4_K)
+    dequant_q4_k(s, dst, n / kQK_K);
+  else
+    dequant_q6_k(s, dst, n / kQK_K);
 }
 
 }  // namespace lorafit::tensor

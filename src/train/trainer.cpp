@@ -156,15 +156,14 @@ TrainSummary run_training(Task& task, const nn::NamedParameters& params,
   const std::string out = opt.output_dir;
   fs::create_directories(out);
 
-  // Parameter groups: no weight decay on biases and norms (as transformers' Trainer); LoRA+
-  // (Hayou et al. 2024) trains lora_B with a larger learning rate.
+  // Parameter groups by the role the owner gave each parameter: no weight decay on biases and
+  // norms (as transformers' Trainer); LoRA+ (Hayou et al. 2024) trains lora_B with a larger
+  // learning rate.
   std::vector<ParamGroup> groups;
   for (auto& [name, p] : params) {
     ParamGroup g{name, p, 1.0f, opt.weight_decay};
-    if (name.ends_with("bias") || name.find("norm") != std::string::npos ||
-        name.find("LayerNorm") != std::string::npos)
-      g.weight_decay = 0.0f;
-    if (name.find("lora_B") != std::string::npos) g.lr_mult = opt.loraplus_ratio;
+    if (p->role == nn::ParamRole::Bias || p->role == nn::ParamRole::Norm) g.weight_decay = 0.0f;
+    if (p->role == nn::ParamRole::LowRankB) g.lr_mult = opt.loraplus_ratio;
     groups.push_back(g);
   }
   AdamW adam(groups, opt.adam);

@@ -41,8 +41,9 @@ TEST(FolderWrite, ReplaceDropsOldFilesMergeKeepsThem) {
   fs::create_directories(dir);
   write_bytes(dir + "/old.txt", "old");
   write_bytes(dir + "/a.txt", "a0");
-  io::write_folder_atomic(dir, [](const std::string& tmp) { write_bytes(tmp + "/a.txt", "a1"); },
-                          io::FolderWrite::Merge);
+  io::write_folder_atomic(
+      dir, [](const std::string& tmp) { write_bytes(tmp + "/a.txt", "a1"); },
+      io::FolderWrite::Merge);
   EXPECT_EQ(listing(dir), (std::set<std::string>{"a.txt", "old.txt"}));
   EXPECT_EQ(read_bytes(dir + "/a.txt"), "a1");
   io::write_folder_atomic(dir, [](const std::string& tmp) { write_bytes(tmp + "/b.txt", "b"); });

@@ -273,7 +273,8 @@ TEST(Gguf, KQuantsDequantizeInTheTensorLayer) {
     Tensor via_gguf = f.tensor_f32(ti.name);
     ASSERT_EQ(want.numel(), n);
     for (int64_t k = 0; k < n; ++k) {
-      ASSERT_NEAR(got.f32()[k], want.f32()[k], 1e-6 * std::max(1.0f, std::fabs(want.f32()[k]))) << k;
+      ASSERT_NEAR(got.f32()[k], want.f32()[k], 1e-6 * std::max(1.0f, std::fabs(want.f32()[k])))
+          << k;
       ASSERT_EQ(got.f32()[k], via_gguf.f32()[k]) << k;
     }
   }

@@ -147,12 +147,14 @@ TEST(TinyBert, FiniteDifferenceInputAndHeadGradient) {
   double worst = 0;
   Tensor e = emb.clone();
   for (int64_t i : {0L, 7L, 33L, 100L, 321L, 500L, 31 + 32 * 11L, 32 * 25L + 3}) {
-    const double fd = finite_diff_at(e, i, [&] { return loss_of(e); }, eps);
+    const double fd = finite_diff_at(
+        e, i, [&] { return loss_of(e); }, eps);
     worst = nan_max(worst, std::fabs(fd - g.f32()[i]) / std::max(1e-2, std::fabs(fd)));
     EXPECT_NEAR(fd, g.f32()[i], 2e-4 + 2e-2 * std::fabs(fd)) << "inputs_embeds[" << i << "]";
   }
   for (int64_t i : {0L, 5L, 40L, 95L}) {
-    const double fd = finite_diff_at(m->classifier.weight.value, i, [&] { return loss_of(emb); }, eps);
+    const double fd = finite_diff_at(
+        m->classifier.weight.value, i, [&] { return loss_of(emb); }, eps);
     EXPECT_NEAR(fd, gw.f32()[i], 2e-4 + 2e-2 * std::fabs(fd)) << "classifier.weight[" << i << "]";
   }
   std::printf("tiny bert finite-difference worst rel err (inputs_embeds): %.3g\n", worst);
@@ -345,6 +347,28 @@ TEST(TinyLlama, NamesAreHuggingFaceNames) {
   EXPECT_EQ(lin.back().first, "lm_head");
 }
 
+// Every parameter knows its role (the optimizer's weight-decay groups): biases and norms as their
+// modules say, which is what the names say too.
+TEST(Models, ParametersCarryTheirRoles) {
+  using lorafit::nn::ParamRole;
+  for (const char* name : {"tiny_bert", "tiny_llama"}) {
+    auto m = models::load_model(kFix + "/" + name);
+    int norms = 0, biases = 0;
+    for (auto& [n, p] : m->named_parameters()) {
+      const bool norm =
+          n.find("norm") != std::string::npos || n.find("LayerNorm") != std::string::npos;
+      const ParamRole want = norm                  ? ParamRole::Norm
+                             : n.ends_with("bias") ? ParamRole::Bias
+                                                   : ParamRole::Weight;
+      EXPECT_EQ(static_cast<int>(p->role), static_cast<int>(want)) << name << " " << n;
+      norms += p->role == ParamRole::Norm;
+      biases += p->role == ParamRole::Bias;
+    }
+    EXPECT_GT(norms, 0) << name;
+    if (std::string(name) == "tiny_bert") EXPECT_GT(biases, 0);
+  }
+}
+
 // ---- the Llama GGUF layout: one name table and one q/k permutation -------------------------
 
 // llama.cpp's names (gguf-py TENSOR_NAMES for MODEL_ARCH.LLAMA): the output head is "output"
@@ -355,18 +379,22 @@ TEST(LlamaGguf, NamesAreLlamaCppNames) {
   EXPECT_EQ(models::llama_gguf_name("lm_head"), "output");
   EXPECT_EQ(models::llama_gguf_name("model.embed_tokens.weight"), "token_embd.weight");
   EXPECT_EQ(models::llama_gguf_name("model.norm.weight"), "output_norm.weight");
-  EXPECT_EQ(models::llama_gguf_name("model.layers.12.self_attn.q_proj.weight"), "blk.12.attn_q.weight");
+  EXPECT_EQ(models::llama_gguf_name("model.layers.12.self_attn.q_proj.weight"),
+            "blk.12.attn_q.weight");
   EXPECT_EQ(models::llama_gguf_name("model.layers.0.self_attn.k_proj.bias"), "blk.0.attn_k.bias");
   EXPECT_EQ(models::llama_gguf_name("model.layers.3.self_attn.o_proj"), "blk.3.attn_output");
-  EXPECT_EQ(models::llama_gguf_name("model.layers.1.post_attention_layernorm.weight"), "blk.1.ffn_norm.weight");
-  EXPECT_EQ(models::llama_gguf_name("model.layers.1.mlp.down_proj.weight"), "blk.1.ffn_down.weight");
+  EXPECT_EQ(models::llama_gguf_name("model.layers.1.post_attention_layernorm.weight"),
+            "blk.1.ffn_norm.weight");
+  EXPECT_EQ(models::llama_gguf_name("model.layers.1.mlp.down_proj.weight"),
+            "blk.1.ffn_down.weight");
   for (const char* bad : {"model.layers.x.self_attn.q_proj", "model.layers.0.self_attn.q_proj_x",
                           "bert.encoder.layer.0.attention.self.query", "output.weight"}) {
     try {
       models::llama_gguf_name(bad);
       ADD_FAILURE() << bad << ": no error";
     } catch (const Error& e) {
-      EXPECT_EQ(std::string(e.what()), std::string("[models] no llama.cpp GGUF name for '") + bad + "'");
+      EXPECT_EQ(std::string(e.what()),
+                std::string("[models] no llama.cpp GGUF name for '") + bad + "'");
     }
   }
   // Against real files (written by gguf-py from the HF folders): every HF tensor has its GGUF
@@ -402,7 +430,8 @@ TEST(LlamaGguf, QkPermutationIsLlamaCppPermute) {
     for (int64_t i = 0; i < D / 2; ++i)
       for (int64_t j = 0; j < 2; ++j)
         for (int64_t c = 0; c < cols; ++c)
-          ASSERT_EQ(g.f32()[(h * D + 2 * i + j) * cols + c], static_cast<float>((h * D + j * (D / 2) + i) * 1000 + c));
+          ASSERT_EQ(g.f32()[(h * D + 2 * i + j) * cols + c],
+                    static_cast<float>((h * D + j * (D / 2) + i) * 1000 + c));
   EXPECT_EQ(max_abs_diff(models::llama_qk_from_gguf(g, heads), w), 0.0);
   // Rows move as bytes: a Q8_0 weight round-trips byte for byte, a bias [rows] too.
   Tensor q = lorafit::tensor::quantize(w, DType::Q8_0);
@@ -416,7 +445,8 @@ TEST(LlamaGguf, QkPermutationIsLlamaCppPermute) {
     models::llama_qk_to_gguf(Tensor::empty({heads * 5, cols}), heads);
     ADD_FAILURE() << "odd head size: no error";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("cannot permute the rows of"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("cannot permute the rows of"), std::string::npos)
+        << e.what();
   }
 }
 

@@ -168,6 +168,39 @@ OPCHECK(DoraLinear, GradsWithDropout) {
   check_dora(0.3f);
 }
 
+// A LoRA adapter active before a DoRA one on the same Linear is part of what DoRA rescales
+// (PEFT's base_result): without dropout its gradient is k ⊙ dy (DoRA's upstream_grad), with
+// dropout dy. Both against finite differences, every parameter of both adapters.
+void check_lora_then_dora(float dropout) {
+  Linear lin(kIn, kOut, true);
+  randomize_base(lin, 31);
+  peft::LoraLinear lora(lin, kRank, 4.0, false, 0.0f);
+  lora.init(lin, peft::LoraInit::Random, 33);
+  peft::DoraLinear dora(lin, kRank, 5.0, false, dropout);
+  dora.init(lin, peft::LoraInit::Random, 35);
+  for (int64_t i = 0; i < kOut; ++i)
+    dora.magnitude.value.f32()[i] *= 0.6f + 0.15f * static_cast<float>(i);
+  for (Parameter* p : {&lora.A, &lora.B, &dora.A, &dora.B, &dora.magnitude}) p->set_trainable(true);
+  lin.adapters = {&lora, &dora};
+  dora.fixed_norm = dora.weight_norm(lin, peft::DoraNorm::Fast);
+  const std::string what = std::string("LoRA then DoRA") + (dropout > 0 ? " dropout" : "");
+  expect_backward(lin, opcheck::random({2, 3, kIn}, 37),
+                  {{"lora A", &lora.A},
+                   {"lora B", &lora.B},
+                   {"dora A", &dora.A},
+                   {"dora B", &dora.B},
+                   {"magnitude", &dora.magnitude}},
+                  dropout, what);
+  lin.adapters.clear();
+}
+
+OPCHECK(DoraLinear, AfterLoraOnOneLinear) {
+  check_lora_then_dora(0.0f);
+}
+OPCHECK(DoraLinear, AfterLoraWithDropout) {
+  check_lora_then_dora(0.3f);
+}
+
 // ---- AdaLoRA: y = x Wᵀ + b + s · x (A ⊙ E)ᵀ Bᵀ, s = alpha / (ranknum + 1e-5)
 // ----------------------
 

@@ -299,7 +299,8 @@ TEST(AdaLoraAllocator, ReplaysPeftRunStepByStep) {
       for (int64_t l = 0; l < L; ++l)
         for (int64_t i = 0; i < r; ++i) {
           const float want = scores.f32()[(s * L + l) * r + i];
-          const float got = alloc.last_scores()[static_cast<size_t>(l)][static_cast<size_t>(i)];
+          const float got = peft::RankAllocatorProbe::last_scores(
+              alloc)[static_cast<size_t>(l)][static_cast<size_t>(i)];
           EXPECT_NEAR(got, want, 1e-6 * std::fabs(want) + 1e-30)
               << "score " << l << "/" << i << " step " << t;
         }

@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <optional>
+#include <set>
 #include <string>
 
 #include "lorafit/io.h"
@@ -572,6 +573,42 @@ TEST(PeftConfig, MissingFieldsTakeTheStructDefaults) {
   EXPECT_EQ(d.target_r, 8);
   EXPECT_EQ(d.beta1, 0.85);
   EXPECT_EQ(d.orth_reg_weight, 0.5);
+}
+
+// The optimizer reads each trainable parameter's role (weight decay, LoRA+) instead of its name:
+// peft gives lora_A / lora_B / the DoRA magnitude / lora_E theirs, modules_to_save copies keep
+// the model's (classifier.bias is a bias).
+TEST(PeftModel, TrainableParametersCarryTheirRoles) {
+  using lorafit::nn::ParamRole;
+  auto role_of = [](const std::string& name) {
+    if (name.ends_with("lora_A.weight") || name.ends_with("lora_A")) return ParamRole::LowRankA;
+    if (name.ends_with("lora_B.weight") || name.ends_with("lora_B")) return ParamRole::LowRankB;
+    if (name.ends_with("lora_magnitude_vector") || name.ends_with("lora_E"))
+      return ParamRole::Scale;
+    if (name.ends_with(".bias")) return ParamRole::Bias;
+    return ParamRole::Weight;
+  };
+  for (const char* type : {"LORA", "DORA", "ADALORA"}) {
+    SCOPED_TRACE(type);
+    models::LoadOptions lo;
+    lo.num_labels = 3;
+    auto model = models::load_model(kRoot + "tests/fixtures/models/tiny_bert", lo);
+    AdapterConfig c;
+    c.target_modules = {"query", "value"};
+    c.task_type = "SEQ_CLS";  // classifier.weight / .bias as modules_to_save
+    c.use_dora = std::string(type) == "DORA";
+    if (std::string(type) == "ADALORA") {
+      c.peft_type = "ADALORA";
+      c.total_step = 10;
+    }
+    PeftModel pm(*model, c, 1);
+    std::set<ParamRole> seen;
+    for (auto& [name, p] : pm.trainable_parameters()) {
+      EXPECT_EQ(static_cast<int>(p->role), static_cast<int>(role_of(name))) << name;
+      seen.insert(p->role);
+    }
+    EXPECT_EQ(seen.size(), std::string(type) == "LORA" ? 4u : 5u);
+  }
 }
 
 }  // namespace

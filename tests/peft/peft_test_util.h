@@ -1,6 +1,7 @@
 // Comparison helpers for the peft tests: the shared NaN-propagating ones (tests/test_util.h).
 #pragma once
 
+#include "peft/layers.h"  // the adapter layer classes (internal to peft)
 #include "test_util.h"
 
 namespace peft_test {
