@@ -106,7 +106,7 @@ class Module {
 
 class Linear;
 
-// An adapter attached to a Linear (LoRA, and later DoRA, AdaLoRA, ...), owned elsewhere (peft/).
+// An adapter attached to a Linear (LoRA, DoRA, AdaLoRA: peft/), owned elsewhere.
 // Linear::forward computes y = x Wᵀ + b, then calls forward() of every attached adapter that is
 // active(), in order; Linear::backward calls their backward() in reverse order. An adapter keeps
 // what its backward needs (as a module does), may read base.weight / base.bias (DoRA needs W·x
@@ -135,8 +135,8 @@ class LinearAdapter {
 
 // y = x Wᵀ + b. weight [out, in], bias [out] optional (F32). A frozen weight may also be F16,
 // BF16, Q8_0, Q4_0 or Q4_1 (tensor::dequantize_row): it is multiplied through fp32 tiles of rows
-// (about 256 KiB), never a full dequantized copy. NF4 throws for now (extension point:
-// weight_rows_to_f32 in linear.cpp).
+// (about 16 MiB, kept per thread; see tile_rows in linear.cpp), never a full dequantized copy.
+// Other dtypes (NF4 among them) are refused by name in forward and backward.
 // Saved for backward: the input x (a reference, not a copy).
 class Linear : public Module {
  public:

@@ -239,7 +239,7 @@ void write_report_html(const std::string& path, const std::vector<RunLog>& runs,
 struct Task {
   models::Model* model = nullptr;
   bool lm = false;
-  // A function that sees the model before forward (dropout on/off etc.); optional.
+  // probs_out: the softmax probabilities of every row, [rows × classes or vocab], replaced.
   float forward_backward(nn::Context& ctx, const Batch& b, float dloss,
                          std::vector<float>* probs_out = nullptr);
 };
