@@ -365,7 +365,9 @@ TEST(Models, ParametersCarryTheirRoles) {
       biases += p->role == ParamRole::Bias;
     }
     EXPECT_GT(norms, 0) << name;
-    if (std::string(name) == "tiny_bert") EXPECT_GT(biases, 0);
+    if (std::string(name) == "tiny_bert") {
+      EXPECT_GT(biases, 0);
+    }
   }
 }
 
