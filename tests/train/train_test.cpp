@@ -500,7 +500,9 @@ TEST(Cli, TrainWritesAdapterLogAndReport) {
       "gaussian");
   auto [rc, err] = run_err(base + " --overwrite --init-lora-weights bogus");
   EXPECT_EQ(rc, 1);
-  EXPECT_NE(err.find("field 'init_lora_weights': \"bogus\" is not supported"), std::string::npos)
+  EXPECT_NE(err.find("--init-lora-weights: field 'init_lora_weights': \"bogus\" is not a PEFT init "
+                     "(expected true, false, \"gaussian\", \"pissa\", \"pissa_niter_K\", \"olora\""),
+            std::string::npos)
       << err;
   fs::remove_all(work);
 }
