@@ -293,14 +293,18 @@ int cmd_adapter(int argc, char** argv) {
             "(worst: %s, |Q(W+dW) - (W+dW)| = %.4g, |dW| = %.4g)\n",
             ts::dtype_name(type), w.ratio(), w.module.c_str(), w.rounding, w.delta);
         std::fflush(stdout);  // before a refusal on stderr
+        // Suggest only types finer than the one refused.
+        const std::string finer = type == ts::DType::F16    ? "f32"
+                                  : type == ts::DType::Q8_0 ? "f16 or f32"
+                                                            : "q8_0 or f16";
         if (w.ratio() > peft::kMergeRoundingLimit && !o.flag("force"))
           throw lorafit::Error(
               "[adapter] merge --type " + t + ": rounding to " + ts::dtype_name(type) +
               " changes module " + w.module + " by " + num(w.ratio()) +
               " times as much as the adapter does (limit " + num(peft::kMergeRoundingLimit) +
-              "), so the merged model would mostly lose the adapter; use --type q8_0 or f16 (or "
-              "keep the "
-              "adapter separate: lorafit adapter export-gguf), or pass --force to write it anyway");
+              "), so the merged model would mostly lose the adapter; use --type " + finer +
+              " (or keep the adapter separate: lorafit adapter export-gguf), or pass --force to "
+              "write it anyway");
       }
       peft::save_merged_gguf(*model, paths, base, out, type);
       std::printf("merged %s into %s -> %s (%zu tensors re-encoded as %s)\n", dir.c_str(),
