@@ -13,8 +13,12 @@
 # transformers, peft and gguf (tools/pyenv.sh) and builds llama-cpp-python from its PyPI sdist
 # without its multimodal library (~15 minutes on 2 cores); later runs reuse it.
 #   scripts/interop.sh [BUILD_DIR]       (after scripts/test.sh, which builds and fetches)
+#   scripts/interop.sh --prepare         (only the venv and llama-cpp-python; .ci/run starts it in
+#                                         the background while the C++ build runs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+PREPARE=0
+if [ "${1:-}" = "--prepare" ]; then PREPARE=1; shift; fi
 BUILD=${1:-build}
 LORAFIT=$BUILD/lorafit
 export LORAFIT_VENV=${LORAFIT_VENV:-$HOME/.cache/lorafit/venv}
@@ -24,6 +28,7 @@ if ! "$PY" -c "import llama_cpp" 2>/dev/null; then
   CMAKE_ARGS="-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF" \
     "$PY" -m pip install -q --retries 10 "llama-cpp-python==0.3.36" diskcache jinja2
 fi
+if [ "$PREPARE" = 1 ]; then echo "[interop] Python stack ready: $PY"; exit 0; fi
 bash tools/fetch_models.sh
 bash tools/fetch_data.sh
 T=$(mktemp -d)

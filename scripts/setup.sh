@@ -29,5 +29,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# LORAFIT_SETUP_PACKAGES_ONLY=1: install the packages, do not configure or build.
+[ "${LORAFIT_SETUP_PACKAGES_ONLY:-0}" = 1 ] && exit 0
 cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=${CMAKE_BUILD_TYPE:-Release} "$@"
 cmake --build "$BUILD_DIR" -j"$(nproc)"
