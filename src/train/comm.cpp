@@ -124,8 +124,12 @@ Communicator& world() {
   return *w;
 }
 
-int process_rank() { return world().rank(); }
-int process_count() { return world().size(); }
+int process_rank() {
+  return world().rank();
+}
+int process_count() {
+  return world().size();
+}
 void abort_all_processes(int code) {
   world().abort(code);
   std::exit(code);
