@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 #include "lorafit/io.h"
 #include "lorafit/nn.h"
@@ -82,7 +83,7 @@ int train(int np, const fs::path& out, const std::string& extra) {
   const fs::path m = tiny_bert();
   std::string cmd = std::string(LORAFIT_BINARY) + " train --model " + m.string() + " --train " +
                     (m / "train.tsv").string() +
-                    " --batch-size 8 --lora-dropout 0 --eval-every 3 --quiet " + extra +
+                    " --batch-size 8 --lora-dropout 0 --eval-every 3 --val-fraction 0.5 --quiet " + extra +
                     " --output " + out.string();
   if (np > 0)
     cmd = std::string(LORAFIT_MPIRUN) + " -np " + std::to_string(np) +
@@ -135,6 +136,26 @@ void expect_same(const std::string& name, const std::string& extra) {
     return std::count(s.begin(), s.end(), '\n');
   };
   EXPECT_EQ(lines(w / "one/log.jsonl"), lines(w / "two/log.jsonl"));
+  // Evaluation sharded over the ranks and reduced: the same metrics as one process.
+  auto evals = [](const fs::path& p) {
+    std::vector<io::json> out;
+    std::istringstream in(io::read_file(p.string()));
+    for (std::string l; std::getline(in, l);) {
+      io::json j = io::json::parse(l);
+      if (j.value("type", "") == "eval") out.push_back(j);
+    }
+    return out;
+  };
+  const auto e1 = evals(w / "one/log.jsonl"), e2 = evals(w / "two/log.jsonl");
+  ASSERT_EQ(e1.size(), e2.size());
+  ASSERT_GE(e1.size(), 2u);
+  EXPECT_GE(e1[0]["n"].get<int>(), 33);  // three evaluation batches of 16: both ranks evaluate
+  for (size_t i = 0; i < e1.size(); ++i) {
+    EXPECT_EQ(e1[i]["step"], e2[i]["step"]);
+    EXPECT_EQ(e1[i]["n"], e2[i]["n"]);
+    EXPECT_EQ(e1[i]["accuracy"], e2[i]["accuracy"]);
+    EXPECT_NEAR(e1[i]["loss"].get<double>(), e2[i]["loss"].get<double>(), 1e-5);
+  }
 }
 
 }  // namespace
