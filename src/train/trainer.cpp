@@ -57,6 +57,9 @@ void install_sigint_handler() {
   sa.sa_handler = on_sigint;
   sigemptyset(&sa.sa_mask);
   sigaction(SIGINT, &sa, nullptr);
+  // mpirun ends the job on Ctrl-C but forwards SIGUSR1 to every rank: `kill -USR1 <mpirun>`
+  // saves and stops a multi-process run (the flag is all-reduced, so all stop at the same step).
+  if (process_count() > 1) sigaction(SIGUSR1, &sa, nullptr);
 }
 
 int64_t peak_rss_bytes() {
