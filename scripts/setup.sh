@@ -8,7 +8,7 @@ BUILD_DIR=${1:-build}
 shift || true
 
 PKGS=(build-essential cmake pkg-config git python3 python3-venv ccache
-      libopenblas-openmp-dev libomp-dev
+      libopenblas-openmp-dev libomp-dev libopenmpi-dev openmpi-bin iproute2
       libgtest-dev libgmock-dev libbenchmark-dev
       nlohmann-json3-dev libpcre2-dev libutf8proc-dev libcli11-dev libyaml-cpp-dev python3-pip libpng-dev)
 # For running the tests only (scripts/test.sh passes -DLORAFIT_BUILD_TESTS=ON): headless Chromium

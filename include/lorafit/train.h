@@ -329,6 +329,13 @@ int64_t peak_rss_bytes();
 // exits at once.
 void install_sigint_handler();
 
+// The processes of a data-parallel run (`mpirun -np N lorafit train ...`, built with LORAFIT_MPI):
+// this one's rank and their number; 0 and 1 without MPI. Rank 0 alone prints and writes files.
+int process_rank();
+int process_count();
+// Ends every process of the run (MPI_Abort under mpirun, exit otherwise).
+[[noreturn]] void abort_all_processes(int code);
+
 // ---- models and run folders ------------------------------------------------------------------
 
 // A model and its tokenizer, opened the one way every command does: models::resolve_model_path

@@ -189,7 +189,9 @@ int cmd_train(int argc, char** argv) {
     const train::RunParams p = run_params(o);
     auto job = train::TrainingJob::prepare(p);
     const train::JobInfo& in = job->info();
-    if (!p.quiet) {
+    // Several processes (mpirun): rank 0 alone prints.
+    const bool root = train::process_rank() == 0;
+    if (!p.quiet && root) {
       if (!in.chat_format.empty())
         std::fprintf(stderr,
                      "instruction data: chat template %s; %zu examples cut to --block-size %lld, "
@@ -211,6 +213,7 @@ int cmd_train(int argc, char** argv) {
     const train::JobResult r = job->run();
     const train::TrainSummary& sum = r.summary;
     if (sum.interrupted) return 130;
+    if (!root) return 0;
     std::printf("steps %lld, %.1f s, %.0f tokens/s, peak memory %.0f MiB\n",
                 static_cast<long long>(sum.steps), sum.seconds, sum.tokens_per_second,
                 static_cast<double>(sum.peak_rss_bytes) / 1048576.0);
@@ -237,6 +240,13 @@ int cmd_train(int argc, char** argv) {
     std::printf("adapter: %s\nreport: %s\n", r.final_dir.c_str(), sum.report_path.c_str());
     return 0;
   } catch (const std::exception& e) {
+    if (train::process_count() > 1) {
+      // The other ranks would wait for this one in the next all-reduce: end them all.
+      std::fprintf(stderr, "lorafit train: rank %d of %d: %s\n", train::process_rank(),
+                   train::process_count(), e.what());
+      std::fflush(stderr);
+      train::abort_all_processes(1);
+    }
     std::fprintf(stderr, "lorafit train: %s\n", e.what());
     return 1;
   }

@@ -4,11 +4,13 @@
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
+#include <thread>
 
 #include "lorafit/io.h"
 #include "lorafit/kernels.h"
 #include "lorafit/peft.h"
 #include "lorafit/train.h"
+#include "comm.h"
 
 namespace lorafit::train {
 
@@ -263,7 +265,14 @@ std::unique_ptr<TrainingJob> TrainingJob::prepare(const RunParams& params) {
   if (resume && p.overwrite)
     fail("--resume and --overwrite together would delete the checkpoint being resumed");
   check_method_options(p);
-  kernels::set_num_threads(static_cast<int>(p.threads));
+  {
+    // --threads per process; by default several ranks on one machine share its cores.
+    int threads = static_cast<int>(p.threads);
+    const int local = world().local_size();
+    if (threads == 0 && local > 1)
+      threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / local);
+    kernels::set_num_threads(threads);
+  }
   const std::string& method = p.method;
   const bool adapter_method = method == "lora" || method == "adalora";
 
@@ -470,7 +479,9 @@ std::unique_ptr<TrainingJob> TrainingJob::prepare(const RunParams& params) {
   info.n_val = va.size();
   for (auto& s : tr) info.train_tokens += static_cast<int64_t>(s.ids.size());
   // Only now, with every option and file checked, may an old output folder go.
-  check_output_dir(p.output, p.overwrite, resume, true);
+  // Rank 0 alone removes and writes; the others wait so that none sees a half-removed folder.
+  if (world().is_root()) check_output_dir(p.output, p.overwrite, resume, true);
+  world().barrier("the start-of-training barrier");
   return job;
 }
 

@@ -12,6 +12,7 @@
 
 #include "lorafit/io.h"
 #include "lorafit/train.h"
+#include "comm.h"
 #include "train_internal.h"
 
 namespace lorafit::train {
@@ -41,6 +42,14 @@ io::json eval_json(const EvalResult& e, bool lm) {
 // Higher is better: accuracy for classification, -loss for LM.
 double score_of(const EvalResult& e, bool lm) { return lm ? -e.loss : e.cls.accuracy; }
 
+// This rank's contiguous part of a global batch: rank r of n takes [r*B/n, (r+1)*B/n), so the
+// union over ranks is the batch one process would take, whatever n is.
+std::vector<size_t> shard_of(const std::vector<size_t>& idx, int rank, int n) {
+  const size_t B = idx.size(), lo = B * static_cast<size_t>(rank) / static_cast<size_t>(n),
+               hi = B * static_cast<size_t>(rank + 1) / static_cast<size_t>(n);
+  return {idx.begin() + static_cast<std::ptrdiff_t>(lo), idx.begin() + static_cast<std::ptrdiff_t>(hi)};
+}
+
 }  // namespace
 
 void install_sigint_handler() {
@@ -48,6 +57,9 @@ void install_sigint_handler() {
   sa.sa_handler = on_sigint;
   sigemptyset(&sa.sa_mask);
   sigaction(SIGINT, &sa, nullptr);
+  // mpirun ends the job on Ctrl-C but forwards SIGUSR1 to every rank: `kill -USR1 <mpirun>`
+  // saves and stops a multi-process run (the flag is all-reduced, so all stop at the same step).
+  if (process_count() > 1) sigaction(SIGUSR1, &sa, nullptr);
 }
 
 int64_t peak_rss_bytes() {
@@ -112,9 +124,20 @@ EvalResult evaluate(Task& task, const std::vector<Sample>& samples, size_t batch
   int64_t counted = 0;
   std::vector<int32_t> pred, gold;
   auto batches = epoch_batches(samples, batch_size, 0, 0, false);
-  int64_t nb = 0;
-  for (auto& idx : batches) {
-    if (max_batches > 0 && nb++ >= max_batches) break;
+  if (max_batches > 0 && static_cast<int64_t>(batches.size()) > max_batches)
+    batches.resize(static_cast<size_t>(max_batches));
+  // Several processes: batch i is evaluated by rank i mod n and the sums are all-reduced. The
+  // probabilities (predict) stay with one process.
+  Communicator& comm = world();
+  const int nr = probs ? 1 : comm.size(), me = probs ? 0 : comm.rank();
+  size_t n_rows = 0;
+  for (auto& idx : batches) n_rows += idx.size();
+  // Per row in batch order: predicted label + 1 and gold label + 1 (0: no gold), for the reduce.
+  std::vector<float> rows(nr > 1 && !task.lm ? 2 * n_rows : 0, 0.0f);
+  size_t row0 = 0;
+  for (size_t bi = 0; bi < batches.size(); row0 += batches[bi].size(), ++bi) {
+    const auto& idx = batches[bi];
+    if (static_cast<int>(bi % static_cast<size_t>(nr)) != me) continue;
     Batch b = make_batch(samples, idx, pad_id, task.lm);
     std::vector<float> pr;
     float loss = task.forward_backward(ctx, b, 0.0f, task.lm ? nullptr : &pr);
@@ -125,12 +148,31 @@ EvalResult evaluate(Task& task, const std::vector<Sample>& samples, size_t batch
       const size_t L = pr.size() / idx.size();
       for (size_t i = 0; i < idx.size(); ++i) {
         auto* row = pr.data() + i * L;
-        pred.push_back(static_cast<int32_t>(std::max_element(row, row + L) - row));
+        const auto pr_label = static_cast<int32_t>(std::max_element(row, row + L) - row);
+        if (!rows.empty()) {
+          rows[2 * (row0 + i)] = static_cast<float>(pr_label + 1);
+          rows[2 * (row0 + i) + 1] = static_cast<float>(std::max(samples[idx[i]].label, -1) + 1);
+          continue;
+        }
+        pred.push_back(pr_label);
         if (samples[idx[i]].label >= 0) gold.push_back(samples[idx[i]].label);
         if (probs) probs->emplace_back(row, row + L);
       }
     }
     arena.reset();
+  }
+  if (nr > 1) {
+    rows.push_back(static_cast<float>(loss_sum));
+    rows.push_back(static_cast<float>(counted));
+    rows.push_back(static_cast<float>(r.tokens));
+    comm.allreduce_sum(rows.data(), rows.size(), "the evaluation all-reduce");
+    r.tokens = static_cast<int64_t>(rows.back());
+    counted = static_cast<int64_t>(rows[rows.size() - 2]);
+    loss_sum = rows[rows.size() - 3];
+    for (size_t i = 0; !task.lm && i < n_rows; ++i) {
+      pred.push_back(static_cast<int32_t>(rows[2 * i]) - 1);
+      if (rows[2 * i + 1] > 0) gold.push_back(static_cast<int32_t>(rows[2 * i + 1]) - 1);
+    }
   }
   r.loss = counted ? loss_sum / static_cast<double>(counted) : 0.0;
   r.perplexity = std::exp(r.loss);
@@ -167,6 +209,14 @@ TrainSummary run_training(Task& task, const nn::NamedParameters& params,
     groups.push_back(g);
   }
   AdamW adam(groups, opt.adam);
+  // Data parallel: each rank runs its part of every micro-batch; one all-reduce per optimizer
+  // step sums the trainable gradients (one bucket), this rank's loss share and its Ctrl-C flag.
+  Communicator& comm = world();
+  const int n_ranks = comm.size(), rank = comm.rank();
+  const bool root = comm.is_root();
+  size_t n_grad = 0;
+  for (auto& g : groups) n_grad += static_cast<size_t>(g.param->grad.numel());
+  std::vector<float> bucket(n_ranks > 1 ? n_grad + 2 : 0);
 
   const int64_t total = total_optimizer_steps(train_set.size(), opt);
   const int64_t warmup = opt.warmup_steps >= 0
@@ -182,12 +232,22 @@ TrainSummary run_training(Task& task, const nn::NamedParameters& params,
           resume + ": the checkpoint was for " + std::to_string(st.total_steps) +
               " steps, this run has " + std::to_string(total) + "; resume with the same options");
   }
-  Logger log(out + "/log.jsonl", !resume.empty(), opt, total);
+  TrainOptions log_opt = opt;
+  if (!root) log_opt.quiet = true;  // rank 0 alone logs and prints
+  Logger log(root ? out + "/log.jsonl" : "/dev/null", !resume.empty(), log_opt, total);
 
   tensor::Arena arena;
   nn::Context ctx;
   ctx.arena = &arena;
   ctx.seed = opt.seed;
+  if (n_ranks > 1) {
+    char b[200];
+    std::snprintf(b, sizeof b,
+                  "data parallel: %d processes x %d threads; %zu gradient values (%.3f MB) "
+                  "all-reduced per optimizer step",
+                  n_ranks, kernels::num_threads(), n_grad, 4e-6 * static_cast<double>(n_grad));
+    log.note(b);
+  }
   auto batches = epoch_batches(train_set, opt.batch_size, opt.seed, st.epoch, true);
 
   auto save_ckpt = [&](const std::string& dir) {
@@ -212,7 +272,8 @@ TrainSummary run_training(Task& task, const nn::NamedParameters& params,
       st.best_score = s;
       st.best_step = st.step;
       st.best_eval = j;
-      io::write_folder_atomic(out + "/best", [&](const std::string& tmp) {
+      if (root)
+        io::write_folder_atomic(out + "/best", [&](const std::string& tmp) {
         if (opt.save_weights) opt.save_weights(tmp);
         save_parameters(tmp + "/trainable.safetensors", params);
         io::write_json_file(tmp + "/eval.json", io::json{{"step", st.step}, {"eval", j}});
@@ -227,32 +288,64 @@ TrainSummary run_training(Task& task, const nn::NamedParameters& params,
   const int64_t prior_tokens = st.tokens;
   const int64_t start_step = st.step;
   g_sigint = 0;
+  bool stop_asked = false;
   while (st.step < total) {
     // Gather the micro-batches of this step first: each one's loss is weighted by its share of
     // the counted rows, so k micro-batches give exactly the gradient of one batch k x larger.
     std::vector<Batch> micro;
-    int64_t counted = 0;
+    int64_t counted = 0, tokens = 0;
     for (int64_t a = 0; a < opt.grad_accum; ++a) {
       if (st.batch_pos >= static_cast<int64_t>(batches.size())) {
         ++st.epoch;
         st.batch_pos = 0;
         batches = epoch_batches(train_set, opt.batch_size, opt.seed, st.epoch, true);
       }
-      micro.push_back(make_batch(train_set, batches[static_cast<size_t>(st.batch_pos++)], pad_id, task.lm));
-      counted += micro.back().counted;
+      const auto& idx = batches[static_cast<size_t>(st.batch_pos++)];
+      Batch whole = make_batch(train_set, idx, pad_id, task.lm);
+      counted += whole.counted;  // global counts: every rank knows the whole batch
+      tokens += whole.tokens;
+      if (n_ranks == 1) {
+        micro.push_back(std::move(whole));
+      } else {
+        auto mine = shard_of(idx, rank, n_ranks);
+        micro.push_back(mine.empty() ? Batch{} : make_batch(train_set, mine, pad_id, task.lm));
+      }
     }
     double loss = 0;
-    int64_t tokens = 0;
     for (size_t a = 0; a < micro.size(); ++a) {
       const Batch& b = micro[a];
+      if (b.index.empty()) continue;  // more ranks than rows in this micro-batch
       ctx.training = true;
-      // Dropout stream position from the micro-batch number: a resumed run draws the same masks.
-      ctx.rng_counter = static_cast<uint64_t>(st.step * opt.grad_accum + static_cast<int64_t>(a)) << 32;
+      // Dropout stream position from the micro-batch number (and the rank): a resumed run draws
+      // the same masks.
+      const auto mb = static_cast<uint64_t>(st.step * opt.grad_accum + static_cast<int64_t>(a));
+      ctx.rng_counter = (mb * static_cast<uint64_t>(n_ranks) + static_cast<uint64_t>(rank)) << 32;
       const double w = counted ? static_cast<double>(b.counted) / static_cast<double>(counted) : 0.0;
       loss += w * task.forward_backward(ctx, b, static_cast<float>(w));
-      tokens += b.tokens;
       arena.reset();
     }
+    bool sigint_now = g_sigint.load() > 0;
+    if (n_ranks > 1) {
+      size_t o = 0;
+      for (auto& g : groups) {
+        const float* gr = g.param->grad.f32();
+        std::copy(gr, gr + g.param->grad.numel(), bucket.data() + o);
+        o += static_cast<size_t>(g.param->grad.numel());
+      }
+      bucket[o] = static_cast<float>(loss);
+      bucket[o + 1] = sigint_now ? 1.0f : 0.0f;
+      comm.allreduce_sum(bucket.data(), bucket.size(),
+                         "the gradient all-reduce of step " + std::to_string(st.step + 1));
+      o = 0;
+      for (auto& g : groups) {
+        std::copy(bucket.data() + o, bucket.data() + o + g.param->grad.numel(), g.param->grad.f32());
+        o += static_cast<size_t>(g.param->grad.numel());
+      }
+      loss = bucket[o];
+      sigint_now = bucket[o + 1] > 0;
+    }
+    stop_asked = stop_asked || sigint_now;
+    // After the reduce: a function of the (identical) parameters, added once on every rank.
     if (opt.after_backward) loss += opt.after_backward();
     const double gnorm = clip_grad_norm(adam.groups(), opt.max_grad_norm);
     const float lr = opt.lr * lr_multiplier(opt.schedule, st.step, warmup, total);
@@ -272,10 +365,10 @@ TrainSummary run_training(Task& task, const nn::NamedParameters& params,
       log.clear_line();
       run_eval();
     }
-    const bool stop = g_sigint.load() > 0 || (opt.stop_after > 0 && st.step - start_step >= opt.stop_after);
+    const bool stop = stop_asked || (opt.stop_after > 0 && st.step - start_step >= opt.stop_after);
     if (stop || last || (opt.save_every > 0 && st.step % opt.save_every == 0)) {
       log.clear_line();
-      save_ckpt(out + "/checkpoint");
+      if (root) save_ckpt(out + "/checkpoint");
     }
     if (stop && !last) {
       sum.interrupted = true;
@@ -293,11 +386,13 @@ TrainSummary run_training(Task& task, const nn::NamedParameters& params,
       sum.final_eval = run_eval();
       sum.best_step = st.best_step;
     }
-    io::write_folder_atomic(out + "/final", [&](const std::string& tmp) {
-      if (opt.save_weights) opt.save_weights(tmp);
-      save_parameters(tmp + "/trainable.safetensors", params);
-    });
-    save_ckpt(out + "/checkpoint");  // carries the best-eval record for a later report
+    if (root) {
+      io::write_folder_atomic(out + "/final", [&](const std::string& tmp) {
+        if (opt.save_weights) opt.save_weights(tmp);
+        save_parameters(tmp + "/trainable.safetensors", params);
+      });
+      save_ckpt(out + "/checkpoint");  // carries the best-eval record for a later report
+    }
   }
   sum.peak_rss_bytes = peak_rss_bytes();
   ReportInfo ri;
@@ -315,9 +410,13 @@ TrainSummary run_training(Task& task, const nn::NamedParameters& params,
   ri.total_params = opt.total_params > 0 ? opt.total_params : task.model->num_parameters();
   if (st.has_best) ri.best = st.best_eval, ri.best_step = st.best_step;
   ri.interrupted = sum.interrupted;
-  log.summary(ri);
   sum.report_path = out + "/report.html";
-  write_report(sum.report_path, out + "/log.jsonl");
+  if (root) {
+    log.summary(ri);
+    write_report(sum.report_path, out + "/log.jsonl");
+  }
+  // Every rank returns once rank 0's files are complete (a caller may read them at once).
+  comm.barrier("the end-of-training barrier");
   return sum;
 }
 
