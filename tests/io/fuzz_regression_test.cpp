@@ -45,3 +45,13 @@ TEST(FuzzRegression, YamlInvalidUtf8IsRefusedWithTheLine) {
             "[yaml] opts.yaml: line 1: invalid UTF-8 in a key");
   EXPECT_EQ(lorafit::io::parse_yaml("k: h\xc3\xa9\n", "opts.yaml")["k"], "h\xc3\xa9");
 }
+
+// fuzz_yaml: a 29-byte file with a malformed directive line made yaml-cpp loop forever.
+TEST(FuzzRegression, YamlDirectiveLineIsRefusedNotAHang) {
+  const std::string path = fuzz_fixture("yaml_directive_hang.yaml");
+  EXPECT_EQ(error_of([&] { (void)lorafit::io::read_yaml_file(path); }),
+            "[yaml] " + path + ": line 1: YAML directives ('%' at the start of a line) are not supported");
+  EXPECT_EQ(error_of([] { (void)lorafit::io::parse_yaml("a: 1\n%YAML 1.2\n", "opts.yaml"); }),
+            "[yaml] opts.yaml: line 2: YAML directives ('%' at the start of a line) are not supported");
+  EXPECT_EQ(lorafit::io::parse_yaml("a: '%x'\n", "opts.yaml")["a"], "%x");
+}
