@@ -10,7 +10,8 @@ shift || true
 PKGS=(build-essential cmake pkg-config git python3 python3-venv ccache
       libopenblas-openmp-dev libomp-dev libopenmpi-dev openmpi-bin iproute2
       libgtest-dev libgmock-dev libbenchmark-dev
-      nlohmann-json3-dev libpcre2-dev libutf8proc-dev libcli11-dev libyaml-cpp-dev python3-pip libpng-dev)
+      nlohmann-json3-dev libpcre2-dev libutf8proc-dev libcli11-dev libyaml-cpp-dev python3-pip libpng-dev
+      clang-14 libclang-rt-14-dev)  # clang + libFuzzer/ASan/UBSan runtimes for scripts/fuzz.sh
 # For running the tests only (scripts/test.sh passes -DLORAFIT_BUILD_TESTS=ON): headless Chromium
 # renders report.html to a PNG that the test reads back (libpng, above). Chromium is large
 # (~350 MB with its libraries), so a plain build does not install it.

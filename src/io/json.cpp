@@ -110,6 +110,14 @@ json parse_json(std::string_view text, const std::string& origin) {
     throw Error("[json] " + origin + ": line " + std::to_string(line) + ", column " +
                 std::to_string(col) + ": " + what);
   }
+  catch (const json::exception& e) {
+    // Not a syntax error but a value the parser refuses (a number beyond 64 bits, ...): found
+    // by fuzz_json; it escaped as a nlohmann exception without the file's name.
+    std::string what = e.what();
+    const size_t br = what.find("] ");
+    if (br != std::string::npos) what = what.substr(br + 2);
+    throw Error("[json] " + origin + ": " + what);
+  }
 }
 
 json read_json_file(const std::string& path) {
