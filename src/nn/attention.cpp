@@ -226,9 +226,10 @@ Tensor Attention::forward(Context& ctx, const Tensor& x, const Tensor& pad_mask,
                                                       : pad_mask.i32()[i] != 0);
   }
   const Masking masking{cfg.causal, pad ? pad_.i32() : nullptr, T, H, s2_group_};
-  tiled_ = cfg.impl == AttentionConfig::Impl::Tiled ||
-           (cfg.impl == AttentionConfig::Impl::Auto && T >= AttentionConfig::kTiledFromT);
   drop_ = ctx.training && cfg.dropout > 0.0f;
+  // Auto keeps the dense path where dropout on the probabilities is on (the tiled path has none).
+  tiled_ = cfg.impl == AttentionConfig::Impl::Tiled ||
+           (cfg.impl == AttentionConfig::Impl::Auto && T >= AttentionConfig::kTiledFromT && !drop_);
   NN_CHECK(!(tiled_ && drop_), kOp,
            "the memory-efficient (tiled) attention does not support dropout on the probabilities "
            "(dropout " + std::to_string(cfg.dropout) + ", T " + std::to_string(T) +
