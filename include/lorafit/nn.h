@@ -285,6 +285,16 @@ struct AttentionConfig {
   float rope_theta = 10000.0f;
   kernels::RopeStyle rope_style = kernels::RopeStyle::HalfRotate;
   float dropout = 0.0f;  // on the attention probabilities, in training (BERT: 0.1)
+  // Dense keeps P [B, H, T, T] for backward; Tiled (FlashAttention-2: key tiles, online softmax,
+  // one log-sum-exp per row, P recomputed in backward) keeps O(T). Auto: Tiled from
+  // kTiledFromT tokens on. Tiled refuses dropout.
+  enum class Impl { Auto, Dense, Tiled };
+  Impl impl = Impl::Auto;
+  static constexpr int64_t kTiledFromT = 1024;
+  // S²-Attn (LongLoRA), in training only (ctx.training): 0 = full attention. Else the group is
+  // G = max(2, round(T · s2_ratio)); heads [0, H/2) attend within [0, G), [G, 2G), ...; heads
+  // [H/2, H) within [0, G/2), [G/2, 3G/2), ... (no wrap-around, the last group partial).
+  float s2_ratio = 0.0f;
 };
 
 // Multi-head attention with grouped-query heads, optional RoPE on q and k, a padding mask and a
@@ -333,7 +343,12 @@ class Attention : public Module {
   Linear q, k, v, o;
 
  private:
+  Tensor tiled_backward(Context& ctx, const Tensor& dout, bool need_input_grad);
+  Tensor finish_backward(Context& ctx, Tensor& dq, Tensor& dk, Tensor& dv, bool need_input_grad);
   Tensor q_, k_, v_, att_, positions_;
+  Tensor out_, lse_, pad_;  // Tiled: the attention output, log-sum-exp [B, H, T], the pad mask
+  bool tiled_ = false;
+  int64_t s2_group_ = 0;  // group of the last forward, 0 = full
   int64_t b_ = 0, t_ = 0;
   bool drop_ = false;  // last forward applied dropout to P
   uint64_t drop_seed_ = 0, drop_counter_ = 0;

@@ -411,6 +411,10 @@ struct RunParams {
   std::string resume;   // a run's checkpoint/ folder to continue
   bool overwrite = false, quiet = false;
   int64_t stop_after = 0;  // stop (with a checkpoint) after N steps of this call; for tests
+  // LongLoRA's shifted sparse attention in training (LM only): "full" | "s2", groups of
+  // round(T * s2_ratio) tokens; evaluation and generation always attend fully.
+  std::string attention = "full";
+  double s2_ratio = 0.25;
 };
 
 // The effective configuration as JSON (keys as the fields; "train" for train_data), written

@@ -88,6 +88,9 @@ const std::vector<OptSpec> kTrainOpts = {
     {"quiet", "bool", "false", "no progress output"},
     {"stop-after", "int", "0",
      "stop (saving a checkpoint) after N steps of this invocation; for testing resume"},
+    {"attention", "str", "full",
+     "LM training attention: full | s2 (LongLoRA's shifted sparse attention; eval is always full)"},
+    {"s2-ratio", "num", "0.25", "--attention s2: group size as a fraction of the block"},
 };
 
 const char* kTrainUsage = R"(Usage: lorafit train --model PATH --train FILE --output DIR [options]
@@ -171,6 +174,8 @@ train::RunParams run_params(const Options& o) {
   p.overwrite = o.flag("overwrite");
   p.quiet = o.flag("quiet");
   p.stop_after = o.integer("stop-after");
+  p.attention = o.str("attention");
+  p.s2_ratio = o.number("s2-ratio");
   return p;
 }
 

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "nn/nn_internal.h"
 
@@ -21,6 +22,124 @@ std::string cfg_str(const AttentionConfig& c) {
   return "hidden " + std::to_string(c.hidden) + ", n_heads " + std::to_string(c.n_heads) +
          ", n_kv_heads " + std::to_string(c.n_kv_heads) + ", head_dim " +
          std::to_string(c.head_dim);
+}
+
+// Which keys query i of head h sees: causal, padding (pad_keys[j] != 0) and the S² groups.
+struct Visible {
+  bool causal = false;
+  const int32_t* pad_keys = nullptr;  // [T] of this batch row, nullptr = no padding
+  int64_t group = 0;                  // S² group G, 0 = full attention
+  int64_t shift = 0;                  // this head's group offset: 0 or G - G/2
+  int64_t seg(int64_t t) const { return (t + shift) / group; }
+  bool operator()(int64_t i, int64_t j) const {
+    if (causal && j > i) return false;
+    if (pad_keys && !pad_keys[j]) return false;
+    return group == 0 || seg(i) == seg(j);
+  }
+  // Keys [lo, hi) that can be visible to some query of [i0, i1).
+  void key_range(int64_t i0, int64_t i1, int64_t T, int64_t& lo, int64_t& hi) const {
+    lo = 0;
+    hi = causal ? i1 : T;
+    if (group > 0) {
+      lo = std::max<int64_t>(0, seg(i0) * group - shift);
+      hi = std::min(hi, std::min<int64_t>(T, (seg(i1 - 1) + 1) * group - shift));
+    }
+  }
+};
+
+constexpr int64_t kTileQ = 64, kTileK = 64;
+
+int64_t s2_group_for(const AttentionConfig& c, const Context& ctx, int64_t T) {
+  if (!ctx.training || c.s2_ratio <= 0.0f) return 0;
+  return std::max<int64_t>(2, std::llround(static_cast<double>(T) * c.s2_ratio));
+}
+
+struct Masking {
+  bool causal = false;
+  const int32_t* pad = nullptr;  // [B, T], nullptr = no padding
+  int64_t T = 0, H = 0, group = 0;
+  Visible at(int64_t b, int64_t h) const {
+    Visible v;
+    v.causal = causal;
+    v.pad_keys = pad ? pad + b * T : nullptr;
+    v.group = group;
+    v.shift = group > 0 && h >= H / 2 ? group - group / 2 : 0;
+    return v;
+  }
+};
+
+// FlashAttention-2 forward: per (b, h) and query tile, the key tiles update a running row max m,
+// a running sum l and the unnormalised output (written straight into out, which is zero).
+// out /= l at the end; lse = m + log l (-inf for a row with no visible key: its output is 0).
+void tiled_forward(const Masking& mk, int64_t B, int64_t KV, int64_t D, const Tensor& qf,
+                   const Tensor& kf, const Tensor& vf, Tensor& out, Tensor& lse) {
+  const int64_t T = mk.T, H = mk.H, group = H / KV, HD = H * D, KVD = KV * D;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  const float ninf = -std::numeric_limits<float>::infinity();
+  const float *qp = qf.f32(), *kp = kf.f32(), *vp = vf.f32();
+  float *op = out.f32(), *lp = lse.f32();
+  const bool par = B * H > 1 && B * H * T * T * D >= kParallelWork;
+#pragma omp parallel for schedule(dynamic) if (par)
+  for (int64_t bh = 0; bh < B * H; ++bh) {
+    const int64_t b = bh / H, h = bh % H, g = h / group;
+    const Visible vis = mk.at(b, h);
+    std::vector<float> s(kTileQ * kTileK), m(kTileQ), l(kTileQ);
+    const float* qh = qp + b * T * HD + h * D;
+    const float* kg = kp + b * T * KVD + g * D;
+    const float* vg = vp + b * T * KVD + g * D;
+    float* oh = op + b * T * HD + h * D;
+    for (int64_t i0 = 0; i0 < T; i0 += kTileQ) {
+      const int64_t ni = std::min(kTileQ, T - i0);
+      std::fill(m.begin(), m.end(), ninf);
+      std::fill(l.begin(), l.end(), 0.0f);
+      int64_t lo, hi;
+      vis.key_range(i0, i0 + ni, T, lo, hi);
+      for (int64_t j0 = lo; j0 < hi; j0 += kTileK) {
+        const int64_t nj = std::min(kTileK, hi - j0);
+        // S = scale · q_i k_jᵀ  [ni, nj]
+        kernels::gemm_raw(false, true, ni, nj, D, scale, qh + i0 * HD, HD, kg + j0 * KVD, KVD,
+                          0.0f, s.data(), kTileK);
+        for (int64_t r = 0; r < ni; ++r) {
+          float* sr = s.data() + r * kTileK;
+          float mx = m[r];
+          for (int64_t c = 0; c < nj; ++c) {
+            if (!vis(i0 + r, j0 + c)) sr[c] = ninf;
+            mx = std::max(mx, sr[c]);
+          }
+          if (mx == ninf) {  // nothing visible yet: P row is 0, nothing to rescale
+            std::fill(sr, sr + nj, 0.0f);
+            continue;
+          }
+          const float alpha = std::exp(m[r] - mx);  // 0 when m was -inf
+          float sum = 0.0f;
+          for (int64_t c = 0; c < nj; ++c) {
+            sr[c] = sr[c] == ninf ? 0.0f : std::exp(sr[c] - mx);
+            sum += sr[c];
+          }
+          l[r] = l[r] * alpha + sum;
+          m[r] = mx;
+          if (alpha != 1.0f) {
+            float* orow = oh + (i0 + r) * HD;
+            for (int64_t e = 0; e < D; ++e) orow[e] *= alpha;
+          }
+        }
+        // out_i += P v_j
+        kernels::gemm_raw(false, false, ni, D, nj, 1.0f, s.data(), kTileK, vg + j0 * KVD, KVD,
+                          1.0f, oh + i0 * HD, HD);
+      }
+      for (int64_t r = 0; r < ni; ++r) {
+        float* orow = oh + (i0 + r) * HD;
+        float* lrow = lp + bh * T + i0 + r;
+        if (l[r] > 0.0f) {
+          const float inv = 1.0f / l[r];
+          for (int64_t e = 0; e < D; ++e) orow[e] *= inv;
+          *lrow = m[r] + std::log(l[r]);
+        } else {
+          *lrow = ninf;
+        }
+      }
+    }
+  }
 }
 
 }  // namespace
@@ -41,6 +160,9 @@ Attention::Attention(const AttentionConfig& c) : cfg(c) {
                  "RoPE needs an even head_dim (" + cfg_str(cfg) + ")");
   lorafit::check(cfg.dropout >= 0.0f && cfg.dropout < 1.0f, kOp,
                  "dropout must be in [0, 1), got " + std::to_string(cfg.dropout));
+  lorafit::check(cfg.s2_ratio >= 0.0f && cfg.s2_ratio <= 1.0f, kOp,
+                 "s2_ratio must be in [0, 1] (0 = full attention), got " +
+                     std::to_string(cfg.s2_ratio));
   const int64_t hd = cfg.n_heads * cfg.head_dim, kvd = cfg.n_kv_heads * cfg.head_dim;
   q = Linear(cfg.hidden, hd, cfg.qkv_bias);
   k = Linear(cfg.hidden, kvd, cfg.qkv_bias);
@@ -92,30 +214,59 @@ Tensor Attention::forward(Context& ctx, const Tensor& x, const Tensor& pad_mask,
     kernels::rope_forward(k4, positions_, cfg.rope_theta, cfg.rope_style);
   }
 
-  // Additive mask [Bm, T, T] (Bm = B with padding, else 1): -inf on padded keys and, when causal,
-  // on keys after the query. Undefined when nothing is masked.
-  Tensor mask;
   const bool pad = pad_mask.defined();
-  if (pad || cfg.causal) {
+  s2_group_ = s2_group_for(cfg, ctx, T);
+  const int64_t hm = s2_group_ > 0 ? 2 : 1;  // S²: the two head halves see different groups
+  // Padding as bytes [B, T]: 1 = real key.
+  pad_ = Tensor();
+  if (pad) {
+    pad_ = ctx.alloc({B, T}, DType::I32);
+    for (int64_t i = 0; i < B * T; ++i)
+      pad_.i32()[i] = (pad_mask.dtype() == DType::F32 ? pad_mask.f32()[i] != 0.0f
+                                                      : pad_mask.i32()[i] != 0);
+  }
+  const Masking masking{cfg.causal, pad ? pad_.i32() : nullptr, T, H, s2_group_};
+  drop_ = ctx.training && cfg.dropout > 0.0f;
+  // Auto keeps the dense path where dropout on the probabilities is on (the tiled path has none).
+  tiled_ = cfg.impl == AttentionConfig::Impl::Tiled ||
+           (cfg.impl == AttentionConfig::Impl::Auto && T >= AttentionConfig::kTiledFromT && !drop_);
+  NN_CHECK(!(tiled_ && drop_), kOp,
+           "the memory-efficient (tiled) attention does not support dropout on the probabilities "
+           "(dropout " + std::to_string(cfg.dropout) + ", T " + std::to_string(T) +
+               "); use impl Dense");
+  q_ = qf;
+  k_ = kf;
+  v_ = vf;
+  b_ = B;
+  t_ = T;
+  if (tiled_) {
+    att_ = Tensor();
+    Tensor out = ctx.zeros({B, T, H * D});
+    lse_ = ctx.alloc({B, H, T});
+    tiled_forward(masking, B, KV, D, qf, kf, vf, out, lse_);
+    out_ = out;
+    return o.forward(ctx, out);
+  }
+  lse_ = Tensor();
+  out_ = Tensor();
+
+  // Additive mask [Bm·Hm, T, T] (Bm = B with padding, else 1; Hm = 2 with S², else 1): -inf on
+  // keys a query does not see. Undefined when nothing is masked.
+  Tensor mask;
+  if (pad || cfg.causal || s2_group_ > 0) {
     const int64_t bm = pad ? B : 1;
-    mask = ctx.alloc({bm, T, T});
+    mask = ctx.alloc({bm * hm, T, T});
     const float ninf = -std::numeric_limits<float>::infinity();
     for (int64_t b = 0; b < bm; ++b)
-      for (int64_t i = 0; i < T; ++i) {
-        float* row = mask.f32() + (b * T + i) * T;
-        for (int64_t j = 0; j < T; ++j) {
-          bool keep = !(cfg.causal && j > i);
-          if (pad) {
-            int64_t at = b * T + j;
-            keep = keep && (pad_mask.dtype() == DType::F32 ? pad_mask.f32()[at] != 0.0f
-                                                           : pad_mask.i32()[at] != 0);
-          }
-          row[j] = keep ? 0.0f : ninf;
+      for (int64_t half = 0; half < hm; ++half) {
+        const Visible vis = masking.at(b, half == 0 ? 0 : H - 1);
+        for (int64_t i = 0; i < T; ++i) {
+          float* row = mask.f32() + ((b * hm + half) * T + i) * T;
+          for (int64_t j = 0; j < T; ++j) row[j] = vis(i, j) ? 0.0f : ninf;
         }
       }
   }
 
-  drop_ = ctx.training && cfg.dropout > 0.0f;
   if (drop_) {
     drop_seed_ = ctx.seed;
     drop_counter_ = ctx.take_rng(detail::DropoutMask::counters_for(B * H * T * T));
@@ -142,7 +293,8 @@ Tensor Attention::forward(Context& ctx, const Tensor& x, const Tensor& pad_mask,
     const float* vg = vp + b * T * KV * D + g * D;
     // S = scale · q_h k_gᵀ
     kernels::gemm_raw(false, true, T, T, D, scale, qh, H * D, kg, KV * D, 0.0f, s.f32(), T);
-    kernels::softmax_forward(s, mask.defined() ? mask.row(pad ? b : 0) : Tensor(), p);
+    const int64_t mrow = (pad ? b : 0) * hm + (hm == 2 && h >= H / 2 ? 1 : 0);
+    kernels::softmax_forward(s, mask.defined() ? mask.row(mrow) : Tensor(), p);
     const float* pv = p.f32();
     if (drop_) {  // reuse s for the dropped probabilities
       dmask.apply(s.f32(), p.f32(), bh * T * T, T * T);
@@ -153,16 +305,11 @@ Tensor Attention::forward(Context& ctx, const Tensor& x, const Tensor& pad_mask,
                       op + b * T * H * D + h * D, H * D);
   }
 
-  q_ = qf;
-  k_ = kf;
-  v_ = vf;
-  b_ = B;
-  t_ = T;
   return o.forward(ctx, out);  // [B, T, C]
 }
 
 Tensor Attention::backward(Context& ctx, const Tensor& dy, bool need_input_grad) {
-  NN_CHECK(att_.defined(), kOp, "backward called before forward");
+  NN_CHECK(att_.defined() || lse_.defined(), kOp, "backward called before forward");
   const int64_t B = b_, T = t_, H = cfg.n_heads, KV = cfg.n_kv_heads, D = cfg.head_dim,
                 group = H / KV;
   NN_CHECK(dy.defined() && dy.dtype() == DType::F32 && (dy.shape() == Shape{B, T, cfg.hidden}), kOp,
@@ -170,6 +317,7 @@ Tensor Attention::backward(Context& ctx, const Tensor& dy, bool need_input_grad)
                std::to_string(T) + ", " + std::to_string(cfg.hidden) + "]");
   // forward was: y = out Woᵀ
   Tensor dout = o.backward(ctx, dy, true);  // [B, T, H·D]
+  if (tiled_) return tiled_backward(ctx, dout, need_input_grad);
   Tensor dq = ctx.alloc({B, T, H * D});
   Tensor dk = ctx.zeros({B, T, KV * D});  // accumulated over the heads of a group
   Tensor dv = ctx.zeros({B, T, KV * D});
@@ -216,6 +364,84 @@ Tensor Attention::backward(Context& ctx, const Tensor& dy, bool need_input_grad)
     }
   }
 
+  return finish_backward(ctx, dq, dk, dv, need_input_grad);
+}
+
+// FlashAttention-2 backward: P = exp(S - lse) is recomputed per tile; with Dᵢ = rowsum(dO ∘ O),
+// dS = P ∘ (dP - Dᵢ) is the softmax backward. One task per (b, g) as in the dense path.
+Tensor Attention::tiled_backward(Context& ctx, const Tensor& dout, bool need_input_grad) {
+  const int64_t B = b_, T = t_, H = cfg.n_heads, KV = cfg.n_kv_heads, D = cfg.head_dim,
+                group = H / KV, HD = H * D, KVD = KV * D;
+  Tensor dq = ctx.zeros({B, T, HD});
+  Tensor dk = ctx.zeros({B, T, KVD});
+  Tensor dv = ctx.zeros({B, T, KVD});
+  const Masking mk{cfg.causal, pad_.defined() ? pad_.i32() : nullptr, T, H, s2_group_};
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  const float ninf = -std::numeric_limits<float>::infinity();
+  const float *qp = q_.f32(), *kp = k_.f32(), *vp = v_.f32(), *op = out_.f32(),
+              *dop = dout.f32(), *lp = lse_.f32();
+  float *dqp = dq.f32(), *dkp = dk.f32(), *dvp = dv.f32();
+  const bool par = B * KV > 1 && B * H * T * T * D >= kParallelWork;
+#pragma omp parallel for schedule(dynamic) if (par)
+  for (int64_t bg = 0; bg < B * KV; ++bg) {
+    const int64_t b = bg / KV, g = bg % KV;
+    std::vector<float> p(kTileQ * kTileK), ds(kTileQ * kTileK), drow(kTileQ);
+    const float* kg = kp + b * T * KVD + g * D;
+    const float* vg = vp + b * T * KVD + g * D;
+    float* dkg = dkp + b * T * KVD + g * D;
+    float* dvg = dvp + b * T * KVD + g * D;
+    for (int64_t h = g * group; h < (g + 1) * group; ++h) {
+      const Visible vis = mk.at(b, h);
+      const float* qh = qp + b * T * HD + h * D;
+      const float* oh = op + b * T * HD + h * D;
+      const float* doh = dop + b * T * HD + h * D;
+      const float* lh = lp + (b * H + h) * T;
+      float* dqh = dqp + b * T * HD + h * D;
+      for (int64_t i0 = 0; i0 < T; i0 += kTileQ) {
+        const int64_t ni = std::min(kTileQ, T - i0);
+        for (int64_t r = 0; r < ni; ++r) {
+          double acc = 0.0;
+          for (int64_t e = 0; e < D; ++e)
+            acc += static_cast<double>(doh[(i0 + r) * HD + e]) * oh[(i0 + r) * HD + e];
+          drow[r] = static_cast<float>(acc);
+        }
+        int64_t lo, hi;
+        vis.key_range(i0, i0 + ni, T, lo, hi);
+        for (int64_t j0 = lo; j0 < hi; j0 += kTileK) {
+          const int64_t nj = std::min(kTileK, hi - j0);
+          // forward was: P = softmax(S + mask), S = scale · q_i k_jᵀ; P = exp(S - lse)
+          kernels::gemm_raw(false, true, ni, nj, D, scale, qh + i0 * HD, HD, kg + j0 * KVD, KVD,
+                            0.0f, p.data(), kTileK);
+          for (int64_t r = 0; r < ni; ++r) {
+            float* pr = p.data() + r * kTileK;
+            const float lse = lh[i0 + r];
+            for (int64_t c = 0; c < nj; ++c)
+              pr[c] = (lse == ninf || !vis(i0 + r, j0 + c)) ? 0.0f : std::exp(pr[c] - lse);
+          }
+          // forward was: out_i = Σ_j P v_j -> dv_j += Pᵀ dout_i, dP = dout_i v_jᵀ
+          kernels::gemm_raw(true, false, nj, D, ni, 1.0f, p.data(), kTileK, doh + i0 * HD, HD,
+                            1.0f, dvg + j0 * KVD, KVD);
+          kernels::gemm_raw(false, true, ni, nj, D, 1.0f, doh + i0 * HD, HD, vg + j0 * KVD, KVD,
+                            0.0f, ds.data(), kTileK);
+          for (int64_t r = 0; r < ni; ++r)
+            for (int64_t c = 0; c < nj; ++c) {
+              const int64_t at = r * kTileK + c;
+              ds[at] = p[at] * (ds[at] - drow[r]);
+            }
+          kernels::gemm_raw(false, false, ni, D, nj, scale, ds.data(), kTileK, kg + j0 * KVD, KVD,
+                            1.0f, dqh + i0 * HD, HD);
+          kernels::gemm_raw(true, false, nj, D, ni, scale, ds.data(), kTileK, qh + i0 * HD, HD,
+                            1.0f, dkg + j0 * KVD, KVD);
+        }
+      }
+    }
+  }
+  return finish_backward(ctx, dq, dk, dv, need_input_grad);
+}
+
+Tensor Attention::finish_backward(Context& ctx, Tensor& dq, Tensor& dk, Tensor& dv,
+                                  bool need_input_grad) {
+  const int64_t B = b_, T = t_, H = cfg.n_heads, KV = cfg.n_kv_heads, D = cfg.head_dim;
   if (cfg.rope) {
     // forward was: q, k = rope(q), rope(k) in place -> rotate the gradients back
     Tensor dq4 = dq.view({B, T, H, D});
@@ -270,6 +496,7 @@ Tensor Attention::forward_cached(Context& ctx, const Tensor& x, KVCache& cache,
              detail::desc("pad_mask", pad_mask) + ", expected F32 or I32[" + std::to_string(B) +
                  ", " + std::to_string(L) + "] (every cached token)");
   att_ = Tensor();  // the projections' saved inputs change: no backward after this
+  lse_ = Tensor();
 
   Tensor qf = q.forward(ctx, x);  // [B, Tn, H·D]
   Tensor kf = k.forward(ctx, x);  // [B, Tn, KV·D]

@@ -8,6 +8,7 @@
 
 #include "lorafit/io.h"
 #include "lorafit/kernels.h"
+#include "lorafit/models.h"
 #include "lorafit/peft.h"
 #include "lorafit/train.h"
 #include "comm.h"
@@ -80,6 +81,10 @@ void check_method_options(const RunParams& p) {
   if (!adapter && p.loraplus_ratio != 1.0) fail("--loraplus-ratio needs --method lora or adalora");
   if (p.threads < 0) fail("--threads must be >= 0");
   if (p.max_length < 1 || p.block_size < 1) fail("--max-length and --block-size must be >= 1");
+  if (p.attention != "full" && p.attention != "s2")
+    fail("--attention '" + p.attention + "': expected full or s2");
+  if (!(p.s2_ratio > 0.0 && p.s2_ratio <= 1.0))
+    fail("--s2-ratio must be in (0, 1], got " + std::to_string(p.s2_ratio));
 }
 
 }  // namespace
@@ -137,7 +142,9 @@ json run_params_to_json(const RunParams& p) {
             {"resume", p.resume},
             {"overwrite", p.overwrite},
             {"quiet", p.quiet},
-            {"stop_after", p.stop_after}};
+            {"stop_after", p.stop_after},
+            {"attention", p.attention},
+            {"s2_ratio", p.s2_ratio}};
   j["modules_to_save"] = p.modules_to_save ? json(*p.modules_to_save) : json(nullptr);
   j["lr"] = p.lr ? json(*p.lr) : json(nullptr);
   return j;
@@ -206,6 +213,8 @@ RunParams run_params_from_json(const json& j, const std::string& origin) {
   get("overwrite", p.overwrite);
   get("quiet", p.quiet);
   get("stop_after", p.stop_after);
+  get("attention", p.attention);
+  get("s2_ratio", p.s2_ratio);
   if (j.contains("modules_to_save") && !j.at("modules_to_save").is_null()) {
     p.modules_to_save.emplace();
     get("modules_to_save", *p.modules_to_save);
@@ -350,6 +359,14 @@ std::unique_ptr<TrainingJob> TrainingJob::prepare(const RunParams& params) {
   if (!lm && model.is_causal_lm())
     fail("classification needs a BERT-family model; " + model_path + " is " + mc.arch +
          " (use a .txt file for LM training)");
+  if (p.attention == "s2") {
+    // S²-Attn (LongLoRA): training only; nn::Attention attends fully outside ctx.training.
+    auto* llama = dynamic_cast<models::LlamaModel*>(&model);
+    if (!llama)
+      fail("--attention s2 (LongLoRA's shifted sparse attention) needs a Llama-family causal LM; " +
+           model_path + " is " + mc.arch);
+    for (auto& layer : llama->layers) layer.attn.cfg.s2_ratio = static_cast<float>(p.s2_ratio);
+  }
 
   TrainOptions& to = J.to;
   to.output_dir = p.output;

@@ -554,8 +554,10 @@ OPCHECK(MLP, NamesAndNoInputGrad) {
 
 // Naive attention in double, straight from the definition (per head, per query, per key), with
 // the same mask semantics (a row with no visible key gives zeros).
+using VisFn = std::function<bool(int64_t h, int64_t i, int64_t j)>;
+
 std::vector<double> naive_attention(Attention& a, const Tensor& x, const Tensor& pad,
-                                    const Tensor& pos) {
+                                    const Tensor& pos, const VisFn& extra = nullptr) {
   const AttentionConfig& c = a.cfg;
   const int64_t B = x.dim(0), T = x.dim(1), C = c.hidden, H = c.n_heads, KV = c.n_kv_heads,
                 D = c.head_dim;
@@ -603,7 +605,8 @@ std::vector<double> naive_attention(Attention& a, const Tensor& x, const Tensor&
         double mx = -1e300;
         bool any = false;
         for (int64_t j = 0; j < T; ++j) {
-          vis[j] = !(c.causal && j > i) && (!pad.defined() || pad.f32()[b * T + j] != 0.0f);
+          vis[j] = !(c.causal && j > i) && (!pad.defined() || pad.f32()[b * T + j] != 0.0f) &&
+                   (!extra || extra(h, i, j));
           double d = 0;
           for (int64_t e = 0; e < D; ++e)
             d += q[((b * T + i) * H + h) * D + e] * k[((b * T + j) * KV + g) * D + e];
@@ -783,6 +786,154 @@ OPCHECK(Attention, IntPadMaskEqualsFloat) {
   Tensor y1 = s.fwd(ctx).clone();
   Tensor y2 = s.a.forward(ctx, s.x, ipad);
   opcheck::expect_close(y2, y1, 0, 0, "I32 pad mask");
+}
+
+// ---- memory-efficient (tiled) attention and S²-Attn --------------------------------------------
+
+// Runs forward + backward with a random dy and returns y, dx and every parameter gradient.
+std::vector<Tensor> attention_run(AttnSetup& s, Context ctx) {
+  s.a.zero_grad();
+  Tensor y = s.fwd(ctx).clone();
+  Tensor dx = s.a.backward(ctx, opcheck::random(y.shape(), 555)).clone();
+  std::vector<Tensor> out{y, dx};
+  for (auto& [name, p] : s.a.named_parameters()) out.push_back(p->grad.clone());
+  return out;
+}
+
+// Tiled against dense on the same weights: values and gradients within fp32 tolerance.
+void expect_tiled_equals_dense(AttnCase c, const std::string& what, bool training = false) {
+  auto make = [&] { return training ? train_ctx(7) : Context{}; };
+  c.cfg.impl = AttentionConfig::Impl::Dense;
+  AttnSetup dense(c);
+  c.cfg.impl = AttentionConfig::Impl::Tiled;
+  AttnSetup tiled(c);
+  std::vector<Tensor> a = attention_run(dense, make()), b = attention_run(tiled, make());
+  ASSERT_EQ(a.size(), b.size());
+  const char* names[] = {"y", "dx"};
+  for (size_t i = 0; i < a.size(); ++i)
+    opcheck::expect_close(b[i], a[i], 2e-5, 2e-4,
+                          what + " " + (i < 2 ? names[i] : "param grad " + std::to_string(i - 2)));
+}
+
+OPCHECK(Attention, TiledEqualsDenseOddLengths) {
+  AttnCase c;
+  c.cfg = attn_cfg(12, 4, 2, 6);
+  c.B = 2;
+  for (int64_t T : {1, 7, 64, 67, 130}) {  // one tile, tile edge, several partial tiles
+    c.T = T;
+    c.cfg.causal = false;
+    expect_tiled_equals_dense(c, "GQA T=" + std::to_string(T));
+    c.cfg.causal = true;
+    expect_tiled_equals_dense(c, "causal GQA T=" + std::to_string(T));
+  }
+}
+
+OPCHECK(Attention, TiledEqualsDensePaddingRopeMqa) {
+  AttnCase c;
+  c.cfg = attn_cfg(10, 3, 1, 4);
+  c.cfg.causal = true;
+  c.cfg.rope = true;
+  c.cfg.qkv_bias = c.cfg.out_bias = true;
+  c.pad = true;
+  c.positions = true;
+  c.B = 3;
+  c.T = 75;
+  expect_tiled_equals_dense(c, "MQA causal+pad+RoPE T=75");
+  c.cfg.causal = false;  // padded rows of a non-causal head still see the real keys
+  expect_tiled_equals_dense(c, "MQA pad+RoPE T=75");
+}
+
+OPCHECK(Attention, TiledAgainstNaiveAndFiniteDifferences) {
+  AttnCase c;
+  c.cfg = attn_cfg(12, 4, 2, 6);
+  c.cfg.impl = AttentionConfig::Impl::Tiled;
+  c.cfg.causal = true;
+  c.cfg.rope = true;
+  c.pad = true;
+  c.T = 7;
+  check_attention(c, "tiled padding + causal + RoPE GQA");
+  c.cfg.causal = false;
+  c.cfg.rope = false;
+  c.pad = false;
+  c.cfg.qkv_bias = true;
+  c.T = 5;
+  check_attention(c, "tiled MHA-ish GQA with bias");
+}
+
+OPCHECK(Attention, TiledRefusesDropout) {
+  AttnCase c;
+  c.cfg = attn_cfg(12, 2, 0, 6);
+  c.cfg.impl = AttentionConfig::Impl::Tiled;
+  c.cfg.dropout = 0.1f;
+  AttnSetup s(c);
+  Context ctx = train_ctx(3);
+  try {
+    s.fwd(ctx);
+    FAIL() << "tiled attention with dropout must be refused";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("does not support dropout"), std::string::npos)
+        << e.what();
+  }
+}
+
+// S²-Attn groups written out by hand: index of the group holding token t, per head half.
+VisFn s2_groups(std::vector<int64_t> plain_starts, std::vector<int64_t> shifted_starts,
+                int64_t H) {
+  auto seg = [](const std::vector<int64_t>& starts, int64_t t) {
+    int64_t g = 0;
+    while (g + 1 < static_cast<int64_t>(starts.size()) && starts[g + 1] <= t) ++g;
+    return g;
+  };
+  return [=](int64_t h, int64_t i, int64_t j) {
+    const auto& st = h < H / 2 ? plain_starts : shifted_starts;
+    return seg(st, i) == seg(st, j);
+  };
+}
+
+void check_s2(AttnCase c, const VisFn& groups, const std::string& what) {
+  for (auto impl : {AttentionConfig::Impl::Dense, AttentionConfig::Impl::Tiled}) {
+    c.cfg.impl = impl;
+    const std::string w = what + (impl == AttentionConfig::Impl::Dense ? " dense" : " tiled");
+    AttnSetup s(c);
+    Context ctx = train_ctx(5);
+    Tensor y = s.fwd(ctx);
+    std::vector<double> ref = naive_attention(s.a, s.x, s.pad, s.pos, groups);
+    for (int64_t i = 0; i < y.numel(); ++i)
+      ASSERT_NEAR(y.f32()[i], ref[i], 1e-5 + 1e-4 * std::fabs(ref[i])) << w << " at " << i;
+    // Evaluation is always full attention.
+    Context eval;
+    Tensor ye = s.fwd(eval);
+    std::vector<double> full = naive_attention(s.a, s.x, s.pad, s.pos);
+    for (int64_t i = 0; i < ye.numel(); ++i)
+      ASSERT_NEAR(ye.f32()[i], full[i], 1e-5 + 1e-4 * std::fabs(full[i])) << w << " eval " << i;
+    check_grads(
+        w, s.a, s.x, [&](Context& cx) { return s.fwd(cx); },
+        [&](Context& cx, const Tensor& dy) { return s.a.backward(cx, dy); }, 1e-2f, 2e-3,
+        [] { return train_ctx(5); },
+        c.cfg.rope ? std::set<std::string>{} : std::set<std::string>{"k_proj.bias"});
+  }
+  expect_tiled_equals_dense(c, what, true);
+}
+
+OPCHECK(Attention, ShiftedSparseGroupsEvenLength) {
+  AttnCase c;
+  c.cfg = attn_cfg(12, 4, 2, 6);
+  c.cfg.causal = true;
+  c.cfg.rope = true;
+  c.cfg.s2_ratio = 0.25f;  // T = 16: G = 4, shifted by 2, no wrap-around
+  c.T = 16;
+  c.B = 1;
+  check_s2(c, s2_groups({0, 4, 8, 12}, {0, 2, 6, 10, 14}, 4), "S2 T=16 G=4");
+}
+
+OPCHECK(Attention, ShiftedSparseGroupsOddLengthPadding) {
+  AttnCase c;
+  c.cfg = attn_cfg(10, 2, 1, 4);
+  c.cfg.causal = true;
+  c.cfg.s2_ratio = 0.25f;  // T = 13: G = round(3.25) = 3, the shifted half starts at G/2 = 1
+  c.T = 13;
+  c.pad = true;
+  check_s2(c, s2_groups({0, 3, 6, 9, 12}, {0, 1, 4, 7, 10}, 2), "S2 T=13 G=3 padded");
 }
 
 OPCHECK(Attention, ProbabilityDropoutGrads) {

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <algorithm>
 #include <fstream>
 
 #include "lorafit/io.h"
@@ -763,6 +764,40 @@ TEST(Cli, LmTrainingLowersHeldOutPerplexity) {
   EXPECT_GT(ppl0, 50.0);  // a random 100-token model: about uniform
   EXPECT_LT(ppl1, 0.5 * ppl0) << "before " << ppl0 << " after " << ppl1;
   EXPECT_NEAR(ppl_val, ppl1, 0.25 * ppl1);  // the trainer's held-out evaluation says the same
+  fs::remove_all(work);
+}
+
+// --attention s2 (LongLoRA's S²-Attn) changes training only: the adapter differs from a full-
+// attention run with the same seed, the run records it, and bad uses are refused by name.
+TEST(Cli, ShiftedSparseAttentionTrainsAndIsRefusedWhereItDoesNotApply) {
+  auto dir = tiny_llama_dir();
+  auto work = temp_dir("cli_s2");
+  std::string txt;
+  for (int i = 0; i < 40; ++i) txt += "the cat sat on the mat. a dog ran to the park.\n";
+  write(work / "all.txt", txt);
+  const std::string bin = LORAFIT_BINARY;
+  const std::string common = " train --model " + dir.string() + " --train " + (work / "all.txt").string() +
+                             " --block-size 32 --batch-size 4 --max-steps 3 --lora-dropout 0 --threads 1 --quiet";
+  ASSERT_EQ(run(bin + common + " --output " + (work / "full").string()), 0);
+  ASSERT_EQ(run(bin + common + " --output " + (work / "s2").string() + " --attention s2 --s2-ratio 0.25"), 0);
+  auto read_all = [](const fs::path& f) {
+    std::ifstream in(f, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  const std::string a = read_all(work / "full/final/adapter_model.safetensors");
+  const std::string b = read_all(work / "s2/final/adapter_model.safetensors");
+  ASSERT_FALSE(a.empty());
+  ASSERT_EQ(a.size(), b.size());
+  EXPECT_NE(a, b) << "S2 attention left training unchanged";
+  std::string state = read_all(work / "s2/checkpoint/trainer_state.json");
+  state.erase(std::remove(state.begin(), state.end(), ' '), state.end());
+  EXPECT_NE(state.find("\"attention\":\"s2\""), std::string::npos) << state;
+  auto bad = run_err(bin + common + " --output " + (work / "x").string() + " --attention sparse");
+  EXPECT_EQ(bad.first, 1);
+  EXPECT_NE(bad.second.find("--attention 'sparse': expected full or s2"), std::string::npos) << bad.second;
+  bad = run_err(bin + common + " --output " + (work / "y").string() + " --attention s2 --s2-ratio 0");
+  EXPECT_EQ(bad.first, 1);
+  EXPECT_NE(bad.second.find("--s2-ratio must be in (0, 1]"), std::string::npos) << bad.second;
   fs::remove_all(work);
 }
 
