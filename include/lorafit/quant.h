@@ -104,6 +104,14 @@ float quant4_block_absmax(const Quant4& q, int64_t block);
 void dequantize_4bit(const Quant4& q, int64_t begin, int64_t count, float* dst);
 // The same through the scalar reference only (the oracle of the AVX2 path).
 void dequantize_4bit_ref(const Quant4& q, int64_t begin, int64_t count, float* dst);
+// A frozen weight as a Tensor of DType::NF4 with the given shape (numel == q.n, last dimension a
+// multiple of 64): the tensor views q.packed and keeps q alive; quant4_state gives q back (for any
+// view of it: rows(), view()). quant4_state throws Error for a tensor that is not such a weight.
+Tensor quant4_tensor(Quant4 q, const Shape& shape);
+const Quant4& quant4_state(const Tensor& t);
+// Dequantizes the values of a (view of a) quant4_tensor, from element `begin` of that view.
+void dequantize_4bit_tensor(const Tensor& t, int64_t begin, int64_t count, float* dst);
+
 // Checks a state read from a file (sizes of packed / absmax / nested arrays against n); throws
 // Error naming `what` and the field.
 void check_quant4(const Quant4& q, const std::string& what);

@@ -394,4 +394,41 @@ void check_quant4(const Quant4& q, const std::string& what) {
        nn);
 }
 
+namespace {
+// The keepalive of a quant4_tensor: the state plus a tag that tells it apart from other wraps.
+struct Quant4Holder {
+  static constexpr uint32_t kTag = 0x34626e62u;  // "bnb4"
+  uint32_t tag = kTag;
+  Quant4 q;
+};
+}  // namespace
+
+Tensor quant4_tensor(Quant4 q, const Shape& shape) {
+  check_quant4(q, "quant4_tensor");
+  LORAFIT_CHECK(shape_numel(shape) == q.n && !shape.empty() && shape.back() % kQuant4Block == 0,
+                "quant4_tensor",
+                "shape " + shape_str(shape) + " does not fit " + std::to_string(q.n) +
+                    " values with a last dimension that is a multiple of 64");
+  auto h = std::make_shared<Quant4Holder>();
+  h->q = std::move(q);
+  void* data = h->q.packed.data();
+  return Tensor::wrap(data, shape, DType::NF4, std::shared_ptr<void>(h, h.get()));
+}
+
+const Quant4& quant4_state(const Tensor& t) {
+  const auto* h = static_cast<const Quant4Holder*>(t.keepalive().get());
+  LORAFIT_CHECK(t.dtype() == DType::NF4 && h != nullptr && h->tag == Quant4Holder::kTag,
+                "quant4_state", t.str() + " is not a 4-bit weight made by quant4_tensor");
+  return h->q;
+}
+
+void dequantize_4bit_tensor(const Tensor& t, int64_t begin, int64_t count, float* dst) {
+  const Quant4& q = quant4_state(t);
+  const auto off = static_cast<const uint8_t*>(t.raw()) - q.packed.data();
+  LORAFIT_CHECK(begin >= 0 && count >= 0 && begin + count <= t.numel(), "dequantize_4bit",
+                "values [" + std::to_string(begin) + ", " + std::to_string(begin + count) +
+                    ") are outside " + t.str());
+  dequantize_4bit(q, 2 * static_cast<int64_t>(off) + begin, count, dst);
+}
+
 }  // namespace lorafit::tensor
