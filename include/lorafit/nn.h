@@ -134,9 +134,10 @@ class LinearAdapter {
 };
 
 // y = x Wᵀ + b. weight [out, in], bias [out] optional (F32). A frozen weight may also be F16,
-// BF16, Q8_0, Q4_0 or Q4_1 (tensor::dequantize_row): it is multiplied through fp32 tiles of rows
-// (about 16 MiB, kept per thread; see tile_rows in linear.cpp), never a full dequantized copy.
-// Other dtypes (NF4 among them) are refused by name in forward and backward.
+// BF16, Q8_0, Q4_0 or Q4_1 (tensor::dequantize_row), or NF4 (bitsandbytes NF4/FP4 made by
+// tensor::quant4_tensor): it is multiplied through fp32 tiles of rows (about 16 MiB, kept per
+// thread; see tile_rows in linear.cpp), never a full dequantized copy. Other dtypes are refused by
+// name in forward and backward.
 // Saved for backward: the input x (a reference, not a copy).
 class Linear : public Module {
  public:

@@ -5,11 +5,14 @@
 //   Q4_1: f16 d, f16 m, u8 qs[16];   x = nib * d + m
 // where the low nibble of qs[j] is element j and the high nibble element j + 16.
 // Quantization rounds to nearest exactly as ggml's quantize_row_*_ref (and gguf-py), so bytes
-// match llama.cpp's. Q4_K / Q6_K are dequantized only (below). NF4 is not handled here.
+// match llama.cpp's. Q4_K / Q6_K are dequantized only (below). bitsandbytes' 4-bit NF4 / FP4 are
+// the Quant4 section at the end (their statistics do not fit a self-contained block).
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
+#include <vector>
 
 #include "lorafit/tensor.h"
 
@@ -55,5 +58,62 @@ enum class KQuant { Q4_K, Q6_K };
 constexpr int64_t kQK_K = 256;
 size_t kquant_block_bytes(KQuant t);
 void dequantize_kquant_row(KQuant t, const void* src, float* dst, int64_t n);
+
+// ---- bitsandbytes 4-bit (NF4, FP4), optionally double quantized -------------------------------
+// Byte-identical to bitsandbytes 0.50 quantize_4bit on CPU for fp32 input (proved by
+// tests/fixtures/quant4, made by tools/ref_nf4.py). The n values are taken flat (row-major) in
+// blocks of 64; the last block may be partial. Per block: absmax = max |x|; each x is scaled into
+// [-1, 1] (full blocks multiply by the fp32 reciprocal of absmax, the partial last block divides,
+// as bitsandbytes does) and gets the nearest code, ties to the lower code value. Two codes per
+// byte, the first element in the high nibble; an odd n pads one zero. Double quantization: offset =
+// mean of all absmax values, and absmax - offset is quantized to 8 bits in blocks of 256 against
+// bitsandbytes' signed dynamic map (nearest entry, ties to the lower), with an fp32 absmax per
+// nested block. The state is kept beside the codes rather than inside each block because the
+// nested statistics span 256 blocks (docs/ARCHITECTURE.md, "Quantized tensors").
+enum class Quant4Type : uint8_t { NF4, FP4 };
+constexpr int64_t kQuant4Block = 64;
+constexpr int64_t kQuant4NestedBlock = 256;
+
+struct Quant4 {
+  Quant4Type type = Quant4Type::NF4;
+  int64_t n = 0;                // values
+  std::vector<uint8_t> packed;  // (n + 1) / 2 bytes
+  bool double_quant = false;
+  std::vector<float> absmax;         // per block; empty when double_quant
+  std::vector<uint8_t> absmax_q;     // per block, codes into dynamic_map(); when double_quant
+  float offset = 0.0f;               // the removed mean; when double_quant
+  std::vector<float> nested_absmax;  // per 256 blocks; when double_quant
+
+  int64_t blocks() const { return (n + kQuant4Block - 1) / kQuant4Block; }
+  // Bytes held (codes and statistics): 4.5 bits per value, about 4.127 with double quantization.
+  size_t nbytes() const;
+};
+
+// The 16 code values (bitsandbytes' quant_map) and the 256-entry signed dynamic map of the nested
+// 8-bit quantization (bitsandbytes' nested_quant_map, create_dynamic_map()).
+const float* quant4_code(Quant4Type t);
+const float* dynamic_map();
+const char* quant4_name(Quant4Type t);  // "nf4", "fp4"
+
+Quant4 quantize_4bit(const float* x, int64_t n, Quant4Type t, bool double_quant);
+// The fp32 absmax of block b, as bitsandbytes' dequantize_4bit computes it: stored, or
+// dynamic_map()[q] * nested_absmax + offset (fp32 arithmetic).
+float quant4_block_absmax(const Quant4& q, int64_t block);
+// Dequantizes values [begin, begin + count) into dst: code[nibble] * absmax (fp32), equal to
+// bitsandbytes' dequantize_4bit. Throws Error on a range outside [0, n).
+void dequantize_4bit(const Quant4& q, int64_t begin, int64_t count, float* dst);
+// The same through the scalar reference only (the oracle of the AVX2 path).
+void dequantize_4bit_ref(const Quant4& q, int64_t begin, int64_t count, float* dst);
+// A frozen weight as a Tensor of DType::NF4 with the given shape (numel == q.n, last dimension a
+// multiple of 64): the tensor views q.packed and keeps q alive; quant4_state gives q back (for any
+// view of it: rows(), view()). quant4_state throws Error for a tensor that is not such a weight.
+Tensor quant4_tensor(Quant4 q, const Shape& shape);
+const Quant4& quant4_state(const Tensor& t);
+// Dequantizes the values of a (view of a) quant4_tensor, from element `begin` of that view.
+void dequantize_4bit_tensor(const Tensor& t, int64_t begin, int64_t count, float* dst);
+
+// Checks a state read from a file (sizes of packed / absmax / nested arrays against n); throws
+// Error naming `what` and the field.
+void check_quant4(const Quant4& q, const std::string& what);
 
 }  // namespace lorafit::tensor

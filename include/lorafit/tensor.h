@@ -38,7 +38,8 @@ namespace lorafit::tensor {
 using lorafit::Error;
 
 // Element types. Block-quantized types (Q8_0, Q4_0, Q4_1, NF4) exist for frozen weights; a tensor
-// of such a type stores whole blocks along its last dimension.
+// of such a type stores whole blocks along its last dimension. NF4 is bitsandbytes 4-bit (NF4 or
+// FP4 codes): the tensor views the packed codes and its statistics live beside them (quant.h).
 enum class DType : uint8_t { F32, F16, BF16, I32, Q8_0, Q4_0, Q4_1, NF4 };
 
 const char* dtype_name(DType t);
@@ -123,6 +124,9 @@ class Tensor {
   void fill(float value);
   void zero();
   bool same_storage(const Tensor& o) const { return storage_ == o.storage_ && offset_ == o.offset_; }
+  // The owner of wrapped memory (Tensor::wrap's keepalive); null for owned storage. NF4 tensors
+  // keep their bitsandbytes state (quant.h, quant4_state) there.
+  const std::shared_ptr<void>& keepalive() const;
 
  private:
   std::shared_ptr<Storage> storage_;

@@ -16,6 +16,10 @@ constexpr const char* kOp = "Linear";
 // Block types store whole blocks per row, so row r starts at byte r · nbytes(in).
 void weight_rows_to_f32(const Tensor& w, int64_t r0, int64_t r1, float* dst) {
   const int64_t in = w.dim(1);
+  if (w.dtype() == DType::NF4) {  // bitsandbytes 4-bit: the statistics live beside the codes
+    tensor::dequantize_4bit_tensor(w, r0 * in, (r1 - r0) * in, dst);
+    return;
+  }
   const auto* base = static_cast<const uint8_t*>(w.raw());
   tensor::dequantize_row(w.dtype(),
                          base + static_cast<size_t>(r0) * tensor::dtype_nbytes(w.dtype(), in), dst,
@@ -24,7 +28,7 @@ void weight_rows_to_f32(const Tensor& w, int64_t r0, int64_t r1, float* dst) {
 
 bool weight_dtype_supported(DType t) {
   return t == DType::F32 || t == DType::F16 || t == DType::BF16 || t == DType::Q8_0 ||
-         t == DType::Q4_0 || t == DType::Q4_1;
+         t == DType::Q4_0 || t == DType::Q4_1 || t == DType::NF4;
 }
 
 // Rows of W per fp32 tile: about 16 MiB of tile. Each tile is one GEMM that packs x again, so
@@ -66,7 +70,7 @@ Tensor Linear::forward(Context& ctx, const Tensor& x) {
                std::to_string(in_) + "]");
   NN_CHECK(weight_dtype_supported(w.dtype()), kOp,
            std::string("weight dtype ") + tensor::dtype_name(w.dtype()) +
-               " is not supported yet (F32, F16, BF16, Q8_0, Q4_0, Q4_1)");
+               " is not supported yet (F32, F16, BF16, Q8_0, Q4_0, Q4_1, NF4)");
   NN_CHECK(x.defined() && x.dtype() == DType::F32 && x.ndim() >= 1 && x.dim(-1) == in_, kOp,
            detail::desc("x", x) + ", expected F32[..., " + std::to_string(in_) + "] for weight " +
                w.str());

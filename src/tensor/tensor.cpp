@@ -207,6 +207,11 @@ Tensor Tensor::from_ints(const Shape& shape, const std::vector<int32_t>& values)
   return t;
 }
 
+const std::shared_ptr<void>& Tensor::keepalive() const {
+  static const std::shared_ptr<void> none;
+  return storage_ ? storage_->keepalive : none;
+}
+
 Tensor Tensor::wrap(void* data, const Shape& shape, DType dtype, std::shared_ptr<void> keepalive) {
   check_shape(shape, "Tensor::wrap");
   Tensor t;

@@ -224,6 +224,41 @@ OPCHECK(Linear, QuantizedWeightsMatchDequantized) {
   for (DType dt : {DType::Q8_0, DType::Q4_0, DType::Q4_1}) check_quant_weight(dt);
 }
 
+// bitsandbytes 4-bit frozen weights (NF4 / FP4, with and without double quantization): the
+// products equal the F32 path on the dequantized weight, and weight_rows (DoRA's row norms) gives
+// the dequantized rows, also from a rows() view.
+OPCHECK(Linear, Bnb4bitWeightsMatchDequantized) {
+  using lorafit::tensor::Quant4Type;
+  const int64_t in = 320, out = 301;
+  for (Quant4Type t : {Quant4Type::NF4, Quant4Type::FP4}) {
+    for (bool dq : {false, true}) {
+      const std::string name = std::string(lorafit::tensor::quant4_name(t)) + (dq ? "-dq" : "");
+      Linear ref(in, out, false), quant(in, out, false);
+      randomize(ref, 14, 0.1f, false);
+      auto q = lorafit::tensor::quantize_4bit(ref.weight.value.f32(), in * out, t, dq);
+      lorafit::tensor::dequantize_4bit(q, 0, in * out, ref.weight.value.f32());
+      quant.weight.value = lorafit::tensor::quant4_tensor(std::move(q), {out, in});
+      Tensor x = opcheck::random({3, 7, in}, 15);
+      Tensor dy = opcheck::random({3, 7, out}, 16);
+      Context ctx;
+      opcheck::expect_close(quant.forward(ctx, x), ref.forward(ctx, x), 1e-5, 1e-5,
+                            "forward " + name);
+      opcheck::expect_close(quant.backward(ctx, dy), ref.backward(ctx, dy), 1e-5, 1e-5,
+                            "dx " + name);
+      std::vector<float> rows(static_cast<size_t>(5 * in));
+      quant.weight_rows(100, 105, rows.data());
+      for (int64_t i = 0; i < 5 * in; ++i)
+        ASSERT_EQ(rows[static_cast<size_t>(i)], ref.weight.value.f32()[100 * in + i]) << name;
+      Tensor view = quant.weight.value.rows(100, 105);
+      lorafit::tensor::dequantize_4bit_tensor(view, 0, 5 * in, rows.data());
+      for (int64_t i = 0; i < 5 * in; ++i)
+        ASSERT_EQ(rows[static_cast<size_t>(i)], ref.weight.value.f32()[100 * in + i]) << name;
+    }
+  }
+  std::string e = error_of([] { lorafit::tensor::quant4_state(Tensor::zeros({2, 64})); });
+  EXPECT_TRUE(contains(e, "[quant4_state]") && contains(e, "F32[2, 64]")) << e;
+}
+
 // A minimal adapter for the LinearAdapter hook: y += x Aᵀ with A [out, in] trainable.
 struct DenseAdapter : lorafit::nn::LinearAdapter {
   lorafit::nn::Parameter a;
@@ -277,6 +312,39 @@ OPCHECK(Linear, AdapterHookGrads) {
       1e-2f);
   opcheck::expect_grad(g, num, 1e-4, "adapter dA");
   EXPECT_GT(ad.calls_bwd, 1);
+}
+
+OPCHECK(Linear, AdapterOnNf4BaseGrads) {
+  // QLoRA's shape: a frozen NF4 (double-quantized) base with a trainable adapter; dx and dA
+  // against finite differences of the same loss.
+  Linear lin(64, 5, false);
+  randomize(lin, 23, 0.5f, false);
+  lin.weight.value = lorafit::tensor::quant4_tensor(
+      lorafit::tensor::quantize_4bit(lin.weight.value.f32(), 64 * 5,
+                                     lorafit::tensor::Quant4Type::NF4, true),
+      {5, 64});
+  DenseAdapter ad;
+  ad.a.value = opcheck::random({5, 64}, 24, -0.5f, 0.5f);
+  ad.a.set_trainable(true);
+  lin.adapters.push_back(&ad);
+  Tensor x = opcheck::random({2, 3, 64}, 25);
+  check_grads(
+      "NF4 Linear + adapter", lin, x, [&](Context& c) { return lin.forward(c, x); },
+      [&](Context& c, const Tensor& dy) { return lin.backward(c, dy); }, 1e-2f, 1e-4);
+  Tensor r = opcheck::random({2, 3, 5}, 26);
+  Context ctx;
+  lin.forward(ctx, x);
+  ad.a.zero_grad();
+  lin.backward(ctx, r, /*need_input_grad=*/false);
+  Tensor g = ad.a.grad.clone();
+  auto num = opcheck::finite_diff(
+      ad.a.value,
+      [&] {
+        Context c;
+        return opcheck::dot(lin.forward(c, x), r);
+      },
+      1e-2f);
+  opcheck::expect_grad(g, num, 1e-4, "adapter dA on NF4");
 }
 
 OPCHECK(Linear, ShapeMismatchThrows) {
