@@ -1,9 +1,11 @@
 // YAML options files (io.h: read_yaml_file), read by yaml-cpp and handed on as JSON: mappings
 // (nested too), sequences and scalars (as strings; the caller interprets them).
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <cstdint>
 #include <set>
+#include <sstream>
 #include <string>
 #include <string_view>
 
@@ -87,17 +89,47 @@ json parse_yaml(std::string_view text, const std::string& origin) {
     if (nl == std::string_view::npos) break;
     pos = nl + 1;
   }
-  std::vector<YAML::Node> docs;
+  // YAML::LoadAll (0.7) also loops forever, building empty documents, on a stray flow indicator
+  // such as a file that is only ',' (found by fuzz_yaml). So the documents are counted with the
+  // event parser first, stopping at the second one or at a document that starts where the previous
+  // one did (no progress), and only a single document is then loaded.
+  YAML::Node doc;
   try {
-    docs = YAML::LoadAll(std::string(text));
+    struct Starts : YAML::EventHandler {
+      std::vector<YAML::Mark> marks;    // where each document starts
+      std::vector<YAML::Mark> content;  // where its first node starts (the second one's is named)
+      void node(const YAML::Mark& m) {
+        if (content.size() < marks.size()) content.push_back(m);
+      }
+      void OnDocumentStart(const YAML::Mark& m) override { marks.push_back(m); }
+      void OnDocumentEnd() override {}
+      void OnNull(const YAML::Mark& m, YAML::anchor_t) override { node(m); }
+      void OnAlias(const YAML::Mark& m, YAML::anchor_t) override { node(m); }
+      void OnScalar(const YAML::Mark& m, const std::string&, YAML::anchor_t, const std::string&) override { node(m); }
+      void OnSequenceStart(const YAML::Mark& m, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override { node(m); }
+      void OnSequenceEnd() override {}
+      void OnMapStart(const YAML::Mark& m, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override { node(m); }
+      void OnMapEnd() override {}
+    } starts;
+    std::istringstream in{std::string(text)};
+    YAML::Parser parser(in);
+    while (parser.HandleNextDocument(starts) && starts.marks.size() < 2) {
+    }
+    if (starts.marks.size() >= 2) {
+      const YAML::Mark& a = starts.marks[0];
+      const YAML::Mark& b = starts.marks[1];
+      if (a.pos == b.pos)
+        fail(origin, a.line + 1, "cannot be parsed as YAML (a stray ',', '[' or '{'?)");
+      const YAML::Mark& c = starts.content.size() >= 2 ? starts.content[1] : b;
+      fail(origin, c.line + 1, "expected one YAML document");
+    }
+    doc = YAML::Load(std::string(text));
   } catch (const YAML::Exception& e) {
     fail(origin, e.mark.line + 1, e.msg);
   }
-  if (docs.empty() || docs[0].IsNull()) return json::object();
-  if (docs.size() > 1) fail(origin, line_of(docs[1]), "expected one YAML document");
-  if (!docs[0].IsMap())
-    fail(origin, line_of(docs[0]), "expected a mapping of 'key: value' lines at the top");
-  return to_json(docs[0], origin);
+  if (!doc.IsDefined() || doc.IsNull()) return json::object();
+  if (!doc.IsMap()) fail(origin, line_of(doc), "expected a mapping of 'key: value' lines at the top");
+  return to_json(doc, origin);
 }
 
 json read_yaml_file(const std::string& path) {

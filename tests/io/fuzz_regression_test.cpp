@@ -55,3 +55,17 @@ TEST(FuzzRegression, YamlDirectiveLineIsRefusedNotAHang) {
             "[yaml] opts.yaml: line 2: YAML directives ('%' at the start of a line) are not supported");
   EXPECT_EQ(lorafit::io::parse_yaml("a: '%x'\n", "opts.yaml")["a"], "%x");
 }
+
+// fuzz_yaml: yaml-cpp's LoadAll looped forever, building empty documents, on a stray ',' (the
+// fuzzer's 20-byte input, and a file that is only ','); two real documents are still refused.
+TEST(FuzzRegression, YamlStrayFlowIndicatorIsRefusedNotAHang) {
+  const std::string path = fuzz_fixture("yaml_stray_comma_hang.yaml");
+  EXPECT_EQ(error_of([&] { (void)lorafit::io::read_yaml_file(path); }),
+            "[yaml] " + path + ": line 1: cannot be parsed as YAML (a stray ',', '[' or '{'?)");
+  EXPECT_EQ(error_of([] { (void)lorafit::io::parse_yaml(",", "opts.yaml"); }),
+            "[yaml] opts.yaml: line 1: cannot be parsed as YAML (a stray ',', '[' or '{'?)");
+  EXPECT_EQ(error_of([] { (void)lorafit::io::parse_yaml("a: 1\n---\nb: 2\n", "opts.yaml"); }),
+            "[yaml] opts.yaml: line 3: expected one YAML document");
+  EXPECT_EQ(lorafit::io::parse_yaml("a: [1, 2]\nb: {c: d}\n", "opts.yaml")["b"]["c"], "d");
+  EXPECT_TRUE(lorafit::io::parse_yaml("", "opts.yaml").empty());
+}
