@@ -534,7 +534,7 @@ std::unique_ptr<Model> parse_model(const Ctx& c, const json& j, ModelKind& kind)
 json parse_json_text(std::string_view text, const std::string& origin) {
   try {
     return json::parse(text.begin(), text.end());
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, and out_of_range for a number beyond 64 bits
     fail(origin + ": invalid JSON: " + e.what());
   }
 }

@@ -556,3 +556,19 @@ TEST(Chat, UnknownTemplateOrChoiceIsRefusedWithTheChoices) {
   EXPECT_EQ(plain.render_text({{"user", "u"}, {"assistant", "a"}}, false),
             "### User:\nu\n\n### Assistant:\na<|im_end|>\n\n");
 }
+
+// fuzz_tokenizer_json: a number beyond 64 bits in tokenizer.json escaped as nlohmann's
+// out_of_range (std::terminate); it is now an error naming the file.
+TEST(TokenizerJson, NumberOverflowIsAnErrorNotATerminate) {
+  std::ifstream in(std::string(LORAFIT_FIXTURES) + "/fuzz/tokenizer_number_overflow.json", std::ios::binary);
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  ASSERT_FALSE(text.empty());
+  std::string msg = "(no error)";
+  try {
+    (void)lorafit::text::Tokenizer::from_json(text, "", "fuzz/tokenizer.json");
+  } catch (const lorafit::Error& e) {
+    msg = e.what();
+  }
+  EXPECT_NE(msg.find("fuzz/tokenizer.json: invalid JSON"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("number overflow"), std::string::npos) << msg;
+}
