@@ -4,6 +4,8 @@
 # Fails on any crash, sanitizer report or uncaught non-lorafit exception (the reproducer is left
 # in build-fuzz/findings/<target>/).
 #   scripts/fuzz.sh [SECONDS_TOTAL=180] [BUILD_DIR=build-fuzz]
+#   FUZZ_RUNS=N: also stop each target after N executions (CI: with the fixed seed, exactly a
+#   prefix of a longer local run that passed; see docs/ROBUSTNESS.md).
 # Needs clang-14 and libclang-rt-14-dev (scripts/setup.sh installs them) plus the build deps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,7 +51,7 @@ for t in "${TARGETS[@]}"; do
   mkdir -p "$BUILD/findings/$t"
   log="$BUILD/logs/$t.log"
   rc=0
-  "$BUILD/fuzz/fuzz_$t" "${LIBFUZZER_OPTS[@]}" -max_total_time="$share" \
+  "$BUILD/fuzz/fuzz_$t" "${LIBFUZZER_OPTS[@]}" -max_total_time="$share" ${FUZZ_RUNS:+-runs="$FUZZ_RUNS"} \
     -artifact_prefix="$BUILD/findings/$t/" "$BUILD/corpus/$t" >"$log" 2>&1 || rc=$?
   execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo '?')
   if [ $rc -eq 0 ]; then res=ok; else res="FAILED (rc $rc; see $log)"; fail=1; fi
