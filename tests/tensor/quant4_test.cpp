@@ -119,7 +119,7 @@ const Fixture& fixture() {
 
 std::vector<uint32_t> bits(const std::vector<float>& v) {
   std::vector<uint32_t> b(v.size());
-  std::memcpy(b.data(), v.data(), v.size() * 4);
+  if (!v.empty()) std::memcpy(b.data(), v.data(), v.size() * 4);  // data() may be null when empty
   return b;
 }
 
