@@ -97,7 +97,8 @@ int train(int np, const fs::path& out, const std::string& extra, bool lm = false
   const fs::path m = lm ? tiny_llama_dir() : tiny_bert();
   std::string cmd = std::string(LORAFIT_BINARY) + " train --model " + m.string() + " --train " +
                     (m / (lm ? "train.txt" : "train.tsv")).string() +
-                    " --batch-size 8 --lora-dropout 0 --eval-every 3 --val-fraction 0.5 --quiet " +
+                    (extra.find("--batch-size") == std::string::npos ? " --batch-size 8" : "") +
+                    " --lora-dropout 0 --eval-every 3 --val-fraction 0.5 --quiet " +
                     extra + " --output " + out.string();
   if (np > 0)
     cmd = std::string(LORAFIT_MPIRUN) + " -np " + std::to_string(np) +
