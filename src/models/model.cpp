@@ -161,10 +161,10 @@ void check_claimed_shape(const std::string& where, const std::string& fields,
                          const std::string& file, const std::string& name, const Shape* have,
                          const Shape& want) {
   if (!have)
-    throw Error("[models] " + where + ": " + fields + " claim tensor '" + name + "' " +
-                tensor::shape_str(want) + ", which " + file + " does not hold");
+    throw Error("[models] " + where + ": by " + fields + ", tensor '" + name + "' should be " +
+                tensor::shape_str(want) + ", but " + file + " does not hold it");
   if (*have != want)
-    throw Error("[models] " + where + ": " + fields + " claim tensor '" + name + "' " +
+    throw Error("[models] " + where + ": by " + fields + ", tensor '" + name + "' should be " +
                 tensor::shape_str(want) + ", but " + file + " holds it as " +
                 tensor::shape_str(*have));
 }

@@ -85,7 +85,7 @@ TEST(Limits, LlamaConfigClaimsMoreThanTheWeights) {
   // vocab_size x hidden_size must be the embedding the file holds.
   expect_error([&] { models::load_model(model_with(w, "tiny_llama", "vocab_size", int64_t{1} << 40).string()); },
                {"config.json", "fields 'vocab_size' and 'hidden_size'",
-                "tensor 'model.embed_tokens.weight' [1099511627776, 32]",
+                "tensor 'model.embed_tokens.weight' should be [1099511627776, 32]",
                 "model.safetensors holds it as [100, 32]"});
   // A product that overflows int64 (2^62 x 32) is refused the same way, before any multiplication.
   expect_error([&] { models::load_model(model_with(w, "tiny_llama", "hidden_size", int64_t{1} << 62).string()); },
@@ -93,7 +93,7 @@ TEST(Limits, LlamaConfigClaimsMoreThanTheWeights) {
   // num_hidden_layers: the file must hold the last layer.
   expect_error([&] { models::load_model(model_with(w, "tiny_llama", "num_hidden_layers", 1000000).string()); },
                {"config.json", "field 'num_hidden_layers'",
-                "tensor 'model.layers.999999.input_layernorm.weight'", "model.safetensors does not hold"});
+                "tensor 'model.layers.999999.input_layernorm.weight' should be [32]", "model.safetensors does not hold it"});
   // Sizes with no tensor of their own: at most 8 parameters per byte of the file's tensor data.
   expect_error([&] { models::load_model(model_with(w, "tiny_llama", "intermediate_size", int64_t{1} << 40).string()); },
                {"config.json", "'intermediate_size'", "parameters, beyond the limit of",
@@ -106,7 +106,7 @@ TEST(Limits, BertConfigClaimsMoreThanTheWeights) {
   Work w;
   expect_error([&] { models::load_model(model_with(w, "tiny_bert", "max_position_embeddings", 1000000000).string()); },
                {"config.json", "field 'max_position_embeddings'",
-                "position_embeddings.weight' [1000000000, ", "holds it as [64, "});
+                "position_embeddings.weight' should be [1000000000, ", "holds it as [64, "});
   expect_error([&] { models::load_model(model_with(w, "tiny_bert", "vocab_size", int64_t{1} << 50).string()); },
                {"config.json", "fields 'vocab_size' and 'hidden_size'", "word_embeddings.weight'"});
   expect_error([&] { models::load_model(model_with(w, "tiny_bert", "num_hidden_layers", 1 << 30).string()); },
@@ -146,7 +146,7 @@ TEST(Limits, GgufMetadataClaimsMoreThanTheTensors) {
   expect_error([&] { models::load_model(gguf_with("llama.embedding_length", io::GgufValue::u32(1u << 30),
                                                      {{"llama.attention.key_length", io::GgufValue::u32(8)}})); },
                {"llama.embedding_length.gguf", "key 'llama.embedding_length'",
-                "tensor 'token_embd.weight' [100, 1073741824]", "holds it as [100, 32]"});
+                "tensor 'token_embd.weight' should be [100, 1073741824]", "holds it as [100, 32]"});
   expect_error([&] { models::load_model(gguf_with("llama.block_count", io::GgufValue::u32(1u << 30))); },
                {"key 'llama.block_count'", "tensor 'blk.1073741823.attn_norm.weight'", "does not hold"});
   expect_error([&] { models::load_model(gguf_with("llama.feed_forward_length", io::GgufValue::u32(1u << 31))); },
