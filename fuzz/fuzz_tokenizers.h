@@ -1,6 +1,6 @@
 // The two fixed tokenizers the text/data targets run: WordPiece (BERT, the MiniLM tokenizer.json
 // when the models folder is there, else a small inline one) and byte-level BPE with a ChatML
-// template (SmolLM2-like).
+// template (the tiny Llama fixture's).
 #pragma once
 
 #include <filesystem>
@@ -30,29 +30,12 @@ inline const lorafit::text::Tokenizer& wordpiece() {
   return t;
 }
 
+// The tiny Llama tests' tokenizer (tests/fixtures/tokens/tiny_llama_bpe, also used by tests/train
+// and tests/mpi): byte-level BPE with ChatML special tokens and chat template. BPE merges on
+// arbitrary tokenizer.json files are fuzz_tokenizer_json's.
 inline const lorafit::text::Tokenizer& bpe() {
-  static const lorafit::text::Tokenizer t = [] {
-    std::string chars = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,:!?'-#";
-    std::string v = R"("<|im_start|>": 0, "<|im_end|>": 1, "\u0120": 2, "\u010a": 3)";
-    for (size_t i = 0; i < chars.size(); ++i)
-      v += ", \"" + std::string(1, chars[i]) + "\": " + std::to_string(4 + i);
-    v += R"(, "he": 200, "ll": 201, "hell": 202, "\u0120t": 203)";
-    return lorafit::text::Tokenizer::from_json(
-        R"({"added_tokens": [{"id": 0, "content": "<|im_start|>", "special": true, "single_word": false,
-             "lstrip": false, "rstrip": false, "normalized": false},
-            {"id": 1, "content": "<|im_end|>", "special": true, "single_word": false,
-             "lstrip": false, "rstrip": false, "normalized": false}],
-           "normalizer": null,
-           "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
-           "post_processor": null,
-           "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-           "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-                     "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
-                     "vocab": {)" + v + R"(}, "merges": ["h e", "l l", "he ll", "\u0120 t"]}})",
-        R"({"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "pad_token": "<|im_end|>",
-            "chat_template": "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"})",
-        "fuzz-bpe");
-  }();
+  static const lorafit::text::Tokenizer t = lorafit::text::Tokenizer::from_file(
+      std::string(LORAFIT_SOURCE_DIR) + "/tests/fixtures/tokens/tiny_llama_bpe");
   return t;
 }
 

@@ -13,7 +13,7 @@ TOTAL=${1:-180}
 BUILD=${2:-build-fuzz}
 CXX_FUZZ=${CXX_FUZZ:-$(command -v clang++-14 || command -v clang++)}
 CC_FUZZ=${CC_FUZZ:-$(command -v clang-14 || command -v clang)}
-TARGETS=(safetensors gguf json yaml adapter_config tokenizer_json tokenize chat data)
+TARGETS=(safetensors gguf json yaml adapter_config tokenizer_json tokenize chat data model_config)
 
 cmake -S . -B "$BUILD" -DLORAFIT_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCMAKE_CXX_COMPILER="$CXX_FUZZ" -DCMAKE_C_COMPILER="$CC_FUZZ" >/dev/null
@@ -34,6 +34,13 @@ done
 seed safetensors $F/io/ref.safetensors $F/models/tiny_bert/model.safetensors $F/adalora/*/adapter_model.safetensors
 seed gguf $F/io/ref.gguf $F/models/tiny_llama.gguf $F/models/tiny_llama_tied.gguf
 seed json $F/models/*/config.json $F/io/*.json
+# model_config: a first byte (0: BERT weights, 1: Llama weights) then the config.
+for m in tiny_bert tiny_roberta tiny_distilbert tiny_llama tiny_llama_bf16 tiny_llama_tied; do
+  [ -f $F/models/$m/config.json ] || continue
+  mkdir -p "$BUILD/corpus/model_config"
+  b=0; case $m in tiny_llama*) b=1;; esac
+  { printf "\\x0$b"; cat $F/models/$m/config.json; } > "$BUILD/corpus/model_config/$m.json"
+done
 seed adapter_config $(find $F -name adapter_config.json | head -20)
 seed tokenizer_json $(find $F -name 'tokenizer.json' -size -200k | head -10)
 seed yaml $(find examples docs tests -name '*.yaml' -size -20k 2>/dev/null | head -10)

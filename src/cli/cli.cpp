@@ -214,6 +214,14 @@ void Options::parse(int argc, char** argv) {
     const OptSpec& s = *opts[i].first;
     if (!std::strcmp(s.name, "config") || store[i]->empty()) continue;
     if (!std::strcmp(s.kind, "multi")) values_.erase(s.name);  // flags replace a config's list
+    // Given twice on the command line: which one was meant is a guess, so ask (a flag over a
+    // --config file's value is the documented override, and stays allowed).
+    if (std::strcmp(s.kind, "multi") != 0 && store[i]->size() > 1) {
+      std::string vals;
+      for (const auto& v : *store[i]) vals += (vals.empty() ? "'" : ", '") + v + "'";
+      throw Error("[" + cmd_ + "] --" + s.name + " is given " + std::to_string(store[i]->size()) +
+                  " times (" + vals + "); give it once");
+    }
     for (const auto& v : *store[i]) set(s, v, "", true);
   }
 }

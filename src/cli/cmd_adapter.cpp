@@ -138,6 +138,7 @@ int cmd_combine(const Options& o) {
   const std::string base = o.str("base"), out = o.str("out"), ws = o.str("weights");
   const std::string type = o.str("type");
   if (base.empty() || out.empty() || ws.empty()) {
+    std::fputs("lorafit adapter combine: --base, --weights and --out are required\n", stderr);
     std::fputs(kAdapterUsage, stderr);
     return 2;
   }
@@ -180,6 +181,16 @@ int cmd_combine(const Options& o) {
 }  // namespace
 
 int cmd_adapter(int argc, char** argv) {
+  if (argc == 2 && std::strcmp(argv[1], "--help") != 0 && std::strcmp(argv[1], "-h") != 0) {
+    // `lorafit adapter merge` alone: say what is missing before the usage.
+    static const char* const kSubs[] = {"info", "merge", "combine", "export-gguf", "convert-to-lora"};
+    bool known = false;
+    for (const char* k : kSubs) known = known || !std::strcmp(argv[1], k);
+    if (known) std::fprintf(stderr, "lorafit adapter %s: expected an adapter folder\n", argv[1]);
+    else std::fprintf(stderr, "lorafit adapter: unknown subcommand '%s'\n", argv[1]);
+    std::fputs(kAdapterUsage, stderr);
+    return 2;
+  }
   if (argc < 3 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") ||
       lorafit::cli::wants_help(argc, argv)) {
     std::fputs(kAdapterUsage, argc < 3 ? stderr : stdout);
@@ -257,6 +268,7 @@ int cmd_adapter(int argc, char** argv) {
       return 0;
     }
     if (base.empty() || out.empty()) {
+      std::fprintf(stderr, "lorafit adapter %s: --base and --out are required\n", sub.c_str());
       std::fputs(kAdapterUsage, stderr);
       return 2;
     }

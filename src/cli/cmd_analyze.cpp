@@ -143,6 +143,7 @@ int cmd_analyze(int argc, char** argv) {
       results.push_back(r);
     }
     if (base.empty() || out.empty() || results.empty()) {
+      std::fputs("lorafit analyze: --base, --result and --out are required\n", stderr);
       std::fputs(kAnalyzeUsage, stderr);
       return 2;
     }

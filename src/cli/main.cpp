@@ -1,4 +1,5 @@
 // lorafit command-line tool. Thin: parse arguments, call the library, print.
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -43,6 +44,9 @@ Not yet: QLoRA (a 4-bit NF4 base); GGUF bases in Q4_0/Q4_1/Q8_0 already train Lo
 }  // namespace
 
 int main(int argc, char** argv) {
+  // A file-size limit (ulimit -f) then fails the write with EFBIG, which the atomic writers
+  // report and clean up as they do a full disk, instead of killing the process mid-file.
+  std::signal(SIGXFSZ, SIG_IGN);
   if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") ||
       !std::strcmp(argv[1], "help")) {
     std::fputs(kUsage, stdout);

@@ -105,6 +105,10 @@ void AtomicWriter::commit() {
 }
 
 std::string read_file(const std::string& path) {
+  // A folder opens as a stream on Linux and reads as nothing: refuse it by name.
+  struct stat st {};
+  if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode))
+    throw Error("[io] " + path + ": is a folder, expected a file");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error("[io] " + path + ": cannot open: " + sys_error());
   std::ostringstream ss;
@@ -133,7 +137,7 @@ void write_folder_atomic(const std::string& dir,
   fs::create_directories(parent, ec);
   fs::remove_all(tmp, ec);
   if (!fs::create_directory(tmp, ec))
-    throw Error("[io] " + tmp.string() + ": cannot create folder: " + ec.message());
+    throw Error("[io] " + dir + ": cannot create folder " + tmp.string() + ": " + ec.message());
   auto check = [&](const std::error_code& e, const std::string& what) {
     if (e) throw Error("[io] " + dir + ": " + what + ": " + e.message());
   };

@@ -1,5 +1,6 @@
 // JSON files and typed field access with errors that name the file, the field and the type.
 #include <cmath>
+#include <cstdio>
 #include <limits>
 
 #include "lorafit/io.h"
@@ -69,6 +70,22 @@ std::string index_msg(size_t i, const char* expected, const json& v) {
   return m;
 }
 
+// nlohmann quotes the bytes it last read: from a binary file given as JSON they would reach the
+// terminal raw. Control and non-ASCII bytes become \xNN.
+std::string printable(const std::string& s) {
+  std::string out;
+  for (unsigned char c : s) {
+    if (c >= 0x20 && c < 0x7F) {
+      out.push_back(static_cast<char>(c));
+    } else {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02x", c);
+      out += buf;
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 const char* json_type_name(const json& v) {
@@ -108,7 +125,7 @@ json parse_json(std::string_view text, const std::string& origin) {
     size_t colon = c == std::string::npos ? std::string::npos : what.find(": ", c);
     if (colon != std::string::npos) what = what.substr(colon + 2);
     throw Error("[json] " + origin + ": line " + std::to_string(line) + ", column " +
-                std::to_string(col) + ": " + what);
+                std::to_string(col) + ": " + printable(what));
   }
   catch (const json::exception& e) {
     // Not a syntax error but a value the parser refuses (a number beyond 64 bits, ...): found
@@ -116,7 +133,7 @@ json parse_json(std::string_view text, const std::string& origin) {
     std::string what = e.what();
     const size_t br = what.find("] ");
     if (br != std::string::npos) what = what.substr(br + 2);
-    throw Error("[json] " + origin + ": " + what);
+    throw Error("[json] " + origin + ": " + printable(what));
   }
 }
 

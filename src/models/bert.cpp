@@ -29,6 +29,8 @@ struct BertNames {
   bool tanh_head = true;
 };
 
+constexpr int64_t kMaxLabels = int64_t{1} << 20;  // classes of a classification head
+
 const BertNames& names_of(const std::string& arch) {
   static const BertNames bert{"bert.",
                               "encoder.layer.",
@@ -381,6 +383,40 @@ std::unique_ptr<Model> load_bert_folder(const std::string& dir, const io::json& 
               "'embeddings.word_embeddings.weight') is missing: not a " +
               arch + " checkpoint?");
 
+  {  // limits before allocation: BertModel(c) allocates all the config claims
+    auto shape_of = [&st](const std::string& name) {
+      return st->contains(name) ? &st->entry(name).shape : nullptr;
+    };
+    const std::string h = distil ? "'dim'" : "'hidden_size'";
+    const std::string e = pre + "embeddings.";
+    check_claimed_shape(where, "fields 'vocab_size' and " + h, r.file,
+                        e + "word_embeddings.weight", shape_of(e + "word_embeddings.weight"),
+                        {c.vocab, c.hidden});
+    check_claimed_shape(where, "field 'max_position_embeddings'", r.file,
+                        e + "position_embeddings.weight",
+                        shape_of(e + "position_embeddings.weight"), {c.max_positions, c.hidden});
+    if (c.type_vocab > 0)
+      check_claimed_shape(where, "field 'type_vocab_size'", r.file,
+                          e + "token_type_embeddings.weight",
+                          shape_of(e + "token_type_embeddings.weight"), {c.type_vocab, c.hidden});
+    const std::string last =
+        pre + n.layer + std::to_string(c.n_layers - 1) + "." + n.out_norm + ".weight";
+    check_claimed_shape(where, distil ? "field 'n_layers'" : "field 'num_hidden_layers'", r.file,
+                        last, shape_of(last), {c.hidden});
+    const double H = static_cast<double>(c.hidden), I = static_cast<double>(c.intermediate);
+    const double params =
+        static_cast<double>(c.vocab + c.max_positions + c.type_vocab) * H +
+        static_cast<double>(c.n_layers) * (4 * H * H + 2 * H * I + 9 * H + I);
+    check_claimed_params(where,
+                         distil ? "the sizes (field 'hidden_dim')"
+                                : "the sizes (field 'intermediate_size')",
+                         params, folder_data_bytes(*st), r.file);
+    // A fresh classifier (labels x hidden) is not in the file: a fixed limit.
+    check(c.num_labels <= kMaxLabels,
+          where + ": " + std::to_string(c.num_labels) + " labels (field 'num_labels', 'id2label' "
+                  "or the data's label column) exceed the limit of " +
+              std::to_string(kMaxLabels));
+  }
   auto m = std::make_unique<BertModel>(c);
   m->set_dropout(hp, ap, cp);
   Model& dt = *m;

@@ -25,6 +25,7 @@ std::string resolve_model_path(const std::string& p) {
   if (!fs::exists(p))
     throw Error("[model] " + p +
                 ": not found (run `bash tools/fetch_models.sh` for the bundled models)");
+  if (!fs::is_directory(p)) detail::check_model_file(p);  // before a tokenizer is read from it
   return p;
 }
 

@@ -174,6 +174,19 @@ void check_llama_config(const ModelConfig& c, const std::string& where) {
   check(c.head_dim % 2 == 0, where + ": head_dim must be even for RoPE");
 }
 
+// The parameters LlamaModel(c) allocates (lm_head too, even when tied), in double: no overflow.
+double llama_params(const ModelConfig& c) {
+  const double V = static_cast<double>(c.vocab), H = static_cast<double>(c.hidden),
+               I = static_cast<double>(c.intermediate), D = static_cast<double>(c.head_dim);
+  const double q = static_cast<double>(c.n_heads) * D, kv = static_cast<double>(c.n_kv_heads) * D;
+  const double layer = 2 * H * q + 2 * H * kv + 3 * H * I + 2 * H + 2 * q + 2 * kv + 3 * I;
+  return 2 * V * H + static_cast<double>(c.n_layers) * layer + H;
+}
+
+const char* const kLlamaSizeFields =
+    "the sizes (fields 'intermediate_size', 'num_attention_heads', 'num_key_value_heads', "
+    "'head_dim')";
+
 // Loads every tensor given a name mapping HF -> file name. q/k rows are fixed by `fix_qk`.
 void load_llama_weights(LlamaModel& m, const WeightReader& r,
                         const std::function<std::string(const std::string&)>& file_name,
@@ -260,6 +273,19 @@ std::unique_ptr<Model> load_llama_folder(const std::string& dir, const io::json&
   if (!c.tied_embeddings)
     check(r.has("lm_head.weight"), r.file + ": tensor 'lm_head.weight' is missing and " + where +
                                        " does not set tie_word_embeddings");
+  {  // limits before allocation: LlamaModel(c) allocates all the config claims
+    auto shape_of = [&st](const std::string& n) {
+      return st->contains(n) ? &st->entry(n).shape : nullptr;
+    };
+    check_claimed_shape(where, "fields 'vocab_size' and 'hidden_size'", r.file,
+                        "model.embed_tokens.weight", shape_of("model.embed_tokens.weight"),
+                        {c.vocab, c.hidden});
+    const std::string last =
+        "model.layers." + std::to_string(c.n_layers - 1) + ".input_layernorm.weight";
+    check_claimed_shape(where, "field 'num_hidden_layers'", r.file, last, shape_of(last),
+                        {c.hidden});
+    check_claimed_params(where, kLlamaSizeFields, llama_params(c), folder_data_bytes(*st), r.file);
+  }
   auto m = std::make_unique<LlamaModel>(c);
   load_llama_weights(
       *m, r, [](const std::string& n) { return n; }, [](Tensor t, bool) { return t; });
@@ -296,6 +322,22 @@ std::unique_ptr<Model> load_llama_gguf(const io::GgufFile& f, const LoadOptions&
   c.tied_embeddings = !f.has_tensor("output.weight");
   c.attention_bias = f.has_tensor("blk.0.attn_q.bias");
   check_llama_config(c, where);
+  {  // limits before allocation: LlamaModel(c) allocates all the metadata claims
+    auto shape_of = [&f](const std::string& n) {
+      return f.has_tensor(n) ? &f.tensor_info(n).shape : nullptr;
+    };
+    check_claimed_shape(where, "key 'llama.embedding_length'", where, "token_embd.weight",
+                        shape_of("token_embd.weight"), {c.vocab, c.hidden});
+    const std::string last = "blk." + std::to_string(c.n_layers - 1) + ".attn_norm.weight";
+    check_claimed_shape(where, "key 'llama.block_count'", where, last, shape_of(last), {c.hidden});
+    uint64_t bytes = 0;
+    for (const io::GgufTensorInfo& t : f.tensors()) bytes += t.nbytes;
+    check_claimed_params(where,
+                         "the sizes (keys 'llama.feed_forward_length', "
+                         "'llama.attention.head_count', 'llama.attention.head_count_kv', "
+                         "'llama.attention.key_length')",
+                         llama_params(c), bytes, where);
+  }
 
   WeightReader r;
   r.file = where;

@@ -1,6 +1,9 @@
 // Model base, weight-reading helpers and the architecture registry (load_model).
 #include <cmath>
+#include <cstdio>
+#include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <map>
 
 #include "lorafit/quant.h"
@@ -58,6 +61,7 @@ std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& op
   std::error_code ec;
   detail::check(fs::exists(path, ec), path + ": no such file or folder");
   if (!fs::is_directory(path, ec)) {
+    detail::check_model_file(path);
     io::GgufFile f = io::GgufFile::open(path);
     std::string arch = f.get_string("general.architecture");
     if (arch == "llama") return detail::load_llama_gguf(f, opts);
@@ -79,6 +83,16 @@ std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& op
 }
 
 namespace detail {
+
+void check_model_file(const std::string& path) {
+  char magic[4] = {};
+  std::ifstream(path, std::ios::binary).read(magic, 4);
+  if (std::memcmp(magic, "GGUF", 4) != 0 && !path.ends_with(".gguf"))
+    throw Error("[models] " + path +
+                ": not a model: expected a .gguf file or a Hugging Face model folder "
+                "(config.json + model.safetensors)" +
+                (path.ends_with(".safetensors") ? "; give the folder that holds it" : ""));
+}
 
 Tensor owned_f32(const Tensor& t) {
   if (t.dtype() == DType::F32) return t.clone();
@@ -141,6 +155,41 @@ Tensor mask_f32(const Tensor& mask, int64_t B, int64_t T) {
   Tensor m = Tensor::empty({B, T});
   for (int64_t i = 0; i < B * T; ++i) m.f32()[i] = static_cast<float>(mask.i32()[i]);
   return m;
+}
+
+void check_claimed_shape(const std::string& where, const std::string& fields,
+                         const std::string& file, const std::string& name, const Shape* have,
+                         const Shape& want) {
+  if (!have)
+    throw Error("[models] " + where + ": by " + fields + ", tensor '" + name + "' should be " +
+                tensor::shape_str(want) + ", but " + file + " does not hold it");
+  if (*have != want)
+    throw Error("[models] " + where + ": by " + fields + ", tensor '" + name + "' should be " +
+                tensor::shape_str(want) + ", but " + file + " holds it as " +
+                tensor::shape_str(*have));
+}
+
+void check_claimed_params(const std::string& where, const std::string& fields, double params,
+                          uint64_t data_bytes, const std::string& file) {
+  const double limit = kMaxParamsPerByte * static_cast<double>(data_bytes);
+  if (!(params <= limit)) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%.4g", params);
+    throw Error("[models] " + where + ": " + fields + " imply " + buf +
+                " parameters, beyond the limit of " + std::to_string(static_cast<uint64_t>(limit)) +
+                " (" + std::to_string(static_cast<int>(kMaxParamsPerByte)) +
+                " per byte of the " + std::to_string(data_bytes) + " bytes of tensor data in " +
+                file + ")");
+  }
+}
+
+uint64_t folder_data_bytes(const io::SafetensorsFolder& f) {
+  uint64_t n = 0;
+  for (const std::string& name : f.names()) {
+    const io::SafetensorsEntry& e = f.entry(name);
+    n += e.end - e.begin;
+  }
+  return n;
 }
 
 WeightReader folder_reader(const std::shared_ptr<io::SafetensorsFolder>& f,

@@ -55,6 +55,29 @@ std::unique_ptr<Model> load_llama_folder(const std::string& dir, const io::json&
                                          const LoadOptions& opts);
 std::unique_ptr<Model> load_llama_gguf(const io::GgufFile& f, const LoadOptions& opts);
 
+// Limits before allocation. A model is built from its config (every parameter allocated) before
+// its weights are read, so what the config claims is first checked against the weight file's
+// tensor table (no tensor data is read). `where` is the config ("<dir>/config.json" or the GGUF
+// file), `fields` the config fields that size the tensor.
+//  - check_claimed_shape: tensor `name` of `file` must be there (have != nullptr) with shape
+//    `want`, e.g. vocab_size x hidden_size for the embedding, or a tensor of the last layer
+//    num_hidden_layers claims.
+//  - check_claimed_params: the parameters the config implies (counted in double, so no product
+//    overflows) must be at most kMaxParamsPerByte per byte of tensor data in the file: 1 bit a
+//    parameter, below any GGUF or bitsandbytes type.
+constexpr double kMaxParamsPerByte = 8.0;
+void check_claimed_shape(const std::string& where, const std::string& fields,
+                         const std::string& file, const std::string& name, const Shape* have,
+                         const Shape& want);
+void check_claimed_params(const std::string& where, const std::string& fields, double params,
+                          uint64_t data_bytes, const std::string& file);
+// The bytes of tensor data in a safetensors folder (sum over its tensors).
+uint64_t folder_data_bytes(const io::SafetensorsFolder& f);
+
+// A model given as a file must be a GGUF (by its magic or its .gguf name); anything else (a text
+// file, a lone model.safetensors) throws "[models] <path>: not a model: ...".
+void check_model_file(const std::string& path);
+
 // A safetensors folder as a WeightReader.
 WeightReader folder_reader(const std::shared_ptr<io::SafetensorsFolder>& f, const std::string& dir);
 

@@ -125,6 +125,15 @@ void AdapterConfig::validate(const std::string& where) const {
     bad("peft_type", "'" + peft_type + "' is not supported (\"LORA\" or \"ADALORA\")");
   if (is_adalora()) adalora_validate(*this, where);
   if (r <= 0) bad("r", "must be a positive integer, got " + std::to_string(r));
+  // Limits before allocation: an adapter's matrices are allocated from its ranks before any
+  // tensor is read, so a rank beyond every weight's size is refused here.
+  constexpr int64_t kMaxRank = int64_t{1} << 16;
+  auto rank_limit = [&](const std::string& field, int64_t v) {
+    if (v > kMaxRank) bad(field, std::to_string(v) + " exceeds the limit of " + std::to_string(kMaxRank));
+  };
+  rank_limit("r", r);
+  if (is_adalora()) rank_limit("init_r", init_r);
+  for (const auto& [k, v] : rank_pattern) rank_limit("rank_pattern." + k, v);
   if (!std::isfinite(lora_alpha)) bad("lora_alpha", "must be a finite number");
   if (!(lora_dropout >= 0.0 && lora_dropout < 1.0))
     bad("lora_dropout", "must be in [0, 1), got " + std::to_string(lora_dropout));

@@ -16,6 +16,9 @@ struct StrHash {
 using VocabMap = std::unordered_map<std::string, int32_t, StrHash, std::equal_to<>>;
 
 // Both models keep id -> token and token -> id; ids may have holes (then id_to_token is empty).
+// Unused ids a vocabulary may skip (HF vocabularies are dense; a few have small holes).
+constexpr int64_t kMaxIdHoles = int64_t{1} << 20;
+
 struct Vocab {
   VocabMap map;
   std::vector<std::string> tokens;
@@ -29,6 +32,13 @@ struct Vocab {
       if (!map.emplace(tok, id).second) fail(where + ": token '" + tok + "' appears twice");
       max_id = std::max(max_id, id);
     }
+    // id -> token is a table of max_id + 1 entries: a file's ids may leave holes, but not claim a
+    // table far larger than the vocabulary it lists (one id 2^31 - 1 would allocate 64 GiB).
+    const int64_t limit = static_cast<int64_t>(v.size()) + kMaxIdHoles;
+    if (max_id >= limit)
+      fail(where + ": model.vocab: id " + std::to_string(max_id) + " is beyond the limit of " +
+           std::to_string(limit) + " for a vocabulary of " + std::to_string(v.size()) +
+           " tokens (ids may leave at most " + std::to_string(kMaxIdHoles) + " unused)");
     tokens.resize(static_cast<size_t>(max_id + 1));
     present.assign(tokens.size(), 0);
     for (const auto& [tok, id] : v) {

@@ -1,5 +1,8 @@
 // Data: classification files (TSV/CSV/JSONL), plain text for causal LM, batching.
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
 #include <cstdio>
 #include <fstream>
 #include <numeric>
@@ -103,6 +106,17 @@ bool is_int(const std::string& s) {
   return std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
 }
 
+// A data file for reading; a folder (which opens as an empty stream) or a missing file is named.
+std::ifstream open_data(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec))
+    throw Error(std::string("[") + kOp + "] " + path + ": is a folder, expected a file");
+  std::ifstream in(path, std::ios::binary);
+  if (!in)
+    throw Error(std::string("[") + kOp + "] " + path + ": cannot open: " + std::strerror(errno));
+  return in;
+}
+
 struct RawRow {
   std::string text, pair, label;
   int64_t line;
@@ -113,8 +127,7 @@ struct RawRow {
 ClassificationData read_classification(const std::string& path, const ColumnOptions& cols,
                                        const std::vector<std::string>& label_names,
                                        bool require_label) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(std::string("[") + kOp + "] " + path + ": cannot open");
+  std::ifstream in = open_data(path);
   const std::string ext = lower_ext(path);
   const bool jsonl = ext == "jsonl" || ext == "json";
   const char sep = ext == "csv" ? ',' : '\t';
@@ -469,8 +482,7 @@ std::vector<Sample> read_instruction_data(const std::string& path, const text::T
                                           const text::ChatTemplate& tpl, size_t max_length,
                                           InstructionStats* stats, size_t max_line_bytes) {
   check(max_length >= 2, kOp, "max_length must be at least 2");
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(std::string("[") + kOp + "] " + path + ": cannot open");
+  std::ifstream in = open_data(path);
   InstructionStats st;
   std::vector<Sample> out;
   std::string line;

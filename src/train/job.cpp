@@ -28,6 +28,9 @@ namespace {
 // every other check passed, so a bad option never costs the user a previous run).
 void check_output_dir(const std::string& out, bool overwrite, bool resume, bool remove) {
   if (resume) return;
+  // A file in the way is never deleted, --overwrite or not: it is not a run folder.
+  if (fs::exists(out) && !fs::is_directory(out))
+    fail("output " + out + " exists and is not a folder; give a folder for --output");
   if (fs::exists(out) && !fs::is_empty(out)) {
     if (!overwrite)
       fail("output folder " + out +
@@ -359,6 +362,18 @@ std::unique_ptr<TrainingJob> TrainingJob::prepare(const RunParams& params) {
   if (!lm && model.is_causal_lm())
     fail("classification needs a BERT-family model; " + model_path + " is " + mc.arch +
          " (use a .txt file for LM training)");
+  if (!model.is_causal_lm()) {
+    // Learned positions (BERT family): a sample longer than the position table would fail at
+    // its first forward; refuse it before training, naming the limit.
+    size_t longest = 0;
+    for (const auto* v : {&tr, &va})
+      for (const Sample& s : *v) longest = std::max(longest, s.ids.size());
+    if (static_cast<int64_t>(longest) > mc.max_positions)
+      fail("a sample of " + std::to_string(longest) + " tokens (--max-length " +
+           std::to_string(p.max_length) + ") is beyond max_position_embeddings " +
+           std::to_string(mc.max_positions) + " of " + model_path +
+           ": use --max-length " + std::to_string(mc.max_positions) + " or less");
+  }
   if (p.attention == "s2") {
     // S²-Attn (LongLoRA): training only; nn::Attention attends fully outside ctx.training.
     auto* llama = dynamic_cast<models::LlamaModel*>(&model);

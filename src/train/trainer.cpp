@@ -196,7 +196,11 @@ TrainSummary run_training(Task& task, const nn::NamedParameters& params,
   check(!params.empty(), "train", "no trainable parameters");
   check(opt.grad_accum >= 1, "train", "grad_accum must be >= 1");
   const std::string out = opt.output_dir;
-  fs::create_directories(out);
+  {
+    std::error_code ec;
+    fs::create_directories(out, ec);
+    if (ec) throw Error("[train] output folder " + out + ": cannot create: " + ec.message());
+  }
 
   // Parameter groups by the role the owner gave each parameter: no weight decay on biases and
   // norms (as transformers' Trainer); LoRA+ (Hayou et al. 2024) trains lora_B with a larger

@@ -42,7 +42,8 @@ const std::vector<std::string> kWords = {"good", "bad",  "great", "awful", "movi
                                          "plot", "fine", "dull",  "fun",   "the",   "a",
                                          "is",   "was",  "very",  "not"};
 
-// The tiny BERT fixture with a WordPiece tokenizer over kWords and its dropout turned off.
+// The tiny BERT fixture with tests/fixtures/tokens/tiny_bert_wordpiece (a WordPiece tokenizer
+// over kWords) and its dropout turned off.
 fs::path tiny_bert() {
   static fs::path d = [] {
     fs::path dir = temp_dir("tiny_bert");
@@ -53,15 +54,8 @@ fs::path tiny_bert() {
     cfg["hidden_dropout_prob"] = 0.0;
     cfg["attention_probs_dropout_prob"] = 0.0;
     io::write_json_file((dir / "config.json").string(), cfg);
-    std::string v = R"("[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3)";
-    for (size_t i = 0; i < kWords.size(); ++i)
-      v += ", \"" + kWords[i] + "\": " + std::to_string(4 + i);
-    write(
-        dir / "tokenizer.json",
-        R"({"model": {"type": "WordPiece", "vocab": {)" + v +
-            R"(}, "unk_token": "[UNK]", "continuing_subword_prefix": "##", "max_input_chars_per_word": 100},
-  "normalizer": null, "pre_tokenizer": {"type": "BertPreTokenizer"},
-  "post_processor": {"type": "BertProcessing", "sep": ["[SEP]", 3], "cls": ["[CLS]", 2]}, "decoder": null})");
+    fs::copy_file(fs::path(LORAFIT_FIXTURES) / "tokens/tiny_bert_wordpiece/tokenizer.json",
+                  dir / "tokenizer.json");
     // Sentences of 3 to 9 words: the two halves of a batch pad to different lengths.
     std::string s = "label\tsentence\n";
     for (int i = 0; i < 72; ++i) {
@@ -78,35 +72,14 @@ fs::path tiny_bert() {
   return d;
 }
 
-// The tiny Llama fixture with a byte-level BPE over letters (as tests/train builds it).
+// The tiny Llama fixture with the byte-level BPE of tests/fixtures/tokens/tiny_llama_bpe.
 fs::path tiny_llama_dir() {
   static fs::path d = [] {
     fs::path dir = temp_dir("tiny_llama");
     for (auto f : {"config.json", "model.safetensors"})
       fs::copy_file(fs::path(LORAFIT_FIXTURES) / "models/tiny_llama" / f, dir / f);
-    std::string chars = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,:!?'-#";
-    std::string v = R"("<|im_start|>": 0, "<|im_end|>": 1, "\u0120": 2, "\u010a": 3)";
-    for (size_t i = 0; i < chars.size(); ++i) {
-      std::string c(1, chars[i]);
-      if (c == "\\" || c == "\"") c = "\\" + c;
-      v += ", \"" + c + "\": " + std::to_string(4 + i);
-    }
-    write(
-        dir / "tokenizer.json",
-        R"({"added_tokens": [{"id": 0, "content": "<|im_start|>", "special": true, "single_word": false,
-               "lstrip": false, "rstrip": false, "normalized": false},
-              {"id": 1, "content": "<|im_end|>", "special": true, "single_word": false,
-               "lstrip": false, "rstrip": false, "normalized": false}],
-             "normalizer": null,
-             "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
-             "post_processor": null, "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-             "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-                       "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
-                       "vocab": {)" +
-            v + R"(}, "merges": []}})");
-    write(dir / "tokenizer_config.json",
-          R"({"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "pad_token": "<|im_end|>",
-              "chat_template": "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"})");
+    for (auto f : {"tokenizer.json", "tokenizer_config.json"})
+      fs::copy_file(fs::path(LORAFIT_FIXTURES) / "tokens/tiny_llama_bpe" / f, dir / f);
     std::string text;
     for (int i = 0; i < 120; ++i) {
       const uint64_t r = nn::random_u64(5, static_cast<uint64_t>(i));
@@ -124,7 +97,8 @@ int train(int np, const fs::path& out, const std::string& extra, bool lm = false
   const fs::path m = lm ? tiny_llama_dir() : tiny_bert();
   std::string cmd = std::string(LORAFIT_BINARY) + " train --model " + m.string() + " --train " +
                     (m / (lm ? "train.txt" : "train.tsv")).string() +
-                    " --batch-size 8 --lora-dropout 0 --eval-every 3 --val-fraction 0.5 --quiet " +
+                    (extra.find("--batch-size") == std::string::npos ? " --batch-size 8" : "") +
+                    " --lora-dropout 0 --eval-every 3 --val-fraction 0.5 --quiet " +
                     extra + " --output " + out.string();
   if (np > 0)
     cmd = std::string(LORAFIT_MPIRUN) + " -np " + std::to_string(np) +

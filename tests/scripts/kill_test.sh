@@ -10,15 +10,11 @@ BIN=$1; SRC=$2; KILLS=${3:-200}; SEED=${4:-1}
 W=$(mktemp -d /tmp/lorafit_kill.XXXXXX)
 trap 'rm -rf "$W"' EXIT
 cp -r "$SRC/tests/fixtures/models/tiny_bert" "$W/m"
+cp "$SRC/tests/fixtures/tokens/tiny_bert_wordpiece/tokenizer.json" "$W/m/"
 python3 - "$W" <<'PY'
 import random, sys
 d = sys.argv[1]
 w = ["good","bad","great","awful","movie","film","plot","fine","dull","fun","the","a","is","was","very","not"]
-v = '"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3' + ''.join(', "%s": %d' % (x, 4 + i) for i, x in enumerate(w))
-open(d + "/m/tokenizer.json", "w").write(
-    '{"model": {"type": "WordPiece", "vocab": {' + v + '}, "unk_token": "[UNK]", "continuing_subword_prefix": "##",'
-    ' "max_input_chars_per_word": 100}, "normalizer": null, "pre_tokenizer": {"type": "BertPreTokenizer"},'
-    ' "post_processor": {"type": "BertProcessing", "sep": ["[SEP]", 3], "cls": ["[CLS]", 2]}, "decoder": null}')
 r = random.Random(1)
 with open(d + "/train.tsv", "w") as f:
     f.write("label\tsentence\n")

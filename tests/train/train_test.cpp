@@ -43,17 +43,6 @@ void expect_error(F f, std::initializer_list<std::string> parts) {
 const std::vector<std::string> kWords = {"good", "bad", "great", "awful", "movie", "film", "plot",
                                          "fine", "dull", "fun", "the", "a", "is", "was", "very", "not"};
 
-// A WordPiece tokenizer over kWords whose ids fit the tiny BERT's 99-row vocabulary.
-std::string tiny_tokenizer_json() {
-  std::string v = R"("[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3)";
-  for (size_t i = 0; i < kWords.size(); ++i) v += ", \"" + kWords[i] + "\": " + std::to_string(4 + i);
-  return R"({"model": {"type": "WordPiece", "vocab": {)" + v +
-         R"(}, "unk_token": "[UNK]", "continuing_subword_prefix": "##", "max_input_chars_per_word": 100},
-  "normalizer": null, "pre_tokenizer": {"type": "BertPreTokenizer"},
-  "post_processor": {"type": "BertProcessing", "sep": ["[SEP]", 3], "cls": ["[CLS]", 2]},
-  "decoder": null})";
-}
-
 // A sentiment-like TSV: label 1 when the sentence has a positive word.
 std::string synthetic_tsv(int n, uint64_t seed) {
   std::string s = "label\tsentence\n";
@@ -68,13 +57,16 @@ std::string synthetic_tsv(int n, uint64_t seed) {
   return s;
 }
 
-// A copy of the tiny BERT fixture with the tokenizer above.
+// A copy of the tiny BERT fixture with tests/fixtures/tokens/tiny_bert_wordpiece: a WordPiece
+// tokenizer over kWords whose ids fit the tiny BERT's 99-row vocabulary (also used by tests/mpi
+// and tests/scripts).
 fs::path tiny_model_dir() {
   static fs::path d = [] {
     fs::path dir = temp_dir("tiny_bert");
     for (auto f : {"config.json", "model.safetensors"})
       fs::copy_file(fs::path(LORAFIT_FIXTURES) / "models/tiny_bert" / f, dir / f);
-    write(dir / "tokenizer.json", tiny_tokenizer_json());
+    fs::copy_file(fs::path(LORAFIT_FIXTURES) / "tokens/tiny_bert_wordpiece/tokenizer.json",
+                  dir / "tokenizer.json");
     return dir;
   }();
   return d;
@@ -609,35 +601,17 @@ TEST(Cli, LoraResumeThroughTheCliIsExact) {
 
 namespace {
 
-// A byte-level BPE over letters, digits, a few marks, space and newline, with ChatML special
-// tokens: ids fit the tiny Llama's 100-row vocabulary. tokenizer_config.json carries a ChatML
-// chat template as Hugging Face folders do.
+// The tiny Llama fixture with tests/fixtures/tokens/tiny_llama_bpe: a byte-level BPE over
+// letters, digits, a few marks, space and newline, with ChatML special tokens (ids fit the tiny
+// Llama's 100-row vocabulary); its tokenizer_config.json carries a ChatML chat template as Hugging
+// Face folders do. The same files serve tests/mpi and fuzz/.
 fs::path tiny_llama_dir() {
   static fs::path d = [] {
     fs::path dir = temp_dir("tiny_llama_lm");
     for (auto f : {"config.json", "model.safetensors"})
       fs::copy_file(fs::path(LORAFIT_FIXTURES) / "models/tiny_llama" / f, dir / f);
-    std::string chars = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,:!?'-#";
-    std::string v = R"("<|im_start|>": 0, "<|im_end|>": 1, "\u0120": 2, "\u010a": 3)";
-    for (size_t i = 0; i < chars.size(); ++i) {
-      std::string c(1, chars[i]);
-      if (c == "\\" || c == "\"") c = "\\" + c;
-      v += ", \"" + c + "\": " + std::to_string(4 + i);
-    }
-    write(dir / "tokenizer.json",
-          R"({"added_tokens": [{"id": 0, "content": "<|im_start|>", "special": true, "single_word": false,
-               "lstrip": false, "rstrip": false, "normalized": false},
-              {"id": 1, "content": "<|im_end|>", "special": true, "single_word": false,
-               "lstrip": false, "rstrip": false, "normalized": false}],
-             "normalizer": null,
-             "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
-             "post_processor": null, "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-             "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-                       "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
-                       "vocab": {)" + v + R"(}, "merges": []}})");
-    write(dir / "tokenizer_config.json",
-          R"({"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "pad_token": "<|im_end|>",
-              "chat_template": "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"})");
+    for (auto f : {"tokenizer.json", "tokenizer_config.json"})
+      fs::copy_file(fs::path(LORAFIT_FIXTURES) / "tokens/tiny_llama_bpe" / f, dir / f);
     return dir;
   }();
   return d;
