@@ -7,7 +7,7 @@ and lorafit read each other's 4-bit folders and agree on the logits.
 
   1. `lorafit quantize MODEL --type T --output ours_T/` for T in nf4-dq, nf4, fp4;
      AutoModelForCausalLM.from_pretrained(ours_T) (bitsandbytes Linear4bit, fp32 compute) and
-     `lorafit logits --model ours_T` give the same logits (max abs error <= 2e-3: both dequantize
+     `lorafit logits --model ours_T` give the same logits (max abs error <= 5e-4: both dequantize
      the same codes exactly; only the fp32 summation order differs);
   2. transformers quantizes MODEL itself (BitsAndBytesConfig nf4, double quant) and
      save_pretrained(theirs/): `lorafit logits --model theirs` equals PyTorch's logits of that
@@ -18,6 +18,7 @@ Exit status 0 only when every check passes.
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,7 +27,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPTS = ["The capital of France is", "def fib(n):\n    return"]
-TOL = 2e-3
+TOL = 5e-4
 
 
 def run(cmd):
@@ -74,6 +75,8 @@ def main():
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
     from peft import LoraConfig, get_peft_model
     from safetensors import safe_open
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()
     kw = dict(dtype=torch.float32, device_map="cpu", attn_implementation="eager")
     with tempfile.TemporaryDirectory() as d:
         # 1. our folders in transformers
@@ -96,6 +99,9 @@ def main():
         m = fp32_kernels(AutoModelForCausalLM.from_pretrained(base, quantization_config=bnb, **kw).eval())
         theirs = os.path.join(d, "theirs")
         m.save_pretrained(theirs)
+        for f in os.listdir(base):  # save_pretrained writes no tokenizer: lorafit needs one
+            if f.startswith(("tokenizer", "special_tokens", "chat_template")):
+                shutil.copy(os.path.join(base, f), theirs)
         err = torch_logits(m, lorafit_logits(lorafit, theirs, os.path.join(d, "l.safetensors")))
         print(f"[bnb4] lorafit loads transformers' 4-bit folder: max |logits torch - lorafit| = "
               f"{err:.3g} (tol {TOL:g})")
