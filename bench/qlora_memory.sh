@@ -3,6 +3,7 @@
 # the peak RSS of a short LoRA run, fp32 base against --quantize nf4-dq (and nf4, q4_1).
 #
 #   bash bench/qlora_memory.sh [BUILD_DIR] [STEPS]      (defaults: build, 3)
+#   QUANTS="none nf4-dq nf4 q4_1" bash bench/qlora_memory.sh    (train runs; default none nf4-dq)
 #
 #   1. `lorafit info MODEL --quantize Q`: "weight memory: ... layer Linear weights X MiB = R x
 #      their F32 bytes" for SmolLM2-135M (F32 folder from tools/make_smollm2_hf.py) and MiniLM;
@@ -37,7 +38,7 @@ for m in "$SMOL" models/all-MiniLM-L6-v2; do
 done
 
 echo "== peak RSS of lorafit train (SmolLM2, LoRA r=8 all-linear, batch 4 x 256, $STEPS steps)"
-for q in none nf4-dq nf4 q4_1; do
+for q in ${QUANTS:-none nf4-dq}; do
   "$PY" - "$LORAFIT" "$SMOL" "$T/train.txt" "$T/run_$q" "$q" "$STEPS" <<'EOF'
 import resource, subprocess, sys, time
 lorafit, model, data, out, q, steps = sys.argv[1:]
