@@ -8,6 +8,9 @@
 #      and OLoRA runs trained by lorafit and their plain-LoRA conversion
 #      (tools/check_pissa_roundtrip.py), and transformers a merged classifier
 #      (tools/check_merged_classifier.py).
+#   4. QLoRA: transformers + bitsandbytes loads `lorafit quantize` folders of SmolLM2 with our
+#      logits, lorafit loads transformers' 4-bit folder and a PEFT QLoRA adapter on it with
+#      PyTorch's logits (tools/check_bnb4_interop.py).
 # The Python stack lives in a venv outside the clone, kept between runs
 # ($LORAFIT_VENV, default ~/.cache/lorafit/venv): the first run on a machine installs torch,
 # transformers, peft and gguf (tools/pyenv.sh) and builds llama-cpp-python from its PyPI sdist
@@ -51,5 +54,9 @@ echo "== [interop] PEFT loads PiSSA / OLoRA runs trained by lorafit, and their p
 
 echo "== [interop] a merged MiniLM classifier loads in transformers and predicts as lorafit does"
 "$PY" tools/check_merged_classifier.py "$BUILD" data/sst2
+
+echo "== [interop] QLoRA: bitsandbytes 4-bit folders both ways, a PEFT QLoRA adapter on our NF4 base"
+SMOL=$("$PY" tools/make_smollm2_hf.py --out runs/smollm2-f32 | tail -n 1)
+"$PY" tools/check_bnb4_interop.py "$BUILD" "$SMOL"
 
 echo "[interop] all checks passed"

@@ -179,6 +179,8 @@ class SafetensorsFile {
   Tensor get(const std::string& name) const;
   // F32 values: a view when stored F32, otherwise a converted copy.
   Tensor get_f32(const std::string& name) const;
+  // The stored bytes of any dtype (U8 included), as in the file.
+  std::vector<uint8_t> bytes(const std::string& name) const;
   // "__metadata__" (string to string); empty when absent.
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   const std::shared_ptr<const MappedFile>& mapping() const { return map_; }
@@ -199,6 +201,15 @@ class SafetensorsFile {
 void write_safetensors(const std::string& path,
                        const std::vector<std::pair<std::string, Tensor>>& tensors,
                        const std::map<std::string, std::string>& metadata = {});
+// The same for tensors given as bytes with any safetensors dtype name ("U8", "F32", ...):
+// bytes.size() must be numel(shape) x the dtype's size.
+struct SafetensorsBlob {
+  std::string name, dtype;
+  Shape shape;
+  std::vector<uint8_t> bytes;
+};
+void write_safetensors_blobs(const std::string& path, const std::vector<SafetensorsBlob>& tensors,
+                             const std::map<std::string, std::string>& metadata = {});
 
 // A Hugging Face model folder's weights: "model.safetensors", or the shards listed by
 // "model.safetensors.index.json" ("weight_map": name -> shard file). Also accepts a path to a
@@ -212,6 +223,7 @@ class SafetensorsFolder {
   const SafetensorsEntry& entry(const std::string& name) const;
   Tensor get(const std::string& name) const;
   Tensor get_f32(const std::string& name) const;
+  std::vector<uint8_t> bytes(const std::string& name) const;
   // Metadata of the first shard.
   const std::map<std::string, std::string>& metadata() const;
 
@@ -219,6 +231,35 @@ class SafetensorsFolder {
   std::vector<SafetensorsFile> files_;
   std::map<std::string, size_t> where_;  // tensor name -> index into files_
 };
+
+// ---------------------------------------------------------------------------------------------
+// bitsandbytes 4-bit weights in a safetensors folder (what transformers saves for a model loaded
+// with BitsAndBytesConfig(load_in_4bit=True)); bitsandbytes' QuantState.as_dict(packed=True):
+//   P                                  U8 [ceil(n/2), 1]  packed codes (first value high nibble)
+//   P.absmax                           F32 [blocks], or U8 [blocks] when double quantized
+//   P.quant_map                        F32 [16]   the NF4 / FP4 code values
+//   P.nested_absmax                    F32 [ceil(blocks/256)]   (double quantization only)
+//   P.nested_quant_map                 F32 [256]  the dynamic map  (double quantization only)
+//   P.quant_state.bitsandbytes__nf4    U8: JSON {"quant_type", "blocksize": 64, "dtype",
+//     (or __fp4)                        "shape": [out, in], "nested_blocksize": 256,
+//                                       "nested_dtype", "nested_offset"}
+// Only blocksize 64 / nested 256 with the standard maps are read (what bitsandbytes writes by
+// default); anything else is refused naming the tensor and field.
+// ---------------------------------------------------------------------------------------------
+// Whether `name` (e.g. "model.layers.0.mlp.up_proj.weight") is stored in that layout.
+bool is_bnb4_weight(const SafetensorsFolder& f, const std::string& name);
+// Whether `name` is one of the statistics tensors of such a weight (P.absmax, P.quant_state...).
+bool is_bnb4_state_name(const std::string& name);
+// The weight as a DType::NF4 tensor (tensor::quant4_tensor) of the shape in its quant_state.
+// `file` names the folder in messages.
+Tensor read_bnb4_weight(const SafetensorsFolder& f, const std::string& name,
+                        const std::string& file);
+// "NF4 (bitsandbytes)", "NF4-DQ (bitsandbytes)", "FP4 (bitsandbytes)": for `lorafit info`.
+std::string bnb4_type_name(const SafetensorsFolder& f, const std::string& name);
+// The tensors of a DType::NF4 weight under `name` in that layout, for write_safetensors_blobs;
+// dtype: the "dtype" recorded in the quant_state (the compute dtype torch restores: "float32").
+std::vector<SafetensorsBlob> bnb4_blobs(const std::string& name, const Tensor& w,
+                                        const std::string& dtype = "float32");
 
 // ---------------------------------------------------------------------------------------------
 // GGUF (v2 and v3 read, v3 written)

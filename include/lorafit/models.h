@@ -77,7 +77,26 @@ struct LoadOptions {
   uint64_t seed = 0;
   // Store every weight as F32 (for merging or full fine-tuning) instead of its stored dtype.
   bool dequantize = false;
+  // Quantize on load (`--quantize`): the Linear weights of the transformer layers (not the
+  // embeddings, lm_head or classification head) of a full-precision (F32/F16/BF16) Hugging Face
+  // folder are quantized as they are read: "nf4", "nf4-dq" (double-quantized statistics), "fp4"
+  // (bitsandbytes 4-bit, byte-identical to bitsandbytes' quantize_4bit of the fp32 values),
+  // "q8_0", "q4_0", "q4_1" (ggml blocks of 32; a weight whose rows are not whole blocks stays as
+  // stored). "" or "none": as stored. Weights already quantized in the file (a bitsandbytes
+  // 4-bit folder) are kept; a GGUF keeps its own types (any other value is refused for one).
+  // With dequantize, the quantized values are what becomes F32 (a merge onto the base a QLoRA
+  // adapter was trained on).
+  std::string quantize;
 };
+
+// Whether a module path is an output head that quantize-on-load leaves in full precision
+// (lm_head, classifier, pooler, pre_classifier, score), and that head's name ("" if none).
+bool is_head_module(const std::string& path);
+std::string head_module_name(const std::string& path);
+
+// The --quantize values, and a check of one (throws Error naming `what` and the choices).
+const std::vector<std::string>& quantize_choices();
+void check_quantize(const std::string& q, const std::string& what);
 
 using NamedLinears = std::vector<std::pair<std::string, nn::Linear*>>;
 

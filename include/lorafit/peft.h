@@ -323,8 +323,18 @@ void convert_to_lora(models::Model& base, const std::string& adapter_dir,
 // present). A BERT-family classifier gets its task in config.json: architectures
 // [<Bert|Roberta|DistilBert>ForSequenceClassification], num_labels, id2label / label2id (from
 // `labels`, else LABEL_i), so AutoModelForSequenceClassification loads it as trained. Atomic.
+//
+// weights: "f32" (default) or a bitsandbytes 4-bit type "nf4", "nf4-dq", "fp4": the layer Linear
+// weights (models::LoadOptions::quantize's choice of modules) are written in the transformers +
+// bitsandbytes 4-bit layout (io.h, bnb4_blobs; a weight already NF4 in memory is written as it
+// is, an F32 one is quantized) and config.json gets transformers' quantization_config
+// (BitsAndBytesConfig, load_in_4bit, llm_int8_skip_modules naming the Linears left in F32), so
+// AutoModel*.from_pretrained loads it quantized. as_base: write the model as the base folder
+// was (config.json's architectures and labels kept, heads the loader initialized left out), for
+// `lorafit quantize`.
 void save_merged_hf(models::Model& model, const std::string& base_dir, const std::string& out_dir,
-                    const std::vector<std::string>& labels = {});
+                    const std::vector<std::string>& labels = {},
+                    const std::string& weights = "f32", bool as_base = false);
 
 // How much writing merged weights as a quantized type moves them, relative to the adapter's own
 // change, per merged module: rounding = ‖Q(W') − W'‖_F, delta = ‖W' − W‖_F (W' the merged F32
@@ -342,6 +352,11 @@ struct MergeRounding {
 std::vector<MergeRounding> merge_rounding(models::Model& merged,
                                           const std::vector<std::pair<std::string, Tensor>>& before,
                                           tensor::DType type);
+// The same for a bitsandbytes 4-bit re-quantization ("nf4", "nf4-dq", "fp4"; whole weights, as
+// save_merged_hf writes them).
+std::vector<MergeRounding> merge_rounding(models::Model& merged,
+                                          const std::vector<std::pair<std::string, Tensor>>& before,
+                                          const std::string& quant4_type);
 // The ratio above which `lorafit adapter merge --type` refuses without --force: the rounding
 // would move a merged weight more than the adapter itself does. (The SmolLM2 adapter at
 // q4_1: 1.2-1.4, and llama.cpp's top token agreed with base + adapter 60% of the time.)

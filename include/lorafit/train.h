@@ -415,6 +415,10 @@ struct RunParams {
   // round(T * s2_ratio) tokens; evaluation and generation always attend fully.
   std::string attention = "full";
   double s2_ratio = 0.25;
+  // QLoRA: quantize the base's layer Linear weights on load (models::LoadOptions::quantize:
+  // none | nf4 | nf4-dq | fp4 | q8_0 | q4_0 | q4_1); recorded in lorafit_task.json, so eval,
+  // predict and generate load the same base by default.
+  std::string quantize = "none";
 };
 
 // The effective configuration as JSON (keys as the fields; "train" for train_data), written
@@ -485,6 +489,7 @@ struct EvalParams {
   int64_t block_size = 0;     // 0: as trained, else 128
   std::string chat_template;  // "": as trained, else auto
   std::string text_column, text_pair_column, label_column;
+  std::string quantize;  // models::LoadOptions::quantize; "": as the adapter was trained, else none
 };
 
 struct EvalReport {
@@ -516,6 +521,7 @@ struct GenerateParams {
   bool chat = false;   // the prompt is a user message in the chat template
   std::string system;  // with chat
   std::string chat_template = "auto";
+  std::string quantize;  // as EvalParams::quantize
 };
 // Generates text; on_text(piece) receives the continuation as it grows (decoded whole each time,
 // so BPE bytes that join are shown once complete). Returns the whole continuation.

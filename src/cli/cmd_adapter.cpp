@@ -23,10 +23,15 @@ const char* kAdapterUsage = R"(Usage:
       adapter_config.json fields, tensors and sizes; with --base (default: the config's
       base_model_name_or_path when it exists) also checks the adapter fits the model and prints
       PEFT's trainable-parameter line.
-  lorafit adapter merge ADAPTER_DIR --base MODEL_DIR --out OUT_DIR
+  lorafit adapter merge ADAPTER_DIR --base MODEL_DIR --out OUT_DIR [--quantize Q] [--type T]
       W += s·B·A for every LoRA module, then writes a plain Hugging Face folder (tokenizer files
       copied, model.safetensors in F32). config.json is the base's; a classifier's names its task
       (e.g. BertForSequenceClassification, num_labels, id2label/label2id from the run's labels).
+      A quantized base (a bitsandbytes 4-bit folder, or --quantize: default as the run was trained
+      with train --quantize) is merged as the adapter saw it: W = its dequantized values.
+      --type nf4-dq|nf4|fp4 re-quantizes the merged layer weights into the bitsandbytes 4-bit
+      layout (as lorafit quantize), after printing how far the rounding moves them relative to
+      the adapter's own change (as for a GGUF below; refused above 1 unless --force).
   lorafit adapter merge ADAPTER_DIR --base MODEL.gguf --out OUT.gguf [--type f16] [--force]
       Same for a GGUF base (Llama family): a plain GGUF with every metadata key (tokenizer
       included) copied, the merged weights stored as --type (f32, f16, q8_0, q4_0, q4_1; default
@@ -74,6 +79,18 @@ std::vector<std::string> run_labels(const std::string& dir) {
   return {};
 }
 
+// The --quantize a lorafit run trained with (lorafit_task.json "quantize"), else "none".
+std::string run_quantize(const std::string& dir) {
+  namespace fs = std::filesystem;
+  for (auto p : {fs::path(dir) / "lorafit_task.json",
+                 fs::path(dir).parent_path() / "final" / "lorafit_task.json"}) {
+    if (!fs::exists(p)) continue;
+    auto j = lorafit::io::read_json_file(p.string());
+    if (j.contains("quantize") && j["quantize"].is_string()) return j["quantize"].get<std::string>();
+  }
+  return "none";
+}
+
 // Clones of the base weights an adapter folder targets (before loading it: a PiSSA / OLoRA load
 // changes them), for measuring the adapter's own change after merging.
 std::vector<std::pair<std::string, lorafit::tensor::Tensor>> targeted_weights(
@@ -96,9 +113,13 @@ const std::vector<OptSpec> kMergeOpts = {
     {"base", "str", "", "the base model folder or .gguf (required)"},
     {"out", "str", "", "output folder (HF base) or .gguf file (GGUF base) (required)"},
     {"type", "str", "f16",
-     "GGUF base: dtype of the merged weights: f32 | f16 | q8_0 | q4_0 | q4_1"},
+     "dtype of the merged weights: GGUF base f32 | f16 (default) | q8_0 | q4_0 | q4_1; "
+     "folder base f32 (default) | nf4-dq | nf4 | fp4"},
     {"force", "bool", "false",
-     "GGUF base: write the merge even when rounding moves the weights more than the adapter does"}};
+     "write the merge even when rounding moves the weights more than the adapter does"},
+    {"quantize", "str", "",
+     "folder base: quantize it on load as the adapter was trained (default: the run's "
+     "lorafit_task.json, else none)"}};
 const std::vector<OptSpec> kConvertOpts = {
     {"base", "str", "", "the original base model (required)"},
     {"out", "str", "", "output PEFT folder of the plain LoRA (required)"},
@@ -324,16 +345,50 @@ int cmd_adapter(int argc, char** argv) {
       return 0;
     }
     if (sub == "merge") {
+      const std::string t = o.has("type") ? o.str("type") : "f32";
+      if (t != "f32" && t != "nf4-dq" && t != "nf4" && t != "fp4")
+        throw lorafit::Error("[adapter] --type: '" + t +
+                             "' is not one of f32, nf4-dq, nf4, fp4 for a model folder base");
       lorafit::models::LoadOptions lo;
       lo.dequantize = true;
       lo.num_labels = peft::adapter_num_labels(dir);
+      lo.quantize = o.str("quantize").empty() ? run_quantize(dir) : o.str("quantize");
+      lorafit::models::check_quantize(lo.quantize, "[adapter] merge --quantize");
       auto model = lorafit::models::load_model(base, lo);
+      std::vector<std::pair<std::string, lorafit::tensor::Tensor>> before;
+      if (t != "f32") {
+        before = targeted_weights(*model, dir);
+        // Only the weights the 4-bit layout quantizes count (heads stay F32).
+        std::vector<std::pair<std::string, lorafit::tensor::Tensor>> q;
+        for (auto& [p, w] : before)
+          if (!lorafit::models::is_head_module(p) && w.dim(1) % 2 == 0) q.emplace_back(p, w);
+        before = std::move(q);
+      }
       {
         auto pm = peft::PeftModel::from_pretrained(*model, dir);
         pm->merge_and_unload();
       }
-      peft::save_merged_hf(*model, base, out, run_labels(dir));
-      std::printf("merged %s into %s -> %s\n", dir.c_str(), base.c_str(), out.c_str());
+      if (!before.empty()) {
+        auto rep = peft::merge_rounding(*model, before, t);
+        before.clear();
+        const auto& w = rep.front();
+        std::printf(
+            "rounding to %s moves the merged weights by up to %.3g x the adapter's own change "
+            "(worst: %s, |Q(W+dW) - (W+dW)| = %.4g, |dW| = %.4g)\n",
+            t.c_str(), w.ratio(), w.module.c_str(), w.rounding, w.delta);
+        std::fflush(stdout);
+        if (w.ratio() > peft::kMergeRoundingLimit && !o.flag("force"))
+          throw lorafit::Error(
+              "[adapter] merge --type " + t + ": rounding to " + t + " changes module " +
+              w.module + " by " + num(w.ratio()) + " times as much as the adapter does (limit " +
+              num(peft::kMergeRoundingLimit) +
+              "), so the merged model would mostly lose the adapter; use --type f32 (or keep "
+              "the adapter separate on the quantized base), or pass --force to write it anyway");
+      }
+      peft::save_merged_hf(*model, base, out, run_labels(dir), t);
+      std::printf("merged %s into %s%s -> %s%s\n", dir.c_str(), base.c_str(),
+                  lo.quantize == "none" ? "" : (" (quantized " + lo.quantize + ")").c_str(),
+                  out.c_str(), t == "f32" ? "" : (" (layer weights " + t + ")").c_str());
       return 0;
     }
     if (sub == "convert-to-lora") {

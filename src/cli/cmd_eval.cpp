@@ -30,6 +30,9 @@ const std::vector<OptSpec> kEvalOpts = {
     {"text-column", "str", "", "text column"},
     {"text-pair-column", "str", "", "second text column"},
     {"label-column", "str", "", "label column"},
+    {"quantize", "str", "",
+     "quantize the base on load: none | nf4 | nf4-dq | fp4 | q8_0 | q4_0 | q4_1 (default: as "
+     "the adapter was trained, else none)"},
     {"threads", "int", "0", "compute threads (0: all cores)"},
 };
 
@@ -46,6 +49,7 @@ train::EvalParams eval_params(const Options& o) {
   p.text_column = o.str("text-column");
   p.text_pair_column = o.str("text-pair-column");
   p.label_column = o.str("label-column");
+  p.quantize = o.str("quantize");
   return p;
 }
 

@@ -27,6 +27,9 @@ const std::vector<OptSpec> kGenOpts = {
      "send --prompt as a user message through the chat template; print only the reply"},
     {"system", "str", "", "with --chat: a system message"},
     {"chat-template", "str", "auto", "with --chat: auto (the model's) | chatml | llama3 | plain"},
+    {"quantize", "str", "",
+     "quantize the base on load: none | nf4 | nf4-dq | fp4 | q8_0 | q4_0 | q4_1 (default: as "
+     "the adapter was trained, else none)"},
     {"threads", "int", "0", "compute threads (0: all cores)"},
 };
 
@@ -56,6 +59,7 @@ int cmd_generate(int argc, char** argv) {
     p.model = o.str("model");
     p.adapter = o.str("adapter");
     p.prompt = o.str("prompt");
+    p.quantize = o.str("quantize");
     p.sampling.max_new_tokens = o.integer("max-new-tokens");
     p.sampling.temperature = o.number("temperature");
     p.sampling.top_k = o.integer("top-k");

@@ -8,6 +8,7 @@
 
 #include "cli/cli.h"
 #include "lorafit/models.h"
+#include "lorafit/quant.h"
 
 namespace {
 
@@ -46,22 +47,29 @@ std::string pattern_of(const std::string& path) {
 int cmd_info(int argc, char** argv) {
   if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
     std::fputs(
-        "Usage: lorafit info PATH\n"
+        "Usage: lorafit info PATH [--quantize TYPE]\n"
         "  PATH: a Hugging Face model folder (config.json + model.safetensors), a .gguf file, or "
         "a folder\n  holding one .gguf.\n  Prints the architecture, sizes, parameter count, stored dtypes and the "
-        "Linear modules\n  that adapters can target (target_modules).\n",
+        "Linear modules\n  that adapters can target (target_modules), with the dtype each is held in and the bytes\n"
+        "  of the weights in memory. --quantize nf4|nf4-dq|fp4|q8_0|q4_0|q4_1: as train --quantize\n"
+        "  would load it.\n",
         argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;
   }
   try {
-    lorafit::cli::Options o({}, "info", false);
+    lorafit::cli::Options o({{"quantize", "str", "none", "quantize on load as train does"}}, "info",
+                            false);
     o.parse(argc, argv);
     if (o.positional.size() != 1)
       throw lorafit::Error(
           "[info] expected one PATH (a model folder, a .gguf, or a folder holding one .gguf), "
           "got " +
           std::to_string(o.positional.size()));
-    auto model = lorafit::models::load_model(lorafit::models::resolve_model_path(o.positional[0]));
+    lorafit::models::LoadOptions lo;
+    lo.quantize = o.str("quantize");
+    lorafit::models::check_quantize(lo.quantize, "[info] --quantize");
+    auto model =
+        lorafit::models::load_model(lorafit::models::resolve_model_path(o.positional[0]), lo);
     const auto& c = model->config();
     std::printf("path:          %s (%s)\n", c.source.c_str(), c.format.c_str());
     std::printf("architecture:  %s\n", c.arch.c_str());
@@ -87,6 +95,26 @@ int cmd_info(int argc, char** argv) {
     std::printf("stored dtypes:");
     for (const auto& [dt, n] : dtypes) std::printf(" %s x %d", dt.c_str(), n);
     std::printf("\n");
+    // Bytes held in memory by the weights (a tied lm_head counted once), and by the Linear
+    // weights of the layers against their F32 size.
+    {
+      size_t all = 0, lin = 0, lin32 = 0;
+      std::map<const void*, bool> seen;
+      auto bytes_of = [](const lorafit::tensor::Tensor& t) {
+        return t.dtype() == lorafit::tensor::DType::NF4 ? lorafit::tensor::quant4_state(t).nbytes()
+                                                        : t.nbytes();
+      };
+      for (auto& [name, p] : model->named_parameters())
+        if (!seen[p->value.raw()]) seen[p->value.raw()] = true, all += bytes_of(p->value);
+      for (auto& [path, l] : model->linears()) {
+        if (lorafit::models::is_head_module(path)) continue;
+        lin += bytes_of(l->weight.value);
+        lin32 += static_cast<size_t>(l->weight.value.numel()) * 4;
+      }
+      std::printf("weight memory: %.2f MiB; layer Linear weights %.2f MiB = %.4fx their F32 bytes\n",
+                  all / 1048576.0, lin / 1048576.0,
+                  lin32 ? static_cast<double>(lin) / static_cast<double>(lin32) : 0.0);
+    }
     if (!model->initialized().empty()) {
       std::printf("not in the checkpoint (freshly initialized):");
       for (const auto& n : model->initialized()) std::printf(" %s", n.c_str());

@@ -45,6 +45,8 @@ const std::vector<lorafit::cli::OptSpec> kLogitsOpts = {
      "write a safetensors file: ids.<i> (I32 [T_i]) and logits.<i> (F32) per prompt i, metadata "
      "model/adapters/route"},
     {"threads", "int", "0", "compute threads (0: all cores)"},
+    {"quantize", "str", "none",
+     "quantize the base on load: none | nf4 | nf4-dq | fp4 | q8_0 | q4_0 | q4_1"},
 };
 
 std::vector<std::string> split(const std::string& s, char c) {
@@ -94,6 +96,8 @@ int cmd_logits(int argc, char** argv) {
     lorafit::kernels::set_num_threads(static_cast<int>(threads));
     models::LoadOptions lo;
     lo.num_labels = num_labels;
+    lo.quantize = o.str("quantize");
+    lorafit::models::check_quantize(lo.quantize, "[logits] --quantize");
     auto loaded = lorafit::train::open_model(model_path, lo);
     model_path = loaded.path;
     auto& model = loaded.model;

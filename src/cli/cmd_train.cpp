@@ -91,6 +91,9 @@ const std::vector<OptSpec> kTrainOpts = {
     {"attention", "str", "full",
      "LM training attention: full | s2 (LongLoRA's shifted sparse attention; eval is always full)"},
     {"s2-ratio", "num", "0.25", "--attention s2: group size as a fraction of the block"},
+    {"quantize", "str", "none",
+     "quantize the base's layer Linears on load (QLoRA): none | nf4 | nf4-dq | fp4 | q8_0 | "
+     "q4_0 | q4_1 (a Hugging Face folder; a GGUF keeps its types)"},
 };
 
 const char* kTrainUsage = R"(Usage: lorafit train --model PATH --train FILE --output DIR [options]
@@ -176,6 +179,7 @@ train::RunParams run_params(const Options& o) {
   p.stop_after = o.integer("stop-after");
   p.attention = o.str("attention");
   p.s2_ratio = o.number("s2-ratio");
+  p.quantize = o.str("quantize");
   return p;
 }
 

@@ -15,6 +15,7 @@ int cmd_adapter(int argc, char** argv);  // cmd_adapter.cpp
 int cmd_logits(int argc, char** argv);   // cmd_logits.cpp
 int cmd_analyze(int argc, char** argv);  // cmd_analyze.cpp
 int cmd_report(int argc, char** argv);   // cmd_report.cpp
+int cmd_quantize(int argc, char** argv);  // cmd_quantize.cpp
 
 namespace {
 
@@ -35,10 +36,13 @@ Commands:
   logits           logits of prompts (+ adapters, or one adapter per prompt: mixed batch)
   analyze          DoRA's magnitude/direction analysis of fine-tuned weights (CSV + SVG)
   report RUN_DIR…  an HTML report of training runs (several: side by side in one page)
+  quantize MODEL   write a Hugging Face folder in the bitsandbytes 4-bit layout (NF4 / FP4)
 
 Each command explains itself: lorafit <command> --help
 
-Not yet: QLoRA (a 4-bit NF4 base); GGUF bases in Q4_0/Q4_1/Q8_0 already train LoRA on top.
+QLoRA: train --quantize nf4-dq (or nf4, fp4, q8_0, q4_0, q4_1) quantizes a Hugging Face base on
+load; a bitsandbytes 4-bit folder (lorafit quantize, or saved by transformers) and GGUF bases in
+Q4_0/Q4_1/Q8_0 train LoRA on top as stored.
 )";
 
 }  // namespace
@@ -65,6 +69,7 @@ int main(int argc, char** argv) {
   if (!std::strcmp(argv[1], "logits")) return cmd_logits(argc - 1, argv + 1);
   if (!std::strcmp(argv[1], "analyze")) return cmd_analyze(argc - 1, argv + 1);
   if (!std::strcmp(argv[1], "report")) return cmd_report(argc - 1, argv + 1);
+  if (!std::strcmp(argv[1], "quantize")) return cmd_quantize(argc - 1, argv + 1);
   std::fprintf(stderr, "lorafit: unknown command '%s' (try lorafit --help)\n", argv[1]);
   return 2;
 }

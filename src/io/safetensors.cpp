@@ -206,12 +206,54 @@ Tensor SafetensorsFile::get(const std::string& name) const {
   return t;
 }
 
+std::vector<uint8_t> SafetensorsFile::bytes(const std::string& name) const {
+  const SafetensorsEntry& e = entry(name);
+  const uint8_t* p = map_->data() + data_start_ + e.begin;
+  return std::vector<uint8_t>(p, p + (e.end - e.begin));
+}
+
 Tensor SafetensorsFile::get_f32(const std::string& name) const {
   Tensor t = get(name);
   if (t.dtype() == DType::F32) return t;
   if (t.dtype() == DType::I32)
     fail(path_, "tensor '" + name + "': dtype '" + entry(name).dtype_name + "' is not a float type");
   return t.to(DType::F32);
+}
+
+void write_safetensors_blobs(const std::string& path, const std::vector<SafetensorsBlob>& tensors,
+                             const std::map<std::string, std::string>& metadata) {
+  nlohmann::ordered_json header = nlohmann::ordered_json::object();
+  if (!metadata.empty()) {
+    nlohmann::ordered_json m = nlohmann::ordered_json::object();
+    for (const auto& [k, v] : metadata) m[k] = v;
+    header["__metadata__"] = std::move(m);
+  }
+  uint64_t offset = 0;
+  for (const auto& t : tensors) {
+    if (t.name.empty()) fail(path, "tensor with an empty name");
+    if (t.name == "__metadata__") fail(path, "'__metadata__' cannot be a tensor name");
+    if (header.contains(t.name)) fail(path, "tensor '" + t.name + "' appears twice");
+    const int64_t es = st_dtype_size(t.dtype);
+    if (es == 0) fail(path, "tensor '" + t.name + "': unknown dtype '" + t.dtype + "'");
+    if (static_cast<uint64_t>(tensor::shape_numel(t.shape) * es) != t.bytes.size())
+      fail(path, "tensor '" + t.name + "': " + std::to_string(t.bytes.size()) +
+                     " bytes do not fit " + t.dtype + tensor::shape_str(t.shape));
+    nlohmann::ordered_json e = nlohmann::ordered_json::object();
+    e["dtype"] = t.dtype;
+    e["shape"] = t.shape;
+    e["data_offsets"] = {offset, offset + t.bytes.size()};
+    header[t.name] = std::move(e);
+    offset += t.bytes.size();
+  }
+  std::string h = header.dump();
+  h.append((8 - h.size() % 8) % 8, ' ');
+  uint8_t len[8];
+  for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(static_cast<uint64_t>(h.size()) >> (8 * i));
+  AtomicWriter w(path);
+  w.write(len, 8);
+  w.write(h);
+  for (const auto& t : tensors) w.write(t.bytes.data(), t.bytes.size());
+  w.commit();
 }
 
 void write_safetensors(const std::string& path,
@@ -320,6 +362,11 @@ const SafetensorsEntry& SafetensorsFolder::entry(const std::string& name) const 
 Tensor SafetensorsFolder::get(const std::string& name) const {
   entry(name);
   return files_[where_.at(name)].get(name);
+}
+
+std::vector<uint8_t> SafetensorsFolder::bytes(const std::string& name) const {
+  entry(name);
+  return files_[where_.at(name)].bytes(name);
 }
 
 Tensor SafetensorsFolder::get_f32(const std::string& name) const {

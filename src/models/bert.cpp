@@ -372,6 +372,7 @@ std::unique_ptr<Model> load_bert_folder(const std::string& dir, const io::json& 
   auto st = std::make_shared<io::SafetensorsFolder>(io::SafetensorsFolder::open(dir));
   WeightReader r = folder_reader(st, dir);
   r.dequantize = opts.dequantize;
+  r.quantize = opts.quantize;
   // *ForSequenceClassification keys carry the prefix ("bert."); a bare BertModel's do not.
   std::string pre;
   if (r.has(n.prefix + "embeddings.word_embeddings.weight"))

@@ -270,6 +270,7 @@ std::unique_ptr<Model> load_llama_folder(const std::string& dir, const io::json&
   auto st = std::make_shared<io::SafetensorsFolder>(io::SafetensorsFolder::open(dir));
   WeightReader r = folder_reader(st, dir);
   r.dequantize = opts.dequantize;
+  r.quantize = opts.quantize;
   if (!c.tied_embeddings)
     check(r.has("lm_head.weight"), r.file + ": tensor 'lm_head.weight' is missing and " + where +
                                        " does not set tie_word_embeddings");

@@ -57,11 +57,47 @@ std::vector<std::string> supported_architectures() {
   return {"bert", "roberta", "distilbert", "llama"};
 }
 
+std::string head_module_name(const std::string& path) {
+  // Path components, so that "classifier" never matches inside another name.
+  size_t a = 0;
+  while (a <= path.size()) {
+    size_t b = path.find('.', a);
+    if (b == std::string::npos) b = path.size();
+    const std::string part = path.substr(a, b - a);
+    for (const char* h : {"lm_head", "classifier", "pooler", "pre_classifier", "score"})
+      if (part == h) return part;
+    a = b + 1;
+  }
+  return "";
+}
+
+bool is_head_module(const std::string& path) { return !head_module_name(path).empty(); }
+
+const std::vector<std::string>& quantize_choices() {
+  static const std::vector<std::string> v = {"nf4", "nf4-dq", "fp4", "q8_0", "q4_0", "q4_1",
+                                             "none"};
+  return v;
+}
+
+void check_quantize(const std::string& q, const std::string& what) {
+  if (q.empty()) return;
+  for (const auto& c : quantize_choices())
+    if (q == c) return;
+  std::string all;
+  for (const auto& c : quantize_choices()) all += (all.empty() ? "" : ", ") + c;
+  throw Error(what + ": '" + q + "' is not a quantization type (expected one of " + all + ")");
+}
+
 std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& opts) {
   std::error_code ec;
   detail::check(fs::exists(path, ec), path + ": no such file or folder");
+  check_quantize(opts.quantize, "[models] quantize");
   if (!fs::is_directory(path, ec)) {
     detail::check_model_file(path);
+    detail::check(opts.quantize.empty() || opts.quantize == "none",
+                  path + ": --quantize " + opts.quantize +
+                      " applies to a full-precision Hugging Face folder; a GGUF keeps the types "
+                      "it stores (use --quantize none)");
     io::GgufFile f = io::GgufFile::open(path);
     std::string arch = f.get_string("general.architecture");
     if (arch == "llama") return detail::load_llama_gguf(f, opts);
@@ -109,6 +145,8 @@ Tensor owned_linear_weight(const Tensor& t) {
     case DType::Q4_0:
     case DType::Q4_1:
       return t.clone();
+    case DType::NF4:
+      return t;  // immutable, its state owned by the tensor's keepalive
     default:
       break;
   }
@@ -125,10 +163,46 @@ Tensor read_weight(const WeightReader& r, const std::string& name, const Shape& 
   return keep_dtype && !r.dequantize ? owned_linear_weight(t) : owned_f32(t);
 }
 
+
+Tensor quantize_weight(const Tensor& w, const std::string& type) {
+  if (type == "nf4" || type == "nf4-dq" || type == "fp4") {
+    if (w.dim(-1) % 2 != 0) return w;  // two codes per byte along a row
+    Tensor f = w.dtype() == DType::F32 ? w : w.to(DType::F32);
+    tensor::Quant4 q = tensor::quantize_4bit(
+        f.f32(), f.numel(), type == "fp4" ? tensor::Quant4Type::FP4 : tensor::Quant4Type::NF4,
+        type == "nf4-dq");
+    return tensor::quant4_tensor(std::move(q), w.shape());
+  }
+  const DType t = type == "q8_0" ? DType::Q8_0 : type == "q4_0" ? DType::Q4_0 : DType::Q4_1;
+  if (w.dim(-1) % tensor::kQK != 0) return w;  // rows must be whole blocks of 32
+  return tensor::quantize(w, t);
+}
+
 void load_linear(const WeightReader& r, const std::string& name, nn::Linear& lin, Model& m,
                  const std::string& hf_name) {
-  lin.weight.value = read_weight(r, name + ".weight", {lin.out_features(), lin.in_features()}, true,
-                                 m, hf_name + ".weight");
+  const bool quantize = !r.quantize.empty() && r.quantize != "none" && !is_head_module(hf_name);
+  if (quantize) {
+    const std::string key = name + ".weight";
+    check(r.has(key), r.file + ": tensor '" + key + "' is missing");
+    Tensor t = r.get(key);
+    const Shape want{lin.out_features(), lin.in_features()};
+    check(t.shape() == want, r.file + ": tensor '" + key + "' is " +
+                                 tensor::shape_str(t.shape()) + ", expected " +
+                                 tensor::shape_str(want) + " from the config");
+    m.record_source(hf_name + ".weight", r.dtype_name(key));
+    const DType st = t.dtype();
+    if (st == DType::F32 || st == DType::F16 || st == DType::BF16) {
+      Tensor q = quantize_weight(t, r.quantize);
+      lin.weight.value = r.dequantize ? owned_f32(q)
+                         : q.dtype() == st ? owned_linear_weight(q)
+                                           : q;  // freshly made, already owned
+    } else {
+      lin.weight.value = r.dequantize ? owned_f32(t) : owned_linear_weight(t);
+    }
+  } else {
+    lin.weight.value = read_weight(r, name + ".weight", {lin.out_features(), lin.in_features()},
+                                   true, m, hf_name + ".weight");
+  }
   if (lin.has_bias())
     lin.bias.value =
         read_weight(r, name + ".bias", {lin.out_features()}, false, m, hf_name + ".bias");
@@ -197,8 +271,14 @@ WeightReader folder_reader(const std::shared_ptr<io::SafetensorsFolder>& f,
   WeightReader r;
   r.file = (fs::path(dir) / "model.safetensors").string();
   r.has = [f](const std::string& n) { return f->contains(n); };
-  r.get = [f](const std::string& n) { return f->get(n); };
-  r.dtype_name = [f](const std::string& n) { return f->entry(n).dtype_name; };
+  // A bitsandbytes 4-bit weight (a folder transformers saved with load_in_4bit) becomes an NF4
+  // tensor of its recorded shape; everything else is read as stored.
+  r.get = [f, dir](const std::string& n) {
+    return io::is_bnb4_weight(*f, n) ? io::read_bnb4_weight(*f, n, dir) : f->get(n);
+  };
+  r.dtype_name = [f](const std::string& n) {
+    return io::is_bnb4_weight(*f, n) ? io::bnb4_type_name(*f, n) : f->entry(n).dtype_name;
+  };
   return r;
 }
 

@@ -24,6 +24,7 @@ struct WeightReader {
   std::function<Tensor(const std::string&)> get;
   std::function<std::string(const std::string&)> dtype_name;
   bool dequantize = false;  // LoadOptions::dequantize
+  std::string quantize;     // LoadOptions::quantize ("" = as stored)
 };
 
 // Copies t into owned memory as F32 (dequantizing/converting as needed).

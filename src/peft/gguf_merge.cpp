@@ -121,4 +121,42 @@ std::vector<MergeRounding> merge_rounding(models::Model& merged,
   return out;
 }
 
+std::vector<MergeRounding> merge_rounding(models::Model& merged,
+                                          const std::vector<std::pair<std::string, Tensor>>& before,
+                                          const std::string& quant4_type) {
+  if (quant4_type != "nf4" && quant4_type != "nf4-dq" && quant4_type != "fp4")
+    fail("merge_rounding: '" + quant4_type + "' is not a 4-bit type (nf4, nf4-dq, fp4)");
+  std::map<std::string, nn::Linear*> lins;
+  for (auto& [path, l] : merged.linears()) lins[path] = l;
+  std::vector<MergeRounding> out;
+  for (const auto& [path, w0] : before) {
+    auto it = lins.find(path);
+    if (it == lins.end())
+      fail("merge_rounding: module '" + path + "' is not a Linear of the model");
+    const Tensor& w = it->second->weight.value;
+    if (w.dtype() != tensor::DType::F32 || w0.dtype() != tensor::DType::F32 ||
+        w.shape() != w0.shape())
+      fail("merge_rounding: module '" + path + "': merged " + w.str() + " and original " +
+           w0.str() + " must be F32 of one shape");
+    const int64_t n = w.numel();
+    tensor::Quant4 q = tensor::quantize_4bit(
+        w.f32(), n, quant4_type == "fp4" ? tensor::Quant4Type::FP4 : tensor::Quant4Type::NF4,
+        quant4_type == "nf4-dq");
+    std::vector<float> back(static_cast<size_t>(n));
+    tensor::dequantize_4bit(q, 0, n, back.data());
+    double r2 = 0, d2 = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      const double e = static_cast<double>(back[static_cast<size_t>(j)]) - w.f32()[j];
+      const double d = static_cast<double>(w.f32()[j]) - w0.f32()[j];
+      r2 += e * e;
+      d2 += d * d;
+    }
+    out.push_back({path, std::sqrt(r2), std::sqrt(d2)});
+  }
+  std::stable_sort(out.begin(), out.end(), [](const MergeRounding& a, const MergeRounding& b) {
+    return a.ratio() > b.ratio();
+  });
+  return out;
+}
+
 }  // namespace lorafit::peft

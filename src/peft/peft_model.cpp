@@ -1,12 +1,15 @@
 // PeftModel: injection by target_modules, named adapters, modules_to_save, trainable parameters,
 // PEFT adapter folders (save/load), merge/unmerge, merged Hugging Face folder.
 #include <algorithm>
+#include <cstring>
+#include <map>
 #include <cstdio>
 #include <filesystem>
 #include <set>
 #include <unistd.h>
 
 #include "lorafit/kernels.h"
+#include "lorafit/quant.h"
 #include "lorafit/peft.h"
 #include "peft/peft_internal.h"
 
@@ -474,7 +477,11 @@ models::Model& PeftModel::merge_and_unload() {
 }
 
 void save_merged_hf(models::Model& model, const std::string& base_dir, const std::string& out_dir,
-                    const std::vector<std::string>& labels) {
+                    const std::vector<std::string>& labels, const std::string& weights,
+                    bool as_base) {
+  const bool four_bit = weights == "nf4" || weights == "nf4-dq" || weights == "fp4";
+  if (!four_bit && weights != "f32")
+    fail("save_merged_hf: weights '" + weights + "': expected f32, nf4, nf4-dq or fp4");
   if (!io::file_exists(base_dir + "/config.json"))
     fail(base_dir + ": no config.json (merged Hugging Face output needs a folder base model)");
   const models::ModelConfig& mc = model.config();
@@ -485,7 +492,7 @@ void save_merged_hf(models::Model& model, const std::string& base_dir, const std
                     : mc.arch == "roberta"    ? "RobertaForSequenceClassification"
                     : mc.arch == "distilbert" ? "DistilBertForSequenceClassification"
                                               : nullptr;
-  if (cls && mc.num_labels > 0) {
+  if (cls && mc.num_labels > 0 && !as_base) {
     if (!labels.empty() && static_cast<int64_t>(labels.size()) != mc.num_labels)
       fail(out_dir + ": " + std::to_string(labels.size()) + " label names for a classifier with " +
            std::to_string(mc.num_labels) + " outputs");
@@ -501,16 +508,71 @@ void save_merged_hf(models::Model& model, const std::string& base_dir, const std
     cfg["id2label"] = id2label;
     cfg["label2id"] = label2id;
   }
-  std::vector<std::pair<std::string, Tensor>> tensors;
-  for (auto& [name, p] : model.named_parameters())
-    tensors.emplace_back(name, p->value.dtype() == tensor::DType::F32 ? p->value
-                                                                      : p->value.to(tensor::DType::F32));
+  // 4-bit: which Linear weights go out quantized (those the loader quantizes), and the names
+  // transformers must leave as nn.Linear (llm_int8_skip_modules, matched as substrings).
+  std::map<std::string, nn::Linear*> quantized;  // "<path>.weight" -> Linear
+  std::set<std::string> skip;
+  if (four_bit) {
+    for (auto& [path, lin] : model.linears()) {
+      const Tensor& w = lin->weight.value;
+      if (w.dtype() == tensor::DType::NF4 ||
+          (!models::is_head_module(path) && w.dim(1) % 2 == 0 &&
+           (w.dtype() == tensor::DType::F32 || w.dtype() == tensor::DType::F16 ||
+            w.dtype() == tensor::DType::BF16))) {
+        quantized[path + ".weight"] = lin;
+        continue;
+      }
+      const std::string head = models::head_module_name(path);
+      skip.insert(head.empty() ? path : head);
+    }
+    const std::string qt = weights == "fp4" ? "fp4" : "nf4";
+    cfg["quantization_config"] = {{"_load_in_4bit", true},
+                                  {"_load_in_8bit", false},
+                                  {"bnb_4bit_compute_dtype", "float32"},
+                                  {"bnb_4bit_quant_storage", "uint8"},
+                                  {"bnb_4bit_quant_type", qt},
+                                  {"bnb_4bit_use_double_quant", weights == "nf4-dq"},
+                                  {"llm_int8_enable_fp32_cpu_offload", false},
+                                  {"llm_int8_has_fp16_weight", false},
+                                  {"llm_int8_skip_modules", std::vector<std::string>(skip.begin(), skip.end())},
+                                  {"llm_int8_threshold", 6.0},
+                                  {"load_in_4bit", true},
+                                  {"load_in_8bit", false},
+                                  {"quant_method", "bitsandbytes"}};
+  }
+  std::set<std::string> fresh;
+  if (as_base)
+    for (const auto& n : model.initialized()) fresh.insert(n);
+  std::vector<io::SafetensorsBlob> blobs;
+  for (auto& [name, p] : model.named_parameters()) {
+    if (fresh.count(name)) continue;
+    auto q = quantized.find(name);
+    if (q != quantized.end()) {
+      Tensor w = p->value;
+      if (w.dtype() != tensor::DType::NF4) {
+        // The same bytes as bitsandbytes' quantize_4bit of the fp32 values (quant.h).
+        Tensor f = w.dtype() == tensor::DType::F32 ? w : w.to(tensor::DType::F32);
+        w = tensor::quant4_tensor(
+            tensor::quantize_4bit(f.f32(), f.numel(),
+                                  weights == "fp4" ? tensor::Quant4Type::FP4 : tensor::Quant4Type::NF4,
+                                  weights == "nf4-dq"),
+            w.shape());
+      }
+      for (auto& b : io::bnb4_blobs(name, w)) blobs.push_back(std::move(b));
+      continue;
+    }
+    Tensor v = p->value.dtype() == tensor::DType::F32 ? p->value : p->value.to(tensor::DType::F32);
+    io::SafetensorsBlob b{name, "F32", v.shape(), {}};
+    b.bytes.resize(v.nbytes());
+    std::memcpy(b.bytes.data(), v.raw(), v.nbytes());
+    blobs.push_back(std::move(b));
+  }
   io::write_folder_atomic(out_dir, [&](const std::string& tmp) {
     io::write_json_file(tmp + "/config.json", cfg);
     for (const char* f : {"tokenizer.json", "tokenizer_config.json", "vocab.txt",
                           "special_tokens_map.json", "generation_config.json"})
       if (io::file_exists(base_dir + "/" + f)) fs::copy_file(base_dir + "/" + f, tmp + "/" + f);
-    io::write_safetensors(tmp + "/model.safetensors", tensors, {{"format", "pt"}});
+    io::write_safetensors_blobs(tmp + "/model.safetensors", blobs, {{"format", "pt"}});
   }, io::FolderWrite::Merge);
 }
 

@@ -274,6 +274,10 @@ Tensor quantize(const Tensor& x, DType t) {
 Tensor dequantize(const Tensor& x) {
   LORAFIT_CHECK(x.defined(), "dequantize", "undefined tensor");
   Tensor out = Tensor::empty(x.shape(), DType::F32);
+  if (x.dtype() == DType::NF4) {
+    dequantize_4bit_tensor(x, 0, x.numel(), out.f32());
+    return out;
+  }
   dequantize_row(x.dtype(), x.raw(), out.f32(), x.numel());
   return out;
 }

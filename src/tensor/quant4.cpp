@@ -405,10 +405,10 @@ struct Quant4Holder {
 
 Tensor quant4_tensor(Quant4 q, const Shape& shape) {
   check_quant4(q, "quant4_tensor");
-  LORAFIT_CHECK(shape_numel(shape) == q.n && !shape.empty() && shape.back() % kQuant4Block == 0,
+  LORAFIT_CHECK(shape_numel(shape) == q.n && !shape.empty() && shape.back() % 2 == 0,
                 "quant4_tensor",
                 "shape " + shape_str(shape) + " does not fit " + std::to_string(q.n) +
-                    " values with a last dimension that is a multiple of 64");
+                    " values with an even last dimension (two codes per byte)");
   auto h = std::make_shared<Quant4Holder>();
   h->q = std::move(q);
   void* data = h->q.packed.data();

@@ -19,8 +19,9 @@ struct DTypeInfo {
   int64_t block_bytes;
 };
 
-// Block layouts follow ggml (Q8_0, Q4_0, Q4_1: 32 values) and bitsandbytes (NF4: 64 values, the
-// absmax kept separately, so a block here is only the 32 code bytes).
+// Block layouts follow ggml (Q8_0, Q4_0, Q4_1: 32 values). NF4 (bitsandbytes 4-bit) keeps its
+// statistics beside the codes (quant.h, Quant4) and its blocks of 64 run across rows, so a block
+// here is only one byte of two codes: any even row length can be viewed row by row.
 DTypeInfo info(DType t) {
   switch (t) {
     case DType::F32: return {"F32", 1, 4};
@@ -30,7 +31,7 @@ DTypeInfo info(DType t) {
     case DType::Q8_0: return {"Q8_0", 32, 34};
     case DType::Q4_0: return {"Q4_0", 32, 18};
     case DType::Q4_1: return {"Q4_1", 32, 20};
-    case DType::NF4: return {"NF4", 64, 32};
+    case DType::NF4: return {"NF4", 2, 1};
   }
   throw Error("[dtype] unknown dtype value " + std::to_string(static_cast<int>(t)));
 }
@@ -307,6 +308,8 @@ Tensor Tensor::row(int64_t i) const {
 }
 
 Tensor Tensor::clone() const {
+  // A 4-bit weight is immutable and its statistics live in the keepalive: the clone shares it.
+  if (dtype_ == DType::NF4) return *this;
   Tensor t = empty(shape_, dtype_);
   std::memcpy(t.raw(), raw(), nbytes());
   return t;
@@ -316,7 +319,8 @@ Tensor Tensor::to(DType dtype) const {
   if (dtype == dtype_) return clone();
   LORAFIT_CHECK(!dtype_is_quantized(dtype), "Tensor::to",
                 std::string("conversion to ") + dtype_name(dtype) + " is done by the quantizer");
-  if (dtype_ == DType::Q8_0 || dtype_ == DType::Q4_0 || dtype_ == DType::Q4_1) {
+  if (dtype_ == DType::Q8_0 || dtype_ == DType::Q4_0 || dtype_ == DType::Q4_1 ||
+      dtype_ == DType::NF4) {
     Tensor f = dequantize(*this);  // quant.h; F16/BF16 targets go through F32
     return dtype == DType::F32 ? f : f.to(dtype);
   }

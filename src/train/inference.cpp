@@ -90,7 +90,7 @@ struct Inference {
 };
 
 Inference open_for_inference(const std::string& model, const std::string& adapter, std::string task,
-                             const std::string& cmd) {
+                             const std::string& cmd, const std::string& quantize) {
   if (model.empty()) throw Error("[" + cmd + "] --model is required");
   const std::string path = models::resolve_model_path(model);
   json info = adapter.empty() ? json::object() : read_task_info(adapter);
@@ -100,6 +100,10 @@ Inference open_for_inference(const std::string& model, const std::string& adapte
   models::LoadOptions lo;
   lo.num_labels = static_cast<int64_t>(info.value("labels", std::vector<std::string>{}).size());
   lo.dequantize = info.value("method", "") == "full";
+  // The base as the adapter was trained on it unless --quantize says otherwise.
+  lo.quantize = quantize.empty() ? info.value("quantize", std::string("none")) : quantize;
+  models::check_quantize(lo.quantize, "[" + cmd + "] --quantize");
+  if (models::is_gguf_path(path) && quantize.empty()) lo.quantize = "none";
   Inference r{open_model(path, lo), nullptr, info, task == "lm"};
   r.pm = load_run_weights(*r.lm.model, adapter);
   return r;
@@ -109,7 +113,7 @@ Inference open_for_inference(const std::string& model, const std::string& adapte
 
 EvalReport evaluate_file(const EvalParams& p) {
   if (p.data.empty()) throw Error("[eval] --data is required");
-  Inference m = open_for_inference(p.model, p.adapter, p.task, "eval");
+  Inference m = open_for_inference(p.model, p.adapter, p.task, "eval", p.quantize);
   const auto bsz = static_cast<size_t>(std::max<int64_t>(1, p.batch_size));
   const text::Tokenizer& tok = m.lm.tokenizer;
   Task t{m.lm.model.get(), m.causal};
@@ -145,7 +149,7 @@ EvalReport evaluate_file(const EvalParams& p) {
 
 PredictReport predict_file(const EvalParams& p) {
   if (p.data.empty()) throw Error("[predict] --data is required");
-  Inference m = open_for_inference(p.model, p.adapter, p.task, "predict");
+  Inference m = open_for_inference(p.model, p.adapter, p.task, "predict", p.quantize);
   if (m.causal) throw Error("[predict] needs a classification model; use lorafit generate for LM");
   const text::Tokenizer& tok = m.lm.tokenizer;
   const int64_t ml = p.max_length > 0 ? p.max_length : m.info.value("max_length", int64_t{128});
@@ -200,7 +204,7 @@ std::string generate_text(const GenerateParams& p,
   models::validate(p.sampling);
   if (!p.chat && (!p.system.empty() || p.chat_template != "auto"))
     throw Error("[generate] --system and --chat-template need --chat");
-  Inference m = open_for_inference(p.model, p.adapter, "lm", "generate");
+  Inference m = open_for_inference(p.model, p.adapter, "lm", "generate", p.quantize);
   if (!m.lm.model->is_causal_lm())
     throw Error("[generate] needs a Llama-family model; " + m.lm.path + " is " +
                 m.lm.model->config().arch);

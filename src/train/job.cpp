@@ -88,6 +88,10 @@ void check_method_options(const RunParams& p) {
     fail("--attention '" + p.attention + "': expected full or s2");
   if (!(p.s2_ratio > 0.0 && p.s2_ratio <= 1.0))
     fail("--s2-ratio must be in (0, 1], got " + std::to_string(p.s2_ratio));
+  models::check_quantize(p.quantize, "[train] --quantize");
+  if (p.quantize != "none" && !p.quantize.empty() && !adapter)
+    fail("--quantize " + p.quantize + " needs --method lora or adalora (a quantized base is "
+         "frozen; method is " + m + ")");
 }
 
 }  // namespace
@@ -147,7 +151,8 @@ json run_params_to_json(const RunParams& p) {
             {"quiet", p.quiet},
             {"stop_after", p.stop_after},
             {"attention", p.attention},
-            {"s2_ratio", p.s2_ratio}};
+            {"s2_ratio", p.s2_ratio},
+            {"quantize", p.quantize}};
   j["modules_to_save"] = p.modules_to_save ? json(*p.modules_to_save) : json(nullptr);
   j["lr"] = p.lr ? json(*p.lr) : json(nullptr);
   return j;
@@ -218,6 +223,7 @@ RunParams run_params_from_json(const json& j, const std::string& origin) {
   get("stop_after", p.stop_after);
   get("attention", p.attention);
   get("s2_ratio", p.s2_ratio);
+  get("quantize", p.quantize);
   if (j.contains("modules_to_save") && !j.at("modules_to_save").is_null()) {
     p.modules_to_save.emplace();
     get("modules_to_save", *p.modules_to_save);
@@ -353,6 +359,7 @@ std::unique_ptr<TrainingJob> TrainingJob::prepare(const RunParams& params) {
   lo.seed = p.seed;
   lo.num_labels = lm ? 0 : static_cast<int64_t>(std::max<size_t>(2, label_names.size()));
   lo.dequantize = method == "full";
+  lo.quantize = p.quantize;
   J.lm = std::make_unique<LoadedModel>(
       LoadedModel{model_path, std::move(tok), models::load_model(model_path, lo)});
   models::Model& model = *J.lm->model;
@@ -468,7 +475,8 @@ std::unique_ptr<TrainingJob> TrainingJob::prepare(const RunParams& params) {
                  {"labels", label_names},
                  {"max_length", p.max_length},
                  {"block_size", p.block_size},
-                 {"chat_template", p.chat_template}};
+                 {"chat_template", p.chat_template},
+                 {"quantize", p.quantize}};
   Impl* impl = &J;
   to.save_weights = [impl](const std::string& dir) {
     if (impl->pm) impl->pm->save_pretrained(dir);
