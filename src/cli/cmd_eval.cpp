@@ -31,6 +31,12 @@ const std::vector<OptSpec> kEvalOpts = {
     {"text-pair-column", "str", "", "second text column"},
     {"label-column", "str", "", "label column"},
     {"threads", "int", "0", "compute threads (0: all cores)"},
+    {"stride", "int", "0",
+     "LM plain text: score sliding windows of --block-size tokens every N tokens, each token "
+     "once with up to block-size - N tokens of context (0: separate blocks)"},
+    {"rope-scaling", "str", "",
+     "LM: TYPE:FACTOR RoPE scaling on the base model (e.g. linear:2; default: as the adapter's "
+     "run recorded)"},
 };
 
 train::EvalParams eval_params(const Options& o) {
@@ -46,6 +52,8 @@ train::EvalParams eval_params(const Options& o) {
   p.text_column = o.str("text-column");
   p.text_pair_column = o.str("text-pair-column");
   p.label_column = o.str("label-column");
+  p.rope_scaling = o.str("rope-scaling");
+  p.stride = o.integer("stride");
   return p;
 }
 

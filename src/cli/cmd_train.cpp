@@ -91,6 +91,15 @@ const std::vector<OptSpec> kTrainOpts = {
     {"attention", "str", "full",
      "LM training attention: full | s2 (LongLoRA's shifted sparse attention; eval is always full)"},
     {"s2-ratio", "num", "0.25", "--attention s2: group size as a fraction of the block"},
+    {"rope-scaling", "str", "",
+     "extend a Llama model's context: TYPE:FACTOR, TYPE linear | dynamic | yarn | llama3 (e.g. "
+     "linear:2); kept with the adapter, applied again by eval, generate and merge"},
+    {"gradient-checkpointing", "bool", "false",
+     "keep only each layer's input and re-run the layer in backward (same gradients, "
+     "less memory, about one more forward of time)"},
+    {"trainable-extra", "list", "",
+     "Llama LoRA: also train embed (token embeddings) and/or norm (every RMSNorm), as LongLoRA; "
+     "saved as PEFT modules_to_save (a llama.cpp LoRA GGUF cannot hold them)"},
 };
 
 const char* kTrainUsage = R"(Usage: lorafit train --model PATH --train FILE --output DIR [options]
@@ -176,6 +185,9 @@ train::RunParams run_params(const Options& o) {
   p.stop_after = o.integer("stop-after");
   p.attention = o.str("attention");
   p.s2_ratio = o.number("s2-ratio");
+  p.rope_scaling = o.str("rope-scaling");
+  p.gradient_checkpointing = o.flag("gradient-checkpointing");
+  if (o.has("trainable-extra")) p.trainable_extra = o.list("trainable-extra");
   return p;
 }
 
