@@ -83,6 +83,8 @@ int cmd_eval(int argc, char** argv, bool predict) {
                   "'; options start with --");
     lorafit::kernels::set_num_threads(static_cast<int>(o.integer("threads")));
     const train::EvalParams p = eval_params(o);
+    if (predict && (o.has("rope-scaling") || o.has("stride")))
+      throw Error("[predict] --rope-scaling and --stride are for LM evaluation (lorafit eval)");
     if (!predict) {
       const train::EvalReport r = train::evaluate_file(p);
       if (r.lm)

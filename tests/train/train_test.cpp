@@ -864,6 +864,9 @@ TEST(Cli, LongContextOptionsRecordedAppliedAndRefused) {
                             " --block-size 32 --stride 33");
   EXPECT_NE(bad_stride.second.find("--stride 33: expected 0 (blocks) to the block size 32"), std::string::npos)
       << bad_stride.second;
+  auto pr = run_err(bin + " predict --model " + dir.string() + " --adapter " + (work / "a/final").string() +
+                    " --data " + (work / "all.txt").string() + " --stride 8");
+  EXPECT_NE(pr.second.find("--rope-scaling and --stride are for LM evaluation"), std::string::npos) << pr.second;
   // merge: config.json carries the scaling for transformers
   ASSERT_EQ(run(bin + " adapter merge " + (work / "a/final").string() + " --base " + dir.string() +
                 " --out " + (work / "merged").string()), 0);
