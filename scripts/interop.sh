@@ -7,10 +7,13 @@
 #   3. PEFT loads our folders of every method on the tiny models (tools/check_peft_load.py), PiSSA
 #      and OLoRA runs trained by lorafit and their plain-LoRA conversion
 #      (tools/check_pissa_roundtrip.py), and transformers a merged classifier
-#      (tools/check_merged_classifier.py).
+#      (tools/check_merged_classifier.py);
 #   4. QLoRA: transformers + bitsandbytes loads `lorafit quantize` folders of SmolLM2 with our
 #      logits, lorafit loads transformers' 4-bit folder and a PEFT QLoRA adapter on it with
-#      PyTorch's logits (tools/check_bnb4_interop.py).
+#      PyTorch's logits (tools/check_bnb4_interop.py);
+#   5. LongLoRA: PEFT loads a SmolLM2 adapter trained with --rope-scaling and --trainable-extra,
+#      and transformers with that scaling gives lorafit's loss on 2,048 tokens
+#      (tools/check_longlora.py).
 # The Python stack lives in a venv outside the clone, kept between runs
 # ($LORAFIT_VENV, default ~/.cache/lorafit/venv): the first run on a machine installs torch,
 # transformers, peft and gguf (tools/pyenv.sh) and builds llama-cpp-python from its PyPI sdist
@@ -58,5 +61,13 @@ echo "== [interop] a merged MiniLM classifier loads in transformers and predicts
 echo "== [interop] QLoRA: bitsandbytes 4-bit folders both ways, a PEFT QLoRA adapter on our NF4 base"
 SMOL=$("$PY" tools/make_smollm2_hf.py --out runs/smollm2-f32 | tail -n 1)
 "$PY" tools/check_bnb4_interop.py "$BUILD" "$SMOL"
+echo "== [interop] LongLoRA: PEFT loads a --rope-scaling / --trainable-extra adapter of SmolLM2,"
+echo "   transformers with the recorded scaling (and the merged folder's config.json) gives our loss"
+"$LORAFIT" train --model "$SMOL" --train data/tinyshakespeare/input.txt --output "$T/longlora" \
+  --block-size 1024 --batch-size 1 --max-steps 1 --lr 1e-3 --rope-scaling linear:2 --attention s2 \
+  --target-modules q_proj,k_proj,v_proj,o_proj --trainable-extra embed,norm --gradient-checkpointing --quiet
+"$LORAFIT" adapter merge "$T/longlora/final" --base "$SMOL" --out "$T/longlora_merged" > /dev/null
+"$PY" tools/check_longlora.py --model "$SMOL" --adapter "$T/longlora/final" \
+  --text data/tinyshakespeare/input.txt --tokens 2048 --lorafit "$LORAFIT" --merged "$T/longlora_merged"
 
 echo "[interop] all checks passed"

@@ -12,7 +12,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 MODELS = os.path.join(ROOT, "models")
-PARTS = ["io", "tokens", "models", "peft", "chat", "peft_combine", "dora", "adalora", "pissa", "nf4", "qlora"]
+PARTS = ["io", "tokens", "models", "peft", "chat", "peft_combine", "dora", "adalora", "pissa", "nf4", "qlora", "rope"]
 
 
 def main(argv):

@@ -95,6 +95,35 @@ enum class RopeStyle { HalfRotate, Adjacent };
 void rope_forward(Tensor& x, const Tensor& positions, float theta, RopeStyle style);
 void rope_backward(Tensor& dx, const Tensor& positions, float theta, RopeStyle style);
 
+// The cos/sin of every position up to a length, computed once (in double, rounded to fp32) and
+// reused by every layer and step, for any per-pair inverse frequencies f_i (RoPE scaling folds
+// into them: linear, dynamic NTK, llama3, YaRN) and a factor m on cos and sin (YaRN's attention
+// factor; 1 otherwise). Row p: m·cos(p·f_i) for i < D/2, then m·sin(p·f_i).
+// from_theta(theta, D) has f_i = theta^(-2i/D): the same tables as the theta overloads above.
+class RopeTable {
+ public:
+  RopeTable() = default;
+  RopeTable(std::vector<double> inv_freq, double factor);
+  static RopeTable from_theta(float theta, int64_t d);
+  // Rows for positions [0, n) (grows; never shrinks). Not thread-safe: call before sharing.
+  void ensure(int64_t n);
+  int64_t rows() const { return rows_; }
+  int64_t dim() const { return static_cast<int64_t>(inv_freq_.size()) * 2; }
+  double factor() const { return factor_; }
+  const std::vector<double>& inv_freq() const { return inv_freq_; }
+  const float* row(int64_t pos) const { return cs_.data() + pos * dim(); }
+
+ private:
+  std::vector<double> inv_freq_;
+  double factor_ = 1.0;
+  int64_t rows_ = 0;
+  std::vector<float> cs_;
+};
+// As above with the table's frequencies: x is [B, T, H, D] with D == table.dim(), positions in
+// [0, table.rows()). Backward applies the transpose (m·R(p)ᵀ), the inverse when m = 1.
+void rope_forward(Tensor& x, const Tensor& positions, const RopeTable& table, RopeStyle style);
+void rope_backward(Tensor& dx, const Tensor& positions, const RopeTable& table, RopeStyle style);
+
 // ---- cross-entropy ----------------------------------------------------------------------------
 // logits [N, V], targets [N] I32. Rows whose target == ignore_index count for nothing.
 // Returns the mean loss over counted rows (0 when none). probs [N, V] receives softmax(logits)

@@ -63,6 +63,7 @@ struct ModelConfig {
   std::string hidden_act;    // "gelu" (erf), "gelu_new"/"gelu_pytorch_tanh" (tanh), "silu"
   // Llama
   float rope_theta = 10000.0f;
+  nn::RopeScaling rope_scaling;  // config.json rope_scaling / GGUF llama.rope.scaling.*
   bool tied_embeddings = false;
   bool attention_bias = false;
   bool mlp_bias = false;
@@ -213,6 +214,9 @@ class BertModel : public Model {
                 const Tensor& token_types = Tensor()) override;
   Tensor logits_backward(nn::Context& ctx, const Tensor& dlogits) override;
 
+  // Activation recomputation per layer, as LlamaModel::gradient_checkpointing.
+  bool gradient_checkpointing = false;
+
   nn::Embedding word, position, token_type;  // token_type unused (default) for distilbert
   nn::LayerNorm emb_norm;
   nn::Dropout emb_drop;
@@ -229,6 +233,10 @@ class BertModel : public Model {
   Shape hidden_shape_;  // [B, T, C] of the last classify input
   bool word_from_ids_ = false;
   bool no_grad_forward_ = false;  // last forward freed its activations (ctx.no_grad)
+  bool ckpt_ = false;             // the last forward kept only the layer inputs
+  std::vector<Tensor> ckpt_in_;
+  std::vector<uint64_t> ckpt_rng_;
+  Tensor layer_forward(nn::Context& ctx, BertLayer& l, const Tensor& x);
   Tensor encode(nn::Context& ctx, const Tensor& embeds, const Tensor& mask,
                 const Tensor& token_types, const Tensor& positions);
 };
@@ -266,6 +274,10 @@ class LlamaModel : public Model {
   Tensor forward_cached(nn::Context& ctx, const Tensor& ids, KvCache& cache,
                         const Tensor& mask = Tensor(), const Tensor& positions = Tensor()) override;
 
+  // Extends the context (--rope-scaling): every layer's RoPE uses `s` from now on, and the
+  // config's max_positions becomes `max_positions` (what a saved config.json declares).
+  void set_rope_scaling(const nn::RopeScaling& s, int64_t max_positions);
+
   NamedLinears linears() override;
   nn::NamedParameters named_parameters() override;
   bool is_causal_lm() const override { return true; }
@@ -277,6 +289,12 @@ class LlamaModel : public Model {
     return backward(ctx, dlogits);
   }
 
+  // Activation recomputation (--gradient-checkpointing): a training forward keeps only each
+  // layer's input (one [B, T, C] per layer) and frees the layer's activations (with an arena);
+  // backward re-runs the layer forward, with the same random draws, before its backward. The
+  // gradients are bitwise those of the stored path.
+  bool gradient_checkpointing = false;
+
   nn::Embedding embed;
   std::vector<LlamaLayer> layers;
   nn::RMSNorm norm;
@@ -285,7 +303,13 @@ class LlamaModel : public Model {
   nn::Linear lm_head;
 
  private:
+  Tensor layer_forward(nn::Context& ctx, LlamaLayer& l, const Tensor& x, const Tensor& mask,
+                       const Tensor& positions);
   std::vector<Tensor> resid_;  // saved residual-stream inputs per layer, for backward
+  bool ckpt_ = false;          // the last forward kept only the layer inputs
+  std::vector<Tensor> ckpt_in_;
+  std::vector<uint64_t> ckpt_rng_;
+  Tensor ckpt_mask_, ckpt_pos_;
   bool embed_from_ids_ = false;
   bool no_grad_forward_ = false;  // last forward freed its activations (ctx.no_grad)
 };

@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -274,6 +275,58 @@ class MLP : public Module {
   Tensor h_pre_, gate_out_, up_out_;
 };
 
+// RoPE scaling, as transformers' rope_type (config.json rope_scaling / rope_parameters): how the
+// inverse frequencies f_i = theta^(-2i/D) change to reach a longer context.
+//   Linear  (position interpolation): f_i / factor.
+//   Dynamic (NTK-aware): for a sequence of L > original_max_positions positions, theta becomes
+//            theta·(factor·L/orig - (factor - 1))^(D/(D-2)); unchanged up to orig.
+//   Llama3:  low frequencies (wavelength > orig/low_freq_factor) / factor, high ones kept,
+//            a smooth blend between.
+//   Yarn:    per-pair blend of f_i and f_i/factor by a ramp between the beta_fast and beta_slow
+//            rotation counts over orig, and cos/sin times attention_factor
+//            (default 0.1·ln(factor) + 1, or from mscale/mscale_all_dim).
+// freq_factors (GGUF tensor rope_freqs, how llama.cpp stores llama3 scaling): f_i / ff_i, on
+// top of the type's frequencies.
+struct RopeScaling {
+  enum class Type { None, Linear, Dynamic, Llama3, Yarn };
+  Type type = Type::None;
+  double factor = 1.0;
+  int64_t original_max_positions = 0;  // Dynamic, Llama3, Yarn
+  double low_freq_factor = 1.0, high_freq_factor = 4.0;  // Llama3
+  double beta_fast = 32.0, beta_slow = 1.0;              // Yarn
+  double attention_factor = 0.0;  // Yarn: 0 = derived
+  double mscale = 0.0, mscale_all_dim = 0.0;
+  bool truncate = true;
+  std::vector<double> freq_factors;
+  bool active() const { return type != Type::None || !freq_factors.empty(); }
+};
+// "default", "linear", "dynamic", "llama3", "yarn" (transformers' rope_type names); parse throws
+// lorafit::Error naming `where` for another name.
+const char* rope_type_name(RopeScaling::Type t);
+RopeScaling::Type rope_type_from_name(const std::string& name, const std::string& where);
+// Inverse frequencies [D/2] and the factor on cos/sin for a sequence whose largest position is
+// seq_len - 1 (only Dynamic depends on it). Validates the parameters (lorafit::Error).
+struct RopeFrequencies {
+  std::vector<double> inv_freq;
+  double factor = 1.0;
+};
+RopeFrequencies rope_frequencies(double theta, int64_t d, const RopeScaling& s, int64_t seq_len);
+
+// One cos/sin table for every layer of a model (shared_ptr in each AttentionConfig): built for
+// the configuration once, grown as longer sequences come, rebuilt only when Dynamic's length
+// changes the frequencies.
+class RopeCache {
+ public:
+  const kernels::RopeTable& table(double theta, int64_t d, const RopeScaling& s, int64_t seq_len);
+
+ private:
+  kernels::RopeTable table_;
+  bool built_ = false;
+  double theta_ = 0.0;
+  int64_t d_ = 0, key_len_ = -1;
+  RopeScaling scaling_;
+};
+
 struct AttentionConfig {
   int64_t hidden = 0;
   int64_t n_heads = 0;
@@ -285,6 +338,9 @@ struct AttentionConfig {
   bool rope = false;
   float rope_theta = 10000.0f;
   kernels::RopeStyle rope_style = kernels::RopeStyle::HalfRotate;
+  RopeScaling rope_scaling;
+  // The table this module reads; layers of one model share one (null: the module makes its own).
+  std::shared_ptr<RopeCache> rope_cache;
   float dropout = 0.0f;  // on the attention probabilities, in training (BERT: 0.1)
   // Dense keeps P [B, H, T, T] for backward; Tiled (FlashAttention-2: key tiles, online softmax,
   // one log-sum-exp per row, P recomputed in backward) keeps O(T). Auto: Tiled from
@@ -344,6 +400,7 @@ class Attention : public Module {
   Linear q, k, v, o;
 
  private:
+  const kernels::RopeTable& rope_table(const Tensor& positions);
   Tensor tiled_backward(Context& ctx, const Tensor& dout, bool need_input_grad);
   Tensor finish_backward(Context& ctx, Tensor& dq, Tensor& dk, Tensor& dv, bool need_input_grad);
   Tensor q_, k_, v_, att_, positions_;

@@ -75,8 +75,12 @@ std::vector<Sample> tokenize_classification(const ClassificationData& data,
                                             const text::Tokenizer& tok, size_t max_length);
 // Plain text -> blocks of block_size tokens (the last partial block dropped unless it is the only
 // one); targets are the next token. Invalid UTF-8 is an error naming the file and line.
+// With 0 < stride < block_size: sliding windows of block_size tokens starting every `stride`
+// tokens (the last may be shorter), each scoring only the targets no earlier window scored (the
+// others -100), as transformers' perplexity guide; every token is scored exactly once.
 std::vector<Sample> read_lm_text(const std::string& path, const text::Tokenizer& tok,
-                                 size_t block_size, int64_t begin_byte = 0, int64_t end_byte = -1);
+                                 size_t block_size, int64_t begin_byte = 0, int64_t end_byte = -1,
+                                 size_t stride = 0);
 // Instruction / chat data for a causal LM: JSONL, one example per line, as
 //   {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}
 //   {"prompt": "...", "response": "..."}           ("completion" for "response"; "system" optional)
@@ -368,6 +372,14 @@ io::json read_task_info(const std::string& dir);
 // trainable.safetensors) is copied into the model's parameters and returns null.
 std::unique_ptr<peft::PeftModel> load_run_weights(models::Model& model, const std::string& dir);
 
+// --rope-scaling TYPE:FACTOR on a Llama model (models::parse_rope_scaling_option over its
+// context); returns the note lorafit_task.json keeps under "rope" ({rope_scaling,
+// max_position_embeddings, option}). A model that already has a scaling is refused.
+io::json apply_rope_scaling(models::Model& model, const std::string& spec);
+// Applies the "rope" note of a run's lorafit_task.json (`info`, read from `dir`) to the base model;
+// nothing when there is none or the model already has that scaling (a merged model).
+void apply_rope_note(models::Model& model, const io::json& info, const std::string& dir);
+
 // ---- the training job ------------------------------------------------------------------------
 
 // Everything `lorafit train` takes, with its defaults (the flag --x-y is the field x_y).
@@ -419,6 +431,16 @@ struct RunParams {
   // none | nf4 | nf4-dq | fp4 | q8_0 | q4_0 | q4_1); recorded in lorafit_task.json, so eval,
   // predict and generate load the same base by default.
   std::string quantize = "none";
+  // RoPE scaling to extend a Llama model's context, TYPE:FACTOR (linear:2, dynamic:2, yarn:4,
+  // llama3:8; "" = the model's own): recorded in the adapter's lorafit_task.json, which eval,
+  // generate and merge apply again.
+  std::string rope_scaling;
+  // Activation recomputation per layer (Llama, BERT family): keep each layer's input only, re-run the layer
+  // forward in backward; same gradients, a fraction of the activation memory.
+  bool gradient_checkpointing = false;
+  // LongLoRA's trainable extras beside the adapter: "embed" (the token embeddings) and/or "norm"
+  // (every RMSNorm), added to modules_to_save (PEFT trains and saves them whole).
+  std::vector<std::string> trainable_extra;
 };
 
 // The effective configuration as JSON (keys as the fields; "train" for train_data), written
@@ -490,6 +512,8 @@ struct EvalParams {
   std::string chat_template;  // "": as trained, else auto
   std::string text_column, text_pair_column, label_column;
   std::string quantize;  // models::LoadOptions::quantize; "": as the adapter was trained, else none
+  std::string rope_scaling;  // TYPE:FACTOR on the base model ("": as trained, else the model's)
+  int64_t stride = 0;        // LM plain text: sliding windows every `stride` tokens (0: blocks)
 };
 
 struct EvalReport {

@@ -15,6 +15,7 @@
 #include "lorafit/io.h"
 #include "lorafit/models.h"
 #include "lorafit/peft.h"
+#include "lorafit/train.h"
 
 namespace {
 
@@ -306,6 +307,7 @@ int cmd_adapter(int argc, char** argv) {
       lorafit::models::LoadOptions lo;
       lo.dequantize = true;
       auto model = lorafit::models::load_model(base, lo);
+      lorafit::train::apply_rope_note(*model, lorafit::train::read_task_info(dir), dir);
       std::vector<std::pair<std::string, ts::Tensor>> before;
       if (type != ts::DType::F32) before = targeted_weights(*model, dir);
       std::vector<std::string> paths;
@@ -364,6 +366,7 @@ int cmd_adapter(int argc, char** argv) {
           if (!lorafit::models::is_head_module(p) && w.dim(1) % 2 == 0) q.emplace_back(p, w);
         before = std::move(q);
       }
+      lorafit::train::apply_rope_note(*model, lorafit::train::read_task_info(dir), dir);
       {
         auto pm = peft::PeftModel::from_pretrained(*model, dir);
         pm->merge_and_unload();
@@ -420,6 +423,14 @@ int cmd_adapter(int argc, char** argv) {
         std::printf("wrote llama.cpp LoRA %s (%zu modules%s)\n", out.c_str(),
                     pm->lora_layers().size(),
                     src == dir ? "" : ", converted from PiSSA/OLoRA to rank 2r");
+        // A LoRA GGUF has no RoPE keys: the scaling the run trained with must come from the base.
+        const auto info = lorafit::train::read_task_info(dir);
+        if (info.contains("rope") && info["rope"].contains("option"))
+          std::fprintf(stderr,
+                       "note: the run trained with --rope-scaling %s, which a LoRA GGUF cannot "
+                       "carry: give llama.cpp the same scaling (--rope-scaling TYPE --rope-scale "
+                       "FACTOR) or merge into the base (lorafit adapter merge)\n",
+                       info["rope"]["option"].get<std::string>().c_str());
       } catch (...) {
         if (src != dir) std::filesystem::remove_all(src);
         throw;

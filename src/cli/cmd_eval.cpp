@@ -34,6 +34,12 @@ const std::vector<OptSpec> kEvalOpts = {
      "quantize the base on load: none | nf4 | nf4-dq | fp4 | q8_0 | q4_0 | q4_1 (default: as "
      "the adapter was trained, else none)"},
     {"threads", "int", "0", "compute threads (0: all cores)"},
+    {"stride", "int", "0",
+     "LM plain text: score sliding windows of --block-size tokens every N tokens, each token "
+     "once with up to block-size - N tokens of context (0: separate blocks)"},
+    {"rope-scaling", "str", "",
+     "LM: TYPE:FACTOR RoPE scaling on the base model (e.g. linear:2; default: as the adapter's "
+     "run recorded)"},
 };
 
 train::EvalParams eval_params(const Options& o) {
@@ -50,6 +56,8 @@ train::EvalParams eval_params(const Options& o) {
   p.text_pair_column = o.str("text-pair-column");
   p.label_column = o.str("label-column");
   p.quantize = o.str("quantize");
+  p.rope_scaling = o.str("rope-scaling");
+  p.stride = o.integer("stride");
   return p;
 }
 
@@ -79,6 +87,8 @@ int cmd_eval(int argc, char** argv, bool predict) {
                   "'; options start with --");
     lorafit::kernels::set_num_threads(static_cast<int>(o.integer("threads")));
     const train::EvalParams p = eval_params(o);
+    if (predict && (o.has("rope-scaling") || o.has("stride")))
+      throw Error("[predict] --rope-scaling and --stride are for LM evaluation (lorafit eval)");
     if (!predict) {
       const train::EvalReport r = train::evaluate_file(p);
       if (r.lm)

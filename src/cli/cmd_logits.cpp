@@ -107,6 +107,8 @@ int cmd_logits(int argc, char** argv) {
     for (auto& [name, dir] : adapters) {
       if (std::find(names.begin(), names.end(), name) != names.end())
         throw Error("[logits] adapter name '" + name + "' given twice");
+      // a run that extended the context (--rope-scaling) recorded it next to its adapter
+      lorafit::train::apply_rope_note(*model, lorafit::train::read_task_info(dir), dir);
       if (!pm)
         pm = peft::PeftModel::from_pretrained(*model, dir, name);
       else

@@ -94,6 +94,15 @@ const std::vector<OptSpec> kTrainOpts = {
     {"quantize", "str", "none",
      "quantize the base's layer Linears on load (QLoRA): none | nf4 | nf4-dq | fp4 | q8_0 | "
      "q4_0 | q4_1 (a Hugging Face folder; a GGUF keeps its types)"},
+    {"rope-scaling", "str", "",
+     "extend a Llama model's context: TYPE:FACTOR, TYPE linear | dynamic | yarn | llama3 (e.g. "
+     "linear:2); kept with the adapter, applied again by eval, generate and merge"},
+    {"gradient-checkpointing", "bool", "false",
+     "keep only each layer's input and re-run the layer in backward (same gradients, "
+     "less memory, about one more forward of time)"},
+    {"trainable-extra", "list", "",
+     "Llama LoRA: also train embed (token embeddings) and/or norm (every RMSNorm), as LongLoRA; "
+     "saved as PEFT modules_to_save (a llama.cpp LoRA GGUF cannot hold them)"},
 };
 
 const char* kTrainUsage = R"(Usage: lorafit train --model PATH --train FILE --output DIR [options]
@@ -180,6 +189,9 @@ train::RunParams run_params(const Options& o) {
   p.attention = o.str("attention");
   p.s2_ratio = o.number("s2-ratio");
   p.quantize = o.str("quantize");
+  p.rope_scaling = o.str("rope-scaling");
+  p.gradient_checkpointing = o.flag("gradient-checkpointing");
+  if (o.has("trainable-extra")) p.trainable_extra = o.list("trainable-extra");
   return p;
 }
 

@@ -7,8 +7,10 @@
 #include <algorithm>
 #include <atomic>
 #include <climits>
+#include <cmath>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/kernels_impl.h"
@@ -579,6 +581,85 @@ void rope_forward(Tensor& x, const Tensor& positions, float theta, RopeStyle sty
 // forward was: x <- R(pos) x with R orthogonal  =>  dx <- R(pos)^T dx = R(-pos) dx
 void rope_backward(Tensor& dx, const Tensor& positions, float theta, RopeStyle style) {
   rope_apply("rope_backward", dx, positions, theta, style, -1.0f);
+}
+
+RopeTable::RopeTable(std::vector<double> inv_freq, double factor)
+    : inv_freq_(std::move(inv_freq)), factor_(factor) {
+  LORAFIT_CHECK(!inv_freq_.empty(), "RopeTable", "no frequencies");
+  for (double f : inv_freq_)
+    LORAFIT_CHECK(std::isfinite(f) && f > 0.0, "RopeTable",
+                  "inverse frequencies must be positive and finite, got " + std::to_string(f));
+  LORAFIT_CHECK(std::isfinite(factor) && factor > 0.0, "RopeTable",
+                "factor must be positive and finite, got " + std::to_string(factor));
+}
+
+RopeTable RopeTable::from_theta(float theta, int64_t d) {
+  LORAFIT_CHECK(theta > 0.0f && d > 0 && d % 2 == 0, "RopeTable",
+                "theta must be positive and D even, got theta " + std::to_string(theta) + ", D " +
+                    std::to_string(d));
+  std::vector<double> f(static_cast<size_t>(d / 2));
+  for (int64_t i = 0; i < d / 2; ++i)  // as rope_table
+    f[static_cast<size_t>(i)] =
+        std::pow(static_cast<double>(theta), -2.0 * static_cast<double>(i) / d);
+  return RopeTable(std::move(f), 1.0);
+}
+
+void RopeTable::ensure(int64_t n) {
+  if (n <= rows_) return;
+  const int64_t d = dim(), half = d / 2;
+  cs_.resize(static_cast<size_t>(n * d));
+  for (int64_t p = rows_; p < n; ++p) {
+    float* cs = cs_.data() + p * d;
+    for (int64_t i = 0; i < half; ++i) {
+      double ang = static_cast<double>(p) * inv_freq_[static_cast<size_t>(i)];
+      double c = std::cos(ang), s = std::sin(ang);
+      if (factor_ != 1.0) c *= factor_, s *= factor_;
+      cs[i] = static_cast<float>(c);
+      cs[half + i] = static_cast<float>(s);
+    }
+  }
+  rows_ = n;
+}
+
+namespace {
+void rope_apply_table(const char* op, Tensor& x, const Tensor& positions, const RopeTable& table,
+                      RopeStyle style, float sign) {
+  require_f32(op, "x", x);
+  LORAFIT_CHECK(x.ndim() == 4, op, "x is " + x.str() + ": expected [B, T, H, D]");
+  const int64_t bsz = x.dim(0), t = x.dim(1), h = x.dim(2), d = x.dim(3);
+  LORAFIT_CHECK(d == table.dim(), op,
+                "x is " + x.str() + " but the table has D = " + std::to_string(table.dim()));
+  require_i32(op, "positions", positions);
+  const bool per_batch = positions.ndim() == 2;
+  LORAFIT_CHECK((positions.ndim() == 1 && positions.dim(0) == t) ||
+                    (per_batch && positions.dim(0) == bsz && positions.dim(1) == t),
+                op,
+                "positions is " + positions.str() + " but x is " + x.str() + ": expected I32[" +
+                    std::to_string(t) + "] or I32[" + std::to_string(bsz) + ", " +
+                    std::to_string(t) + "]");
+  const int32_t* pp = positions.i32();
+  for (int64_t i = 0; i < positions.numel(); ++i)
+    LORAFIT_CHECK(pp[i] >= 0 && pp[i] < table.rows(), op,
+                  "position " + std::to_string(pp[i]) + " is outside the table's [0, " +
+                      std::to_string(table.rows()) + ") (RopeTable::ensure)");
+  if (x.numel() == 0) return;
+  auto k = active_ops().rope_rotate;
+  float* px = x.f32();
+  parallel_chunks(bsz * t, h * d, kParallelRows, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      int64_t pos = per_batch ? pp[i] : pp[i % t];
+      k(px + i * h * d, table.row(pos), h, d, style, sign);
+    }
+  });
+}
+}  // namespace
+
+void rope_forward(Tensor& x, const Tensor& positions, const RopeTable& table, RopeStyle style) {
+  rope_apply_table("rope_forward", x, positions, table, style, 1.0f);
+}
+// forward was: x <- m R(pos) x  =>  dx <- m R(pos)^T dx (cos unchanged, sin negated)
+void rope_backward(Tensor& dx, const Tensor& positions, const RopeTable& table, RopeStyle style) {
+  rope_apply_table("rope_backward", dx, positions, table, style, -1.0f);
 }
 
 // ---- cross-entropy ----------------------------------------------------------------------------

@@ -189,15 +189,30 @@ Tensor BertModel::encode(nn::Context& ctx, const Tensor& embeds, const Tensor& m
   }
   Tensor x = emb_drop.forward(ctx, emb_norm.forward(ctx, s));
   no_grad_forward_ = ctx.no_grad;
-  detail::LayerScope scope(ctx, x.shape(), ctx.no_grad);  // no_grad: keep one layer at a time
-  for (auto& l : layers) {
+  // Recomputation: keep each layer's input and starting RNG counter only (see LlamaModel).
+  ckpt_ = gradient_checkpointing && !ctx.no_grad;
+  ckpt_in_.clear();
+  ckpt_rng_.clear();
+  if (ckpt_)
+    for (size_t i = 0; i < layers.size(); ++i) ckpt_in_.push_back(ctx.alloc(x.shape()));
+  // no_grad or recomputation: keep one layer's activations at a time
+  detail::LayerScope scope(ctx, x.shape(), ctx.no_grad || ckpt_);
+  for (size_t i = 0; i < layers.size(); ++i) {
+    if (ckpt_) {
+      std::copy(x.f32(), x.f32() + x.numel(), ckpt_in_[i].f32());
+      ckpt_rng_.push_back(ctx.rng_counter);
+    }
     scope.begin();
-    Tensor a = l.attn_drop.forward(ctx, l.attn.forward(ctx, x, mask_f32_));
-    Tensor h1 = l.attn_norm.forward(ctx, add_new(ctx, x, a));
-    Tensor m = l.out_drop.forward(ctx, l.mlp.forward(ctx, h1));
-    x = scope.end(l.out_norm.forward(ctx, add_new(ctx, h1, m)));
+    x = scope.end(layer_forward(ctx, layers[i], x));
   }
   return x;
+}
+
+Tensor BertModel::layer_forward(nn::Context& ctx, BertLayer& l, const Tensor& x) {
+  Tensor a = l.attn_drop.forward(ctx, l.attn.forward(ctx, x, mask_f32_));
+  Tensor h1 = l.attn_norm.forward(ctx, add_new(ctx, x, a));
+  Tensor m = l.out_drop.forward(ctx, l.mlp.forward(ctx, h1));
+  return l.out_norm.forward(ctx, add_new(ctx, h1, m));
 }
 
 Tensor BertModel::backward(nn::Context& ctx, const Tensor& dhidden) {
@@ -209,6 +224,12 @@ Tensor BertModel::backward(nn::Context& ctx, const Tensor& dhidden) {
   for (size_t i = layers.size(); i-- > 0;) {
     BertLayer& l = layers[i];
     scope.begin();
+    if (ckpt_) {  // re-run the layer from its input with the same random draws
+      const uint64_t counter = ctx.rng_counter;
+      ctx.rng_counter = ckpt_rng_[i];
+      layer_forward(ctx, l, ckpt_in_[i].view(dx.shape()));
+      ctx.rng_counter = counter;
+    }
     // forward was: x' = LN_out(h1 + drop(mlp(h1)))
     Tensor ds2 = l.out_norm.backward(ctx, dx);
     Tensor dh1 = add_new(ctx, ds2, l.mlp.backward(ctx, l.out_drop.backward(ctx, ds2)));

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <filesystem>
 
+#include "lorafit/rope_config.h"
 #include "models/models_internal.h"
 
 namespace lorafit::models {
@@ -26,6 +27,7 @@ LlamaModel::LlamaModel(const ModelConfig& c) {
   cfg_ = c;
   embed = nn::Embedding(c.vocab, c.hidden);
   layers.resize(static_cast<size_t>(c.n_layers));
+  auto rope_cache = std::make_shared<nn::RopeCache>();  // one cos/sin table for every layer
   for (auto& l : layers) {
     l.attn_norm = nn::RMSNorm(c.hidden, c.norm_eps);
     nn::AttentionConfig ac;
@@ -39,12 +41,23 @@ LlamaModel::LlamaModel(const ModelConfig& c) {
     ac.rope = true;
     ac.rope_theta = c.rope_theta;
     ac.rope_style = kernels::RopeStyle::HalfRotate;
+    ac.rope_scaling = c.rope_scaling;
+    ac.rope_cache = rope_cache;
     l.attn = nn::Attention(ac);
     l.mlp_norm = nn::RMSNorm(c.hidden, c.norm_eps);
     l.mlp = nn::MLP(nn::MlpKind::SwiGLU, c.hidden, c.intermediate, c.mlp_bias);
   }
   norm = nn::RMSNorm(c.hidden, c.norm_eps);
   lm_head = nn::Linear(c.hidden, c.vocab, false);
+}
+
+void LlamaModel::set_rope_scaling(const nn::RopeScaling& s, int64_t max_positions) {
+  detail::check(max_positions > 0, "set_rope_scaling: max_positions must be positive, got " +
+                                      std::to_string(max_positions));
+  nn::rope_frequencies(cfg_.rope_theta, cfg_.head_dim, s, max_positions);  // validates
+  cfg_.rope_scaling = s;
+  cfg_.max_positions = max_positions;
+  for (auto& l : layers) l.attn.cfg.rope_scaling = s;
 }
 
 Tensor LlamaModel::forward(nn::Context& ctx, const Tensor& ids, const Tensor& mask,
@@ -67,13 +80,33 @@ Tensor LlamaModel::forward_embeds(nn::Context& ctx, const Tensor& embeds, const 
   embed_from_ids_ = false;
   Tensor x = embeds;
   no_grad_forward_ = ctx.no_grad;
-  detail::LayerScope scope(ctx, x.shape(), ctx.no_grad);  // no_grad: keep one layer at a time
-  for (auto& l : layers) {
+  // Recomputation (gradient checkpointing): keep only each layer's input and the RNG counter it
+  // started from; backward re-runs the layer's forward from them.
+  ckpt_ = gradient_checkpointing && !ctx.no_grad;
+  ckpt_in_.clear();
+  ckpt_rng_.clear();
+  if (ckpt_) {
+    ckpt_mask_ = mask;
+    ckpt_pos_ = positions;
+    for (size_t i = 0; i < layers.size(); ++i) ckpt_in_.push_back(ctx.alloc(x.shape()));
+  }
+  // no_grad or recomputation: keep one layer's activations at a time
+  detail::LayerScope scope(ctx, x.shape(), ctx.no_grad || ckpt_);
+  for (size_t i = 0; i < layers.size(); ++i) {
+    if (ckpt_) {
+      std::copy(x.f32(), x.f32() + x.numel(), ckpt_in_[i].f32());
+      ckpt_rng_.push_back(ctx.rng_counter);
+    }
     scope.begin();
-    Tensor h = add_new(ctx, x, l.attn.forward(ctx, l.attn_norm.forward(ctx, x), mask, positions));
-    x = scope.end(add_new(ctx, h, l.mlp.forward(ctx, l.mlp_norm.forward(ctx, h))));
+    x = scope.end(layer_forward(ctx, layers[i], x, mask, positions));
   }
   return lm_head.forward(ctx, norm.forward(ctx, x));
+}
+
+Tensor LlamaModel::layer_forward(nn::Context& ctx, LlamaLayer& l, const Tensor& x,
+                                 const Tensor& mask, const Tensor& positions) {
+  Tensor h = add_new(ctx, x, l.attn.forward(ctx, l.attn_norm.forward(ctx, x), mask, positions));
+  return add_new(ctx, h, l.mlp.forward(ctx, l.mlp_norm.forward(ctx, h)));
 }
 
 Tensor LlamaModel::backward(nn::Context& ctx, const Tensor& dlogits) {
@@ -85,6 +118,14 @@ Tensor LlamaModel::backward(nn::Context& ctx, const Tensor& dlogits) {
   for (size_t i = layers.size(); i-- > 0;) {
     LlamaLayer& l = layers[i];
     scope.begin();
+    if (ckpt_) {
+      // Re-run this layer's forward from its saved input, drawing the same random numbers
+      // (dropout masks) as the first time, so that the modules hold the very activations.
+      const uint64_t counter = ctx.rng_counter;
+      ctx.rng_counter = ckpt_rng_[i];
+      layer_forward(ctx, l, ckpt_in_[i].view(dx.shape()), ckpt_mask_, ckpt_pos_);
+      ctx.rng_counter = counter;
+    }
     // forward was: x' = h + mlp(mlp_norm(h))
     Tensor dh = add_new(ctx, dx, l.mlp_norm.backward(ctx, l.mlp.backward(ctx, dx)));
     // forward was: h = x + attn(attn_norm(x))
@@ -172,6 +213,11 @@ void check_llama_config(const ModelConfig& c, const std::string& where) {
         where + ": the number of key/value heads (" + std::to_string(c.n_kv_heads) +
             ") must divide the number of heads (" + std::to_string(c.n_heads) + ")");
   check(c.head_dim % 2 == 0, where + ": head_dim must be even for RoPE");
+  try {
+    nn::rope_frequencies(c.rope_theta, c.head_dim, c.rope_scaling, c.max_positions);
+  } catch (const Error& e) {
+    throw Error("[models] " + where + ": RoPE scaling: " + e.what());
+  }
 }
 
 // The parameters LlamaModel(c) allocates (lm_head too, even when tied), in double: no overflow.
@@ -251,19 +297,8 @@ std::unique_ptr<Model> load_llama_folder(const std::string& dir, const io::json&
   c.tied_embeddings = io::json_bool(j, "tie_word_embeddings", where, false);
   c.attention_bias = io::json_bool(j, "attention_bias", where, false);
   c.mlp_bias = io::json_bool(j, "mlp_bias", where, false);
-  // transformers >= 5 writes rope_parameters {rope_theta, rope_type}; older configs rope_theta
-  // and rope_scaling. Only the default (unscaled) RoPE is implemented.
-  double theta = io::json_number(j, "rope_theta", where, 10000.0);
-  for (const char* key : {"rope_parameters", "rope_scaling"}) {
-    if (!io::json_has(j, key)) continue;
-    const std::string w = where + ": " + key;
-    check(j[key].is_object(),
-          where + ": field '" + key + "': expected object, got " + io::json_type_name(j[key]));
-    std::string type =
-        io::json_string(j[key], "rope_type", w, io::json_string(j[key], "type", w, "default"));
-    check(type == "default", w + ": field 'rope_type': '" + type + "' is not supported (default)");
-    theta = io::json_number(j[key], "rope_theta", w, theta);
-  }
+  double theta = 0.0;
+  rope_from_config_json(j, c.max_positions, where, &theta, &c.rope_scaling);
   c.rope_theta = static_cast<float>(theta);
   check_llama_config(c, where);
 
@@ -313,9 +348,40 @@ std::unique_ptr<Model> load_llama_gguf(const io::GgufFile& f, const LoadOptions&
         where +
             ": key 'llama.rope.dimension_count' differs from the head size; partial RoPE is "
             "not supported");
-  if (f.has("llama.rope.scaling.type")) {
-    std::string t = f.get_string("llama.rope.scaling.type");
-    check(t == "none", where + ": key 'llama.rope.scaling.type': '" + t + "' is not supported");
+  // llama.cpp: rope.scaling.type none | linear | yarn (+ factor, original_context_length, the
+  // yarn betas and attn_factor); the older rope.scale_linear; llama3 as a rope_freqs tensor.
+  {
+    nn::RopeScaling& s = c.rope_scaling;
+    std::string t = f.get_string("llama.rope.scaling.type", "none");
+    if (t == "none" && f.has("llama.rope.scale_linear") &&
+        f.get_float("llama.rope.scale_linear") != 1.0)
+      t = "linear";
+    check(t == "none" || t == "linear" || t == "yarn",
+          where + ": key 'llama.rope.scaling.type': '" + t +
+              "' is not supported (none, linear, yarn)");
+    if (t != "none") {
+      s.type = t == "linear" ? nn::RopeScaling::Type::Linear : nn::RopeScaling::Type::Yarn;
+      s.factor = f.has("llama.rope.scaling.factor") ? f.get_float("llama.rope.scaling.factor")
+                                                    : f.get_float("llama.rope.scale_linear");
+      check(std::isfinite(s.factor) && s.factor >= 1.0,
+            where + ": key 'llama.rope.scaling.factor' must be >= 1, got " +
+                std::to_string(s.factor));
+      s.original_max_positions =
+          f.get_int("llama.rope.scaling.original_context_length", c.max_positions);
+      if (s.type == nn::RopeScaling::Type::Yarn) {
+        s.beta_fast = f.get_float("llama.rope.scaling.yarn_beta_fast", 32.0);
+        s.beta_slow = f.get_float("llama.rope.scaling.yarn_beta_slow", 1.0);
+        const double attn = f.get_float("llama.rope.scaling.attn_factor", 1.0);
+        if (attn != 1.0) s.attention_factor = attn * (0.1 * std::log(s.factor) + 1.0);
+      }
+    }
+    if (f.has_tensor("rope_freqs.weight")) {
+      Tensor ff = f.tensor_f32("rope_freqs.weight");
+      check(ff.numel() == c.head_dim / 2,
+            where + ": tensor 'rope_freqs.weight' is " + ff.str() + ", expected " +
+                std::to_string(c.head_dim / 2) + " values (head size / 2)");
+      s.freq_factors.assign(ff.f32(), ff.f32() + ff.numel());
+    }
   }
   c.hidden_act = "silu";
   check(f.has_tensor("token_embd.weight"), where + ": tensor 'token_embd.weight' is missing");

@@ -170,6 +170,18 @@ Attention::Attention(const AttentionConfig& c) : cfg(c) {
   o = Linear(hd, cfg.hidden, cfg.out_bias);
 }
 
+const kernels::RopeTable& Attention::rope_table(const Tensor& positions) {
+  int64_t max_pos = 0;
+  const int32_t* p = positions.i32();
+  for (int64_t i = 0; i < positions.numel(); ++i) {
+    NN_CHECK(p[i] >= 0, kOp, "RoPE position " + std::to_string(p[i]) + " is negative");
+    max_pos = std::max<int64_t>(max_pos, p[i]);
+  }
+  if (!cfg.rope_cache) cfg.rope_cache = std::make_shared<RopeCache>();
+  // transformers' dynamic NTK takes the sequence length as the largest position + 1
+  return cfg.rope_cache->table(cfg.rope_theta, cfg.head_dim, cfg.rope_scaling, max_pos + 1);
+}
+
 void Attention::parameters(const std::string& prefix, NamedParameters& out) {
   q.parameters(prefix + "q_proj.", out);
   k.parameters(prefix + "k_proj.", out);
@@ -210,8 +222,9 @@ Tensor Attention::forward(Context& ctx, const Tensor& x, const Tensor& pad_mask,
     }
     Tensor q4 = qf.view({B, T, H, D});
     Tensor k4 = kf.view({B, T, KV, D});
-    kernels::rope_forward(q4, positions_, cfg.rope_theta, cfg.rope_style);
-    kernels::rope_forward(k4, positions_, cfg.rope_theta, cfg.rope_style);
+    const kernels::RopeTable& table = rope_table(positions_);
+    kernels::rope_forward(q4, positions_, table, cfg.rope_style);
+    kernels::rope_forward(k4, positions_, table, cfg.rope_style);
   }
 
   const bool pad = pad_mask.defined();
@@ -446,8 +459,9 @@ Tensor Attention::finish_backward(Context& ctx, Tensor& dq, Tensor& dk, Tensor& 
     // forward was: q, k = rope(q), rope(k) in place -> rotate the gradients back
     Tensor dq4 = dq.view({B, T, H, D});
     Tensor dk4 = dk.view({B, T, KV, D});
-    kernels::rope_backward(dq4, positions_, cfg.rope_theta, cfg.rope_style);
-    kernels::rope_backward(dk4, positions_, cfg.rope_theta, cfg.rope_style);
+    const kernels::RopeTable& table = rope_table(positions_);
+    kernels::rope_backward(dq4, positions_, table, cfg.rope_style);
+    kernels::rope_backward(dk4, positions_, table, cfg.rope_style);
   }
   // forward was: q, k, v = x Wqᵀ, x Wkᵀ, x Wvᵀ -> dx = dq Wq + dk Wk + dv Wv
   Tensor dx = q.backward(ctx, dq, need_input_grad);
@@ -515,8 +529,9 @@ Tensor Attention::forward_cached(Context& ctx, const Tensor& x, KVCache& cache,
     }
     Tensor q4 = qf.view({B, Tn, H, D});
     Tensor k4 = kf.view({B, Tn, KV, D});
-    kernels::rope_forward(q4, pos, cfg.rope_theta, cfg.rope_style);
-    kernels::rope_forward(k4, pos, cfg.rope_theta, cfg.rope_style);
+    const kernels::RopeTable& table = rope_table(pos);
+    kernels::rope_forward(q4, pos, table, cfg.rope_style);
+    kernels::rope_forward(k4, pos, table, cfg.rope_style);
   }
   // Append: cache[b, past + t] = k[b, t] (rows of KV·D floats).
   const int64_t cap = cache.capacity(), row = KV * D;

@@ -9,6 +9,7 @@
 #include <set>
 #include <vector>
 
+#include "lorafit/rope_config.h"
 #include "lorafit/peft.h"
 #include "lorafit/quant.h"
 #include "peft/peft_internal.h"
@@ -67,7 +68,31 @@ void save_merged_gguf(models::Model& model, const std::vector<std::string>& merg
            " values, not a multiple of the " + tensor::dtype_name(type) + " block size 32");
     tensors.emplace_back(ti.name, type == DType::F32 ? w : tensor::quantize(w, type));
   }
-  io::write_gguf(out_path, base.metadata(), tensors);
+  // A model extended with --rope-scaling: llama.cpp reads the scaling and the new context from
+  // the metadata (rope.scaling.*; a dynamic or llama3 scaling has no such form and is refused).
+  auto kv = base.metadata();
+  const nn::RopeScaling& rs = mc.rope_scaling;
+  if (rs.type != nn::RopeScaling::Type::None) {
+    models::GgufRopeKeys keys;
+    try {
+      keys = models::rope_scaling_gguf_keys(rs, "llama");
+    } catch (const Error& e) {
+      fail(out_path + ": " + e.what());
+    }
+    auto set = [&kv](const std::string& key, io::GgufValue v) {
+      for (auto& [k, val] : kv)
+        if (k == key) {
+          val = std::move(v);
+          return;
+        }
+      kv.emplace_back(key, std::move(v));
+    };
+    for (auto& [k, v] : keys.strings) set(k, io::GgufValue::string(v));
+    for (auto& [k, v] : keys.floats) set(k, io::GgufValue::f32(static_cast<float>(v)));
+    for (auto& [k, v] : keys.ints) set(k, io::GgufValue::u32(static_cast<uint32_t>(v)));
+    set("llama.context_length", io::GgufValue::u32(static_cast<uint32_t>(mc.max_positions)));
+  }
+  io::write_gguf(out_path, kv, tensors);
 }
 
 double MergeRounding::ratio() const {

@@ -8,6 +8,7 @@
 #include <set>
 #include <unistd.h>
 
+#include "lorafit/rope_config.h"
 #include "lorafit/kernels.h"
 #include "lorafit/quant.h"
 #include "lorafit/peft.h"
@@ -508,6 +509,21 @@ void save_merged_hf(models::Model& model, const std::string& base_dir, const std
     cfg["id2label"] = id2label;
     cfg["label2id"] = label2id;
   }
+  // A model extended with --rope-scaling: transformers applies the same scaling and the new
+  // context, written in the base's own form: rope_parameters {rope_theta, rope_type, ...}
+  // (transformers >= 5; a legacy rope_scaling beside it would take over, with the default
+  // theta) or rope_theta + rope_scaling (older configs).
+  if (mc.rope_scaling.type != nn::RopeScaling::Type::None) {
+    io::json rs = models::rope_scaling_to_json(mc.rope_scaling);
+    if (cfg.contains("rope_parameters") && cfg["rope_parameters"].is_object()) {
+      rs["rope_theta"] = cfg["rope_parameters"].value("rope_theta", static_cast<double>(mc.rope_theta));
+      cfg["rope_parameters"] = rs;
+      cfg.erase("rope_scaling");
+    } else {
+      cfg["rope_scaling"] = rs;
+    }
+    cfg["max_position_embeddings"] = mc.max_positions;
+  }
   // 4-bit: which Linear weights go out quantized (those the loader quantizes), and the names
   // transformers must leave as nn.Linear (llm_int8_skip_modules, matched as substrings).
   std::map<std::string, nn::Linear*> quantized;  // "<path>.weight" -> Linear
@@ -567,6 +583,20 @@ void save_merged_hf(models::Model& model, const std::string& base_dir, const std
     std::memcpy(b.bytes.data(), v.raw(), v.nbytes());
     blobs.push_back(std::move(b));
   }
+  // A tied lm_head whose embeddings were trained (modules_to_save embed_tokens): PEFT replaces
+  // the input embeddings only, the head keeps the base weight; so must the merged folder.
+  if (mc.tied_embeddings)
+    for (auto& [path, lin] : model.linears())
+      if (path == "lm_head")
+        for (auto& [name, p] : model.named_parameters())
+          if (name == "model.embed_tokens.weight" && !p->value.same_storage(lin->weight.value)) {
+            Tensor v = lin->weight.value.to(tensor::DType::F32);
+            io::SafetensorsBlob b{"lm_head.weight", "F32", v.shape(), {}};
+            b.bytes.resize(v.nbytes());
+            std::memcpy(b.bytes.data(), v.raw(), v.nbytes());
+            blobs.push_back(std::move(b));
+            cfg["tie_word_embeddings"] = false;
+          }
   io::write_folder_atomic(out_dir, [&](const std::string& tmp) {
     io::write_json_file(tmp + "/config.json", cfg);
     for (const char* f : {"tokenizer.json", "tokenizer_config.json", "vocab.txt",

@@ -302,8 +302,12 @@ int64_t text_split_offset(const std::string& path, double fraction) {
 }
 
 std::vector<Sample> read_lm_text(const std::string& path, const text::Tokenizer& tok,
-                                 size_t block_size, int64_t begin_byte, int64_t end_byte) {
+                                 size_t block_size, int64_t begin_byte, int64_t end_byte,
+                                 size_t stride) {
   check(block_size >= 2, kOp, "block_size must be at least 2");
+  check(stride <= block_size, kOp,
+        "stride " + std::to_string(stride) + " must be at most the block size " +
+            std::to_string(block_size));
   std::string all = io::read_file(path);
   if (end_byte < 0 || end_byte > static_cast<int64_t>(all.size())) end_byte = static_cast<int64_t>(all.size());
   check(begin_byte >= 0 && begin_byte <= end_byte, kOp, path + ": bad byte range");
@@ -328,6 +332,23 @@ std::vector<Sample> read_lm_text(const std::string& path, const text::Tokenizer&
     ++lineno;
   }
   std::vector<Sample> out;
+  if (stride > 0 && stride < block_size && ids.size() >= 2) {
+    // Sliding windows (transformers' perplexity guide): window w starts at w·stride and holds up
+    // to block_size inputs; only the targets no earlier window scored count, so every token is
+    // scored once, with up to block_size - stride tokens of context before the new ones.
+    const size_t last = ids.size() - 1;  // targets are ids[1..last]
+    size_t scored = 0;                   // targets ids[1..scored] done
+    for (size_t b = 0; scored < last; b += stride) {
+      const size_t e = std::min(b + block_size, last);  // inputs ids[b, e), targets ids[b+1, e+1)
+      Sample s;
+      s.ids.assign(ids.begin() + b, ids.begin() + e);
+      s.targets.assign(ids.begin() + b + 1, ids.begin() + e + 1);
+      for (size_t j = 0; j < s.targets.size() && b + 1 + j <= scored; ++j) s.targets[j] = -100;
+      scored = e;
+      out.push_back(std::move(s));
+    }
+    return out;
+  }
   // Block i covers ids[i*bs, (i+1)*bs] (bs + 1 ids: the inputs and the shifted targets).
   size_t n_blocks = ids.size() > block_size ? (ids.size() - 1) / block_size : 0;
   if (n_blocks == 0 && ids.size() >= 2) {

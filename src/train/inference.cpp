@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <filesystem>
 
+#include "lorafit/rope_config.h"
 #include "lorafit/io.h"
 #include "lorafit/peft.h"
 #include "lorafit/train.h"
@@ -77,6 +78,47 @@ std::unique_ptr<peft::PeftModel> load_run_weights(models::Model& model, const st
   return nullptr;
 }
 
+json apply_rope_scaling(models::Model& model, const std::string& spec) {
+  auto* llama = dynamic_cast<models::LlamaModel*>(&model);
+  const models::ModelConfig& c = model.config();
+  if (!llama)
+    throw Error("[rope] --rope-scaling '" + spec + "' needs a Llama-family (RoPE) model; " +
+                c.source + " is " + c.arch);
+  if (c.rope_scaling.type != nn::RopeScaling::Type::None)
+    throw Error("[rope] --rope-scaling '" + spec + "': " + c.source + " already has RoPE scaling " +
+                models::rope_scaling_str(c.rope_scaling));
+  int64_t max_positions = 0;
+  nn::RopeScaling s = models::parse_rope_scaling_option(spec, c.max_positions, &max_positions);
+  s.freq_factors = c.rope_scaling.freq_factors;
+  llama->set_rope_scaling(s, max_positions);
+  return {{"rope_scaling", models::rope_scaling_to_json(s)},
+          {"max_position_embeddings", max_positions},
+          {"option", spec}};
+}
+
+void apply_rope_note(models::Model& model, const json& info, const std::string& dir) {
+  if (!info.contains("rope")) return;
+  const std::string where = dir + "/lorafit_task.json: rope";
+  const json& note = info.at("rope");
+  if (!note.is_object() || !note.contains("rope_scaling") || !note.at("rope_scaling").is_object())
+    throw Error("[rope] " + where + ": expected an object with a rope_scaling object");
+  const models::ModelConfig& c = model.config();
+  auto* llama = dynamic_cast<models::LlamaModel*>(&model);
+  if (!llama)
+    throw Error("[rope] " + where + ": the run extended a Llama model's RoPE; " + c.source +
+                " is " + c.arch);
+  const int64_t max_positions = io::json_int(note, "max_position_embeddings", where);
+  nn::RopeScaling s =
+      models::rope_scaling_from_json(note.at("rope_scaling"), c.max_positions, where);
+  s.freq_factors = c.rope_scaling.freq_factors;
+  const json have = models::rope_scaling_to_json(c.rope_scaling);
+  if (have == note.at("rope_scaling") || have == models::rope_scaling_to_json(s)) return;
+  if (c.rope_scaling.type != nn::RopeScaling::Type::None)
+    throw Error("[rope] " + where + ": the run used " + models::rope_scaling_str(s) + " but " +
+                c.source + " has " + models::rope_scaling_str(c.rope_scaling));
+  llama->set_rope_scaling(s, max_positions);
+}
+
 // ---- evaluation and prediction ----------------------------------------------------------------
 
 namespace {
@@ -90,7 +132,8 @@ struct Inference {
 };
 
 Inference open_for_inference(const std::string& model, const std::string& adapter, std::string task,
-                             const std::string& cmd, const std::string& quantize) {
+                             const std::string& cmd, const std::string& quantize,
+                             const std::string& rope_scaling = "") {
   if (model.empty()) throw Error("[" + cmd + "] --model is required");
   const std::string path = models::resolve_model_path(model);
   json info = adapter.empty() ? json::object() : read_task_info(adapter);
@@ -105,6 +148,13 @@ Inference open_for_inference(const std::string& model, const std::string& adapte
   models::check_quantize(lo.quantize, "[" + cmd + "] --quantize");
   if (models::is_gguf_path(path) && quantize.empty()) lo.quantize = "none";
   Inference r{open_model(path, lo), nullptr, info, task == "lm"};
+  if (!rope_scaling.empty()) {
+    if (info.contains("rope"))
+      throw Error("[" + cmd + "] --rope-scaling: " + adapter +
+                  " records the run's RoPE scaling already (lorafit_task.json), which is applied");
+    apply_rope_scaling(*r.lm.model, rope_scaling);
+  }
+  apply_rope_note(*r.lm.model, info, adapter);
   r.pm = load_run_weights(*r.lm.model, adapter);
   return r;
 }
@@ -113,7 +163,7 @@ Inference open_for_inference(const std::string& model, const std::string& adapte
 
 EvalReport evaluate_file(const EvalParams& p) {
   if (p.data.empty()) throw Error("[eval] --data is required");
-  Inference m = open_for_inference(p.model, p.adapter, p.task, "eval", p.quantize);
+  Inference m = open_for_inference(p.model, p.adapter, p.task, "eval", p.quantize, p.rope_scaling);
   const auto bsz = static_cast<size_t>(std::max<int64_t>(1, p.batch_size));
   const text::Tokenizer& tok = m.lm.tokenizer;
   Task t{m.lm.model.get(), m.causal};
@@ -124,8 +174,14 @@ EvalReport evaluate_file(const EvalParams& p) {
     rep.plain_text = p.data.size() > 4 && p.data.ends_with(".txt");
     std::vector<Sample> samples;
     if (rep.plain_text) {
-      samples = read_lm_text(p.data, tok, static_cast<size_t>(bs));
+      if (p.stride < 0 || p.stride > bs)
+        throw Error("[eval] --stride " + std::to_string(p.stride) + ": expected 0 (blocks) to "
+                    "the block size " + std::to_string(bs));
+      samples = read_lm_text(p.data, tok, static_cast<size_t>(bs), 0, -1,
+                             static_cast<size_t>(p.stride));
     } else {  // instruction data: loss on the replies only
+      if (p.stride != 0)
+        throw Error("[eval] --stride: sliding windows are for plain text (.txt), not " + p.data);
       const std::string choice =
           !p.chat_template.empty() ? p.chat_template : m.info.value("chat_template", "auto");
       samples = read_instruction_data(p.data, tok, text::ChatTemplate::for_tokenizer(tok, choice),

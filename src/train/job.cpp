@@ -82,6 +82,9 @@ void check_method_options(const RunParams& p) {
   if (p.lr && *p.lr <= 0) fail("--lr must be positive");
   if (p.warmup_ratio < 0 || p.warmup_ratio >= 1) fail("--warmup-ratio must be in [0, 1)");
   if (!adapter && p.loraplus_ratio != 1.0) fail("--loraplus-ratio needs --method lora or adalora");
+  if (!adapter && !p.trainable_extra.empty())
+    fail("--trainable-extra needs --method lora or adalora (it adds to the adapter's "
+         "modules_to_save)");
   if (p.threads < 0) fail("--threads must be >= 0");
   if (p.max_length < 1 || p.block_size < 1) fail("--max-length and --block-size must be >= 1");
   if (p.attention != "full" && p.attention != "s2")
@@ -152,7 +155,10 @@ json run_params_to_json(const RunParams& p) {
             {"stop_after", p.stop_after},
             {"attention", p.attention},
             {"s2_ratio", p.s2_ratio},
-            {"quantize", p.quantize}};
+            {"quantize", p.quantize},
+            {"rope_scaling", p.rope_scaling},
+            {"gradient_checkpointing", p.gradient_checkpointing},
+            {"trainable_extra", p.trainable_extra}};
   j["modules_to_save"] = p.modules_to_save ? json(*p.modules_to_save) : json(nullptr);
   j["lr"] = p.lr ? json(*p.lr) : json(nullptr);
   return j;
@@ -224,6 +230,9 @@ RunParams run_params_from_json(const json& j, const std::string& origin) {
   get("attention", p.attention);
   get("s2_ratio", p.s2_ratio);
   get("quantize", p.quantize);
+  get("rope_scaling", p.rope_scaling);
+  get("gradient_checkpointing", p.gradient_checkpointing);
+  get("trainable_extra", p.trainable_extra);
   if (j.contains("modules_to_save") && !j.at("modules_to_save").is_null()) {
     p.modules_to_save.emplace();
     get("modules_to_save", *p.modules_to_save);
@@ -389,6 +398,18 @@ std::unique_ptr<TrainingJob> TrainingJob::prepare(const RunParams& params) {
            model_path + " is " + mc.arch);
     for (auto& layer : llama->layers) layer.attn.cfg.s2_ratio = static_cast<float>(p.s2_ratio);
   }
+  if (p.gradient_checkpointing) {
+    if (auto* llama = dynamic_cast<models::LlamaModel*>(&model))
+      llama->gradient_checkpointing = true;
+    else if (auto* bert = dynamic_cast<models::BertModel*>(&model))
+      bert->gradient_checkpointing = true;
+    else
+      fail("--gradient-checkpointing: not implemented for " + mc.arch);
+  }
+  json rope_note;  // the scaling this run applied, for lorafit_task.json
+  if (!p.rope_scaling.empty()) {
+    rope_note = apply_rope_scaling(model, p.rope_scaling);
+  }
 
   TrainOptions& to = J.to;
   to.output_dir = p.output;
@@ -425,6 +446,29 @@ std::unique_ptr<TrainingJob> TrainingJob::prepare(const RunParams& params) {
     acfg.target_modules =
         p.target_modules.empty() ? default_target_modules(mc.arch) : p.target_modules;
     acfg.modules_to_save = p.modules_to_save;
+    if (!p.trainable_extra.empty()) {
+      // LongLoRA trains the embeddings and norms beside LoRA: PEFT's modules_to_save, by the
+      // Llama module names (the norms of every layer and the final one).
+      if (mc.arch != "llama")
+        fail("--trainable-extra is implemented for Llama-family models; " + model_path + " is " +
+             mc.arch);
+      std::vector<std::string> m = acfg.modules_to_save.value_or(std::vector<std::string>{});
+      auto add = [&m](const char* n) {
+        if (std::find(m.begin(), m.end(), n) == m.end()) m.push_back(n);
+      };
+      for (const auto& e : p.trainable_extra) {
+        if (e == "embed") {
+          add("embed_tokens");
+        } else if (e == "norm") {
+          add("input_layernorm");
+          add("post_attention_layernorm");
+          add("norm");
+        } else {
+          fail("--trainable-extra '" + e + "': expected embed and/or norm (comma-separated)");
+        }
+      }
+      acfg.modules_to_save = m;
+    }
     if (method == "adalora") {  // PEFT AdaLoraConfig; total_step = this run's optimizer steps
       acfg.peft_type = "ADALORA";
       acfg.init_r = p.init_r;
@@ -477,6 +521,7 @@ std::unique_ptr<TrainingJob> TrainingJob::prepare(const RunParams& params) {
                  {"block_size", p.block_size},
                  {"chat_template", p.chat_template},
                  {"quantize", p.quantize}};
+  if (!rope_note.is_null()) J.task_info["rope"] = rope_note;
   Impl* impl = &J;
   to.save_weights = [impl](const std::string& dir) {
     if (impl->pm) impl->pm->save_pretrained(dir);

@@ -493,7 +493,7 @@ TEST(Config, MissingOrWrongFieldNamesFileAndField) {
        "intermediate_size"},
       {"tiny_llama", "llama_type", [](io::json& j) { j["rms_norm_eps"] = "small"; },
        "rms_norm_eps"},
-      {"tiny_llama", "llama_rope", [](io::json& j) { j["rope_parameters"]["rope_type"] = "yarn"; },
+      {"tiny_llama", "llama_rope", [](io::json& j) { j["rope_parameters"]["rope_type"] = "longrope"; },
        "rope_type"},
       {"tiny_llama", "unknown_arch", [](io::json& j) { j["model_type"] = "gpt_neox"; },
        "model_type"},

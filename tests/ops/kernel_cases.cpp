@@ -13,6 +13,7 @@
 // Tolerances are stated per case, next to the call that uses them.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <numbers>
@@ -938,6 +939,85 @@ OPCHECK(rope_forward, HalfRotateIsAdjacentUnderPermutation) {
       }
     }
   }
+}
+
+// The table path (RopeTable: any inverse frequencies and a factor on cos/sin, cached rows)
+// against the explicit rotation with those frequencies, in double.
+std::vector<double> rope_naive_freqs(const Tensor& x, const std::vector<int32_t>& pos_bt,
+                                     const std::vector<double>& f, double m, k::RopeStyle style,
+                                     double sign) {
+  const int64_t bt = x.dim(0) * x.dim(1), h = x.dim(2), d = x.dim(3), half = d / 2;
+  std::vector<double> y(static_cast<size_t>(x.numel()));
+  for (int64_t i = 0; i < bt; ++i)
+    for (int64_t hh = 0; hh < h; ++hh) {
+      const float* xv = x.f32() + (i * h + hh) * d;
+      double* yv = y.data() + (i * h + hh) * d;
+      for (int64_t p = 0; p < half; ++p) {
+        const double ang = pos_bt[i] * f[p];
+        const double c = m * std::cos(ang), sn = sign * m * std::sin(ang);
+        int64_t ia = style == k::RopeStyle::HalfRotate ? p : 2 * p;
+        int64_t ib = style == k::RopeStyle::HalfRotate ? p + half : 2 * p + 1;
+        yv[ia] = c * xv[ia] - sn * xv[ib];
+        yv[ib] = sn * xv[ia] + c * xv[ib];
+      }
+    }
+  return y;
+}
+
+OPCHECK(rope_forward, TableEqualsThetaPathAndScaledFrequencies) {
+  for (const RopeCase& rc : kRopeCases)
+    for (k::RopeStyle style : {k::RopeStyle::HalfRotate, k::RopeStyle::Adjacent}) {
+      const int64_t d = rc.shape[3];
+      std::vector<int32_t> pos_bt;
+      Tensor pos = rope_positions(rc, &pos_bt);
+      Tensor x = random(rc.shape, 160 + d);
+      // from_theta: the very tables of the theta overload, so bitwise equal results
+      k::RopeTable t = k::RopeTable::from_theta(10000.0f, d);
+      t.ensure(1000);
+      for (Isa isa : {Isa::Scalar, vec_isa()}) {
+        IsaScope scope(isa);
+        for (bool back : {false, true}) {
+          Tensor a = x.clone(), b = x.clone();
+          if (back) k::rope_backward(a, pos, 10000.0f, style), k::rope_backward(b, pos, t, style);
+          else k::rope_forward(a, pos, 10000.0f, style), k::rope_forward(b, pos, t, style);
+          EXPECT_EQ(0, std::memcmp(a.raw(), b.raw(), a.nbytes())) << "table vs theta " << tag(rc.shape, isa);
+        }
+      }
+      // arbitrary frequencies (as a scaling makes them) and YaRN's factor on cos and sin
+      std::vector<double> f(static_cast<size_t>(d / 2));
+      for (int64_t i = 0; i < d / 2; ++i) f[i] = std::pow(5e5, -2.0 * i / d) / (1.0 + 0.37 * i);
+      const double m = 1.0693;
+      k::RopeTable ts(f, m);
+      ts.ensure(1);
+      ts.ensure(1000);  // grows
+      for (bool back : {false, true}) {
+        auto fn = [&](Tensor& y) {
+          if (back) k::rope_backward(y, pos, ts, style);
+          else k::rope_forward(y, pos, ts, style);
+        };
+        Tensor ref = run_guarded(Isa::Scalar, rc.shape, fn, &x);
+        Tensor vec = run_guarded(vec_isa(), rc.shape, fn, &x);
+        Tensor want = from_double(rc.shape, rope_naive_freqs(x, pos_bt, f, m, style, back ? -1.0 : 1.0));
+        compare3(ref, vec, want, 2e-6, 1e-5, 2e-6, 1e-5, std::string("rope table ") + (back ? "backward " : "forward ") + tag(rc.shape, vec_isa()));
+      }
+      // backward is the transpose: <R x, r> = <x, Rᵀ r> (not the inverse once m != 1)
+      if (shape_numel(rc.shape) <= 2000) {
+        Tensor r = random(rc.shape, 161), g = r.clone();
+        k::rope_backward(g, pos, ts, style);
+        auto num = fd_of(x, rc.shape, [&](Tensor& out) {
+          out.copy_from(x);
+          k::rope_forward(out, pos, ts, style);
+        }, r, 1e-2f);
+        expect_grad(g, num, 1e-4, "rope table backward fd " + tag(rc.shape, vec_isa()));
+      }
+    }
+  k::RopeTable t = k::RopeTable::from_theta(1e4f, 4);
+  t.ensure(3);
+  Tensor x = random({1, 2, 1, 4}, 1), far = Tensor::from_ints({2}, {1, 3});
+  expect_error([&] { k::rope_forward(x, far, t, k::RopeStyle::HalfRotate); }, {"[rope_forward]", "position 3", "[0, 3)"});
+  Tensor x6 = random({1, 2, 1, 6}, 1), ok = Tensor::from_ints({2}, {0, 1});
+  expect_error([&] { k::rope_backward(x6, ok, t, k::RopeStyle::HalfRotate); }, {"[rope_backward]", "F32[1, 2, 1, 6]", "D = 4"});
+  expect_error([&] { k::RopeTable({1.0, -2.0}, 1.0); }, {"[RopeTable]", "positive"});
 }
 
 OPCHECK(rope_backward, InverseAndFiniteDifferences) {

@@ -775,6 +775,100 @@ TEST(Cli, ShiftedSparseAttentionTrainsAndIsRefusedWhereItDoesNotApply) {
   fs::remove_all(work);
 }
 
+// LongLoRA's options together: --rope-scaling (recorded with the adapter and applied again by
+// eval and merge), --gradient-checkpointing (the same adapter, bit for bit), --trainable-extra
+// (PEFT modules_to_save, refused by the llama.cpp LoRA export), eval --stride; bad uses refused.
+TEST(Cli, LongContextOptionsRecordedAppliedAndRefused) {
+  auto dir = tiny_llama_dir();  // max_position_embeddings 64
+  auto work = temp_dir("cli_long");
+  std::string txt;
+  for (int i = 0; i < 60; ++i) txt += "the cat sat on the mat. a dog ran to the park.\n";
+  write(work / "all.txt", txt);
+  const std::string bin = LORAFIT_BINARY;
+  const std::string common = " train --model " + dir.string() + " --train " + (work / "all.txt").string() +
+                             " --block-size 96 --batch-size 2 --max-steps 2 --threads 1 --quiet"
+                             " --rope-scaling linear:2 --attention s2 --trainable-extra embed,norm";
+  ASSERT_EQ(run(bin + common + " --output " + (work / "a").string()), 0);
+  ASSERT_EQ(run(bin + common + " --output " + (work / "b").string() + " --gradient-checkpointing"), 0);
+  auto read_all = [](const fs::path& f) {
+    std::ifstream in(f, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  const std::string a = read_all(work / "a/final/adapter_model.safetensors");
+  ASSERT_FALSE(a.empty());
+  EXPECT_EQ(a, read_all(work / "b/final/adapter_model.safetensors")) << "recomputation changed the adapter";
+  // the note and modules_to_save
+  io::json task = io::read_json_file((work / "a/final/lorafit_task.json").string());
+  EXPECT_EQ(task["rope"]["rope_scaling"]["rope_type"], "linear");
+  EXPECT_EQ(task["rope"]["max_position_embeddings"], 128);
+  io::json acfg = io::read_json_file((work / "a/final/adapter_config.json").string());
+  EXPECT_EQ(acfg["modules_to_save"].dump(), R"(["embed_tokens","input_layernorm","post_attention_layernorm","norm"])");
+  auto st = io::SafetensorsFile::open((work / "a/final/adapter_model.safetensors").string());
+  EXPECT_TRUE(st.contains("base_model.model.model.embed_tokens.weight"));
+  EXPECT_TRUE(st.contains("base_model.model.model.layers.1.post_attention_layernorm.weight"));
+  EXPECT_TRUE(st.contains("base_model.model.model.norm.weight"));
+  // eval applies the note: the adapter's perplexity at 96 tokens, and the base with the scaling
+  const std::string data = " --data " + (work / "all.txt").string() + " --block-size 96 --threads 1";
+  auto with = run_out(bin + " eval --model " + dir.string() + " --adapter " + (work / "a/final").string() + data);
+  ASSERT_EQ(with.first, 0) << with.second;
+  auto scaled = run_out(bin + " eval --model " + dir.string() + " --rope-scaling linear:2" + data);
+  auto plain = run_out(bin + " eval --model " + dir.string() + data);
+  ASSERT_EQ(scaled.first, 0);
+  ASSERT_EQ(plain.first, 0);
+  EXPECT_NE(value_after(scaled.second, "perplexity"), value_after(plain.second, "perplexity"));
+  auto twice = run_err(bin + " eval --model " + dir.string() + " --adapter " + (work / "a/final").string() +
+                       " --rope-scaling linear:2" + data);
+  EXPECT_EQ(twice.first, 1);
+  EXPECT_NE(twice.second.find("records the run's RoPE scaling already"), std::string::npos) << twice.second;
+  // sliding windows: every predicted token once, however the windows overlap
+  auto blocks = run_out(bin + " eval --model " + dir.string() + " --data " + (work / "all.txt").string() +
+                        " --block-size 32 --stride 32 --threads 1");
+  auto slide = run_out(bin + " eval --model " + dir.string() + " --data " + (work / "all.txt").string() +
+                       " --block-size 32 --stride 8 --threads 1");
+  ASSERT_EQ(slide.first, 0) << slide.second;
+  auto ntok = [](const std::string& out) {
+    auto p = out.find('(');
+    return p == std::string::npos ? -1.0 : std::atof(out.c_str() + p + 1);
+  };
+  const double n_all = ntok(slide.second);
+  EXPECT_GT(n_all, ntok(blocks.second));  // blocks drop the last partial block
+  EXPECT_EQ(n_all, static_cast<double>(train::read_lm_text((work / "all.txt").string(),
+                                           text::Tokenizer::from_file(dir.string()), 4096)[0].ids.size()));
+  auto bad_stride = run_err(bin + " eval --model " + dir.string() + " --data " + (work / "all.txt").string() +
+                            " --block-size 32 --stride 33");
+  EXPECT_NE(bad_stride.second.find("--stride 33: expected 0 (blocks) to the block size 32"), std::string::npos)
+      << bad_stride.second;
+  auto pr = run_err(bin + " predict --model " + dir.string() + " --adapter " + (work / "a/final").string() +
+                    " --data " + (work / "all.txt").string() + " --stride 8");
+  EXPECT_NE(pr.second.find("--rope-scaling and --stride are for LM evaluation"), std::string::npos) << pr.second;
+  // merge: config.json carries the scaling for transformers
+  ASSERT_EQ(run(bin + " adapter merge " + (work / "a/final").string() + " --base " + dir.string() +
+                " --out " + (work / "merged").string()), 0);
+  io::json mcfg = io::read_json_file((work / "merged/config.json").string());
+  EXPECT_FALSE(mcfg.contains("rope_scaling"));  // transformers >= 5 form, as the base's
+  EXPECT_EQ(mcfg["rope_parameters"]["rope_type"], "linear");
+  EXPECT_EQ(mcfg["rope_parameters"]["rope_theta"], 100000.0);
+  EXPECT_EQ(mcfg["rope_parameters"]["factor"], 2.0);
+  EXPECT_EQ(mcfg["max_position_embeddings"], 128);
+  // the llama.cpp LoRA GGUF cannot hold the trained embeddings and norms: refused, not dropped
+  auto gg = run_err(bin + " adapter export-gguf " + (work / "a/final").string() + " --base " + dir.string() +
+                    " --out " + (work / "a.gguf").string());
+  EXPECT_EQ(gg.first, 1);
+  EXPECT_NE(gg.second.find("modules_to_save cannot be stored in a llama.cpp LoRA GGUF"), std::string::npos)
+      << gg.second;
+  EXPECT_FALSE(fs::exists(work / "a.gguf"));
+  // bad uses
+  const std::string base = " train --model " + dir.string() + " --train " + (work / "all.txt").string() +
+                           " --block-size 32 --max-steps 1 --quiet";
+  auto e1 = run_err(bin + base + " --output " + (work / "x").string() + " --trainable-extra embed,bias");
+  EXPECT_NE(e1.second.find("--trainable-extra 'bias': expected embed and/or norm"), std::string::npos) << e1.second;
+  auto e2 = run_err(bin + base + " --output " + (work / "y").string() + " --rope-scaling linear");
+  EXPECT_NE(e2.second.find("--rope-scaling 'linear': expected TYPE:FACTOR"), std::string::npos) << e2.second;
+  auto e3 = run_err(bin + base + " --output " + (work / "z").string() + " --method full --trainable-extra norm");
+  EXPECT_NE(e3.second.find("--trainable-extra needs --method lora or adalora"), std::string::npos) << e3.second;
+  fs::remove_all(work);
+}
+
 TEST(Cli, InstructionTrainingLearnsTheReplies) {
   auto dir = tiny_llama_dir();
   auto work = temp_dir("cli_instr");
