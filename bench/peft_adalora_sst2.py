@@ -24,10 +24,11 @@ import time
 def read_tsv(path):
     rows = []
     with open(path, encoding="utf-8") as f:
-        header = f.readline().rstrip("\n").split("\t")
-        si, li = header.index("sentence"), header.index("label")
+        header = f.readline().rstrip("\r\n").split("\t")  # the column names lorafit detects
+        si = next(header.index(c) for c in ("sentence", "content", "text") if c in header)
+        li = header.index("label")
         for line in f:
-            parts = line.rstrip("\n").split("\t")
+            parts = line.rstrip("\r\n").split("\t")
             if len(parts) > max(si, li):
                 rows.append((parts[si], int(parts[li])))
     return rows

@@ -30,7 +30,8 @@
 #   ada-fixed8"), ADA_LRS ("3e-3"), THREADS (--threads per run, 1), JOBS (runs side by side, 2),
 #   NICE (19), EVAL_EVERY (0: evaluate at the end only), LORAFIT (build/lorafit),
 #   OUT (runs/results), DOC (docs/RESULTS.md), NO_DOC=1 (only the CSVs and tables on stdout),
-#   MODEL / TRAIN / DEV (another model folder or .tsv files, e.g. for a quick check of the script).
+#   MODEL / TRAIN / DEV (another model folder or .tsv files, e.g. for a quick check of the script),
+#   RUN=0 (start no run: write the tables from the runs that have finished).
 # A run whose folder already holds result.txt is not repeated (delete it to redo it), so the
 # script can be stopped and re-started, and tables can grow seed by seed.
 # Wall time and tokens/s depend on what else the machine runs; the accuracies do not (training is
@@ -169,8 +170,12 @@ for table in "${TABLES[@]}"; do
     *) echo "results.sh: unknown table '$table' (methods, sweep, rank, adalora)" >&2; exit 2 ;;
   esac
 done >"$jobs_file"
-echo "== $(date -u '+%F %H:%M UTC') $TAG: $(wc -l <"$jobs_file") runs, $JOBS side by side, --threads $THREADS"
-xargs -P "$JOBS" -L 1 bash -c 'run_one "$@"' _ <"$jobs_file"
+if [ "${RUN:-1}" = 0 ]; then
+  echo "== RUN=0: tables from the finished runs only"
+else
+  echo "== $(date -u '+%F %H:%M UTC') $TAG: $(wc -l <"$jobs_file") runs, $JOBS side by side, --threads $THREADS"
+  xargs -P "$JOBS" -L 1 bash -c 'run_one "$@"' _ <"$jobs_file"
+fi
 
 # tables: results/TAG-TABLE.csv beside $DOC (every run) and a Markdown block in $DOC
 mkdir -p "$(dirname "$DOC")/results"
@@ -230,20 +235,52 @@ def block(table, rows):
         cmds += [f"# {k[0]}, lr {k[1]}", c]
     lines += ["", "Commands (SEED as in the seeds column, DIR any new folder):", "", "```sh"] + cmds + ["```"]
     return lines
+def loss_block(table):
+    # training loss (the trainer's log.jsonl) averaged over windows of 25 steps, every run folder
+    # of the table, finished or not: how fast each variant leaves chance (ln 2 = 0.693)
+    out = []
+    for d in sorted(glob.glob(f"{root}/{table}/*/run/log.jsonl")):
+        import json
+        loss = {}
+        for l in open(d):
+            try: j = json.loads(l)
+            except ValueError: continue
+            if j.get("type") == "step": loss[j["step"]] = j["loss"]
+        if not loss: continue
+        total = int(steps) if steps.isdigit() else max(loss)
+        w = []
+        for a in range(1, total + 1, 25):
+            v = [loss[t] for t in range(a, min(a + 25, total + 1)) if t in loss]
+            w.append(f"{sum(v) / len(v):.3f}" if len(v) == min(25, total + 1 - a) else "")
+        name = os.path.basename(os.path.dirname(os.path.dirname(d)))
+        done = os.path.exists(os.path.join(os.path.dirname(os.path.dirname(d)), "result.txt"))
+        out.append((name + ("" if done else f" (stopped at step {max(loss)})"), w))
+    if not out: return []
+    n = max(len(w) for _, w in out)
+    lines = ["", "Training loss, mean over windows of 25 steps (log.jsonl of each run; AdaLoRA's "
+             "includes the orthogonal term, as PEFT's `outputs.loss`):", "",
+             "| run | " + " | ".join(f"{25 * i + 1}–{25 * (i + 1)}" for i in range(n)) + " |",
+             "| --- |" + " ---: |" * n]
+    for name, w in out:
+        lines.append(f"| {name} | " + " | ".join(w + [""] * (n - len(w))) + " |")
+    return lines
 for table in tables:
     rows = load(table)
-    if not rows: print(f"results.sh: no finished runs for {table}"); continue
+    loss = loss_block(table) if table in ("adalora", "methods") else []
+    if not rows and not loss: print(f"results.sh: no finished runs for {table}"); continue
     cols = ["table", "name", "method", "lr", "seed", "steps", "accuracy", "f1", "mcc", "n_dev",
             "trainable", "total", "trainable_pct", "wall_s", "train_s", "tokens_per_s",
             "peak_rss_mib", "adalora", "command"]
     csvdir = os.path.join(os.path.dirname(doc), "results")
-    tmp = f"{csvdir}/{tag}-{table}.csv.tmp"
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
-        w.writeheader()
-        for r in rows: w.writerow(r)
-    os.replace(tmp, f"{csvdir}/{tag}-{table}.csv")
-    lines = block(table, rows)
+    if rows:
+        tmp = f"{csvdir}/{tag}-{table}.csv.tmp"
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+            w.writeheader()
+            for r in rows: w.writerow(r)
+        os.replace(tmp, f"{csvdir}/{tag}-{table}.csv")
+    lines = (block(table, rows) if rows else
+             [f"Budget: {budget}. No run of this table finished yet."]) + loss
     print("\n".join(lines) + "\n")
     if no_doc == "1": continue
     begin, end = f"<!-- results.sh {tag} {table} -->", f"<!-- /results.sh {tag} {table} -->"
