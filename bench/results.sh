@@ -195,6 +195,9 @@ def load(table):
         r = dict(l.rstrip("\n").split("=", 1) for l in open(p) if "=" in l)
         r["command"] = open(os.path.join(os.path.dirname(p), "command.txt")).read().strip()
         if table == "rank" and r["name"] == "lora": r["name"] = "lora-r8"
+        if "n_dev" not in r:  # result.txt of an older version of this script
+            m = re.search(r"\((\d+) examples\)", open(os.path.join(os.path.dirname(p), "stdout.txt")).read())
+            r["n_dev"] = m.group(1) if m else "?"
         rows.append(r)
     return rows
 def fmt_int(x): return f"{int(x):,}"
