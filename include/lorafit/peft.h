@@ -408,6 +408,16 @@ void write_analysis_svg(const std::string& path, const std::vector<AnalysisPoint
 double adalora_orth_reg(const std::vector<SVDLinear*>& layers, double orth_reg_weight,
                         double grad_scale = 0.0);
 
+// The schedule `lorafit train --method adalora` uses unless told otherwise: the AdaLoRA paper's
+// GLUE SST-2 schedule (tinit 6000, tfinal 22000, deltaT 100 of 24 × 2105 = 50,520 steps) as
+// fractions of the run's total_step: tinit = 12%, tfinal = 44%, deltaT = max(1, total/500).
+// (PEFT's AdaLoraConfig defaults, tinit = tfinal = 0 and deltaT = 1, prune from the first step on
+// importance scores that have not formed yet and never train the final pattern.)
+struct AdaloraSchedule {
+  int64_t tinit = 0, tfinal = 0, deltaT = 1;
+};
+AdaloraSchedule adalora_default_schedule(int64_t total_step);
+
 class RankAllocator {
  public:
   // layers: (module path, layer) at full rank init_r; cfg supplies init/target r, tinit, tfinal,

@@ -398,8 +398,10 @@ struct RunParams {
   bool use_rslora = false, use_dora = false;
   std::string init_lora_weights = "true";  // as PEFT writes it: true|false|gaussian|pissa|olora
   // AdaLoRA (method adalora)
-  int64_t init_r = 12, target_r = 8, tinit = 0, tfinal = 0, delta_t = 1;
-  double beta1 = 0.85, beta2 = 0.85, orth_reg_weight = 0.5;
+  // tinit, tfinal, delta_t -1: scaled to the run's steps (peft::adalora_default_schedule);
+  // orth_reg_weight 0.1: the AdaLoRA paper's GLUE value (PEFT's default is 0.5).
+  int64_t init_r = 12, target_r = 8, tinit = -1, tfinal = -1, delta_t = -1;
+  double beta1 = 0.85, beta2 = 0.85, orth_reg_weight = 0.1;
   std::vector<std::string> train_modules;  // method full: only names containing one of these
   // optimisation
   std::optional<double> lr;  // nullopt: default_learning_rate(method, lm)

@@ -41,13 +41,20 @@ const std::vector<OptSpec> kTrainOpts = {
      "olora"},
     {"init-r", "int", "12", "AdaLoRA: initial rank of every module (--method adalora)"},
     {"target-r", "int", "8", "AdaLoRA: average rank the budget shrinks to"},
-    {"tinit", "int", "0", "AdaLoRA: first steps at the full budget"},
-    {"tfinal", "int", "0", "AdaLoRA: last steps with the final mask frozen"},
-    {"delta-t", "int", "1", "AdaLoRA: steps between two reallocations (PEFT deltaT)"},
+    {"tinit", "int", "-1",
+     "AdaLoRA: first steps at the full budget (-1: 12% of the run's steps, the AdaLoRA paper's "
+     "SST-2 fraction; PEFT's default is 0)"},
+    {"tfinal", "int", "-1",
+     "AdaLoRA: last steps with the final mask frozen (-1: 44% of the run's steps, as the paper's "
+     "SST-2 run; PEFT's default is 0)"},
+    {"delta-t", "int", "-1",
+     "AdaLoRA: steps between two reallocations, PEFT deltaT (-1: steps/500, at least 1, as the "
+     "paper's 100 of 50,520; PEFT's default is 1)"},
     {"beta1", "num", "0.85", "AdaLoRA: EMA factor of the sensitivity"},
     {"beta2", "num", "0.85", "AdaLoRA: EMA factor of the uncertainty"},
-    {"orth-reg-weight", "num", "0.5",
-     "AdaLoRA: weight of the orthogonal regularization added to the loss"},
+    {"orth-reg-weight", "num", "0.1",
+     "AdaLoRA: weight of the orthogonal regularization added to the loss (the paper's GLUE "
+     "value; PEFT's default is 0.5)"},
     {"train-modules", "list", "", "method full: only parameters whose name contains one of these"},
     {"lr", "num", "",
      "peak learning rate [default: full 5e-5; otherwise 3e-3 for classification, 5e-4 for LM]"},

@@ -1,5 +1,6 @@
 // AdaLoRA's adapter_config.json fields, apart from the rank allocator (adalora.cpp) so that the
 // config reader (and its fuzz target) needs no nn/ code.
+#include <algorithm>
 #include <cmath>
 #include <string>
 
@@ -10,6 +11,15 @@ namespace lorafit::peft {
 
 // ---- adapter_config.json
 // ---------------------------------------------------------------------------
+
+AdaloraSchedule adalora_default_schedule(int64_t total_step) {
+  AdaloraSchedule s;
+  if (total_step <= 0) return s;
+  s.tinit = total_step * 12 / 100;
+  s.tfinal = total_step * 44 / 100;
+  s.deltaT = std::max<int64_t>(1, total_step / 500);
+  return s;
+}
 
 void adalora_validate(const AdapterConfig& c, const std::string& where) {
   auto bad = [&](const std::string& field, const std::string& what) {

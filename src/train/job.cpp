@@ -473,13 +473,14 @@ std::unique_ptr<TrainingJob> TrainingJob::prepare(const RunParams& params) {
       acfg.peft_type = "ADALORA";
       acfg.init_r = p.init_r;
       acfg.target_r = p.target_r;
-      acfg.tinit = p.tinit;
-      acfg.tfinal = p.tfinal;
-      acfg.deltaT = p.delta_t;
+      acfg.total_step = total_optimizer_steps(tr.size(), to);
+      const peft::AdaloraSchedule sched = peft::adalora_default_schedule(acfg.total_step);
+      acfg.tinit = p.tinit == -1 ? sched.tinit : p.tinit;  // -1: scaled to this run's steps
+      acfg.tfinal = p.tfinal == -1 ? sched.tfinal : p.tfinal;
+      acfg.deltaT = p.delta_t == -1 ? sched.deltaT : p.delta_t;
       acfg.beta1 = p.beta1;
       acfg.beta2 = p.beta2;
       acfg.orth_reg_weight = p.orth_reg_weight;
-      acfg.total_step = total_optimizer_steps(tr.size(), to);
     }
     // init_lora_weights as PEFT writes it (true|false|gaussian|pissa|pissa_niter_K|olora), read
     // by peft's own parser so that the CLI and adapter_config.json agree.

@@ -359,6 +359,29 @@ TEST(AdaLoraAllocator, BudgetScheduleEdges) {
   EXPECT_THROW(RankAllocator(c, {{"a", &la}}), Error);
 }
 
+// The CLI's default schedule: the AdaLoRA paper's SST-2 fractions of the run (tinit 6000, tfinal
+// 22000, deltaT 100 of 50,520 steps), always a valid config for the allocator.
+TEST(AdaLoraAllocator, DefaultScheduleIsThePapersFractionsOfTheRun) {
+  const peft::AdaloraSchedule paper = peft::adalora_default_schedule(50520);
+  EXPECT_EQ(paper.tinit, 6062);   // 12%
+  EXPECT_EQ(paper.tfinal, 22228);  // 44%
+  EXPECT_EQ(paper.deltaT, 101);    // 50520 / 500
+  const peft::AdaloraSchedule s300 = peft::adalora_default_schedule(300);
+  EXPECT_EQ(s300.tinit, 36);
+  EXPECT_EQ(s300.tfinal, 132);
+  EXPECT_EQ(s300.deltaT, 1);
+  EXPECT_EQ(peft::adalora_default_schedule(2105).deltaT, 4);  // one SST-2 epoch of 32
+  for (int64_t t : {2, 3, 7, 12, 100, 300, 2105}) {
+    const peft::AdaloraSchedule d = peft::adalora_default_schedule(t);
+    AdapterConfig c;
+    c.peft_type = "ADALORA";
+    c.target_modules = {"q"};
+    c.total_step = t, c.tinit = d.tinit, c.tfinal = d.tfinal, c.deltaT = d.deltaT;
+    EXPECT_NO_THROW(c.validate("t")) << t;
+    EXPECT_GE(t - d.tfinal, 2) << t;  // a step to measure importance before the final mask
+  }
+}
+
 // ---- PEFT's pruned folder: load, logits, save back
 // -----------------------------------------------
 

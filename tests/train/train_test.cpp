@@ -1042,6 +1042,34 @@ TEST(Cli, AdaLoraPrunesToTheTargetBudgetAndResumesExactly) {
   fs::remove_all(work);
 }
 
+// The CLI's AdaLoRA schedule defaults scale with the run (the paper's SST-2 fractions: tinit 12%,
+// tfinal 44%, deltaT steps/500; orth_reg_weight 0.1); PEFT's own defaults stay one flag away.
+TEST(Cli, AdaLoraDefaultScheduleScalesWithTheRun) {
+  auto dir = tiny_model_dir();
+  auto work = temp_dir("cli_adalora_defaults");
+  write(work / "train.tsv", synthetic_tsv(64, 6));
+  const std::string base = std::string(LORAFIT_BINARY) + " train --model " + dir.string() +
+                           " --train " + (work / "train.tsv").string() +
+                           " --method adalora --init-r 4 --target-r 2"
+                           " --batch-size 8 --threads 1 --quiet";
+  ASSERT_EQ(run(base + " --max-steps 25 --output " + (work / "a").string()), 0);
+  auto cfg = io::read_json_file((work / "a/final/adapter_config.json").string());
+  EXPECT_EQ(cfg["total_step"], 25);
+  EXPECT_EQ(cfg["tinit"], 3);    // 25 · 12 / 100
+  EXPECT_EQ(cfg["tfinal"], 11);  // 25 · 44 / 100
+  EXPECT_EQ(cfg["deltaT"], 1);
+  EXPECT_DOUBLE_EQ(cfg["orth_reg_weight"].get<double>(), 0.1);
+  ASSERT_EQ(run(base + " --max-steps 5 --tinit 0 --tfinal 0 --delta-t 1 --orth-reg-weight 0.5"
+                       " --output " + (work / "b").string()),
+            0);
+  cfg = io::read_json_file((work / "b/final/adapter_config.json").string());
+  EXPECT_EQ(cfg["tinit"], 0);
+  EXPECT_EQ(cfg["tfinal"], 0);
+  EXPECT_EQ(cfg["deltaT"], 1);
+  EXPECT_DOUBLE_EQ(cfg["orth_reg_weight"].get<double>(), 0.5);
+  fs::remove_all(work);
+}
+
 // ---- the training job through the C++ API -------------------------------------------------------
 
 namespace {
