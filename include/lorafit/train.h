@@ -415,6 +415,9 @@ struct RunParams {
   // round(T * s2_ratio) tokens; evaluation and generation always attend fully.
   std::string attention = "full";
   double s2_ratio = 0.25;
+  // perf: the frozen products x·Wᵀ and dy·W in "fp32" | "bf16" (BF16 operands, fp32 sums;
+  // adapters, gradients and optimizer stay fp32) | "auto" (bf16 where the CPU has it).
+  std::string compute_dtype = "fp32";
 };
 
 // The effective configuration as JSON (keys as the fields; "train" for train_data), written
@@ -485,6 +488,7 @@ struct EvalParams {
   int64_t block_size = 0;     // 0: as trained, else 128
   std::string chat_template;  // "": as trained, else auto
   std::string text_column, text_pair_column, label_column;
+  std::string compute_dtype = "fp32";  // as RunParams::compute_dtype
 };
 
 struct EvalReport {

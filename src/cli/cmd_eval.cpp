@@ -31,6 +31,9 @@ const std::vector<OptSpec> kEvalOpts = {
     {"text-pair-column", "str", "", "second text column"},
     {"label-column", "str", "", "label column"},
     {"threads", "int", "0", "compute threads (0: all cores)"},
+    {"compute-dtype", "str", "fp32",
+     "frozen weight products: fp32 | bf16 (BF16 operands, fp32 sums) | auto (bf16 where "
+     "available)"},
 };
 
 train::EvalParams eval_params(const Options& o) {
@@ -46,6 +49,7 @@ train::EvalParams eval_params(const Options& o) {
   p.text_column = o.str("text-column");
   p.text_pair_column = o.str("text-pair-column");
   p.label_column = o.str("label-column");
+  p.compute_dtype = o.str("compute-dtype");
   return p;
 }
 

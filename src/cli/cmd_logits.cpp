@@ -45,6 +45,9 @@ const std::vector<lorafit::cli::OptSpec> kLogitsOpts = {
      "write a safetensors file: ids.<i> (I32 [T_i]) and logits.<i> (F32) per prompt i, metadata "
      "model/adapters/route"},
     {"threads", "int", "0", "compute threads (0: all cores)"},
+    {"compute-dtype", "str", "fp32",
+     "frozen weight products: fp32 | bf16 (BF16 operands, fp32 sums) | auto (bf16 where "
+     "available)"},
 };
 
 std::vector<std::string> split(const std::string& s, char c) {
@@ -92,6 +95,8 @@ int cmd_logits(int argc, char** argv) {
     if (model_path.empty()) throw Error("[logits] --model is required");
     if (prompts.empty()) throw Error("[logits] give at least one --prompt");
     lorafit::kernels::set_num_threads(static_cast<int>(threads));
+    lorafit::kernels::set_compute_dtype(
+        lorafit::kernels::parse_compute_dtype(o.str("compute-dtype")));
     models::LoadOptions lo;
     lo.num_labels = num_labels;
     auto loaded = lorafit::train::open_model(model_path, lo);

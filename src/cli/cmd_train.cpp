@@ -91,6 +91,9 @@ const std::vector<OptSpec> kTrainOpts = {
     {"attention", "str", "full",
      "LM training attention: full | s2 (LongLoRA's shifted sparse attention; eval is always full)"},
     {"s2-ratio", "num", "0.25", "--attention s2: group size as a fraction of the block"},
+    {"compute-dtype", "str", "fp32",
+     "frozen weight products: fp32 | bf16 (BF16 operands, fp32 sums; needs AVX512-BF16 or AMX "
+     "and oneDNN) | auto (bf16 where available)"},
 };
 
 const char* kTrainUsage = R"(Usage: lorafit train --model PATH --train FILE --output DIR [options]
@@ -176,6 +179,7 @@ train::RunParams run_params(const Options& o) {
   p.stop_after = o.integer("stop-after");
   p.attention = o.str("attention");
   p.s2_ratio = o.number("s2-ratio");
+  p.compute_dtype = o.str("compute-dtype");
   return p;
 }
 

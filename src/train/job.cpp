@@ -144,7 +144,8 @@ json run_params_to_json(const RunParams& p) {
             {"quiet", p.quiet},
             {"stop_after", p.stop_after},
             {"attention", p.attention},
-            {"s2_ratio", p.s2_ratio}};
+            {"s2_ratio", p.s2_ratio},
+            {"compute_dtype", p.compute_dtype}};
   j["modules_to_save"] = p.modules_to_save ? json(*p.modules_to_save) : json(nullptr);
   j["lr"] = p.lr ? json(*p.lr) : json(nullptr);
   return j;
@@ -215,6 +216,7 @@ RunParams run_params_from_json(const json& j, const std::string& origin) {
   get("stop_after", p.stop_after);
   get("attention", p.attention);
   get("s2_ratio", p.s2_ratio);
+  get("compute_dtype", p.compute_dtype);
   if (j.contains("modules_to_save") && !j.at("modules_to_save").is_null()) {
     p.modules_to_save.emplace();
     get("modules_to_save", *p.modules_to_save);
@@ -281,6 +283,7 @@ std::unique_ptr<TrainingJob> TrainingJob::prepare(const RunParams& params) {
     if (threads == 0 && local > 1)
       threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / local);
     kernels::set_num_threads(threads);
+    kernels::set_compute_dtype(kernels::parse_compute_dtype(p.compute_dtype));
   }
   const std::string& method = p.method;
   const bool adapter_method = method == "lora" || method == "adalora";
