@@ -42,11 +42,12 @@ def main():
     mini = [r for r in rows if r["workload"] == "minilm"]
     if mini:
         print("\n### MiniLM SST-2, end to end (training time; dev accuracy on the whole dev set)\n")
-        print("| side | sampler | train s | dev accuracy | peak RSS |")
-        print("| --- | --- | ---: | ---: | ---: |")
+        print("| side | sampler | compute | train s | dev accuracy | peak RSS |")
+        print("| --- | --- | --- | ---: | ---: | ---: |")
         for r in mini:
             acc = "" if r.get("dev_accuracy") is None else f"{r['dev_accuracy']:.4f}"
-            print(f"| {r['side']} | {r['sampler']} | {r['train_s']:.1f} | {acc} | {gib(r['peak_rss_bytes'])} |")
+            print(f"| {r['side']} | {r['sampler']} | {r.get('dtype', 'fp32')} | {r['train_s']:.1f} | {acc} |"
+                  f" {gib(r['peak_rss_bytes'])} |")
         ours = [r for r in mini if r["side"] == "lorafit"]
         theirs = [r for r in mini if r["side"] == "pytorch"]
         if ours and theirs:
@@ -61,10 +62,13 @@ def main():
     if lm and os.path.exists(a.config):
         cfg = json.load(open(a.config))
     groups = defaultdict(list)
+    lm_gflops = {}  # LoRA, unquantized base: compute dtype -> our step's GFLOP/s
     for r in lm:
         groups[(r["method"], r["quant"])].append(r)
     for (method, quant), rs in groups.items():
-        print(f"\n### SmolLM2-135M, {method.upper()} r=8 all-linear, batch 4 x 256, base {quant}\n")
+        b0 = rs[0]
+        print(f"\n### SmolLM2-135M, {method.upper()} r=8 all-linear, batch {b0.get('batch', 4)} x"
+              f" {b0.get('block', 256)}, base {quant}\n")
         print("| side | compute | tokens/s (median over runs) | peak RSS | GFLOP/s |")
         print("| --- | --- | ---: | ---: | ---: |")
         by = defaultdict(list)
@@ -77,8 +81,12 @@ def main():
             peak = max(x["peak_rss_bytes"] for x in xs)
             gf = ""
             if cfg and side == "lorafit" and t > 0:
-                fl = lm_step_flops(cfg, xs[0].get("batch", 4), xs[0].get("block", 256))
-                gf = f"{fl / (1024 / t) / 1e9:.0f}"
+                bt, bl = xs[0].get("batch", 4), xs[0].get("block", 256)
+                fl = lm_step_flops(cfg, bt, bl)
+                g = fl / (bt * bl / t) / 1e9
+                gf = f"{g:.0f}"
+                if method == "lora" and quant == "none":
+                    lm_gflops[dt] = g
             print(f"| {side} | {dt} | {t:.0f} | {gib(peak)} | {gf} |")
         ours = [v for (s, _), v in tps.items() if s == "lorafit"]
         theirs = {k: v for k, v in tps.items() if k[0] == "pytorch"}
@@ -90,11 +98,21 @@ def main():
 
     gm = [r for r in rows if r["workload"] == "gemm"]
     if gm:
-        print("\n### Raw cblas_sgemm on the models' shapes (build/bench_gemm)\n")
-        print("| shape | GFLOP/s |")
-        print("| --- | ---: |")
+        print("\n### The step's dense products as raw library calls (build/bench_step_gemm)\n")
+        print("Forward and input gradient of every frozen linear layer (and the LM head) on the"
+              " step's shapes; cblas = cblas_sgemm fp32, bf16 = lorafit's gemm_bf16 (A rounded to"
+              " BF16 per call + oneDNN matmul).\n")
+        print("| model | library | tokens | s per step | GFLOP/s |")
+        print("| --- | --- | ---: | ---: | ---: |")
         for r in gm:
-            print(f"| {r['name']} | {r['gflops']:.0f} |")
+            print(f"| {r['name']} | {r['side']} | {r['tokens']} | {r['step_gemm_s']:.3f} | {r['gflops']:.0f} |")
+        raw = {r["side"]: r["gflops"] for r in gm if r["name"] == "smollm2"}
+        if lm_gflops and raw:
+            for dt, g in sorted(lm_gflops.items()):
+                lib = "bf16" if dt == "bf16" else "cblas"
+                if lib in raw:
+                    print(f"\nlorafit {dt} LoRA step: {g:.0f} GFLOP/s = {100 * g / raw[lib]:.0f}% of the raw"
+                          f" {lib} products on the same shapes ({raw[lib]:.0f}).")
 
 
 if __name__ == "__main__":

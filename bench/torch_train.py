@@ -36,7 +36,9 @@ def read_tsv(path):
     rows = []
     with open(path, encoding="utf-8") as f:
         header = f.readline().rstrip("\n").split("\t")
-        si, li = header.index("sentence"), header.index("label")
+        # train.tsv: label<TAB>sentence; dev.tsv: label<TAB>content (tools/fetch_data.sh)
+        si = header.index("sentence") if "sentence" in header else header.index("content")
+        li = header.index("label")
         for line in f:
             parts = line.rstrip("\n").split("\t")
             if len(parts) > max(si, li):
@@ -76,7 +78,8 @@ def run_minilm(a):
     model = get_peft_model(model, cfg)
     kw = dict(output_dir=a.out, max_steps=a.max_steps, per_device_train_batch_size=32,
               per_device_eval_batch_size=64, learning_rate=3e-3, lr_scheduler_type="linear",
-              warmup_ratio=0.06, weight_decay=0.01, max_grad_norm=1.0, logging_steps=50,
+              warmup_steps=0.06, weight_decay=0.01,  # transformers 5: a float < 1 is a ratio
+              max_grad_norm=1.0, logging_steps=50,
               save_strategy="no", eval_strategy="no", report_to=[], use_cpu=True, seed=42,
               dataloader_num_workers=0, disable_tqdm=True)
     if a.sampler == "group_by_length":
@@ -85,10 +88,15 @@ def run_minilm(a):
     trainer = Trainer(model=model, args=args, train_dataset=train_ds,
                       data_collator=DataCollatorWithPadding(tok))
     t0 = time.perf_counter()
-    out = trainer.train()
+    # Trainer prints its log dicts to stdout (PrinterCallback with tqdm off): keep stdout for our
+    # one JSON line.
+    import contextlib
+    with contextlib.redirect_stdout(sys.stderr):
+        out = trainer.train()
     train_s = time.perf_counter() - t0
     t1 = time.perf_counter()
-    pred = trainer.predict(dev_ds)
+    with contextlib.redirect_stdout(sys.stderr):
+        pred = trainer.predict(dev_ds)
     eval_s = time.perf_counter() - t1
     acc = float((pred.predictions.argmax(-1) == pred.label_ids).mean())
     print(json.dumps({"side": "pytorch", "workload": "minilm", "sampler": a.sampler,

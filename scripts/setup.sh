@@ -9,6 +9,7 @@ shift || true
 
 PKGS=(build-essential cmake pkg-config git python3 python3-venv ccache
       libopenblas-openmp-dev libomp-dev libopenmpi-dev openmpi-bin iproute2
+      libdnnl-dev  # oneDNN: BF16 GEMM for --compute-dtype bf16 (CMake builds without it: fp32 only)
       libgtest-dev libgmock-dev libbenchmark-dev
       nlohmann-json3-dev libpcre2-dev libutf8proc-dev libcli11-dev libyaml-cpp-dev python3-pip libpng-dev
       clang-14 libclang-rt-14-dev)  # clang + libFuzzer/ASan/UBSan runtimes for scripts/fuzz.sh

@@ -43,6 +43,36 @@ void gemm_raw(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float
               const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
               int64_t ldc);
 
+// ---- BF16 GEMM (--compute-dtype bf16) ---------------------------------------------------------
+// The frozen products of nn::Linear (x·Wᵀ, dy·W) may run with BF16 operands and fp32
+// accumulation through oneDNN's matmul (AVX512-BF16 or AMX, picked by oneDNN at run time); the
+// rest (LoRA path, gradients of trainable weights, optimizer) stays fp32. The setting is
+// process-wide, read by nn::Linear on every product.
+enum class ComputeDtype { F32, BF16 };
+const char* compute_dtype_name(ComputeDtype d);  // "fp32", "bf16"
+// "fp32" | "bf16" | "auto" (bf16 where bf16_gemm_supported(), else fp32); throws naming `what`
+// and the accepted values otherwise, and for "bf16" where it is not supported (with the reason).
+ComputeDtype parse_compute_dtype(const std::string& s, const std::string& what = "--compute-dtype");
+// Built with oneDNN and its effective ISA has AVX512-BF16 (avx512_core_bf16) or AMX.
+bool bf16_gemm_supported();
+// oneDNN's effective ISA name when supported, else why not (no oneDNN in this build, or the CPU
+// lacks AVX512-BF16 / AMX).
+std::string bf16_gemm_info();
+void set_compute_dtype(ComputeDtype d);  // throws when BF16 is not supported
+ComputeDtype compute_dtype();
+// y[i] = x[i] rounded to BF16 (nearest even). Where the CPU has AVX512-BF16 this is
+// vcvtneps2bf16, which also flushes fp32 subnormal inputs to zero (as oneDNN's own conversion);
+// elsewhere tensor::f32_to_bf16_n.
+void f32_to_bf16(const float* x, uint16_t* y, int64_t n);
+// C [m, n] = A [m, k] · op(B) + beta · C with A fp32 (rounded to BF16 here, per call), B BF16
+// (bits), products exact and sums in fp32 (oneDNN). trans_b: B is [n, k] (ldb ≥ k) and op(B) = Bᵀ;
+// else B is [k, n] (ldb ≥ n). lda ≥ k, ldc ≥ n. Throws when !bf16_gemm_supported().
+void gemm_bf16_raw(bool trans_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
+                   const uint16_t* b, int64_t ldb, float beta, float* c, int64_t ldc);
+// The oracle: the same product in double from the BF16-rounded operands (tensor::f32_to_bf16).
+void gemm_bf16_ref(bool trans_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
+                   const uint16_t* b, int64_t ldb, float beta, float* c, int64_t ldc);
+
 // ---- elementwise (any shape, all operands same shape; y may alias an input) --------------------
 void add(const Tensor& a, const Tensor& b, Tensor& y);           // y = a + b
 void mul(const Tensor& a, const Tensor& b, Tensor& y);           // y = a * b

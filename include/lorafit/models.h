@@ -29,6 +29,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -133,6 +134,17 @@ class Model {
   virtual KvCache new_cache(int64_t batch, int64_t capacity) const;
   virtual Tensor forward_cached(nn::Context& ctx, const Tensor& ids, KvCache& cache,
                                 const Tensor& mask = Tensor(), const Tensor& positions = Tensor());
+  // Causal LM loss without the whole logits: the mean cross-entropy of targets [B, T] (rows with
+  // ignore_index count for nothing) and, when dloss != 0, the backward of dloss · loss through
+  // the model, running the output head over chunks of chunk_rows tokens so that neither the
+  // [B·T, V] logits nor their gradient exists at once (SmolLM2: 200 MB each at 1,024 tokens).
+  // Equal to logits() + kernels::cross_entropy_forward/backward + logits_backward up to fp32
+  // rounding. nullopt (nothing run) where the head needs every logit: a classifier (the base
+  // class), an active adapter on the head or a trainable head weight.
+  virtual std::optional<float> lm_loss_chunked(nn::Context& ctx, const Tensor& ids,
+                                               const Tensor& mask, const Tensor& targets,
+                                               int32_t ignore_index, float dloss,
+                                               int64_t chunk_rows);
 
   // Every parameter with its Hugging Face name ("<path>.weight"); a tied lm_head is not listed
   // separately (as torch's named_parameters()).
@@ -273,6 +285,9 @@ class LlamaModel : public Model {
   KvCache new_cache(int64_t batch, int64_t capacity) const override;
   Tensor forward_cached(nn::Context& ctx, const Tensor& ids, KvCache& cache,
                         const Tensor& mask = Tensor(), const Tensor& positions = Tensor()) override;
+  std::optional<float> lm_loss_chunked(nn::Context& ctx, const Tensor& ids, const Tensor& mask,
+                                       const Tensor& targets, int32_t ignore_index, float dloss,
+                                       int64_t chunk_rows) override;
 
   // Extends the context (--rope-scaling): every layer's RoPE uses `s` from now on, and the
   // config's max_positions becomes `max_positions` (what a saved config.json declares).
@@ -311,6 +326,8 @@ class LlamaModel : public Model {
   std::vector<uint64_t> ckpt_rng_;
   Tensor ckpt_mask_, ckpt_pos_;
   bool embed_from_ids_ = false;
+  bool head_ = true;  // false: forward_embeds stops at the final norm (lm_loss_chunked)
+  Tensor backward_hidden(nn::Context& ctx, const Tensor& dnormed);  // from d norm(x)
   bool no_grad_forward_ = false;  // last forward freed its activations (ctx.no_grad)
 };
 

@@ -164,6 +164,11 @@ class Linear : public Module {
   void matmul_weight(const Tensor& x, Tensor& y, float beta = 0.0f) const;
   void matmul_weight_t(const Tensor& dy, Tensor& dx, float beta = 0.0f) const;
   void weight_rows(int64_t r0, int64_t r1, float* dst) const;
+  // kernels::compute_dtype() == BF16 and the weight is frozen and dense (F32, F16, BF16): the two
+  // products above run in BF16 (fp32 accumulation) against a BF16 copy of W made once and kept
+  // (a BF16 weight is used as it is). Code that changes a weight in place calls
+  // nn::weights_changed() so that the copies are made again.
+  bool uses_bf16() const;
 
   Parameter weight;
   Parameter bias{ParamRole::Bias};
@@ -174,7 +179,14 @@ class Linear : public Module {
  private:
   int64_t in_ = 0, out_ = 0;
   Tensor x_;  // saved input [..., in]
+  struct Bf16Copy;
+  mutable std::shared_ptr<Bf16Copy> bf16_;  // the BF16 copy of a frozen F32/F16 weight
+  const uint16_t* bf16_weight() const;
 };
+
+// Every Linear's BF16 copy of its weight (--compute-dtype bf16) is made again before its next
+// use: call after changing a weight in place (merge, unmerge, PiSSA/OLoRA's residual).
+void weights_changed();
 
 // out[..., :] = table[ids[...], :]; table [V, C] (F32, or F16/BF16/Q8_0/Q4_0/Q4_1 when frozen:
 // only the gathered rows are converted).

@@ -443,6 +443,9 @@ struct RunParams {
   // LongLoRA's trainable extras beside the adapter: "embed" (the token embeddings) and/or "norm"
   // (every RMSNorm), added to modules_to_save (PEFT trains and saves them whole).
   std::vector<std::string> trainable_extra;
+  // perf: the frozen products x·Wᵀ and dy·W in "fp32" | "bf16" (BF16 operands, fp32 sums;
+  // adapters, gradients and optimizer stay fp32) | "auto" (bf16 where the CPU has it).
+  std::string compute_dtype = "fp32";
 };
 
 // The effective configuration as JSON (keys as the fields; "train" for train_data), written
@@ -516,6 +519,7 @@ struct EvalParams {
   std::string quantize;  // models::LoadOptions::quantize; "": as the adapter was trained, else none
   std::string rope_scaling;  // TYPE:FACTOR on the base model ("": as trained, else the model's)
   int64_t stride = 0;        // LM plain text: sliding windows every `stride` tokens (0: blocks)
+  std::string compute_dtype = "fp32";  // as RunParams::compute_dtype
 };
 
 struct EvalReport {

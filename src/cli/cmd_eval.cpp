@@ -40,6 +40,9 @@ const std::vector<OptSpec> kEvalOpts = {
     {"rope-scaling", "str", "",
      "LM: TYPE:FACTOR RoPE scaling on the base model (e.g. linear:2; default: as the adapter's "
      "run recorded)"},
+    {"compute-dtype", "str", "fp32",
+     "frozen weight products: fp32 | bf16 (BF16 operands, fp32 sums) | auto (bf16 where "
+     "available)"},
 };
 
 train::EvalParams eval_params(const Options& o) {
@@ -58,6 +61,7 @@ train::EvalParams eval_params(const Options& o) {
   p.quantize = o.str("quantize");
   p.rope_scaling = o.str("rope-scaling");
   p.stride = o.integer("stride");
+  p.compute_dtype = o.str("compute-dtype");
   return p;
 }
 

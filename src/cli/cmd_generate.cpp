@@ -31,6 +31,9 @@ const std::vector<OptSpec> kGenOpts = {
      "quantize the base on load: none | nf4 | nf4-dq | fp4 | q8_0 | q4_0 | q4_1 (default: as "
      "the adapter was trained, else none)"},
     {"threads", "int", "0", "compute threads (0: all cores)"},
+    {"compute-dtype", "str", "fp32",
+     "frozen weight products: fp32 | bf16 (BF16 operands, fp32 sums) | auto (bf16 where "
+     "available)"},
 };
 
 }  // namespace
@@ -55,6 +58,8 @@ int cmd_generate(int argc, char** argv) {
       throw Error("[generate] unexpected argument '" + o.positional[0] +
                   "'; options start with --");
     lorafit::kernels::set_num_threads(static_cast<int>(o.integer("threads")));
+    lorafit::kernels::set_compute_dtype(
+        lorafit::kernels::parse_compute_dtype(o.str("compute-dtype")));
     train::GenerateParams p;
     p.model = o.str("model");
     p.adapter = o.str("adapter");

@@ -47,6 +47,9 @@ const std::vector<lorafit::cli::OptSpec> kLogitsOpts = {
     {"threads", "int", "0", "compute threads (0: all cores)"},
     {"quantize", "str", "none",
      "quantize the base on load: none | nf4 | nf4-dq | fp4 | q8_0 | q4_0 | q4_1"},
+    {"compute-dtype", "str", "fp32",
+     "frozen weight products: fp32 | bf16 (BF16 operands, fp32 sums) | auto (bf16 where "
+     "available)"},
 };
 
 std::vector<std::string> split(const std::string& s, char c) {
@@ -94,6 +97,8 @@ int cmd_logits(int argc, char** argv) {
     if (model_path.empty()) throw Error("[logits] --model is required");
     if (prompts.empty()) throw Error("[logits] give at least one --prompt");
     lorafit::kernels::set_num_threads(static_cast<int>(threads));
+    lorafit::kernels::set_compute_dtype(
+        lorafit::kernels::parse_compute_dtype(o.str("compute-dtype")));
     models::LoadOptions lo;
     lo.num_labels = num_labels;
     lo.quantize = o.str("quantize");

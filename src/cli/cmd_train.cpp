@@ -110,6 +110,9 @@ const std::vector<OptSpec> kTrainOpts = {
     {"trainable-extra", "list", "",
      "Llama LoRA: also train embed (token embeddings) and/or norm (every RMSNorm), as LongLoRA; "
      "saved as PEFT modules_to_save (a llama.cpp LoRA GGUF cannot hold them)"},
+    {"compute-dtype", "str", "fp32",
+     "frozen weight products: fp32 | bf16 (BF16 operands, fp32 sums; needs AVX512-BF16 or AMX "
+     "and oneDNN) | auto (bf16 where available)"},
 };
 
 const char* kTrainUsage = R"(Usage: lorafit train --model PATH --train FILE --output DIR [options]
@@ -199,6 +202,7 @@ train::RunParams run_params(const Options& o) {
   p.rope_scaling = o.str("rope-scaling");
   p.gradient_checkpointing = o.flag("gradient-checkpointing");
   if (o.has("trainable-extra")) p.trainable_extra = o.list("trainable-extra");
+  p.compute_dtype = o.str("compute-dtype");
   return p;
 }
 

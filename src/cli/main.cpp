@@ -4,6 +4,7 @@
 #include <cstring>
 #include <string>
 
+#include "lorafit/kernels.h"
 #include "lorafit/tensor.h"
 #include "lorafit_commit.h"  // generated at build time: LORAFIT_COMMIT
 
@@ -58,6 +59,9 @@ int main(int argc, char** argv) {
   }
   if (!std::strcmp(argv[1], "--version")) {
     std::printf("lorafit %s (commit %s)\n", LORAFIT_VERSION, LORAFIT_COMMIT);
+    // What --compute-dtype bf16 would use here, or why it is not available.
+    std::printf("bf16 compute: %s (%s)\n", lorafit::kernels::bf16_gemm_supported() ? "yes" : "no",
+                lorafit::kernels::bf16_gemm_info().c_str());
     return 0;
   }
   if (!std::strcmp(argv[1], "info")) return cmd_info(argc - 1, argv + 1);

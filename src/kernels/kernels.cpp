@@ -73,6 +73,8 @@ const std::vector<std::string>& op_names() {
       "cross_entropy_backward",
       "embedding_forward",
       "embedding_backward",
+      "f32_to_bf16",
+      "gemm_bf16",
   };
   return names;
 }

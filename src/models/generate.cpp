@@ -37,6 +37,11 @@ Tensor Model::forward_cached(nn::Context&, const Tensor&, KvCache&, const Tensor
   throw Error("[models] " + cfg_.arch + " is not a causal LM: it cannot decode incrementally");
 }
 
+std::optional<float> Model::lm_loss_chunked(nn::Context&, const Tensor&, const Tensor&,
+                                            const Tensor&, int32_t, float, int64_t) {
+  return std::nullopt;  // a classifier: its few logits are kept whole
+}
+
 void validate(const GenerateOptions& o) {
   if (o.temperature < 0 || o.top_p <= 0 || o.top_p > 1 || o.top_k < 0 || o.max_new_tokens < 0)
     throw Error(

@@ -4,9 +4,11 @@
 // Per layer (pre-norm, transformers LlamaDecoderLayer):
 //   h = x + attn(input_layernorm(x))
 //   x' = h + mlp(post_attention_layernorm(h))
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <optional>
 
 #include "lorafit/rope_config.h"
 #include "models/models_internal.h"
@@ -100,7 +102,8 @@ Tensor LlamaModel::forward_embeds(nn::Context& ctx, const Tensor& embeds, const 
     scope.begin();
     x = scope.end(layer_forward(ctx, layers[i], x, mask, positions));
   }
-  return lm_head.forward(ctx, norm.forward(ctx, x));
+  Tensor hn = norm.forward(ctx, x);
+  return head_ ? lm_head.forward(ctx, hn) : hn;
 }
 
 Tensor LlamaModel::layer_forward(nn::Context& ctx, LlamaLayer& l, const Tensor& x,
@@ -113,7 +116,81 @@ Tensor LlamaModel::backward(nn::Context& ctx, const Tensor& dlogits) {
   detail::check(!no_grad_forward_,
                 "llama backward: the last forward ran with ctx.no_grad (no activations kept)");
   // forward was: logits = lm_head(norm(x))
-  Tensor dx = norm.backward(ctx, lm_head.backward(ctx, dlogits));
+  return backward_hidden(ctx, lm_head.backward(ctx, dlogits));
+}
+
+std::optional<float> LlamaModel::lm_loss_chunked(nn::Context& ctx, const Tensor& ids,
+                                                 const Tensor& mask, const Tensor& targets,
+                                                 int32_t ignore_index, float dloss,
+                                                 int64_t chunk_rows) {
+  for (const nn::LinearAdapter* a : lm_head.adapters)
+    if (a->active()) return std::nullopt;
+  if (lm_head.weight.trainable || lm_head.has_bias()) return std::nullopt;
+  detail::check(chunk_rows > 0, "lm_loss_chunked: chunk_rows must be positive, got " +
+                                    std::to_string(chunk_rows));
+  detail::check(targets.defined() && targets.dtype() == DType::I32 &&
+                    targets.numel() == ids.numel(),
+                "lm_loss_chunked: targets is " +
+                    (targets.defined() ? targets.str() : std::string("undefined")) +
+                    ", expected I32 like ids " + ids.str());
+  head_ = false;
+  Tensor hn;
+  try {
+    hn = forward(ctx, ids, mask);  // norm(x) [B, T, C]
+  } catch (...) {
+    head_ = true;
+    throw;
+  }
+  head_ = true;
+  const int64_t C = cfg_.hidden, V = cfg_.vocab, N = hn.numel() / C;
+  Tensor h2 = hn.view({N, C});
+  Tensor tg = targets.view({N});
+  const int32_t* pt = tg.i32();
+  int64_t count = 0;
+  for (int64_t i = 0; i < N; ++i) count += pt[i] != ignore_index;
+  const bool grad = dloss != 0.0f;
+  Tensor dh = grad ? ctx.alloc({N, C}) : Tensor();
+  const int64_t rows = std::min(chunk_rows, std::max<int64_t>(N, 1));
+  const tensor::Arena::Mark m = ctx.arena ? ctx.arena->mark() : tensor::Arena::Mark{};
+  {
+    Tensor logits = ctx.alloc({rows, V}), probs = ctx.alloc({rows, V});
+    double total = 0;
+    for (int64_t r0 = 0; r0 < N; r0 += rows) {
+      const int64_t r1 = std::min(N, r0 + rows), n = r1 - r0;
+      Tensor lc = logits.rows(0, n), pc = probs.rows(0, n), tc = tg.rows(r0, r1);
+      Tensor hc = h2.rows(r0, r1);
+      lm_head.matmul_weight(hc, lc);  // logits of these tokens
+      const float mean = kernels::cross_entropy_forward(lc, tc, ignore_index, pc);
+      int64_t cc = 0;
+      for (int64_t i = r0; i < r1; ++i) cc += pt[i] != ignore_index;
+      total += static_cast<double>(mean) * static_cast<double>(cc);
+      if (!grad) continue;
+      Tensor dhc = dh.rows(r0, r1);
+      if (cc == 0) {
+        dhc.zero();
+        continue;
+      }
+      // The kernel divides by this chunk's count; the loss is the mean over all counted rows.
+      kernels::cross_entropy_backward(
+          pc, tc, ignore_index,
+          static_cast<float>(static_cast<double>(dloss) * static_cast<double>(cc) /
+                             static_cast<double>(count)),
+          lc);
+      lm_head.matmul_weight_t(lc, dhc);  // d norm(x) of these tokens
+    }
+    if (ctx.arena) ctx.arena->release(m);  // the chunk buffers only (dh came before the mark)
+    const float loss = count == 0 ? 0.0f : static_cast<float>(total / static_cast<double>(count));
+    if (grad) {
+      detail::check(!no_grad_forward_,
+                    "llama backward: the last forward ran with ctx.no_grad (no activations kept)");
+      backward_hidden(ctx, dh.view(hn.shape()));
+    }
+    return loss;
+  }
+}
+
+Tensor LlamaModel::backward_hidden(nn::Context& ctx, const Tensor& dnormed) {
+  Tensor dx = norm.backward(ctx, dnormed);
   detail::LayerScope scope(ctx, dx.shape());
   for (size_t i = layers.size(); i-- > 0;) {
     LlamaLayer& l = layers[i];

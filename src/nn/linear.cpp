@@ -1,6 +1,8 @@
 // Linear: y = x Wᵀ + b, W [out, in] in F32, or (frozen) F16/BF16/Q8_0/Q4_0/Q4_1 multiplied
 // through fp32 tiles of rows (DESIGN.md decision 2: no full dequantized copy is kept).
 #include <algorithm>
+#include <atomic>
+#include <mutex>
 #include <vector>
 
 #include "lorafit/quant.h"
@@ -47,7 +49,52 @@ float* tile_buffer(int64_t floats) {
   return buf.data();
 }
 
+// Bumped by weights_changed(): every BF16 copy made under an older generation is stale.
+std::atomic<uint64_t> g_weight_generation{0};
+
 }  // namespace
+
+void weights_changed() { g_weight_generation.fetch_add(1, std::memory_order_relaxed); }
+
+struct Linear::Bf16Copy {
+  std::mutex mu;
+  const void* src = nullptr;  // the weight storage it was made from
+  uint64_t generation = 0;
+  std::vector<uint16_t> w;  // [out, in]
+};
+
+bool Linear::uses_bf16() const {
+  const DType t = weight.value.dtype();
+  return kernels::compute_dtype() == kernels::ComputeDtype::BF16 && !weight.trainable &&
+         (t == DType::F32 || t == DType::F16 || t == DType::BF16);
+}
+
+const uint16_t* Linear::bf16_weight() const {
+  const Tensor& w = weight.value;
+  if (w.dtype() == DType::BF16) return static_cast<const uint16_t*>(w.raw());
+  if (!bf16_) bf16_ = std::make_shared<Bf16Copy>();
+  Bf16Copy& c = *bf16_;
+  std::lock_guard<std::mutex> lock(c.mu);
+  const uint64_t gen = g_weight_generation.load(std::memory_order_relaxed);
+  const size_t n = static_cast<size_t>(out_ * in_);
+  if (c.src != w.raw() || c.generation != gen || c.w.size() != n) {
+    c.w.resize(n);
+    if (w.dtype() == DType::F32) {
+      kernels::f32_to_bf16(w.f32(), c.w.data(), out_ * in_);
+    } else {  // F16: through fp32 tiles of rows
+      const int64_t tr = tile_rows(in_, out_);
+      float* tile = tile_buffer(tr * in_);
+      for (int64_t r0 = 0; r0 < out_; r0 += tr) {
+        const int64_t r1 = std::min(out_, r0 + tr);
+        weight_rows_to_f32(w, r0, r1, tile);
+        kernels::f32_to_bf16(tile, c.w.data() + r0 * in_, (r1 - r0) * in_);
+      }
+    }
+    c.src = w.raw();
+    c.generation = gen;
+  }
+  return c.w.data();
+}
 
 Linear::Linear(int64_t in_features, int64_t out_features, bool has_bias)
     : in_(in_features), out_(out_features) {
@@ -137,6 +184,11 @@ void Linear::matmul_weight(const Tensor& x, Tensor& y, float beta) const {
   if (n == 0) return;
   Tensor x2 = x.view({n, in_});
   Tensor y2 = y.view({n, out_});
+  if (uses_bf16()) {  // y = x · Wᵀ + beta · y in BF16, fp32 sums
+    kernels::gemm_bf16_raw(true, n, out_, in_, x2.f32(), in_, bf16_weight(), in_, beta, y2.f32(),
+                           out_);
+    return;
+  }
   if (w.dtype() == DType::F32) {
     kernels::gemm(x2, false, w, true, y2, 1.0f, beta);  // y = x · Wᵀ + beta · y
     return;
@@ -161,6 +213,11 @@ void Linear::matmul_weight_t(const Tensor& dy, Tensor& dx, float beta) const {
   if (n == 0) return;
   Tensor dy2 = dy.view({n, out_});
   Tensor dx2 = dx.view({n, in_});
+  if (uses_bf16()) {  // dx = dy · W + beta · dx in BF16, fp32 sums
+    kernels::gemm_bf16_raw(false, n, in_, out_, dy2.f32(), out_, bf16_weight(), in_, beta,
+                           dx2.f32(), in_);
+    return;
+  }
   if (w.dtype() == DType::F32) {
     kernels::gemm(dy2, false, w, false, dx2, 1.0f, beta);  // dx = dy · W + beta · dx
     return;

@@ -248,6 +248,7 @@ void DoraLinear::merge(nn::Linear& base) {
     const float f = magnitude.value.f32()[i] / nrm;
     for (int64_t j = 0; j < in; ++j) pw[i * in + j] *= f;
   }
+  nn::weights_changed();
   merged = true;
 }
 
@@ -262,6 +263,7 @@ void DoraLinear::unmerge(nn::Linear& base) {
   Tensor d = delta_weight();
   kernels::axpy(-1.0f, d, base.weight.value);
   merged_norm_ = Tensor();
+  nn::weights_changed();
   merged = false;
 }
 

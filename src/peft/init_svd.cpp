@@ -75,6 +75,7 @@ void add_low_rank(Tensor& w, const Tensor& b, const Tensor& a, double s) {
       for (int64_t j = 0; j < r; ++j) d += static_cast<double>(B[o * r + j]) * A[j * in + c];
       W[o * in + c] = static_cast<float>(W[o * in + c] + s * d);
     }
+  nn::weights_changed();  // BF16 copies of W (--compute-dtype bf16) are stale now
 }
 
 }  // namespace lorafit::peft

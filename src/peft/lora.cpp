@@ -212,6 +212,7 @@ void LoraLinear::merge(nn::Linear& base) {
          tensor::dtype_name(base.weight.value.dtype()) + " (load the model with dequantize)");
   Tensor d = delta_weight();
   kernels::axpy(1.0f, d, base.weight.value);
+  nn::weights_changed();
   merged = true;
 }
 
@@ -219,6 +220,7 @@ void LoraLinear::unmerge(nn::Linear& base) {
   if (!merged) return;
   Tensor d = delta_weight();
   kernels::axpy(-1.0f, d, base.weight.value);
+  nn::weights_changed();
   merged = false;
 }
 

@@ -399,6 +399,7 @@ void PeftModel::load_adapter(const std::string& adapter_dir, const std::string& 
       const std::string key = kPrefix + s.name;
       take(key, s.own.value);
     }
+    nn::weights_changed();
     for (const auto& n : f.names())
       if (!expected.count(n))
         fail(wpath + ": unexpected tensor '" + n +

@@ -6,6 +6,7 @@
 
 #include "lorafit/rope_config.h"
 #include "lorafit/io.h"
+#include "lorafit/kernels.h"
 #include "lorafit/peft.h"
 #include "lorafit/train.h"
 
@@ -163,6 +164,7 @@ Inference open_for_inference(const std::string& model, const std::string& adapte
 
 EvalReport evaluate_file(const EvalParams& p) {
   if (p.data.empty()) throw Error("[eval] --data is required");
+  kernels::set_compute_dtype(kernels::parse_compute_dtype(p.compute_dtype));
   Inference m = open_for_inference(p.model, p.adapter, p.task, "eval", p.quantize, p.rope_scaling);
   const auto bsz = static_cast<size_t>(std::max<int64_t>(1, p.batch_size));
   const text::Tokenizer& tok = m.lm.tokenizer;
@@ -205,6 +207,7 @@ EvalReport evaluate_file(const EvalParams& p) {
 
 PredictReport predict_file(const EvalParams& p) {
   if (p.data.empty()) throw Error("[predict] --data is required");
+  kernels::set_compute_dtype(kernels::parse_compute_dtype(p.compute_dtype));
   Inference m = open_for_inference(p.model, p.adapter, p.task, "predict", p.quantize);
   if (m.causal) throw Error("[predict] needs a classification model; use lorafit generate for LM");
   const text::Tokenizer& tok = m.lm.tokenizer;

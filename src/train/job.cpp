@@ -158,7 +158,8 @@ json run_params_to_json(const RunParams& p) {
             {"quantize", p.quantize},
             {"rope_scaling", p.rope_scaling},
             {"gradient_checkpointing", p.gradient_checkpointing},
-            {"trainable_extra", p.trainable_extra}};
+            {"trainable_extra", p.trainable_extra},
+            {"compute_dtype", p.compute_dtype}};
   j["modules_to_save"] = p.modules_to_save ? json(*p.modules_to_save) : json(nullptr);
   j["lr"] = p.lr ? json(*p.lr) : json(nullptr);
   return j;
@@ -233,6 +234,7 @@ RunParams run_params_from_json(const json& j, const std::string& origin) {
   get("rope_scaling", p.rope_scaling);
   get("gradient_checkpointing", p.gradient_checkpointing);
   get("trainable_extra", p.trainable_extra);
+  get("compute_dtype", p.compute_dtype);
   if (j.contains("modules_to_save") && !j.at("modules_to_save").is_null()) {
     p.modules_to_save.emplace();
     get("modules_to_save", *p.modules_to_save);
@@ -299,6 +301,7 @@ std::unique_ptr<TrainingJob> TrainingJob::prepare(const RunParams& params) {
     if (threads == 0 && local > 1)
       threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / local);
     kernels::set_num_threads(threads);
+    kernels::set_compute_dtype(kernels::parse_compute_dtype(p.compute_dtype));
   }
   const std::string& method = p.method;
   const bool adapter_method = method == "lora" || method == "adalora";

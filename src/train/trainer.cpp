@@ -3,12 +3,14 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
+#include <numeric>
 
 #include "lorafit/io.h"
 #include "lorafit/train.h"
@@ -93,6 +95,14 @@ float Task::forward_backward(nn::Context& ctx, const Batch& b, float dloss,
         std::string(lm ? "causal LM needs a Llama-family model, got "
                        : "classification needs a BERT-family model, got ") +
             model->config().arch);
+  // LM: the head and its loss over chunks of tokens (about 32 MiB of logits each), never the
+  // whole [B·T, V] logits and their gradient.
+  if (lm && !probs_out) {
+    const int64_t V = model->config().vocab;
+    const int64_t rows = std::max<int64_t>(16, (int64_t{8} << 20) / std::max<int64_t>(V, 1));
+    if (auto loss = model->lm_loss_chunked(ctx, b.ids, b.mask, b.targets, -100, dloss, rows))
+      return *loss;
+  }
   // Classification: logits [B, L] against labels [B]; LM: [B, T, V] against next tokens [B, T].
   Tensor logits = model->logits(ctx, b.ids, b.mask, b.type_ids);
   const int64_t V = logits.dim(-1), N = logits.numel() / V;
@@ -123,9 +133,22 @@ EvalResult evaluate(Task& task, const std::vector<Sample>& samples, size_t batch
   double loss_sum = 0;
   int64_t counted = 0;
   std::vector<int32_t> pred, gold;
-  auto batches = epoch_batches(samples, batch_size, 0, 0, false);
-  if (max_batches > 0 && static_cast<int64_t>(batches.size()) > max_batches)
-    batches.resize(static_cast<size_t>(max_batches));
+  // Batches of similar lengths (less padding: an evaluation is forward only and as fast per
+  // token as the padding allows): the evaluated samples (the first max_batches · batch_size in
+  // file order when limited) sorted by length, stable; predictions go back to file order below.
+  size_t n_eval = samples.size();
+  if (max_batches > 0)
+    n_eval = std::min(n_eval, static_cast<size_t>(max_batches) * batch_size);
+  std::vector<size_t> order(n_eval);
+  std::iota(order.begin(), order.end(), size_t{0});
+  std::stable_sort(order.begin(), order.end(), [&](size_t x, size_t y) {
+    return samples[x].ids.size() < samples[y].ids.size();
+  });
+  std::vector<std::vector<size_t>> batches;
+  for (size_t i = 0; i < n_eval; i += batch_size)
+    batches.emplace_back(order.begin() + static_cast<std::ptrdiff_t>(i),
+                         order.begin() + static_cast<std::ptrdiff_t>(std::min(n_eval, i + batch_size)));
+  std::vector<std::vector<float>> probs_by_sample(probs ? n_eval : 0);
   // Several processes: batch i is evaluated by rank i mod n and the sums are all-reduced. The
   // probabilities (predict) stay with one process.
   Communicator& comm = world();
@@ -156,7 +179,7 @@ EvalResult evaluate(Task& task, const std::vector<Sample>& samples, size_t batch
         }
         pred.push_back(pr_label);
         if (samples[idx[i]].label >= 0) gold.push_back(samples[idx[i]].label);
-        if (probs) probs->emplace_back(row, row + L);
+        if (probs) probs_by_sample[idx[i]].assign(row, row + L);
       }
     }
     arena.reset();
@@ -174,6 +197,8 @@ EvalResult evaluate(Task& task, const std::vector<Sample>& samples, size_t batch
       if (rows[2 * i + 1] > 0) gold.push_back(static_cast<int32_t>(rows[2 * i + 1]) - 1);
     }
   }
+  if (probs)  // file order
+    for (auto& p : probs_by_sample) probs->push_back(std::move(p));
   r.loss = counted ? loss_sum / static_cast<double>(counted) : 0.0;
   r.perplexity = std::exp(r.loss);
   if (!task.lm && gold.size() == pred.size()) {

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <set>
 #include <sstream>
 
@@ -264,6 +265,70 @@ TEST(TinyLlama, InputGradientMatchesTorch) {
   const double d = max_abs_diff(demb, ref.f32("tiny_llama_grad_inputs_embeds"));
   std::printf("tiny llama grad inputs_embeds max abs err %.3g\n", d);
   EXPECT_LT(d, 1e-5);
+}
+
+// The chunked head + loss (Model::lm_loss_chunked, what training uses) equals the whole-logits
+// path: loss, the gradient of every trainable parameter (all but the head) and, on a poisoned
+// arena, nothing read after the chunk buffers were released. Chunks of 5 rows over B·T rows
+// leave a remainder; some targets are ignored, one chunk entirely.
+TEST(TinyLlama, ChunkedLmLossEqualsWholeLogits) {
+  Ref ref("tiny_llama_ref.safetensors");
+  auto m = load_as<models::LlamaModel>(kFix + "/tiny_llama");
+  for (auto& [name, p] : m->named_parameters())
+    if (name != "lm_head.weight") p->set_trainable(true);
+  Tensor ids = ref.i32("input_ids");
+  const int64_t B = ids.dim(0), T = ids.dim(1), V = m->config().vocab, N = B * T;
+  ASSERT_GT(N, 12);
+  Tensor targets = Tensor::empty({B, T}, DType::I32);
+  for (int64_t i = 0; i < N; ++i) {
+    const int64_t t = i % T;
+    targets.i32()[i] = t + 1 < T && i % 7 != 3 ? ids.i32()[i + 1] : -100;
+  }
+  for (int64_t i = 5; i < 10; ++i) targets.i32()[i] = -100;  // rows 5..9: a whole chunk ignored
+  auto grads = [&] {
+    std::map<std::string, Tensor> g;
+    for (auto& [name, p] : m->named_parameters())
+      if (p->trainable) g[name] = p->grad.clone();
+    return g;
+  };
+  for (auto& [name, p] : m->named_parameters()) p->zero_grad();
+  lorafit::tensor::Arena arena;
+  arena.poison = true;
+  nn::Context ctx;
+  ctx.arena = &arena;
+  Tensor logits = m->forward(ctx, ids);
+  Tensor probs = ctx.alloc({N, V}), dlogits = ctx.alloc({N, V});
+  Tensor tg = targets.view({N});
+  const float whole = lorafit::kernels::cross_entropy_forward(logits.view({N, V}), tg, -100, probs);
+  lorafit::kernels::cross_entropy_backward(probs, tg, -100, 0.5f, dlogits);
+  m->backward(ctx, dlogits.view({B, T, V}));
+  auto g_whole = grads();
+  arena.reset();
+  for (auto& [name, p] : m->named_parameters()) p->zero_grad();
+  auto loss = m->lm_loss_chunked(ctx, ids, Tensor(), targets, -100, 0.5f, 5);
+  ASSERT_TRUE(loss.has_value());
+  EXPECT_NEAR(*loss, whole, 1e-6 * std::fabs(whole));
+  auto g_chunk = grads();
+  ASSERT_EQ(g_chunk.size(), g_whole.size());
+  ASSERT_GT(g_whole.size(), 5u);
+  for (auto& [name, g] : g_whole) {
+    double scale = 0;
+    for (int64_t i = 0; i < g.numel(); ++i) scale = std::max(scale, std::fabs(double(g.f32()[i])));
+    EXPECT_LE(max_abs_diff(g_chunk[name], g), 1e-5 * scale + 1e-12) << name;
+    EXPECT_GT(scale, 0.0) << name;
+  }
+  // Forward only (dloss 0, no_grad as evaluation): the same loss, no gradient.
+  arena.reset();
+  for (auto& [name, p] : m->named_parameters()) p->zero_grad();
+  ctx.no_grad = true;
+  auto eval_loss = m->lm_loss_chunked(ctx, ids, Tensor(), targets, -100, 0.0f, 4);
+  ctx.no_grad = false;
+  ASSERT_TRUE(eval_loss.has_value());
+  EXPECT_NEAR(*eval_loss, whole, 1e-6 * std::fabs(whole));
+  for (auto& [name, g] : grads()) EXPECT_EQ(max_abs_diff(g, Tensor::zeros(g.shape())), 0.0) << name;
+  // A trainable head needs its whole logits: declined, nothing run.
+  m->lm_head.weight.set_trainable(true);
+  EXPECT_FALSE(m->lm_loss_chunked(ctx, ids, Tensor(), targets, -100, 0.5f, 5).has_value());
 }
 
 TEST(TinyLlama, KvCacheEqualsFullForward) {

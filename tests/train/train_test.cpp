@@ -7,8 +7,10 @@
 #include <filesystem>
 #include <algorithm>
 #include <fstream>
+#include <iterator>
 
 #include "lorafit/io.h"
+#include "lorafit/kernels.h"
 #include "lorafit/models.h"
 #include "lorafit/train.h"
 #include "test_util.h"
@@ -289,6 +291,40 @@ TEST(Accumulation, MicroBatchesEqualOneBigBatch) {
       max_abs = std::max(max_abs, static_cast<double>(std::fabs(big[i][j])));
     }
   EXPECT_GT(max_abs, 1e-4);  // the gradients are not trivially zero
+}
+
+// ---- evaluation order ---------------------------------------------------------------------------
+
+// evaluate() batches examples of similar length together; the probabilities come back in file
+// order, equal to evaluating each example alone, and the metrics are those of file order.
+TEST(Evaluate, LengthSortedBatchesKeepFileOrder) {
+  auto dir = tiny_model_dir();
+  auto tok = text::Tokenizer::from_file(dir.string());
+  auto tsv = temp_dir("eval_order") / "d.tsv";
+  write(tsv, synthetic_tsv(23, 11));
+  auto samples = tokenize_classification(read_classification(tsv.string(), {}), tok, 32);
+  size_t lmin = 1000, lmax = 0;
+  for (auto& s : samples) lmin = std::min(lmin, s.ids.size()), lmax = std::max(lmax, s.ids.size());
+  ASSERT_LT(lmin, lmax);  // lengths differ, so sorting reorders
+  auto model = models::load_model(dir.string());
+  Task task{model.get(), false};
+  std::vector<std::vector<float>> batched, alone;
+  EvalResult rb = evaluate(task, samples, 5, 0, 0, &batched);
+  EvalResult ra = evaluate(task, samples, 1, 0, 0, &alone);
+  ASSERT_EQ(batched.size(), samples.size());
+  ASSERT_EQ(alone.size(), samples.size());
+  for (size_t i = 0; i < samples.size(); ++i)
+    for (size_t j = 0; j < alone[i].size(); ++j)
+      EXPECT_NEAR(batched[i][j], alone[i][j], 1e-5) << "example " << i;
+  EXPECT_EQ(rb.cls.n, ra.cls.n);
+  EXPECT_DOUBLE_EQ(rb.cls.accuracy, ra.cls.accuracy);
+  EXPECT_NEAR(rb.loss, ra.loss, 1e-5);
+  // --eval-max-batches takes the first examples in file order: 2 batches of 5 = examples 0..9.
+  std::vector<std::vector<float>> first;
+  evaluate(task, samples, 5, 0, 2, &first);
+  ASSERT_EQ(first.size(), 10u);
+  for (size_t i = 0; i < first.size(); ++i)
+    for (size_t j = 0; j < alone[i].size(); ++j) EXPECT_NEAR(first[i][j], alone[i][j], 1e-5) << i;
 }
 
 // ---- resume -----------------------------------------------------------------------------------
@@ -738,6 +774,75 @@ TEST(Cli, LmTrainingLowersHeldOutPerplexity) {
   EXPECT_GT(ppl0, 50.0);  // a random 100-token model: about uniform
   EXPECT_LT(ppl1, 0.5 * ppl0) << "before " << ppl0 << " after " << ppl1;
   EXPECT_NEAR(ppl_val, ppl1, 0.25 * ppl1);  // the trainer's held-out evaluation says the same
+  fs::remove_all(work);
+}
+
+// --compute-dtype bf16 (frozen products in BF16, fp32 sums; adapters and optimizer fp32): the
+// same run as fp32 has near-identical losses step by step and held-out perplexity, but not the
+// same bits (the BF16 path did run). Where the CPU or build has no BF16 it is refused by name.
+std::vector<double> step_losses(const fs::path& log) {
+  std::vector<double> v;
+  std::ifstream f(log);
+  for (std::string line; std::getline(f, line);) {
+    io::json j = io::json::parse(line);
+    if (j.value("type", "") == "step") v.push_back(j.at("loss").get<double>());
+  }
+  return v;
+}
+
+TEST(Cli, Bf16ComputeTrainsLikeFp32) {
+  auto dir = tiny_llama_dir();
+  auto work = temp_dir("cli_bf16");
+  const std::vector<std::string> lines = {"the cat sat on the mat.", "a dog ran to the park.",
+                                          "the sun is warm today.", "we like to read books."};
+  std::string txt;
+  for (int i = 0; i < 160; ++i) txt += lines[nn::random_u64(5, static_cast<uint64_t>(i)) % lines.size()] + "\n";
+  write(work / "all.txt", txt);
+  const std::string bin = LORAFIT_BINARY;
+  auto train = [&](const std::string& dt) {
+    return run_out(bin + " train --model " + dir.string() + " --train " + (work / "all.txt").string() +
+                   " --output " + (work / dt).string() +
+                   " --block-size 32 --batch-size 8 --max-steps 20 --lr 1e-2 --lora-dropout 0 --threads 1"
+                   " --log-every 1 --target-modules all-linear --compute-dtype " + dt);
+  };
+  auto f = train("fp32");
+  ASSERT_EQ(f.first, 0) << f.second;
+  if (!kernels::bf16_gemm_supported()) {
+    const std::string cmd = "{ { " + bin + " train --model " + dir.string() + " --train " + (work / "all.txt").string() +
+                            " --output " + (work / "x").string() + " --compute-dtype bf16; } 2>&1; }";  // stderr too
+    auto r = run_out(cmd);
+    EXPECT_EQ(r.first, 1);
+    EXPECT_NE(r.second.find("bf16 is not available"), std::string::npos) << r.second;
+    fs::remove_all(work);
+    return;
+  }
+  auto b = train("bf16");
+  ASSERT_EQ(b.first, 0) << b.second;
+  const auto lf = step_losses(work / "fp32/log.jsonl"), lb = step_losses(work / "bf16/log.jsonl");
+  ASSERT_EQ(lf.size(), 20u);
+  ASSERT_EQ(lb.size(), lf.size());
+  bool differ = false;
+  for (size_t i = 0; i < lf.size(); ++i) {
+    // BF16 operands carry 8 significant bits (relative rounding 2^-9 each): a loss of ~2-4 moves
+    // by far less than 1% over 20 steps; a wrong product (unscaled, transposed) moves it by 100s.
+    EXPECT_NEAR(lb[i], lf[i], 0.01 * lf[i]) << "step " << i + 1;
+    differ = differ || lb[i] != lf[i];
+  }
+  EXPECT_TRUE(differ) << "bf16 gave fp32's losses bit for bit: the BF16 path did not run";
+  EXPECT_LT(lf.back(), 0.8 * lf.front());  // it learned
+  const double pf = value_after(f.second, "perplexity"), pb = value_after(b.second, "perplexity");
+  EXPECT_NEAR(pb, pf, 0.01 * pf);
+  // eval takes the option too, and the run records it.
+  auto e = run_out(bin + " eval --model " + dir.string() + " --adapter " + (work / "bf16/final").string() +
+                   " --data " + (work / "all.txt").string() + " --block-size 32 --threads 1 --compute-dtype bf16");
+  ASSERT_EQ(e.first, 0) << e.second;
+  std::ifstream st(work / "bf16/checkpoint/trainer_state.json");
+  std::string state((std::istreambuf_iterator<char>(st)), std::istreambuf_iterator<char>());
+  EXPECT_NE(state.find("\"compute_dtype\": \"bf16\""), std::string::npos) << state;
+  auto bad = run_out("{ { " + bin + " train --model " + dir.string() + " --train " + (work / "all.txt").string() +
+                     " --output " + (work / "y").string() + " --compute-dtype fp8; } 2>&1; }");  // stderr too
+  EXPECT_EQ(bad.first, 1);
+  EXPECT_NE(bad.second.find("'fp8' is not a compute dtype (fp32, bf16, auto)"), std::string::npos) << bad.second;
   fs::remove_all(work);
 }
 
