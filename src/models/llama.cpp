@@ -290,6 +290,10 @@ void check_llama_config(const ModelConfig& c, const std::string& where) {
         where + ": the number of key/value heads (" + std::to_string(c.n_kv_heads) +
             ") must divide the number of heads (" + std::to_string(c.n_heads) + ")");
   check(c.head_dim % 2 == 0, where + ": head_dim must be even for RoPE");
+  // Before the RoPE frequency table (head_dim / 2 entries) is made from it.
+  constexpr int64_t kMaxHeadDim = int64_t{1} << 16;
+  check(c.head_dim <= kMaxHeadDim, where + ": field 'head_dim': " + std::to_string(c.head_dim) +
+                                       " is beyond the limit of " + std::to_string(kMaxHeadDim));
   try {
     nn::rope_frequencies(c.rope_theta, c.head_dim, c.rope_scaling, c.max_positions);
   } catch (const Error& e) {
