@@ -64,7 +64,7 @@ SMOL=$("$PY" tools/make_smollm2_hf.py --out runs/smollm2-f32 | tail -n 1)
 echo "== [interop] LongLoRA: PEFT loads a --rope-scaling / --trainable-extra adapter of SmolLM2,"
 echo "   transformers with the recorded scaling (and the merged folder's config.json) gives our loss"
 "$LORAFIT" train --model "$SMOL" --train data/tinyshakespeare/input.txt --output "$T/longlora" \
-  --block-size 1024 --batch-size 1 --max-steps 1 --lr 1e-3 --rope-scaling linear:2 --attention s2 \
+  --block-size 1024 --batch-size 1 --max-steps 1 --lr 1e-3 --val-fraction 0.005 --rope-scaling linear:2 --attention s2 \
   --target-modules q_proj,k_proj,v_proj,o_proj --trainable-extra embed,norm --gradient-checkpointing --quiet
 "$LORAFIT" adapter merge "$T/longlora/final" --base "$SMOL" --out "$T/longlora_merged" > /dev/null
 "$PY" tools/check_longlora.py --model "$SMOL" --adapter "$T/longlora/final" \
