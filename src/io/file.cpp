@@ -152,7 +152,14 @@ void write_folder_atomic(const std::string& dir,
         check(ec, "cannot move " + e.path().string() + " into it");
       }
       fs::remove_all(tmp, ec);
+    } else if (::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, target.c_str(), RENAME_EXCHANGE) == 0) {
+      // One atomic swap: at every moment `target` is the old folder or the new one, never absent
+      // (a SIGKILL between two renames used to leave no folder; the kill test found it). The old
+      // contents are now at tmp.
+      fs::remove_all(tmp, ec);
     } else {
+      // A filesystem without RENAME_EXCHANGE: two renames (a kill between them leaves the old
+      // folder at `old`).
       fs::remove_all(old, ec);
       fs::rename(target, old, ec);
       check(ec, "cannot move the old folder to " + old.string());
