@@ -544,12 +544,9 @@ void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const 
 
 // ---- RoPE -------------------------------------------------------------------------------------
 namespace {
-void rope_apply(const char* op, Tensor& x, const Tensor& positions, float theta, RopeStyle style,
-                float sign) {
-  require_f32(op, "x", x);
-  LORAFIT_CHECK(x.ndim() == 4, op, "x is " + x.str() + ": expected [B, T, H, D]");
-  const int64_t bsz = x.dim(0), t = x.dim(1), h = x.dim(2), d = x.dim(3);
-  LORAFIT_CHECK(d % 2 == 0, op, "x is " + x.str() + ": head dimension D must be even");
+// positions is I32 [T] or [B, T] for x [B, T, H, D]; returns whether it is per batch row.
+bool check_rope_positions(const char* op, const Tensor& x, const Tensor& positions) {
+  const int64_t bsz = x.dim(0), t = x.dim(1);
   require_i32(op, "positions", positions);
   const bool per_batch = positions.ndim() == 2;
   LORAFIT_CHECK((positions.ndim() == 1 && positions.dim(0) == t) ||
@@ -558,6 +555,16 @@ void rope_apply(const char* op, Tensor& x, const Tensor& positions, float theta,
                 "positions is " + positions.str() + " but x is " + x.str() + ": expected I32[" +
                     std::to_string(t) + "] or I32[" + std::to_string(bsz) + ", " +
                     std::to_string(t) + "]");
+  return per_batch;
+}
+
+void rope_apply(const char* op, Tensor& x, const Tensor& positions, float theta, RopeStyle style,
+                float sign) {
+  require_f32(op, "x", x);
+  LORAFIT_CHECK(x.ndim() == 4, op, "x is " + x.str() + ": expected [B, T, H, D]");
+  const int64_t bsz = x.dim(0), t = x.dim(1), h = x.dim(2), d = x.dim(3);
+  LORAFIT_CHECK(d % 2 == 0, op, "x is " + x.str() + ": head dimension D must be even");
+  const bool per_batch = check_rope_positions(op, x, positions);
   LORAFIT_CHECK(theta > 0.0f, op, "theta must be positive, got " + std::to_string(theta));
   if (x.numel() == 0) return;
   auto k = active_ops().rope_rotate;
@@ -631,14 +638,7 @@ void rope_apply_table(const char* op, Tensor& x, const Tensor& positions, const 
   const int64_t bsz = x.dim(0), t = x.dim(1), h = x.dim(2), d = x.dim(3);
   LORAFIT_CHECK(d == table.dim(), op,
                 "x is " + x.str() + " but the table has D = " + std::to_string(table.dim()));
-  require_i32(op, "positions", positions);
-  const bool per_batch = positions.ndim() == 2;
-  LORAFIT_CHECK((positions.ndim() == 1 && positions.dim(0) == t) ||
-                    (per_batch && positions.dim(0) == bsz && positions.dim(1) == t),
-                op,
-                "positions is " + positions.str() + " but x is " + x.str() + ": expected I32[" +
-                    std::to_string(t) + "] or I32[" + std::to_string(bsz) + ", " +
-                    std::to_string(t) + "]");
+  const bool per_batch = check_rope_positions(op, x, positions);
   const int32_t* pp = positions.i32();
   for (int64_t i = 0; i < positions.numel(); ++i)
     LORAFIT_CHECK(pp[i] >= 0 && pp[i] < table.rows(), op,

@@ -100,21 +100,33 @@ double MergeRounding::ratio() const {
   return rounding > 0 ? std::numeric_limits<double>::infinity() : 0.0;
 }
 
+namespace {
+// The merged model's Linears by module path, and the merged weight of `path`, which must be F32
+// of the original's shape: what both merge_rounding overloads compare.
+std::map<std::string, nn::Linear*> linears_by_path(models::Model& merged) {
+  std::map<std::string, nn::Linear*> lins;
+  for (auto& [path, l] : merged.linears()) lins[path] = l;
+  return lins;
+}
+const Tensor& merged_weight(const std::map<std::string, nn::Linear*>& lins, const std::string& path,
+                            const Tensor& w0) {
+  auto it = lins.find(path);
+  if (it == lins.end()) fail("merge_rounding: module '" + path + "' is not a Linear of the model");
+  const Tensor& w = it->second->weight.value;
+  if (w.dtype() != tensor::DType::F32 || w0.dtype() != tensor::DType::F32 || w.shape() != w0.shape())
+    fail("merge_rounding: module '" + path + "': merged " + w.str() + " and original " + w0.str() +
+         " must be F32 of one shape");
+  return w;
+}
+}  // namespace
+
 std::vector<MergeRounding> merge_rounding(models::Model& merged,
                                           const std::vector<std::pair<std::string, Tensor>>& before,
                                           tensor::DType type) {
-  std::map<std::string, nn::Linear*> lins;
-  for (auto& [path, l] : merged.linears()) lins[path] = l;
+  const std::map<std::string, nn::Linear*> lins = linears_by_path(merged);
   std::vector<MergeRounding> out;
   for (const auto& [path, w0] : before) {
-    auto it = lins.find(path);
-    if (it == lins.end())
-      fail("merge_rounding: module '" + path + "' is not a Linear of the model");
-    const Tensor& w = it->second->weight.value;
-    if (w.dtype() != tensor::DType::F32 || w0.dtype() != tensor::DType::F32 ||
-        w.shape() != w0.shape())
-      fail("merge_rounding: module '" + path + "': merged " + w.str() + " and original " +
-           w0.str() + " must be F32 of one shape");
+    const Tensor& w = merged_weight(lins, path, w0);
     const int64_t rows = w.dim(0), cols = w.dim(1);
     const size_t bytes = tensor::dtype_nbytes(type, cols);
     if (type != tensor::DType::F32 && type != tensor::DType::F16 && type != tensor::DType::BF16 &&
@@ -151,18 +163,10 @@ std::vector<MergeRounding> merge_rounding(models::Model& merged,
                                           const std::string& quant4_type) {
   if (quant4_type != "nf4" && quant4_type != "nf4-dq" && quant4_type != "fp4")
     fail("merge_rounding: '" + quant4_type + "' is not a 4-bit type (nf4, nf4-dq, fp4)");
-  std::map<std::string, nn::Linear*> lins;
-  for (auto& [path, l] : merged.linears()) lins[path] = l;
+  const std::map<std::string, nn::Linear*> lins = linears_by_path(merged);
   std::vector<MergeRounding> out;
   for (const auto& [path, w0] : before) {
-    auto it = lins.find(path);
-    if (it == lins.end())
-      fail("merge_rounding: module '" + path + "' is not a Linear of the model");
-    const Tensor& w = it->second->weight.value;
-    if (w.dtype() != tensor::DType::F32 || w0.dtype() != tensor::DType::F32 ||
-        w.shape() != w0.shape())
-      fail("merge_rounding: module '" + path + "': merged " + w.str() + " and original " +
-           w0.str() + " must be F32 of one shape");
+    const Tensor& w = merged_weight(lins, path, w0);
     const int64_t n = w.numel();
     tensor::Quant4 q = tensor::quantize_4bit(
         w.f32(), n, quant4_type == "fp4" ? tensor::Quant4Type::FP4 : tensor::Quant4Type::NF4,
