@@ -22,9 +22,9 @@
 # Methods: full (every weight), head (classifier only), lora (r 8, alpha 16, query,value +
 #   classifier), lora-all (r 8 on every linear layer), rslora, pissa, dora, adalora (init r 12 ->
 #   target 8: the same final trainable budget as lora, the CLI's schedule defaults).
-#   QLoRA (NF4 base) is not in the list yet: it joins once `--quantize nf4` lands.
+#   qlora: lora on the base quantized to NF4 with double quantization on load (--quantize nf4-dq).
 # Env: STEPS (optimizer steps per run, default 300; "epoch": one full pass, --epochs 1),
-#   BATCH (32), SEEDS ("42 43 44"), METHODS ("full head lora lora-all rslora pissa dora adalora"),
+#   BATCH (32), SEEDS ("42 43 44"), METHODS ("full head lora lora-all rslora pissa dora adalora qlora"),
 #   RANKS ("1 2 4 8 16 64"), LR_<method> (e.g. LR_dora=2e-3; '-' in names becomes '_'),
 #   SWEEP_<method> ("a b c"), ADA_VARIANTS ("ada-peft ada-paper ada-paper-orth05 ada-peft-orth01
 #   ada-fixed8"), ADA_LRS ("3e-3"), THREADS (--threads per run, 1), JOBS (runs side by side, 2),
@@ -43,7 +43,7 @@ TABLES=("$@")
 STEPS=${STEPS:-300}
 BATCH=${BATCH:-32}
 SEEDS=${SEEDS:-42 43 44}
-METHODS=${METHODS:-full head lora lora-all rslora pissa dora adalora}
+METHODS=${METHODS:-full head lora lora-all rslora pissa dora adalora qlora}
 RANKS=${RANKS:-1 2 4 8 16 64}
 THREADS=${THREADS:-1}
 JOBS=${JOBS:-2}
@@ -77,6 +77,7 @@ method_flags() {
     rslora) echo "--use-rslora" ;;
     pissa) echo "--init-lora-weights pissa" ;;
     dora) echo "--use-dora" ;;
+    qlora) echo "--quantize nf4-dq" ;;
     adalora | ada-cli) echo "--method adalora" ;;
     ada-peft) echo "--method adalora --tinit 0 --tfinal 0 --delta-t 1 --orth-reg-weight 0.5" ;;
     ada-peft-orth01) echo "--method adalora --tinit 0 --tfinal 0 --delta-t 1 --orth-reg-weight 0.1" ;;
