@@ -33,7 +33,9 @@
 #   MODEL / TRAIN / DEV (another model folder or .tsv files, e.g. for a quick check of the script),
 #   RUN=0 (start no run: write the tables from the runs that have finished).
 # A run whose folder already holds result.txt is not repeated (delete it to redo it), so the
-# script can be stopped and re-started, and tables can grow seed by seed.
+# script can be stopped and re-started, and tables can grow seed by seed. The tables also keep the
+# rows of their CSV in docs/results/ (runs of an earlier session, whose folders are gone) unless a
+# finished run folder of the same name, rate and seed replaces them.
 # Wall time and tokens/s depend on what else the machine runs; the accuracies do not (training is
 # deterministic for a given seed and thread count).
 set -euo pipefail
@@ -188,6 +190,14 @@ root, tag, doc, no_doc, steps, batch, threads, jobs, machine, commit, *tables = 
 budget = ("one epoch (67,349 sentences)" if steps == "epoch"
           else f"{steps} optimizer steps of {batch} sentences")
 def load(table):
+    # rows of the CSV written before (docs/results/TAG-TABLE.csv: runs of an earlier session or
+    # machine, whose folders are gone), then every finished run folder, which replaces the CSV row
+    # of the same name, rate and seed: a table grows across sessions
+    old = {}
+    csv_path = os.path.join(os.path.dirname(doc), "results", f"{tag}-{table}.csv")
+    if os.path.exists(csv_path):
+        for r in csv.DictReader(open(csv_path, newline="")):
+            old[(r["name"], r["lr"], r["seed"])] = r
     rows = []
     paths = sorted(glob.glob(f"{root}/{table}/*/result.txt"))
     if table == "rank":  # r 8 = the methods table's lora runs at the lora rate
@@ -199,8 +209,9 @@ def load(table):
         if "n_dev" not in r:  # result.txt of an older version of this script
             m = re.search(r"\((\d+) examples\)", open(os.path.join(os.path.dirname(p), "stdout.txt")).read())
             r["n_dev"] = m.group(1) if m else "?"
+        old.pop((r["name"], r["lr"], r["seed"]), None)
         rows.append(r)
-    return rows
+    return rows + list(old.values())
 def fmt_int(x): return f"{int(x):,}"
 def mmss(s): s = int(float(s)); return f"{s // 60}:{s % 60:02d}"
 def block(table, rows):
