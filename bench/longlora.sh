@@ -8,6 +8,7 @@
 #   bash bench/longlora.sh [steps]      (default 20 training steps; env LORAFIT, MODEL, OUT)
 #   PART=mem bash bench/longlora.sh     (only the one-step peak RSS table)
 #   PART=ppl bash bench/longlora.sh     (only the perplexities and the training run)
+#   env BEFORE=0: skip the evaluations before training (already measured)
 #   env LR (5e-4), WARMUP (1), BLOCK (16384), NOCKPT_BLOCK (= BLOCK): the block size of the
 #   one-step cases without recomputation. Without it a step keeps every layer's activations, about
 #   20 GiB at 16,384 tokens on SmolLM2-135M, so on a 24 GiB machine measure it at 4096 or 8192.
@@ -59,12 +60,14 @@ if [ "$PART" = all ] || [ "$PART" = mem ]; then
 fi
 if [ "$PART" = all ] || [ "$PART" = ppl ]; then
   echo "## held-out perplexity"
+  if [ "${BEFORE:-1}" = 1 ]; then
   $LORAFIT eval $COMMON --data "$OUT/heldout.txt" --block-size $((BLOCK / 2)) --batch-size 1 \
     | sed "s/^/  base (no scaling), block $((BLOCK / 2)): /"
   for bs in $BLOCK $((BLOCK / 2)); do
     $LORAFIT eval $COMMON --data "$OUT/heldout.txt" --block-size $bs --batch-size 1 \
       --rope-scaling linear:2 | sed "s/^/  before (linear:2 only), block $bs: /"
   done
+  fi
   rm -rf "$OUT/train"
   /usr/bin/time -f "%M %e" -o "$OUT/train.time" $TRAIN --block-size "$BLOCK" --attention s2 \
     --gradient-checkpointing --log-every 1 \

@@ -79,7 +79,7 @@ const std::vector<OptSpec> kTrainOpts = {
     {"chat-template", "str", "auto",
      "LM instruction data: auto (the model's template) | chatml | llama3 | plain"},
     {"val-fraction", "num", "0.1",
-     "held-out part when --validation is not given (LM: the last part of the text)"},
+     "held-out part when --validation is not given (LM: the last part of the text; 0: no validation)"},
     {"eval-every", "int", "0",
      "evaluate every N steps (0: only at the end); the best is kept in best/"},
     {"eval-max-batches", "int", "0", "limit each evaluation to N batches (0: all)"},

@@ -316,6 +316,9 @@ std::unique_ptr<TrainingJob> TrainingJob::prepare(const RunParams& params) {
   const bool lm = task == "lm";
   if (method == "head" && lm) fail("--method head needs a classification task");
 
+  if (!(p.val_fraction >= 0 && p.val_fraction < 1))
+    fail("--val-fraction " + std::to_string(p.val_fraction) +
+         ": expected a fraction in [0, 1) (0: no validation)");
   // Data first: the number of labels sizes the classifier.
   std::vector<Sample>& tr = J.tr;
   std::vector<Sample>& va = J.va;
@@ -327,21 +330,25 @@ std::unique_ptr<TrainingJob> TrainingJob::prepare(const RunParams& params) {
     const auto tpl = text::ChatTemplate::for_tokenizer(tok, p.chat_template);
     InstructionStats ist, vst;
     auto all = read_instruction_data(p.train_data, tok, tpl, bs, &ist);
-    if (p.validation.empty()) {
-      std::tie(tr, va) = split_samples(std::move(all), p.val_fraction, p.seed);
-    } else {
+    if (!p.validation.empty()) {
       tr = std::move(all);
       va = read_instruction_data(p.validation, tok, tpl, bs, &vst);
+    } else if (p.val_fraction > 0) {
+      std::tie(tr, va) = split_samples(std::move(all), p.val_fraction, p.seed);
+    } else {
+      tr = std::move(all);  // --val-fraction 0: no validation
     }
     info.chat_format = text::chat_format_name(tpl.format());
     info.truncated = ist.truncated + vst.truncated;
     info.skipped = ist.skipped + vst.skipped;
   } else if (lm) {
     const auto bs = static_cast<size_t>(p.block_size);
-    if (p.validation.empty()) {
+    if (p.validation.empty() && p.val_fraction > 0) {
       const int64_t cut = text_split_offset(p.train_data, 1.0 - p.val_fraction);
       tr = read_lm_text(p.train_data, tok, bs, 0, cut);
       va = read_lm_text(p.train_data, tok, bs, cut, -1);
+    } else if (p.validation.empty()) {
+      tr = read_lm_text(p.train_data, tok, bs);  // --val-fraction 0: no validation
     } else {
       tr = read_lm_text(p.train_data, tok, bs);
       va = read_lm_text(p.validation, tok, bs);
@@ -351,8 +358,10 @@ std::unique_ptr<TrainingJob> TrainingJob::prepare(const RunParams& params) {
     label_names = d.label_names;
     const auto ml = static_cast<size_t>(p.max_length);
     auto all = tokenize_classification(d, tok, ml);
-    if (p.validation.empty()) {
+    if (p.validation.empty() && p.val_fraction > 0) {
       std::tie(tr, va) = split_samples(std::move(all), p.val_fraction, p.seed);
+    } else if (p.validation.empty()) {
+      tr = std::move(all);  // --val-fraction 0: no validation
     } else {
       tr = std::move(all);
       va = tokenize_classification(read_classification(p.validation, cols, label_names), tok, ml);

@@ -120,6 +120,14 @@ case_ train-adalora-only 1 "[train] --init-r applies to --method adalora only (m
 case_ train-full-lora 1 "[train] --train-modules applies to --method full only" -- \
   "$BIN" train --model bert --train train.tsv --output o --train-modules query
 case_ train-lr 1 "[train] --lr must be positive" -- "$BIN" train --model bert --train train.tsv --output o --lr -1
+case_ train-val-fraction 1 "[train] --val-fraction 1.500000: expected a fraction in [0, 1) (0: no validation)" -- \
+  "$BIN" train --model llama --train train.txt --output o --val-fraction 1.5
+# --val-fraction 0 is not bad use: the whole text trains, no validation pass (a LongLoRA run on
+# its own held-out file); it once failed with "no text (empty file or range)" for the empty tail
+case_ train-val-fraction-0 0 -- "$BIN" train --model llama --train train.txt --output vf0 \
+  --max-steps 1 --block-size 16 --batch-size 2 --val-fraction 0 --quiet
+if [ -f vf0/final/adapter_model.safetensors ] && ! grep -q '"type": *"eval"' vf0/log.jsonl 2>/dev/null; then
+  pass=$((pass + 1)); else echo "FAIL train-val-fraction-0: no final adapter, or an eval was logged"; failed=$((failed + 1)); fi
 case_ train-head-lm 1 "[train] --method head needs a classification task" -- \
   "$BIN" train --model llama --train train.txt --output o --method head
 case_ train-lm-bert 1 "[train] task lm needs a Llama-family model" -- \
