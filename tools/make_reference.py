@@ -2,7 +2,7 @@
 """Writes the reference fixtures that the C++ tests read (tests/fixtures/).
 
 Run through the reference venv:   tools/make_reference.sh [PART ...]
-Parts: io, tokens, models, peft, chat, peft_combine, dora, adalora, pissa, nf4, qlora (default: all). Each part is a module in tools/ref_<part>.py with a
+Parts: io, tokens, models, peft, chat, peft_combine, dora, adalora, pissa, nf4, kquant, qlora, rope (default: all). Each part is a module in tools/ref_<part>.py with a
 main(fixtures_dir, models_dir) function. Real models come from tools/fetch_models.sh (models/).
 """
 import importlib
@@ -12,7 +12,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 MODELS = os.path.join(ROOT, "models")
-PARTS = ["io", "tokens", "models", "peft", "chat", "peft_combine", "dora", "adalora", "pissa", "nf4", "qlora", "rope"]
+PARTS = ["io", "tokens", "models", "peft", "chat", "peft_combine", "dora", "adalora", "pissa", "nf4", "kquant", "qlora", "rope"]
 
 
 def main(argv):

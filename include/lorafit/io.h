@@ -338,7 +338,7 @@ class GgufValue {
 
 // ggml tensor types by their file number.
 enum class GgmlType : uint32_t {
-  F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q8_0 = 8, Q4_K = 12, Q6_K = 14, BF16 = 30,
+  F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q8_0 = 8, Q4_K = 12, Q5_K = 13, Q6_K = 14, BF16 = 30,
 };
 // "F32", "Q4_K", ... or "type 41" for a number we do not know.
 std::string ggml_type_name(uint32_t type);
@@ -350,11 +350,10 @@ struct GgufTensorInfo {
   Shape shape;  // torch order: ne reversed
   uint64_t offset = 0;  // relative to the data section
   uint64_t nbytes = 0;
-  // Tensor() returns a zero-copy view: F32, F16, BF16, Q8_0, Q4_0, Q4_1 (dtype set).
+  // Tensor() returns a zero-copy view (and tensor_f32() works): F32, F16, BF16, Q8_0, Q4_0,
+  // Q4_1, Q4_K, Q5_K, Q6_K (dtype set).
   bool has_dtype = false;
   DType dtype = DType::F32;
-  // tensor_f32() works: the above plus Q4_K, Q6_K.
-  bool dequantizable = false;
 };
 
 class GgufFile {
@@ -395,7 +394,7 @@ class GgufFile {
   // Throws "[gguf] <file>: no tensor 'x'".
   const GgufTensorInfo& tensor_info(const std::string& name) const;
   // Zero-copy view in torch-order shape with the stored dtype. Throws for types without a DType
-  // ("[gguf] <file>: tensor 'x': type Q6_K has no tensor dtype; use tensor_f32").
+  // ("[gguf] <file>: tensor 'x': type Q5_0 is not supported (F32, F16, ...)").
   Tensor tensor(const std::string& name) const;
   // Dequantized/converted F32 copy (a view when stored F32).
   Tensor tensor_f32(const std::string& name) const;
@@ -415,9 +414,9 @@ class GgufFile {
 
 // Writes a GGUF v3 file: metadata in the given order, then tensor infos and data in the given
 // order. Tensor shapes are torch order (written as ne reversed); dtypes F32, F16, BF16, Q8_0,
-// Q4_0, Q4_1 (I32 and NF4 throw). Alignment: the u32 value of "general.alignment" if the
-// metadata has it (must be a power of two), else 32; data section and every tensor padded with
-// zeros to it. Duplicate keys or tensor names throw. Atomic (temp + rename). Loads with the
+// Q4_0, Q4_1, Q4_K, Q5_K, Q6_K (the K-quants as bytes read from a GGUF; I32 and NF4 throw).
+// Alignment: the u32 value of "general.alignment" if the metadata has it (must be a power of
+// two), else 32; data section and every tensor padded with zeros to it. Duplicate keys or tensor names throw. Atomic (temp + rename). Loads with the
 // Python gguf package (GGUFReader) and llama.cpp.
 void write_gguf(const std::string& path,
                 const std::vector<std::pair<std::string, GgufValue>>& metadata,

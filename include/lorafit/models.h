@@ -15,8 +15,8 @@
 //
 // Weights: a model owns its weights (copied out of the file mapping, so they may be modified,
 // e.g. by a merge). Linear weights and embedding tables keep their stored dtype when nn multiplies
-// it through fp32 tiles (F32, F16, BF16, Q8_0, Q4_0, Q4_1); other GGUF types (Q4_K, Q6_K) are
-// dequantized to F32 at load, and LoadOptions::dequantize makes every weight F32. Norm weights
+// it through fp32 tiles (F32, F16, BF16, Q8_0, Q4_0, Q4_1, and GGUF's K-quants Q4_K, Q5_K, Q6_K);
+// LoadOptions::dequantize makes every weight F32. Norm weights
 // and biases are always F32. Llama GGUF attn_q/attn_k rows are un-permuted at load, so internal
 // weights are always in HF layout. Every parameter is frozen after loading; set_trainable() on a
 // parameter or module opts it in (only F32 parameters can be trainable).

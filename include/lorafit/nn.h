@@ -135,9 +135,9 @@ class LinearAdapter {
 };
 
 // y = x Wᵀ + b. weight [out, in], bias [out] optional (F32). A frozen weight may also be F16,
-// BF16, Q8_0, Q4_0 or Q4_1 (tensor::dequantize_row), or NF4 (bitsandbytes NF4/FP4 made by
-// tensor::quant4_tensor): it is multiplied through fp32 tiles of rows (about 16 MiB, kept per
-// thread; see tile_rows in linear.cpp), never a full dequantized copy. Other dtypes are refused by
+// BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K or Q6_K (tensor::dequantize_row), or NF4 (bitsandbytes
+// NF4/FP4 made by tensor::quant4_tensor): it is multiplied through fp32 tiles of rows (about
+// 16 MiB, kept per thread; see tile_rows in linear.cpp), never a full dequantized copy. Other dtypes are refused by
 // name in forward and backward.
 // Saved for backward: the input x (a reference, not a copy).
 class Linear : public Module {
@@ -188,8 +188,8 @@ class Linear : public Module {
 // use: call after changing a weight in place (merge, unmerge, PiSSA/OLoRA's residual).
 void weights_changed();
 
-// out[..., :] = table[ids[...], :]; table [V, C] (F32, or F16/BF16/Q8_0/Q4_0/Q4_1 when frozen:
-// only the gathered rows are converted).
+// out[..., :] = table[ids[...], :]; table [V, C] (F32, or F16/BF16/Q8_0/Q4_0/Q4_1/Q4_K/Q5_K/
+// Q6_K when frozen: only the gathered rows are converted).
 // Saved for backward: ids.
 class Embedding : public Module {
  public:

@@ -5,8 +5,9 @@
 //   Q4_1: f16 d, f16 m, u8 qs[16];   x = nib * d + m
 // where the low nibble of qs[j] is element j and the high nibble element j + 16.
 // Quantization rounds to nearest exactly as ggml's quantize_row_*_ref (and gguf-py), so bytes
-// match llama.cpp's. Q4_K / Q6_K are dequantized only (below). bitsandbytes' 4-bit NF4 / FP4 are
-// the Quant4 section at the end (their statistics do not fit a self-contained block).
+// match llama.cpp's. The K-quants Q4_K / Q5_K / Q6_K are dequantized only (layouts below).
+// bitsandbytes' 4-bit NF4 / FP4 are the Quant4 section at the end (their statistics do not fit a
+// self-contained block).
 #pragma once
 
 #include <cstddef>
@@ -35,29 +36,62 @@ struct BlockQ4_1 {
 };
 static_assert(sizeof(BlockQ8_0) == 34 && sizeof(BlockQ4_0) == 18 && sizeof(BlockQ4_1) == 20);
 
+// ggml's K-quants: super-blocks of kQK_K = 256 values in 8 (Q4_K, Q5_K) or 16 (Q6_K) sub-blocks.
+//   Q4_K (144 bytes): f16 d, f16 dmin, u8 scales[12], u8 qs[128].
+//     scales packs 8 six-bit (scale, min) pairs (ggml's get_scale_min_k4): for j < 4,
+//     sc = scales[j] & 63, m = scales[j + 4] & 63; for j >= 4, sc = (scales[j + 4] & 15) |
+//     ((scales[j - 4] >> 6) << 4), m = (scales[j + 4] >> 4) | ((scales[j] >> 6) << 4).
+//     Values 64k .. 64k + 63 come from qs[32k .. 32k + 31]: low nibbles are sub-block 2k, high
+//     nibbles sub-block 2k + 1; x = (d·sc)·q − (dmin·m).
+//   Q5_K (176 bytes): f16 d, f16 dmin, u8 scales[12], u8 qh[32], u8 qs[128]. As Q4_K, plus a fifth
+//     bit: element l of sub-block j has bit j of qh[l] as its bit 4.
+//   Q6_K (210 bytes): u8 ql[128], u8 qh[64], i8 scales[16], f16 d. Each half of 128 values (h =
+//     0, 1) uses ql[64h ..], qh[32h ..], scales[8h ..]; for l < 32, the four values l, l + 32,
+//     l + 64, l + 96 take the low nibbles of ql[l], ql[l + 32], then the high nibbles of ql[l],
+//     ql[l + 32], and bits (0,1), (2,3), (4,5), (6,7) of qh[l] as bits 4-5; x = (d·sc)·(q − 32)
+//     with sc = scales[value / 16].
+// Every product and difference is one rounded fp32 operation in this order (no fused
+// multiply-add), which makes the values equal gguf-py's dequantize bit for bit.
+constexpr int64_t kQK_K = 256;  // values per K-quant block
+
+struct BlockQ4_K {
+  uint16_t d;     // f16 bits
+  uint16_t dmin;  // f16 bits
+  uint8_t scales[12];
+  uint8_t qs[128];
+};
+struct BlockQ5_K {
+  uint16_t d;
+  uint16_t dmin;
+  uint8_t scales[12];
+  uint8_t qh[32];
+  uint8_t qs[128];
+};
+struct BlockQ6_K {
+  uint8_t ql[128];
+  uint8_t qh[64];
+  int8_t scales[16];
+  uint16_t d;
+};
+static_assert(sizeof(BlockQ4_K) == 144 && sizeof(BlockQ5_K) == 176 && sizeof(BlockQ6_K) == 210);
+
 // Dequantizes n consecutive values (n a multiple of dtype_block_elems(t)) stored as type t at src
-// into dst. t: F32, F16, BF16, Q8_0, Q4_0, Q4_1. src needs no alignment. Throws Error for other
-// types or a partial block.
+// into dst. t: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K (not NF4, whose statistics live
+// outside the bytes: dequantize_4bit). src needs no alignment. Throws Error for other types or a
+// partial block. The K-quants take an AVX2 path when the CPU has it (chosen at run time).
 void dequantize_row(DType t, const void* src, float* dst, int64_t n);
-// Quantizes (or converts) n values into type t at dst (dtype_nbytes(t, n) bytes). Same types.
+// The same through the scalar code only: the reference that the AVX2 path is tested against (the
+// two give identical bits).
+void dequantize_row_ref(DType t, const void* src, float* dst, int64_t n);
+// Quantizes (or converts) n values into type t at dst (dtype_nbytes(t, n) bytes). F32, F16,
+// BF16, Q8_0, Q4_0, Q4_1; the K-quants throw (lorafit has no K-quant quantizer).
 void quantize_row(DType t, const float* src, void* dst, int64_t n);
 
 // Whole tensors. quantize: x of dtype F32/F16/BF16, last dimension a multiple of the block size,
-// result of dtype t with the same shape. dequantize: any of the six types to a new F32 tensor
-// (same as x.to(DType::F32)).
+// result of dtype t (a type quantize_row writes) with the same shape. dequantize: any quantized
+// or plain type (NF4 included) to a new F32 tensor (same as x.to(DType::F32)).
 Tensor quantize(const Tensor& x, DType t);
 Tensor dequantize(const Tensor& x);
-
-// ggml K-quants that GGUF files carry but lorafit never stores (no DType): dequantization only,
-// exactly as ggml's dequantize_row_q4_K / q6_K. Per block of kQK_K = 256 values:
-//   Q4_K (144 bytes): f16 d, f16 dmin, u8 scales[12] (8 packed 6-bit scale/min pairs), u8 qs[128];
-//                     x = d·sc·nib − dmin·m per sub-block of 32
-//   Q6_K (210 bytes): u8 ql[128], u8 qh[64] (4 + 2 bits), i8 scales[16], f16 d; x = d·sc·(q − 32)
-// n must be a multiple of 256 (throws otherwise). io's GGUF reader (tensor_f32) uses these.
-enum class KQuant { Q4_K, Q6_K };
-constexpr int64_t kQK_K = 256;
-size_t kquant_block_bytes(KQuant t);
-void dequantize_kquant_row(KQuant t, const void* src, float* dst, int64_t n);
 
 // ---- bitsandbytes 4-bit (NF4, FP4), optionally double quantized -------------------------------
 // Byte-identical to bitsandbytes 0.50 quantize_4bit on CPU for fp32 input (proved by

@@ -37,10 +37,12 @@ namespace lorafit::tensor {
 
 using lorafit::Error;
 
-// Element types. Block-quantized types (Q8_0, Q4_0, Q4_1, NF4) exist for frozen weights; a tensor
-// of such a type stores whole blocks along its last dimension. NF4 is bitsandbytes 4-bit (NF4 or
-// FP4 codes): the tensor views the packed codes and its statistics live beside them (quant.h).
-enum class DType : uint8_t { F32, F16, BF16, I32, Q8_0, Q4_0, Q4_1, NF4 };
+// Element types. Block-quantized types (Q8_0, Q4_0, Q4_1, NF4, and ggml's K-quants Q4_K, Q5_K,
+// Q6_K) exist for frozen weights; a tensor of such a type stores whole blocks along its last
+// dimension (256 values per K-quant block). NF4 is bitsandbytes 4-bit (NF4 or FP4 codes): the
+// tensor views the packed codes and its statistics live beside them (quant.h). New types are
+// appended so that the numbers of the old ones stay.
+enum class DType : uint8_t { F32, F16, BF16, I32, Q8_0, Q4_0, Q4_1, NF4, Q4_K, Q5_K, Q6_K };
 
 const char* dtype_name(DType t);
 // Elements per block (1 for plain types) and bytes per block.

@@ -84,8 +84,8 @@ int cmd_info(int argc, char** argv) {
     std::printf("max positions: %lld\n", static_cast<long long>(c.max_positions));
     if (c.arch == "llama") {
       std::printf("rope theta:    %g\n", static_cast<double>(c.rope_theta));
-    if (c.rope_scaling.active())
-      std::printf("rope scaling:  %s\n", lorafit::models::rope_scaling_str(c.rope_scaling).c_str());
+      if (c.rope_scaling.active())
+        std::printf("rope scaling:  %s\n", lorafit::models::rope_scaling_str(c.rope_scaling).c_str());
       std::printf("rms norm eps:  %g\n", static_cast<double>(c.norm_eps));
       std::printf("lm_head:       %s\n", c.tied_embeddings ? "tied to embed_tokens" : "separate");
     } else {

@@ -119,6 +119,9 @@ bool ggml_to_dtype(uint32_t t, DType* out) {
     case GgmlType::Q8_0: *out = DType::Q8_0; return true;
     case GgmlType::Q4_0: *out = DType::Q4_0; return true;
     case GgmlType::Q4_1: *out = DType::Q4_1; return true;
+    case GgmlType::Q4_K: *out = DType::Q4_K; return true;
+    case GgmlType::Q5_K: *out = DType::Q5_K; return true;
+    case GgmlType::Q6_K: *out = DType::Q6_K; return true;
     default: return false;
   }
 }
@@ -131,6 +134,9 @@ bool dtype_to_ggml(DType t, uint32_t* out) {
     case DType::Q8_0: *out = 8; return true;
     case DType::Q4_0: *out = 2; return true;
     case DType::Q4_1: *out = 3; return true;
+    case DType::Q4_K: *out = 12; return true;
+    case DType::Q5_K: *out = 13; return true;
+    case DType::Q6_K: *out = 14; return true;
     default: return false;
   }
 }
@@ -597,8 +603,6 @@ GgufFile GgufFile::open(const std::string& path) {
       fail(path, what + ": shape " + tensor::shape_str(t.shape) + " is absurdly large");
     t.nbytes = blocks * static_cast<uint64_t>(ti->block_bytes);
     t.has_dtype = ggml_to_dtype(t.ggml_type, &t.dtype);
-    t.dequantizable = t.has_dtype || t.ggml_type == static_cast<uint32_t>(GgmlType::Q4_K) ||
-                      t.ggml_type == static_cast<uint32_t>(GgmlType::Q6_K);
     if (!f.tensor_index_.emplace(t.name, f.tensors_.size()).second)
       fail(path, what + " appears twice");
     f.tensors_.push_back(std::move(t));
@@ -713,7 +717,7 @@ Tensor GgufFile::tensor(const std::string& name) const {
   const GgufTensorInfo& t = tensor_info(name);
   if (!t.has_dtype)
     fail(path_, "tensor '" + name + "': type " + ggml_type_name(t.ggml_type) +
-                    " has no tensor dtype" + (t.dequantizable ? "; use tensor_f32" : " and is not supported"));
+                    " is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K are)");
   const uint8_t* p = map_->data() + data_offset_ + t.offset;
   // Views need the alignment of their element (4 for F32, 2 for the f16 fields of the others);
   // the data section is aligned to general.alignment, so only alignments of 1 or 2 reach the copy.
@@ -726,21 +730,8 @@ Tensor GgufFile::tensor(const std::string& name) const {
 }
 
 Tensor GgufFile::tensor_f32(const std::string& name) const {
-  const GgufTensorInfo& t = tensor_info(name);
-  if (t.has_dtype) {
-    Tensor x = tensor(name);
-    return x.dtype() == DType::F32 ? x : tensor::dequantize(x);
-  }
-  if (!t.dequantizable)
-    fail(path_, "tensor '" + name + "': type " + ggml_type_name(t.ggml_type) +
-                    " is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K and Q6_K are)");
-  const uint8_t* p = map_->data() + data_offset_ + t.offset;
-  Tensor out = Tensor::empty(t.shape, DType::F32);
-  tensor::dequantize_kquant_row(t.ggml_type == static_cast<uint32_t>(GgmlType::Q4_K)
-                                    ? tensor::KQuant::Q4_K
-                                    : tensor::KQuant::Q6_K,
-                                p, out.f32(), out.numel());
-  return out;
+  Tensor x = tensor(name);  // throws for the types without a DType
+  return x.dtype() == DType::F32 ? x : tensor::dequantize(x);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -814,7 +805,8 @@ void write_gguf(const std::string& path,
       if (!t.defined()) fail(path, "tensor '" + name + "' is undefined");
       if (!dtype_to_ggml(t.dtype(), &types[i]))
         fail(path, "tensor '" + name + "': dtype " + tensor::dtype_name(t.dtype()) +
-                       " cannot be written to GGUF (F32, F16, BF16, Q8_0, Q4_0, Q4_1 can)");
+                       " cannot be written to GGUF (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K "
+                       "can)");
       if (t.ndim() > kMaxDims)
         fail(path, "tensor '" + name + "': " + std::to_string(t.ndim()) + " dimensions, GGUF allows " +
                        std::to_string(kMaxDims));

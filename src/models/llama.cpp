@@ -491,11 +491,8 @@ std::unique_ptr<Model> load_llama_gguf(const io::GgufFile& f, const LoadOptions&
   r.file = where;
   r.dequantize = opts.dequantize;
   r.has = [&f](const std::string& n) { return f.has_tensor(n); };
-  // Types without a tensor dtype (Q4_K, Q6_K) come as F32 copies.
-  r.get = [&f](const std::string& n) {
-    const io::GgufTensorInfo& ti = f.tensor_info(n);
-    return ti.has_dtype ? f.tensor(n) : f.tensor_f32(n);
-  };
+  // Zero-copy views with the stored dtype (K-quants included); other types throw naming them.
+  r.get = [&f](const std::string& n) { return f.tensor(n); };
   r.dtype_name = [&f](const std::string& n) {
     return io::ggml_type_name(f.tensor_info(n).ggml_type);
   };

@@ -144,6 +144,9 @@ Tensor owned_linear_weight(const Tensor& t) {
     case DType::Q8_0:
     case DType::Q4_0:
     case DType::Q4_1:
+    case DType::Q4_K:
+    case DType::Q5_K:
+    case DType::Q6_K:
       return t.clone();
     case DType::NF4:
       return t;  // immutable, its state owned by the tensor's keepalive

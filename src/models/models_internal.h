@@ -30,7 +30,7 @@ struct WeightReader {
 // Copies t into owned memory as F32 (dequantizing/converting as needed).
 Tensor owned_f32(const Tensor& t);
 // Copies t into owned memory in a dtype nn::Linear / nn::Embedding multiply (F32, F16, BF16,
-// Q8_0, Q4_0, Q4_1 kept; others dequantized to F32).
+// Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K and NF4 kept; others dequantized to F32).
 Tensor owned_linear_weight(const Tensor& t);
 
 // Reads `name` from r, checks its shape, records its dtype under `hf_name` in model.source_dtypes

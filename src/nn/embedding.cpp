@@ -35,10 +35,10 @@ Tensor Embedding::forward(Context& ctx, const Tensor& ids) {
     // Frozen F16/BF16/quantized table: convert only the rows we gather.
     const DType t = w.dtype();
     NN_CHECK(t == DType::F16 || t == DType::BF16 || t == DType::Q8_0 || t == DType::Q4_0 ||
-                 t == DType::Q4_1,
+                 t == DType::Q4_1 || t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K,
              kOp,
              std::string("weight dtype ") + tensor::dtype_name(t) +
-                 " is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_1)");
+                 " is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K)");
     const auto* base = static_cast<const uint8_t*>(w.raw());
     const size_t row_bytes = tensor::dtype_nbytes(t, c);
     const int32_t* id = ids.i32();

@@ -1,4 +1,4 @@
-// Linear: y = x Wᵀ + b, W [out, in] in F32, or (frozen) F16/BF16/Q8_0/Q4_0/Q4_1 multiplied
+// Linear: y = x Wᵀ + b, W [out, in] in F32, or (frozen) F16/BF16/Q8_0/Q4_0/Q4_1/Q4_K/Q5_K/Q6_K/NF4 multiplied
 // through fp32 tiles of rows (DESIGN.md decision 2: no full dequantized copy is kept).
 #include <algorithm>
 #include <atomic>
@@ -14,7 +14,8 @@ namespace {
 
 constexpr const char* kOp = "Linear";
 
-// Rows [r0, r1) of w [out, in] (F16, BF16, Q8_0, Q4_0 or Q4_1) as fp32 into dst [r1 - r0, in].
+// Rows [r0, r1) of w [out, in] (F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K or NF4) as fp32
+// into dst [r1 - r0, in].
 // Block types store whole blocks per row, so row r starts at byte r · nbytes(in).
 void weight_rows_to_f32(const Tensor& w, int64_t r0, int64_t r1, float* dst) {
   const int64_t in = w.dim(1);
@@ -30,7 +31,8 @@ void weight_rows_to_f32(const Tensor& w, int64_t r0, int64_t r1, float* dst) {
 
 bool weight_dtype_supported(DType t) {
   return t == DType::F32 || t == DType::F16 || t == DType::BF16 || t == DType::Q8_0 ||
-         t == DType::Q4_0 || t == DType::Q4_1 || t == DType::NF4;
+         t == DType::Q4_0 || t == DType::Q4_1 || t == DType::Q4_K || t == DType::Q5_K ||
+         t == DType::Q6_K || t == DType::NF4;
 }
 
 // Rows of W per fp32 tile: about 16 MiB of tile. Each tile is one GEMM that packs x again, so
@@ -117,7 +119,7 @@ Tensor Linear::forward(Context& ctx, const Tensor& x) {
                std::to_string(in_) + "]");
   NN_CHECK(weight_dtype_supported(w.dtype()), kOp,
            std::string("weight dtype ") + tensor::dtype_name(w.dtype()) +
-               " is not supported yet (F32, F16, BF16, Q8_0, Q4_0, Q4_1, NF4)");
+               " is not supported yet (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K, NF4)");
   NN_CHECK(x.defined() && x.dtype() == DType::F32 && x.ndim() >= 1 && x.dim(-1) == in_, kOp,
            detail::desc("x", x) + ", expected F32[..., " + std::to_string(in_) + "] for weight " +
                w.str());
@@ -242,7 +244,8 @@ void Linear::weight_rows(int64_t r0, int64_t r1, float* dst) const {
     return;
   }
   NN_CHECK(weight_dtype_supported(w.dtype()), kOp,
-           std::string("weight dtype ") + tensor::dtype_name(w.dtype()) + " is not supported yet");
+           std::string("weight dtype ") + tensor::dtype_name(w.dtype()) +
+               " is not supported yet (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K, NF4)");
   weight_rows_to_f32(w, r0, r1, dst);
 }
 

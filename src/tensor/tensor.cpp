@@ -19,7 +19,7 @@ struct DTypeInfo {
   int64_t block_bytes;
 };
 
-// Block layouts follow ggml (Q8_0, Q4_0, Q4_1: 32 values). NF4 (bitsandbytes 4-bit) keeps its
+// Block layouts follow ggml (Q8_0, Q4_0, Q4_1: 32 values; Q4_K, Q5_K, Q6_K: 256 values). NF4 (bitsandbytes 4-bit) keeps its
 // statistics beside the codes (quant.h, Quant4) and its blocks of 64 run across rows, so a block
 // here is only one byte of two codes: any even row length can be viewed row by row.
 DTypeInfo info(DType t) {
@@ -32,6 +32,9 @@ DTypeInfo info(DType t) {
     case DType::Q4_0: return {"Q4_0", 32, 18};
     case DType::Q4_1: return {"Q4_1", 32, 20};
     case DType::NF4: return {"NF4", 2, 1};
+    case DType::Q4_K: return {"Q4_K", 256, 144};
+    case DType::Q5_K: return {"Q5_K", 256, 176};
+    case DType::Q6_K: return {"Q6_K", 256, 210};
   }
   throw Error("[dtype] unknown dtype value " + std::to_string(static_cast<int>(t)));
 }
@@ -319,13 +322,10 @@ Tensor Tensor::to(DType dtype) const {
   if (dtype == dtype_) return clone();
   LORAFIT_CHECK(!dtype_is_quantized(dtype), "Tensor::to",
                 std::string("conversion to ") + dtype_name(dtype) + " is done by the quantizer");
-  if (dtype_ == DType::Q8_0 || dtype_ == DType::Q4_0 || dtype_ == DType::Q4_1 ||
-      dtype_ == DType::NF4) {
+  if (dtype_is_quantized(dtype_)) {
     Tensor f = dequantize(*this);  // quant.h; F16/BF16 targets go through F32
     return dtype == DType::F32 ? f : f.to(dtype);
   }
-  LORAFIT_CHECK(!dtype_is_quantized(dtype_), "Tensor::to",
-                std::string("dequantization of ") + dtype_name(dtype_) + " is not supported here");
   LORAFIT_CHECK(dtype_ != DType::I32 && dtype != DType::I32, "Tensor::to",
                 "cannot convert " + str() + " to " + dtype_name(dtype));
   Tensor out = empty(shape_, dtype);

@@ -241,7 +241,8 @@ TEST(Gguf, ReadsGgufPyFile) {
     ASSERT_EQ(deq.numel(), want.numel());
     for (int64_t k = 0; k < deq.numel(); ++k)
       ASSERT_NEAR(deq.f32()[k], want.f32()[k], 1e-6 * std::max(1.0f, std::fabs(want.f32()[k]))) << k;
-    if (!info.has_dtype) continue;  // K-quants: read only
+    ASSERT_TRUE(info.has_dtype);
+    if (dtype_block_elems(info.dtype) == kQK_K) continue;  // K-quants: read only
     // Our quantizer reproduces gguf-py's bytes exactly (ggml's reference rounding).
     Tensor src = ref.get_f32(name + ".src");
     Tensor ours = quantize(src.view(info.shape), info.dtype);
@@ -249,39 +250,53 @@ TEST(Gguf, ReadsGgufPyFile) {
     ASSERT_EQ(ours.nbytes(), theirs.nbytes());
     EXPECT_EQ(std::memcmp(ours.raw(), theirs.raw(), ours.nbytes()), 0) << "quantized bytes differ";
   }
-  expect_error([&] { f.tensor("w.q6_k"); }, {"tensor 'w.q6_k'", "type Q6_K has no tensor dtype; use tensor_f32"});
 }
 
-// The K-quant dequantizers live in tensor/ (quant.h); GgufFile::tensor_f32 is a call to them.
-// On the raw bytes of gguf-py's Q4_K / Q6_K tensors they give gguf-py's values.
-TEST(Gguf, KQuantsDequantizeInTheTensorLayer) {
+// K-quant tensors load zero-copy with their own dtype (the bytes stay in the mapping), and
+// tensor_f32 is tensor::dequantize of them: gguf-py's values (bit for bit:
+// tests/tensor/kquant_test.cpp).
+TEST(Gguf, KQuantsLoadZeroCopy) {
   GgufFile f = GgufFile::open(io_test::fixtures("ref.gguf"));
   SafetensorsFile ref = SafetensorsFile::open(io_test::fixtures("ref_gguf_expected.safetensors"));
-  const std::string bytes = io_test::read_bytes(io_test::fixtures("ref.gguf"));
+  const uint8_t* map_begin = f.mapping()->data();
+  const uint8_t* map_end = map_begin + f.mapping()->size();
   int seen = 0;
   for (const auto& ti : f.tensors()) {
     const bool q4k = ti.ggml_type == static_cast<uint32_t>(GgmlType::Q4_K);
     if (!q4k && ti.ggml_type != static_cast<uint32_t>(GgmlType::Q6_K)) continue;
     SCOPED_TRACE(ti.name);
     ++seen;
-    const KQuant kq = q4k ? KQuant::Q4_K : KQuant::Q6_K;
-    const int64_t n = shape_numel(ti.shape);
-    ASSERT_EQ(ti.nbytes, kquant_block_bytes(kq) * static_cast<uint64_t>(n / kQK_K));
-    Tensor got = Tensor::empty({n});
-    dequantize_kquant_row(kq, bytes.data() + f.data_offset() + ti.offset, got.f32(), n);
-    Tensor want = ref.get_f32(ti.name + ".deq");
+    ASSERT_TRUE(ti.has_dtype);
+    EXPECT_EQ(ti.dtype, q4k ? DType::Q4_K : DType::Q6_K);
+    Tensor w = f.tensor(ti.name);
+    EXPECT_EQ(w.dtype(), ti.dtype);
+    EXPECT_EQ(w.shape(), ti.shape);
+    ASSERT_EQ(w.nbytes(), ti.nbytes);
+    const auto* p = static_cast<const uint8_t*>(w.raw());
+    EXPECT_TRUE(p >= map_begin && p + w.nbytes() <= map_end) << "not a view of the mapping";
     Tensor via_gguf = f.tensor_f32(ti.name);
-    ASSERT_EQ(want.numel(), n);
-    for (int64_t k = 0; k < n; ++k) {
-      ASSERT_NEAR(got.f32()[k], want.f32()[k], 1e-6 * std::max(1.0f, std::fabs(want.f32()[k])))
-          << k;
-      ASSERT_EQ(got.f32()[k], via_gguf.f32()[k]) << k;
-    }
+    Tensor want = ref.get_f32(ti.name + ".deq");
+    ASSERT_EQ(want.numel(), via_gguf.numel());
+    for (int64_t k = 0; k < want.numel(); ++k)
+      ASSERT_EQ(via_gguf.f32()[k], want.f32()[k]) << k;
   }
   EXPECT_EQ(seen, 2) << "ref.gguf has one Q4_K and one Q6_K tensor";
-  float out[256];
-  expect_error([&] { dequantize_kquant_row(KQuant::Q6_K, bytes.data(), out, 100); },
-               {"dequantize_kquant_row", "100 values is not a whole number of blocks of 256"});
+}
+
+// The K-quant bytes of a GGUF write back unchanged (a merge copies the tensors it does not touch).
+TEST(Gguf, KQuantsRoundTrip) {
+  GgufFile f = GgufFile::open(io_test::fixtures("ref.gguf"));
+  TempDir dir;
+  const std::string p = dir.file("k.gguf");
+  write_gguf(p, {{"general.architecture", GgufValue::string("llama")}},
+             {{"a", f.tensor("w.q4_k")}, {"b", f.tensor("w.q6_k")}});
+  GgufFile g = GgufFile::open(p);
+  for (const auto& [ours, theirs] : {std::pair{"a", "w.q4_k"}, std::pair{"b", "w.q6_k"}}) {
+    Tensor x = g.tensor(ours), y = f.tensor(theirs);
+    EXPECT_EQ(ggml_type_name(g.tensor_info(ours).ggml_type), ggml_type_name(f.tensor_info(theirs).ggml_type));
+    ASSERT_EQ(x.nbytes(), y.nbytes());
+    EXPECT_EQ(std::memcmp(x.raw(), y.raw(), x.nbytes()), 0);
+  }
 }
 
 TEST(Gguf, BadFiles) {
@@ -496,7 +511,7 @@ TEST(Gguf, SmolLM2File) {
   int q41 = 0;
   for (const GgufTensorInfo& t : f.tensors()) {
     if (t.dtype == DType::Q4_1 && t.has_dtype) ++q41;
-    EXPECT_TRUE(t.dequantizable) << t.name;
+    EXPECT_TRUE(t.has_dtype) << t.name;
   }
   EXPECT_GT(q41, 100);
 }
