@@ -44,10 +44,11 @@ void gemm_raw(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float
               int64_t ldc);
 
 // ---- BF16 GEMM (--compute-dtype bf16) ---------------------------------------------------------
-// The frozen products of nn::Linear (x·Wᵀ, dy·W) may run with BF16 operands and fp32
-// accumulation through oneDNN's matmul (AVX512-BF16 or AMX, picked by oneDNN at run time); the
-// rest (LoRA path, gradients of trainable weights, optimizer) stays fp32. The setting is
-// process-wide, read by nn::Linear on every product.
+// The frozen products of nn::Linear (x·Wᵀ, dy·W) and nn::Attention's dense products (q·kᵀ, P·v
+// and their backward products) may run with BF16 operands and fp32 accumulation through
+// oneDNN's matmul (AVX512-BF16 or AMX, picked by oneDNN at run time); the rest (LoRA path,
+// gradients of trainable weights, softmax, optimizer) stays fp32. The setting is process-wide,
+// read by nn::Linear on every product and by nn::Attention at each forward.
 enum class ComputeDtype { F32, BF16 };
 const char* compute_dtype_name(ComputeDtype d);  // "fp32", "bf16"
 // "fp32" | "bf16" | "auto" (bf16 where bf16_gemm_supported(), else fp32); throws naming `what`
@@ -72,6 +73,18 @@ void gemm_bf16_raw(bool trans_b, int64_t m, int64_t n, int64_t k, const float* a
 // The oracle: the same product in double from the BF16-rounded operands (tensor::f32_to_bf16).
 void gemm_bf16_ref(bool trans_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
                    const uint16_t* b, int64_t ldb, float beta, float* c, int64_t ldc);
+// C [m, n] = alpha · op(A) · op(B) + beta · C with both operands already BF16 bits (the attention
+// products, --compute-dtype bf16) and fp32 accumulation and output: op(A) is A [m, k] (lda ≥ k)
+// or, trans_a, the transpose of A [k, m] (lda ≥ m); op(B) is B [k, n] (ldb ≥ n) or, trans_b,
+// the transpose of B [n, k] (ldb ≥ k); ldc ≥ n. May run on several threads at once (each call
+// single-threaded inside a parallel region). Throws when !bf16_gemm_supported().
+void gemm_bf16_bits(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                    const uint16_t* a, int64_t lda, const uint16_t* b, int64_t ldb, float beta,
+                    float* c, int64_t ldc);
+// Its oracle: the same product in double from the BF16 values, rounded to fp32 once.
+void gemm_bf16_bits_ref(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                        const uint16_t* a, int64_t lda, const uint16_t* b, int64_t ldb,
+                        float beta, float* c, int64_t ldc);
 
 // ---- elementwise (any shape, all operands same shape; y may alias an input) --------------------
 void add(const Tensor& a, const Tensor& b, Tensor& y);           // y = a + b

@@ -130,6 +130,12 @@ class Model {
   virtual Tensor logits(nn::Context& ctx, const Tensor& ids, const Tensor& mask = Tensor(),
                         const Tensor& token_types = Tensor()) = 0;
   virtual Tensor logits_backward(nn::Context& ctx, const Tensor& dlogits) = 0;
+  // false: the caller does not want that input gradient (the trainer), so logits_backward and
+  // lm_loss_chunked stop at the lowest layer with something to train (a trainable parameter or
+  // an active adapter): no input gradient below it, none of that layer's own input gradient, and
+  // logits_backward returns an undefined tensor. The parameter gradients are bitwise those of
+  // the full backward. Ignored (full backward) when an embedding or the embedding norm trains.
+  bool input_grad = true;
   // Incremental decoding (causal LMs; the base class throws: no KV cache for a classifier).
   virtual KvCache new_cache(int64_t batch, int64_t capacity) const;
   virtual Tensor forward_cached(nn::Context& ctx, const Tensor& ids, KvCache& cache,

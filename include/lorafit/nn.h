@@ -375,6 +375,10 @@ struct AttentionConfig {
 // row still sees the real keys, so its output is finite; a row with no visible key gives zeros.
 // Saved: q and k after RoPE, v (all [B, T, heads, D]), P [B, H, T, T] (before dropout); o saves
 // out; the dropout mask is regenerated from (seed, counter).
+// Under kernels::compute_dtype() == BF16 the dense path's products (q·kᵀ, P·v, and in backward
+// dout·vᵀ, Pᵀ·dout, dS·k, dSᵀ·q) take BF16-rounded operands with fp32 accumulation
+// (kernels::gemm_bf16_bits); softmax, its backward and every sum stay fp32. The tiled path
+// stays fp32.
 class Attention : public Module {
  public:
   Attention() = default;
@@ -418,6 +422,10 @@ class Attention : public Module {
   Tensor q_, k_, v_, att_, positions_;
   Tensor out_, lse_, pad_;  // Tiled: the attention output, log-sum-exp [B, H, T], the pad mask
   bool tiled_ = false;
+  // Dense under --compute-dtype bf16: the products take BF16 operands (fp32 sums); q, k, v
+  // (after RoPE) as BF16 bits, made once per forward and kept for backward.
+  bool bf16_ = false;
+  Tensor q16_, k16_, v16_;
   int64_t s2_group_ = 0;  // group of the last forward, 0 = full
   int64_t b_ = 0, t_ = 0;
   bool drop_ = false;  // last forward applied dropout to P

@@ -293,7 +293,8 @@ struct EvalResult {
   double loss = 0;
   double perplexity = 0;  // LM
   ClassMetrics cls;       // classification
-  int64_t tokens = 0;
+  int64_t tokens = 0;     // real tokens of the evaluated batches (padding not counted)
+  double seconds = 0;     // wall time of the batches (forward only; no loading or tokenizing)
 };
 
 // arena: activations come from it (reset after each batch) instead of a fresh one; the trainer
@@ -540,6 +541,8 @@ struct Prediction {
 struct PredictReport {
   std::vector<std::string> labels;
   std::vector<Prediction> rows;
+  int64_t tokens = 0;  // as EvalResult: the forward's real tokens and its wall time
+  double seconds = 0;
 };
 PredictReport predict_file(const EvalParams& p);
 // TSV (line, prediction, p_<label>...) or JSONL, by the path's extension (.jsonl).

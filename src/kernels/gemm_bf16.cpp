@@ -69,23 +69,33 @@ dnnl::engine& engine() {
   return e;
 }
 
-// One matmul primitive per shape (oneDNN's own cache would still build a primitive descriptor
-// per call).
-using Key = std::tuple<bool, int64_t, int64_t, int64_t, int64_t, int64_t, float>;
-dnnl::matmul& primitive(bool trans_b, int64_t m, int64_t n, int64_t k, int64_t ldb, int64_t ldc,
-                        float beta) {
+// One matmul primitive per shape, transposes, leading dimensions, alpha and beta (oneDNN's own
+// cache would still build a primitive descriptor per call). Returned by value (a shared handle):
+// a caller inside a parallel region keeps it alive while another thread clears the cache. The
+// scratchpad is ours (user mode), per thread, so that one primitive may run on several threads
+// at once (the attention heads).
+struct Prim {
+  dnnl::matmul mm;
+  dnnl::memory::desc scratch;
+};
+using Key = std::tuple<bool, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float,
+                       float>;
+Prim primitive(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, int64_t lda,
+               int64_t ldb, int64_t ldc, float alpha, float beta) {
   static std::mutex mu;
-  static std::map<Key, dnnl::matmul> cache;
+  static std::map<Key, Prim> cache;
   std::lock_guard<std::mutex> lock(mu);
-  const Key key{trans_b, m, n, k, ldb, ldc, beta};
+  const Key key{trans_a, trans_b, m, n, k, lda, ldb, ldc, alpha, beta};
   auto it = cache.find(key);
   if (it != cache.end()) return it->second;
   using md = dnnl::memory::desc;
   using dt = dnnl::memory::data_type;
-  md src({m, k}, dt::bf16, dnnl::memory::dims{k, 1});
+  md src({m, k}, dt::bf16, trans_a ? dnnl::memory::dims{1, lda} : dnnl::memory::dims{lda, 1});
   md wei({k, n}, dt::bf16, trans_b ? dnnl::memory::dims{1, ldb} : dnnl::memory::dims{ldb, 1});
   md dst({m, n}, dt::f32, dnnl::memory::dims{ldc, 1});
   dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  if (alpha != 1.0f) attr.set_output_scales(0, {alpha});  // applied before the sum post-op
   if (beta != 0.0f) {
     dnnl::post_ops po;
     po.append_sum(beta);
@@ -93,7 +103,32 @@ dnnl::matmul& primitive(bool trans_b, int64_t m, int64_t n, int64_t k, int64_t l
   }
   dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(src, wei, dst), attr, engine());
   if (cache.size() > 4096) cache.clear();  // many distinct shapes (eval over lengths): start over
-  return cache.emplace(key, dnnl::matmul(pd)).first->second;
+  return cache.emplace(key, Prim{dnnl::matmul(pd), pd.scratchpad_desc()}).first->second;
+}
+
+// C = alpha · op(A) · op(B) + beta · C on BF16 operands (see gemm_bf16_bits).
+void run_matmul(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                const uint16_t* a, int64_t lda, const uint16_t* b, int64_t ldb, float beta,
+                float* c, int64_t ldc) {
+  const Prim p = primitive(trans_a, trans_b, m, n, k, lda, ldb, ldc, alpha, beta);
+  using md = dnnl::memory::desc;
+  using dt = dnnl::memory::data_type;
+  dnnl::engine& e = engine();
+  dnnl::memory src(
+      md({m, k}, dt::bf16, trans_a ? dnnl::memory::dims{1, lda} : dnnl::memory::dims{lda, 1}), e,
+      const_cast<uint16_t*>(a));
+  dnnl::memory wei(
+      md({k, n}, dt::bf16, trans_b ? dnnl::memory::dims{1, ldb} : dnnl::memory::dims{ldb, 1}), e,
+      const_cast<uint16_t*>(b));
+  dnnl::memory dst(md({m, n}, dt::f32, dnnl::memory::dims{ldc, 1}), e, c);
+  thread_local std::vector<uint8_t> scratch;
+  const size_t need = p.scratch.get_size();
+  if (scratch.size() < need) scratch.resize(need);
+  dnnl::memory sp(p.scratch, e, need ? scratch.data() : nullptr);
+  thread_local dnnl::stream s(e);
+  p.mm.execute(s, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DST, dst},
+                   {DNNL_ARG_SCRATCHPAD, sp}});
+  s.wait();
 }
 #endif
 
@@ -183,24 +218,56 @@ void gemm_bf16_raw(bool trans_b, int64_t m, int64_t n, int64_t k, const float* a
       else tensor::f32_to_bf16_n(a + i * lda, ab + i * k, k);
     }
   }
-  dnnl::matmul& mm = primitive(trans_b, m, n, k, ldb, ldc, beta);
-  using md = dnnl::memory::desc;
-  using dt = dnnl::memory::data_type;
-  dnnl::engine& e = engine();
-  dnnl::memory src(md({m, k}, dt::bf16, dnnl::memory::dims{k, 1}), e, ab);
-  dnnl::memory wei(md({k, n}, dt::bf16,
-                      trans_b ? dnnl::memory::dims{1, ldb} : dnnl::memory::dims{ldb, 1}),
-                   e, const_cast<uint16_t*>(b));
-  dnnl::memory dst(md({m, n}, dt::f32, dnnl::memory::dims{ldc, 1}), e, c);
-  dnnl::stream s(e);
-  mm.execute(s, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DST, dst}});
-  s.wait();
+  run_matmul(false, trans_b, m, n, k, 1.0f, ab, k, b, ldb, beta, c, ldc);
 #else
   (void)a;
   (void)b;
   (void)c;
   throw Error("[gemm_bf16] bf16 is not available: " + bf16_gemm_info());
 #endif
+}
+
+void gemm_bf16_bits(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                    const uint16_t* a, int64_t lda, const uint16_t* b, int64_t ldb, float beta,
+                    float* c, int64_t ldc) {
+  LORAFIT_CHECK(m >= 0 && n >= 0 && k >= 0 && lda >= (trans_a ? m : k) && ldc >= n &&
+                    ldb >= (trans_b ? k : n),
+                "gemm_bf16_bits", "bad sizes m=" + std::to_string(m) + " n=" + std::to_string(n) +
+                                      " k=" + std::to_string(k) + " lda=" + std::to_string(lda) +
+                                      " ldb=" + std::to_string(ldb) + " ldc=" + std::to_string(ldc));
+  if (m == 0 || n == 0) return;
+  if (k == 0) {  // C = beta · C
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[i * ldc + j];
+    return;
+  }
+#ifdef LORAFIT_HAVE_DNNL
+  LORAFIT_CHECK(dnnl_has_bf16(), "gemm_bf16_bits", "bf16 is not available: " + bf16_gemm_info());
+  run_matmul(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+#else
+  (void)alpha;
+  (void)a;
+  (void)b;
+  (void)c;
+  throw Error("[gemm_bf16_bits] bf16 is not available: " + bf16_gemm_info());
+#endif
+}
+
+void gemm_bf16_bits_ref(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                        const uint16_t* a, int64_t lda, const uint16_t* b, int64_t ldb,
+                        float beta, float* c, int64_t ldc) {
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      double s = 0;
+      for (int64_t p = 0; p < k; ++p) {
+        const double av = tensor::bf16_to_f32(trans_a ? a[p * lda + i] : a[i * lda + p]);
+        const double bv = tensor::bf16_to_f32(trans_b ? b[j * ldb + p] : b[p * ldb + j]);
+        s += av * bv;
+      }
+      float& cij = c[i * ldc + j];
+      cij = static_cast<float>(static_cast<double>(alpha) * s +
+                               (beta == 0.0f ? 0.0 : static_cast<double>(beta) * cij));
+    }
 }
 
 void gemm_bf16_ref(bool trans_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,

@@ -220,8 +220,26 @@ Tensor BertModel::backward(nn::Context& ctx, const Tensor& dhidden) {
       !no_grad_forward_,
       cfg_.arch + " backward: the last forward ran with ctx.no_grad (no activations kept)");
   Tensor dx = dhidden;
+  // Without input_grad (and no embedding part training), layers below the lowest one with
+  // something to train are not visited, and that layer computes only what reaches its trainable
+  // parts (see Model::input_grad).
+  const bool embed_trains = detail::module_trains(emb_norm) || position.weight.trainable ||
+                            (cfg_.type_vocab > 0 && token_type.weight.trainable) ||
+                            (word_from_ids_ && word.weight.trainable);
+  size_t lowest = 0;
+  if (!input_grad && !embed_trains) {
+    lowest = layers.size();
+    for (size_t i = 0; i < layers.size(); ++i) {
+      BertLayer& l = layers[i];
+      if (detail::attention_trains(l.attn) || detail::module_trains(l.attn_norm) ||
+          detail::mlp_trains(l.mlp) || detail::module_trains(l.out_norm)) {
+        lowest = i;
+        break;
+      }
+    }
+  }
   detail::LayerScope scope(ctx, dhidden.shape());
-  for (size_t i = layers.size(); i-- > 0;) {
+  for (size_t i = layers.size(); i-- > lowest;) {
     BertLayer& l = layers[i];
     scope.begin();
     if (ckpt_) {  // re-run the layer from its input with the same random draws
@@ -230,13 +248,22 @@ Tensor BertModel::backward(nn::Context& ctx, const Tensor& dhidden) {
       layer_forward(ctx, l, ckpt_in_[i].view(dx.shape()));
       ctx.rng_counter = counter;
     }
+    const bool full = i > lowest || input_grad || embed_trains;
+    const bool attn_half_trains =
+        full || detail::module_trains(l.attn_norm) || detail::attention_trains(l.attn);
     // forward was: x' = LN_out(h1 + drop(mlp(h1)))
     Tensor ds2 = l.out_norm.backward(ctx, dx);
-    Tensor dh1 = add_new(ctx, ds2, l.mlp.backward(ctx, l.out_drop.backward(ctx, ds2)));
+    if (!attn_half_trains && !detail::mlp_trains(l.mlp)) break;  // out_norm's gradient only
+    Tensor dmlp = l.mlp.backward(ctx, l.out_drop.backward(ctx, ds2), attn_half_trains);
+    if (!attn_half_trains) break;
+    Tensor dh1 = add_new(ctx, ds2, dmlp);
     // forward was: h1 = LN_attn(x + drop(attn(x)))
     Tensor ds1 = l.attn_norm.backward(ctx, dh1);
-    dx = scope.end(add_new(ctx, ds1, l.attn.backward(ctx, l.attn_drop.backward(ctx, ds1))));
+    Tensor dattn = l.attn.backward(ctx, l.attn_drop.backward(ctx, ds1), full);
+    if (!full) break;
+    dx = scope.end(add_new(ctx, ds1, dattn));
   }
+  if (!input_grad && !embed_trains) return Tensor();
   // forward was: x0 = drop(LN(word + pos + type))
   Tensor de = emb_norm.backward(ctx, emb_drop.backward(ctx, dx));
   if (position.weight.trainable) position.backward(ctx, de);

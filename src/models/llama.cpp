@@ -191,8 +191,23 @@ std::optional<float> LlamaModel::lm_loss_chunked(nn::Context& ctx, const Tensor&
 
 Tensor LlamaModel::backward_hidden(nn::Context& ctx, const Tensor& dnormed) {
   Tensor dx = norm.backward(ctx, dnormed);
+  // Without input_grad, layers below `lowest` (the lowest one with something to train) are not
+  // visited at all, and `lowest` itself computes only what reaches its trainable parts.
+  const bool embed_trains = embed_from_ids_ && embed.weight.trainable;
+  size_t lowest = 0;
+  if (!input_grad && !embed_trains) {
+    lowest = layers.size();
+    for (size_t i = 0; i < layers.size(); ++i) {
+      LlamaLayer& l = layers[i];
+      if (detail::module_trains(l.attn_norm) || detail::attention_trains(l.attn) ||
+          detail::module_trains(l.mlp_norm) || detail::mlp_trains(l.mlp)) {
+        lowest = i;
+        break;
+      }
+    }
+  }
   detail::LayerScope scope(ctx, dx.shape());
-  for (size_t i = layers.size(); i-- > 0;) {
+  for (size_t i = layers.size(); i-- > lowest;) {
     LlamaLayer& l = layers[i];
     scope.begin();
     if (ckpt_) {
@@ -203,13 +218,29 @@ Tensor LlamaModel::backward_hidden(nn::Context& ctx, const Tensor& dnormed) {
       layer_forward(ctx, l, ckpt_in_[i].view(dx.shape()), ckpt_mask_, ckpt_pos_);
       ctx.rng_counter = counter;
     }
+    // The layer's input gradient is wanted below it; in the lowest layer only as far as
+    // something trains: the attention half (attn_norm, attn) needs dh, attn_norm needs the
+    // attention's input gradient.
+    const bool full = i > lowest || input_grad || embed_trains;
+    const bool attn_norm_trains = full || detail::module_trains(l.attn_norm);
+    const bool attn_half_trains = attn_norm_trains || detail::attention_trains(l.attn);
     // forward was: x' = h + mlp(mlp_norm(h))
-    Tensor dh = add_new(ctx, dx, l.mlp_norm.backward(ctx, l.mlp.backward(ctx, dx)));
+    Tensor dmlp = l.mlp.backward(ctx, dx, attn_half_trains || detail::module_trains(l.mlp_norm));
+    if (!attn_half_trains) {
+      if (dmlp.defined()) l.mlp_norm.backward(ctx, dmlp);  // its weight gradient only
+      break;
+    }
+    Tensor dh = add_new(ctx, dx, l.mlp_norm.backward(ctx, dmlp));
     // forward was: h = x + attn(attn_norm(x))
-    dx = scope.end(add_new(ctx, dh, l.attn_norm.backward(ctx, l.attn.backward(ctx, dh))));
+    Tensor dattn = l.attn.backward(ctx, dh, attn_norm_trains);
+    if (!full) {
+      if (dattn.defined()) l.attn_norm.backward(ctx, dattn);  // its weight gradient only
+      break;
+    }
+    dx = scope.end(add_new(ctx, dh, l.attn_norm.backward(ctx, dattn)));
   }
-  if (embed_from_ids_ && embed.weight.trainable) embed.backward(ctx, dx);
-  return dx;
+  if (embed_trains) embed.backward(ctx, dx);
+  return input_grad || embed_trains ? dx : Tensor();
 }
 
 KvCache LlamaModel::new_cache(int64_t batch, int64_t capacity) const {

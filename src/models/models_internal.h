@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <functional>
+#include <initializer_list>
 #include <string>
 
 #include "lorafit/io.h"
@@ -48,6 +49,27 @@ void normal_init(Tensor& t, float std, uint64_t seed, uint64_t stream);
 
 // Mask [B, T] (I32 or F32, or undefined = all ones) as F32.
 Tensor mask_f32(const Tensor& mask, int64_t B, int64_t T);
+
+// Whether a backward through the module computes a parameter gradient: a trainable parameter
+// (parameters()), or an active adapter on one of `linears` (an adapter's own parameters are not
+// in parameters(); an active one counts as training, which only ever keeps work, never drops it).
+inline bool linear_trains(const nn::Linear& l) {
+  if (l.weight.trainable || l.bias.trainable) return true;
+  for (const nn::LinearAdapter* a : l.adapters)
+    if (a->active()) return true;
+  return false;
+}
+inline bool module_trains(nn::Module& m, std::initializer_list<const nn::Linear*> linears = {}) {
+  for (auto& [name, p] : m.named_parameters())
+    if (p->trainable) return true;
+  for (const nn::Linear* l : linears)
+    if (linear_trains(*l)) return true;
+  return false;
+}
+inline bool attention_trains(nn::Attention& a) {
+  return module_trains(a, {&a.q, &a.k, &a.v, &a.o});
+}
+inline bool mlp_trains(nn::MLP& m) { return module_trains(m, {&m.gate, &m.up, &m.down}); }
 
 // Loaders registered in load_model.
 std::unique_ptr<Model> load_bert_folder(const std::string& dir, const io::json& cfg,

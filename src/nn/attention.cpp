@@ -49,6 +49,21 @@ struct Visible {
 
 constexpr int64_t kTileQ = 64, kTileK = 64;
 
+// A per-thread BF16 scratch of n values, kept between calls (no fresh pages per head).
+uint16_t* bf16_scratch(int slot, int64_t n) {
+  thread_local std::vector<uint16_t> buf[2];
+  std::vector<uint16_t>& b = buf[slot];
+  if (b.size() < static_cast<size_t>(n)) b.resize(static_cast<size_t>(n));
+  return b.data();
+}
+
+// x [B, T, n] fp32 as BF16 bits in the arena.
+Tensor to_bf16(Context& ctx, const Tensor& x) {
+  Tensor y = ctx.alloc(x.shape(), DType::BF16);
+  kernels::f32_to_bf16(x.f32(), y.u16(), x.numel());
+  return y;
+}
+
 int64_t s2_group_for(const AttentionConfig& c, const Context& ctx, int64_t T) {
   if (!ctx.training || c.s2_ratio <= 0.0f) return 0;
   return std::max<int64_t>(2, std::llround(static_cast<double>(T) * c.s2_ratio));
@@ -252,6 +267,10 @@ Tensor Attention::forward(Context& ctx, const Tensor& x, const Tensor& pad_mask,
   v_ = vf;
   b_ = B;
   t_ = T;
+  bf16_ = !tiled_ && kernels::compute_dtype() == kernels::ComputeDtype::BF16;
+  q16_ = bf16_ ? to_bf16(ctx, qf) : Tensor();
+  k16_ = bf16_ ? to_bf16(ctx, kf) : Tensor();
+  v16_ = bf16_ ? to_bf16(ctx, vf) : Tensor();
   if (tiled_) {
     att_ = Tensor();
     Tensor out = ctx.zeros({B, T, H * D});
@@ -292,6 +311,10 @@ Tensor Attention::forward(Context& ctx, const Tensor& x, const Tensor& pad_mask,
   const float* kp = kf.f32();
   const float* vp = vf.f32();
   float* op = out.f32();
+  const bool bf16 = bf16_;
+  const uint16_t* q16 = bf16 ? q16_.u16() : nullptr;
+  const uint16_t* k16 = bf16 ? k16_.u16() : nullptr;
+  const uint16_t* v16 = bf16 ? v16_.u16() : nullptr;
 
   // One task per (b, h); scratch is per task because the arena is not thread-safe. Threads only
   // pay off with enough work per task (waking them costs more than a tiny head's products).
@@ -301,11 +324,15 @@ Tensor Attention::forward(Context& ctx, const Tensor& x, const Tensor& pad_mask,
     const int64_t b = bh / H, h = bh % H, g = h / group;
     Tensor s = Tensor::empty({T, T});
     Tensor p = att_.row(b).row(h);                  // [T, T]
-    const float* qh = qp + b * T * H * D + h * D;   // [T, D], ld H·D
-    const float* kg = kp + b * T * KV * D + g * D;  // [T, D], ld KV·D
-    const float* vg = vp + b * T * KV * D + g * D;
+    const int64_t qo = b * T * H * D + h * D;       // q_h [T, D], ld H·D
+    const int64_t ko = b * T * KV * D + g * D;      // k_g, v_g [T, D], ld KV·D
     // S = scale · q_h k_gᵀ
-    kernels::gemm_raw(false, true, T, T, D, scale, qh, H * D, kg, KV * D, 0.0f, s.f32(), T);
+    if (bf16)
+      kernels::gemm_bf16_bits(false, true, T, T, D, scale, q16 + qo, H * D, k16 + ko, KV * D,
+                              0.0f, s.f32(), T);
+    else
+      kernels::gemm_raw(false, true, T, T, D, scale, qp + qo, H * D, kp + ko, KV * D, 0.0f,
+                        s.f32(), T);
     const int64_t mrow = (pad ? b : 0) * hm + (hm == 2 && h >= H / 2 ? 1 : 0);
     kernels::softmax_forward(s, mask.defined() ? mask.row(mrow) : Tensor(), p);
     const float* pv = p.f32();
@@ -314,8 +341,15 @@ Tensor Attention::forward(Context& ctx, const Tensor& x, const Tensor& pad_mask,
       pv = s.f32();
     }
     // out_h = P_h v_g
-    kernels::gemm_raw(false, false, T, D, T, 1.0f, pv, T, vg, KV * D, 0.0f,
-                      op + b * T * H * D + h * D, H * D);
+    if (bf16) {
+      uint16_t* p16 = bf16_scratch(0, T * T);
+      kernels::f32_to_bf16(pv, p16, T * T);
+      kernels::gemm_bf16_bits(false, false, T, D, T, 1.0f, p16, T, v16 + ko, KV * D, 0.0f,
+                              op + qo, H * D);
+    } else {
+      kernels::gemm_raw(false, false, T, D, T, 1.0f, pv, T, vp + ko, KV * D, 0.0f, op + qo,
+                        H * D);
+    }
   }
 
   return o.forward(ctx, out);  // [B, T, C]
@@ -341,6 +375,12 @@ Tensor Attention::backward(Context& ctx, const Tensor& dy, bool need_input_grad)
   const float* dop = dout.f32();
   float *dqp = dq.f32(), *dkp = dk.f32(), *dvp = dv.f32();
   const detail::DropoutMask dmask(drop_seed_, drop_counter_, cfg.dropout);
+  const bool bf16 = bf16_;
+  Tensor do16 = bf16 ? to_bf16(ctx, dout) : Tensor();
+  const uint16_t* q16 = bf16 ? q16_.u16() : nullptr;
+  const uint16_t* k16 = bf16 ? k16_.u16() : nullptr;
+  const uint16_t* v16 = bf16 ? v16_.u16() : nullptr;
+  const uint16_t* dop16 = bf16 ? do16.u16() : nullptr;
 
   // One task per (b, g): the heads of a group add into the same dk_g, dv_g, so they stay serial.
   const bool par = B * KV > 1 && B * H * T * T * D >= kParallelWork;
@@ -350,30 +390,51 @@ Tensor Attention::backward(Context& ctx, const Tensor& dy, bool need_input_grad)
     Tensor dp = Tensor::empty({T, T});
     Tensor ds = Tensor::empty({T, T});
     Tensor pd = drop_ ? Tensor::empty({T, T}) : Tensor();
-    const float* kg = kp + b * T * KV * D + g * D;  // [T, D], ld KV·D
-    const float* vg = vp + b * T * KV * D + g * D;
-    float* dkg = dkp + b * T * KV * D + g * D;
-    float* dvg = dvp + b * T * KV * D + g * D;
+    const int64_t ko = b * T * KV * D + g * D;  // k_g, v_g, dk_g, dv_g [T, D], ld KV·D
+    float* dkg = dkp + ko;
+    float* dvg = dvp + ko;
     for (int64_t h = g * group; h < (g + 1) * group; ++h) {
-      Tensor p = att_.row(b).row(h);  // [T, T]
-      const float* qh = qp + b * T * H * D + h * D;
-      const float* doh = dop + b * T * H * D + h * D;
-      float* dqh = dqp + b * T * H * D + h * D;
+      Tensor p = att_.row(b).row(h);            // [T, T]
+      const int64_t qo = b * T * H * D + h * D;  // q_h, dout_h, dq_h [T, D], ld H·D
+      float* dqh = dqp + qo;
       const int64_t m0 = (b * H + h) * T * T;  // this head's first mask element
       // forward was: out_h = P'_h v_g, P' = dropout(P)
-      kernels::gemm_raw(false, true, T, T, D, 1.0f, doh, H * D, vg, KV * D, 0.0f, dp.f32(), T);
+      if (bf16)
+        kernels::gemm_bf16_bits(false, true, T, T, D, 1.0f, dop16 + qo, H * D, v16 + ko, KV * D,
+                                0.0f, dp.f32(), T);
+      else
+        kernels::gemm_raw(false, true, T, T, D, 1.0f, dop + qo, H * D, vp + ko, KV * D, 0.0f,
+                          dp.f32(), T);
       const float* pv = p.f32();
       if (drop_) {
         dmask.apply(pd.f32(), p.f32(), m0, T * T);
         dmask.apply(dp.f32(), dp.f32(), m0, T * T);  // dP = dP' · m
         pv = pd.f32();
       }
-      kernels::gemm_raw(true, false, T, D, T, 1.0f, pv, T, doh, H * D, 1.0f, dvg, KV * D);
+      if (bf16) {
+        uint16_t* p16 = bf16_scratch(0, T * T);
+        kernels::f32_to_bf16(pv, p16, T * T);
+        kernels::gemm_bf16_bits(true, false, T, D, T, 1.0f, p16, T, dop16 + qo, H * D, 1.0f, dvg,
+                                KV * D);
+      } else {
+        kernels::gemm_raw(true, false, T, D, T, 1.0f, pv, T, dop + qo, H * D, 1.0f, dvg, KV * D);
+      }
       // forward was: P = softmax(S + mask); masked entries have P = 0, so dS = 0 there
       kernels::softmax_backward(p, dp, ds);
       // forward was: S = scale · q_h k_gᵀ
-      kernels::gemm_raw(false, false, T, D, T, scale, ds.f32(), T, kg, KV * D, 0.0f, dqh, H * D);
-      kernels::gemm_raw(true, false, T, D, T, scale, ds.f32(), T, qh, H * D, 1.0f, dkg, KV * D);
+      if (bf16) {
+        uint16_t* ds16 = bf16_scratch(1, T * T);
+        kernels::f32_to_bf16(ds.f32(), ds16, T * T);
+        kernels::gemm_bf16_bits(false, false, T, D, T, scale, ds16, T, k16 + ko, KV * D, 0.0f,
+                                dqh, H * D);
+        kernels::gemm_bf16_bits(true, false, T, D, T, scale, ds16, T, q16 + qo, H * D, 1.0f, dkg,
+                                KV * D);
+      } else {
+        kernels::gemm_raw(false, false, T, D, T, scale, ds.f32(), T, kp + ko, KV * D, 0.0f, dqh,
+                          H * D);
+        kernels::gemm_raw(true, false, T, D, T, scale, ds.f32(), T, qp + qo, H * D, 1.0f, dkg,
+                          KV * D);
+      }
     }
   }
 
@@ -511,6 +572,8 @@ Tensor Attention::forward_cached(Context& ctx, const Tensor& x, KVCache& cache,
                  ", " + std::to_string(L) + "] (every cached token)");
   att_ = Tensor();  // the projections' saved inputs change: no backward after this
   lse_ = Tensor();
+  bf16_ = false;
+  q16_ = k16_ = v16_ = Tensor();
 
   Tensor qf = q.forward(ctx, x);  // [B, Tn, H·D]
   Tensor kf = k.forward(ctx, x);  // [B, Tn, KV·D]

@@ -220,8 +220,10 @@ PredictReport predict_file(const EvalParams& p) {
   auto samples = tokenize_classification(d, tok, static_cast<size_t>(ml));
   std::vector<std::vector<float>> probs;
   Task t{m.lm.model.get(), false};
-  evaluate(t, samples, static_cast<size_t>(std::max<int64_t>(1, p.batch_size)), pad_id_of(tok), 0,
-           &probs);
+  const EvalResult er = evaluate(t, samples, static_cast<size_t>(std::max<int64_t>(1, p.batch_size)),
+                                 pad_id_of(tok), 0, &probs);
+  rep.tokens = er.tokens;
+  rep.seconds = er.seconds;
   for (size_t i = 0; i < probs.size(); ++i) {
     const auto& pr = probs[i];
     const auto k = static_cast<size_t>(std::max_element(pr.begin(), pr.end()) - pr.begin());

@@ -95,6 +95,14 @@ float Task::forward_backward(nn::Context& ctx, const Batch& b, float dloss,
         std::string(lm ? "causal LM needs a Llama-family model, got "
                        : "classification needs a BERT-family model, got ") +
             model->config().arch);
+  // No one here reads the gradient w.r.t. the input embeddings: the backward may stop at the
+  // lowest layer that trains (Model::input_grad), restored on the way out.
+  struct InputGradOff {
+    models::Model& m;
+    bool was;
+    explicit InputGradOff(models::Model& mm) : m(mm), was(mm.input_grad) { m.input_grad = false; }
+    ~InputGradOff() { m.input_grad = was; }
+  } input_grad_off(*model);
   // LM: the head and its loss over chunks of tokens (about 32 MiB of logits each), never the
   // whole [B·T, V] logits and their gradient.
   if (lm && !probs_out) {
@@ -158,6 +166,7 @@ EvalResult evaluate(Task& task, const std::vector<Sample>& samples, size_t batch
   // Per row in batch order: predicted label + 1 and gold label + 1 (0: no gold), for the reduce.
   std::vector<float> rows(nr > 1 && !task.lm ? 2 * n_rows : 0, 0.0f);
   size_t row0 = 0;
+  const double t_forward = now_seconds();  // the batches only: no tokenizing or loading
   for (size_t bi = 0; bi < batches.size(); row0 += batches[bi].size(), ++bi) {
     const auto& idx = batches[bi];
     if (static_cast<int>(bi % static_cast<size_t>(nr)) != me) continue;
@@ -197,6 +206,7 @@ EvalResult evaluate(Task& task, const std::vector<Sample>& samples, size_t batch
       if (rows[2 * i + 1] > 0) gold.push_back(static_cast<int32_t>(rows[2 * i + 1]) - 1);
     }
   }
+  r.seconds = now_seconds() - t_forward;
   if (probs)  // file order
     for (auto& p : probs_by_sample) probs->push_back(std::move(p));
   r.loss = counted ? loss_sum / static_cast<double>(counted) : 0.0;

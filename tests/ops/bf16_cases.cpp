@@ -190,6 +190,64 @@ OPCHECK(gemm_bf16, VsRoundedOperandsReference) {
   k::gemm_bf16_raw(true, 0, 2, 3, nullptr, 3, nullptr, 3, 0.0f, nullptr, 2);
 }
 
+// gemm_bf16_bits (the attention products under --compute-dtype bf16): both operands BF16 bits,
+// every transpose combination, strided operands, alpha and beta, against its double oracle within
+// the fp32-summation bound; nothing outside C's [m, n] block written.
+OPCHECK(gemm_bf16, BitsOperandsTransposedVsReference) {
+  if (!k::bf16_gemm_supported()) {
+    EXPECT_THROW(k::set_compute_dtype(k::ComputeDtype::BF16), lorafit::Error);
+    return;
+  }
+  struct BCase { bool ta, tb; int64_t m, n, k, lda, ldb, ldc; float alpha, beta; };
+  const std::vector<BCase> cases = {
+      {false, true, 37, 29, 64, 72, 70, 31, 0.125f, 0.0f},  // q·kᵀ (scaled), strided heads
+      {false, false, 37, 64, 29, 29, 80, 64, 1.0f, 0.0f},   // P·v
+      {true, false, 29, 64, 37, 31, 64, 70, 1.0f, 1.0f},    // Pᵀ·dO, accumulated
+      {true, true, 5, 7, 3, 9, 4, 8, 2.0f, 0.5f},           // both transposed
+      {false, false, 1, 1, 1, 1, 1, 1, 1.0f, 0.0f},
+  };
+  uint64_t seed = 500;
+  for (const BCase& c : cases) {
+    const std::string what = "gemm_bf16_bits tA=" + std::to_string(c.ta) + " tB=" +
+                             std::to_string(c.tb) + " m=" + std::to_string(c.m) + " n=" +
+                             std::to_string(c.n) + " k=" + std::to_string(c.k);
+    const int64_t arows = c.ta ? c.k : c.m, brows = c.tb ? c.n : c.k;
+    Tensor af = opcheck::random({arows, c.lda}, seed += 10, -2.0f, 2.0f);
+    Tensor bf = opcheck::random({brows, c.ldb}, seed + 1, -1.0f, 1.0f);
+    std::vector<uint16_t> a(static_cast<size_t>(af.numel())), b(static_cast<size_t>(bf.numel()));
+    lorafit::tensor::f32_to_bf16_n(af.f32(), a.data(), af.numel());
+    lorafit::tensor::f32_to_bf16_n(bf.f32(), b.data(), bf.numel());
+    opcheck::Guarded cg({c.m, c.ldc});
+    Tensor c0 = opcheck::random({c.m, c.ldc}, seed + 2);
+    cg.t().copy_from(c0);
+    Tensor want = c0.clone();
+    k::gemm_bf16_bits(c.ta, c.tb, c.m, c.n, c.k, c.alpha, a.data(), c.lda, b.data(), c.ldb,
+                      c.beta, cg.t().f32(), c.ldc);
+    k::gemm_bf16_bits_ref(c.ta, c.tb, c.m, c.n, c.k, c.alpha, a.data(), c.lda, b.data(), c.ldb,
+                          c.beta, want.f32(), c.ldc);
+    EXPECT_TRUE(cg.guards_intact()) << what << ": wrote outside C";
+    int bad = 0;
+    for (int64_t i = 0; i < c.m; ++i)
+      for (int64_t j = 0; j < c.ldc; ++j) {
+        const float got = cg.t().f32()[i * c.ldc + j], ref = want.f32()[i * c.ldc + j];
+        if (j >= c.n) {
+          EXPECT_EQ(bits(got), bits(c0.f32()[i * c.ldc + j])) << what << ": wrote padding";
+          continue;
+        }
+        double s = std::fabs(c.beta * c0.f32()[i * c.ldc + j]);
+        for (int64_t p = 0; p < c.k; ++p) {
+          const double av = lorafit::tensor::bf16_to_f32(c.ta ? a[p * c.lda + i] : a[i * c.lda + p]);
+          const double bv = lorafit::tensor::bf16_to_f32(c.tb ? b[j * c.ldb + p] : b[p * c.ldb + j]);
+          s += std::fabs(c.alpha * av * bv);
+        }
+        const double err = std::fabs(static_cast<double>(got) - ref);
+        if (!(err <= bound(s, c.k + 1, ref)) && ++bad <= 5)
+          ADD_FAILURE() << what << ": at (" << i << ", " << j << ") got " << got << " want "
+                        << ref << " err " << err;
+      }
+  }
+}
+
 OPCHECK(gemm_bf16, ParseAndErrors) {
   ComputeGuard g;
   EXPECT_EQ(k::parse_compute_dtype("fp32"), k::ComputeDtype::F32);

@@ -11,8 +11,10 @@
 #include <functional>
 #include <set>
 #include <string>
+#include <tuple>
 #include <vector>
 
+#include "lorafit/kernels.h"
 #include "lorafit/nn.h"
 #include "lorafit/quant.h"
 #include "nn/nn_internal.h"
@@ -833,6 +835,46 @@ AttentionConfig attn_cfg(int64_t hidden, int64_t heads, int64_t kv, int64_t head
   c.n_kv_heads = kv;
   c.head_dim = head_dim;
   return c;
+}
+
+// --compute-dtype bf16: the dense attention's products (q·kᵀ, P·v and their backward products)
+// in BF16 with fp32 sums. The projections stay fp32 here (trainable weights never take the BF16
+// path), so every difference from the fp32 run is the attention's: close to it within BF16's
+// rounding (2^-8 relative per operand), and not bitwise equal (the BF16 path ran).
+OPCHECK(Attention, Bf16DenseNearFp32) {
+  namespace kk = lorafit::kernels;
+  if (!kk::bf16_gemm_supported()) {
+    EXPECT_THROW(kk::set_compute_dtype(kk::ComputeDtype::BF16), lorafit::Error);
+    return;
+  }
+  AttnCase c;
+  c.cfg = attn_cfg(24, 4, 2, 6);
+  c.cfg.causal = true;
+  c.cfg.rope = true;
+  c.pad = true;
+  c.T = 13;
+  AttnSetup s(c);
+  Tensor dy = opcheck::random({c.B, c.T, c.cfg.hidden}, 77);
+  auto run = [&](kk::ComputeDtype d, Tensor& y, Tensor& dx) {
+    kk::set_compute_dtype(d);
+    Context ctx;
+    ctx.training = true;
+    y = s.fwd(ctx).clone();
+    dx = s.a.backward(ctx, dy).clone();
+  };
+  Tensor y32, dx32, y16, dx16;
+  run(kk::ComputeDtype::F32, y32, dx32);
+  run(kk::ComputeDtype::BF16, y16, dx16);
+  kk::set_compute_dtype(kk::ComputeDtype::F32);
+  for (auto [got, want, what] : {std::tuple{&y16, &y32, "forward"}, std::tuple{&dx16, &dx32, "dx"}}) {
+    double maxabs = 0, maxerr = 0;
+    for (int64_t i = 0; i < want->numel(); ++i) {
+      maxabs = std::max(maxabs, static_cast<double>(std::fabs(want->f32()[i])));
+      maxerr = std::max(maxerr, static_cast<double>(std::fabs(got->f32()[i] - want->f32()[i])));
+    }
+    EXPECT_LT(maxerr, 2e-2 * maxabs) << what;
+    EXPECT_GT(maxerr, 0.0) << what << ": bitwise the fp32 result (BF16 path not taken?)";
+  }
 }
 
 OPCHECK(Attention, MhaWithBias) {

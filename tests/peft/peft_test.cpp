@@ -742,3 +742,144 @@ TEST(PeftInject, DestructorLeavesTheModelAsItWas) {
   EXPECT_LT(max_abs_diff(run_model(*model, ref, false).logits, base), 1e-6);
   for (auto& [n, p] : model->named_parameters()) EXPECT_FALSE(p->trainable) << n;
 }
+
+// ---- no input gradient below the lowest trainable layer (Model::input_grad) --------------------
+
+namespace {
+
+struct InputGradCase {
+  std::string name;
+  std::vector<std::string> targets;        // LoRA target_modules
+  std::vector<int64_t> layers;             // layers_to_transform
+  std::vector<std::string> extra_trained;  // base parameters made trainable too (norms)
+};
+
+struct GradsRun {
+  std::vector<std::vector<float>> grads;  // every trainable parameter's gradient, in order
+  Tensor dx;                              // what logits_backward returned
+  std::optional<float> chunked_loss;
+};
+
+// One training forward + backward (dropout on, fixed seed) with the given input_grad; for a
+// Llama also lm_loss_chunked (whose backward takes the same path) in a second pass, its
+// gradients appended after the first ones'.
+GradsRun grads_of(models::Model& m, peft::PeftModel& pm, const io::SafetensorsFile& ref,
+                  bool input_grad) {
+  GradsRun out;
+  auto params = pm.trainable_parameters();
+  for (auto& [n, p] : m.named_parameters())
+    if (p->trainable) params.emplace_back(n, p);
+  auto collect = [&] {
+    for (auto& [n, p] : params)
+      out.grads.emplace_back(p->grad.f32(), p->grad.f32() + p->grad.numel());
+  };
+  lorafit::tensor::Arena arena;
+  m.input_grad = input_grad;
+  m.zero_grad();
+  pm.zero_grad();
+  Context ctx;
+  ctx.arena = &arena;
+  ctx.training = true;
+  ctx.seed = 7;
+  Tensor ids = ref.get("input_ids").clone();
+  Tensor mask = ref.get("attention_mask").clone();
+  Tensor tt = m.is_causal_lm() ? Tensor() : ref.get("token_type_ids").clone();
+  Tensor logits = m.logits(ctx, ids, mask, tt);
+  Tensor dl = Tensor::empty(logits.shape());
+  for (int64_t i = 0; i < dl.numel(); ++i)
+    dl.f32()[i] = 0.01f * static_cast<float>(std::sin(0.37 * static_cast<double>(i) + 0.1));
+  Tensor dx = m.logits_backward(ctx, dl);
+  out.dx = dx.defined() ? dx.clone() : Tensor();
+  collect();
+  if (m.is_causal_lm()) {
+    m.zero_grad();
+    pm.zero_grad();
+    arena.reset();
+    ctx.rng_counter = 0;
+    Tensor targets = ids.clone();
+    const int64_t T = ids.dim(1);
+    for (int64_t i = 0; i < ids.numel(); ++i)
+      targets.i32()[i] = i % T + 1 < T ? ids.i32()[i + 1] : -100;
+    out.chunked_loss = m.lm_loss_chunked(ctx, ids, mask, targets, -100, 1.0f, 3);
+    collect();
+  }
+  m.input_grad = true;
+  return out;
+}
+
+void check_input_grad_case(const std::string& model_dir, const std::string& ref_file,
+                           const InputGradCase& c) {
+  SCOPED_TRACE(c.name);
+  io::SafetensorsFile ref = io::SafetensorsFile::open(kFix + ref_file);
+  models::LoadOptions lo;
+  lo.num_labels = 3;
+  auto model = models::load_model(kRoot + "tests/fixtures/models/" + model_dir, lo);
+  AdapterConfig cfg;
+  cfg.r = 4;
+  cfg.lora_alpha = 8;
+  cfg.target_modules = c.targets;
+  cfg.layers_to_transform = c.layers;
+  PeftModel pm(*model, cfg, 3);
+  // B = 0 at init would leave A's gradient zero: give B values.
+  uint64_t k = 0;
+  for (auto& [path, l] : pm.lora_layers())
+    for (int64_t i = 0; i < l->B.value.numel(); ++i)
+      l->B.value.f32()[i] = static_cast<float>(lorafit::nn::random_uniform(11, k++) - 0.5) * 0.2f;
+  auto named = model->named_parameters();
+  for (const std::string& n : c.extra_trained) {
+    bool found = false;
+    for (auto& [pn, p] : named)
+      if (pn == n) p->set_trainable(true), found = true;
+    ASSERT_TRUE(found) << n;
+  }
+  GradsRun full = grads_of(*model, pm, ref, true);
+  GradsRun skip = grads_of(*model, pm, ref, false);
+  ASSERT_TRUE(full.dx.defined());
+  EXPECT_EQ(full.dx.dim(-1), model->config().hidden);
+  EXPECT_FALSE(skip.dx.defined());  // not computed
+  if (model->is_causal_lm()) {
+    ASSERT_TRUE(full.chunked_loss && skip.chunked_loss);
+    EXPECT_EQ(*full.chunked_loss, *skip.chunked_loss);
+  }
+  ASSERT_EQ(full.grads.size(), skip.grads.size());
+  ASSERT_FALSE(full.grads.empty());
+  for (size_t i = 0; i < full.grads.size(); ++i) {
+    ASSERT_EQ(full.grads[i].size(), skip.grads[i].size());
+    double mx = 0;
+    for (float g : full.grads[i]) mx = std::max(mx, std::fabs(static_cast<double>(g)));
+    EXPECT_GT(mx, 0.0) << "parameter " << i << ": a zero gradient compares nothing";
+    EXPECT_EQ(std::memcmp(full.grads[i].data(), skip.grads[i].data(),
+                          full.grads[i].size() * sizeof(float)),
+              0)
+        << "parameter " << i << " differs";
+  }
+}
+
+}  // namespace
+
+// LoRA on the top layer only (and variants that leave only part of the lowest layer training):
+// the backward that stops there gives bitwise the gradients of the full one.
+TEST(InputGrad, SkippedBelowLowestTrainableLayerBitwiseSameGradients) {
+  const std::vector<InputGradCase> llama = {
+      {"llama q,v on layer 1", {"q_proj", "v_proj"}, {1}, {}},
+      {"llama down_proj on layer 1 (MLP half only)", {"down_proj"}, {1}, {}},
+      {"llama o_proj on layer 0", {"o_proj"}, {0}, {}},
+      {"llama gate_proj on layer 1 + its post_attention_layernorm",
+       {"gate_proj"}, {1}, {"model.layers.1.post_attention_layernorm.weight"}},
+      {"llama k_proj on layer 1 + its input_layernorm",
+       {"k_proj"}, {1}, {"model.layers.1.input_layernorm.weight"}},
+      {"llama q_proj on layer 1 + post_attention_layernorm alone in layer 0",
+       {"q_proj"}, {1}, {"model.layers.0.post_attention_layernorm.weight"}},
+  };
+  for (const auto& c : llama) check_input_grad_case("tiny_llama", "llama_qv_ref.safetensors", c);
+  const std::vector<InputGradCase> bert = {
+      {"bert query,value on layer 1", {"query", "value"}, {1}, {}},
+      {"bert intermediate.dense on layer 1 (MLP half only)", {"intermediate.dense"}, {1}, {}},
+      {"bert key on layer 0", {"key"}, {0}, {}},
+      {"bert value on layer 1 + its attention LayerNorm",
+       {"value"}, {1}, {"bert.encoder.layer.1.attention.output.LayerNorm.weight"}},
+      {"bert query on layer 1 + output LayerNorm alone in layer 0",
+       {"query"}, {1}, {"bert.encoder.layer.0.output.LayerNorm.bias"}},
+  };
+  for (const auto& c : bert) check_input_grad_case("tiny_bert", "bert_qv_ref.safetensors", c);
+}

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <algorithm>
@@ -319,6 +320,13 @@ TEST(Evaluate, LengthSortedBatchesKeepFileOrder) {
   EXPECT_EQ(rb.cls.n, ra.cls.n);
   EXPECT_DOUBLE_EQ(rb.cls.accuracy, ra.cls.accuracy);
   EXPECT_NEAR(rb.loss, ra.loss, 1e-5);
+  // tokens: the real tokens of every example (no padding); seconds: the forward's wall time.
+  int64_t real = 0;
+  for (auto& s : samples) real += static_cast<int64_t>(s.ids.size());
+  EXPECT_EQ(rb.tokens, real);
+  EXPECT_EQ(ra.tokens, real);
+  EXPECT_GT(rb.seconds, 0.0);
+  EXPECT_GT(ra.seconds, 0.0);
   // --eval-max-batches takes the first examples in file order: 2 batches of 5 = examples 0..9.
   std::vector<std::vector<float>> first;
   evaluate(task, samples, 5, 0, 2, &first);
@@ -517,8 +525,22 @@ TEST(Cli, TrainWritesAdapterLogAndReport) {
   // eval and predict on the trained weights.
   const std::string ev = " --model " + dir.string() + " --adapter " + (work / "out/final").string() +
                          " --data " + (work / "train.tsv").string();
-  EXPECT_EQ(run(bin + " eval" + ev), 0);
-  EXPECT_EQ(run(bin + " predict" + ev + " --output " + (work / "p.tsv").string()), 0);
+  // Both say how fast the forward ran, on stderr: "forward only: N tokens in S s, R tokens/s".
+  auto forward_line_ok = [](const std::string& err) {
+    const size_t at = err.find("forward only: ");
+    if (at == std::string::npos) return false;
+    long long n = 0;
+    double s = -1, r = -1;
+    return std::sscanf(err.c_str() + at, "forward only: %lld tokens in %lf s, %lf tokens/s", &n, &s,
+                       &r) == 3 &&
+           n > 0 && s > 0 && r > 0;
+  };
+  auto [erc, eerr] = run_err(bin + " eval" + ev);
+  EXPECT_EQ(erc, 0) << eerr;
+  EXPECT_TRUE(forward_line_ok(eerr)) << eerr;
+  auto [prc, perr] = run_err(bin + " predict" + ev + " --output " + (work / "p.tsv").string());
+  EXPECT_EQ(prc, 0) << perr;
+  EXPECT_TRUE(forward_line_ok(perr)) << perr;
   std::string preds = io::read_file((work / "p.tsv").string());
   EXPECT_EQ(std::count(preds.begin(), preds.end(), '\n'), 65);  // header + 64 rows
   EXPECT_EQ(run(bin + " train --help"), 0);
