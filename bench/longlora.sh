@@ -8,6 +8,7 @@
 #   bash bench/longlora.sh [steps]      (default 20 training steps; env LORAFIT, MODEL, OUT)
 #   PART=mem bash bench/longlora.sh     (only the one-step peak RSS table)
 #   PART=ppl bash bench/longlora.sh     (only the perplexities and the training run)
+#   env CASES ("s2:ckpt s2: full:ckpt full:"): the one-step cases of PART=mem, ATTENTION:[ckpt]
 #   env BEFORE=0: skip the evaluations before training (already measured)
 #   env LR (5e-4), WARMUP (1), BLOCK (16384), NOCKPT_BLOCK (= BLOCK): the block size of the
 #   one-step cases without recomputation. Without it a step keeps every layer's activations, about
@@ -28,6 +29,7 @@ LR=${LR:-5e-4}
 WARMUP=${WARMUP:-1}
 BLOCK=${BLOCK:-16384}
 NOCKPT_BLOCK=${NOCKPT_BLOCK:-$BLOCK}
+CASES=${CASES:-s2:ckpt s2: full:ckpt full:}
 mkdir -p "$OUT"
 SRC=data/tinyshakespeare/input.txt
 [ -f "$SRC" ] || { echo "longlora.sh: $SRC missing (bash tools/fetch_data.sh)" >&2; exit 1; }
@@ -47,6 +49,7 @@ if [ "$PART" = all ] || [ "$PART" = mem ]; then
   echo "## one training step: peak RSS (GiB) and wall time (s)"
   for att in s2 full; do
     for ckpt in "--gradient-checkpointing" ""; do
+      case " $CASES " in *" $att:${ckpt:+ckpt} "*) ;; *) continue ;; esac
       bs=$BLOCK; [ -n "$ckpt" ] || bs=$NOCKPT_BLOCK
       d="$OUT/step_${att}${ckpt:+_ckpt}_$bs"
       rm -rf "$d"
