@@ -194,18 +194,29 @@ void f32_to_bf16(const float* x, uint16_t* y, int64_t n) {
   }
 }
 
-void gemm_bf16_raw(bool trans_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
-                   const uint16_t* b, int64_t ldb, float beta, float* c, int64_t ldc) {
-  LORAFIT_CHECK(m >= 0 && n >= 0 && k >= 0 && lda >= k && ldc >= n && ldb >= (trans_b ? k : n),
-                "gemm_bf16", "bad sizes m=" + std::to_string(m) + " n=" + std::to_string(n) +
-                                 " k=" + std::to_string(k) + " lda=" + std::to_string(lda) +
-                                 " ldb=" + std::to_string(ldb) + " ldc=" + std::to_string(ldc));
-  if (m == 0 || n == 0) return;
-  if (k == 0) {  // C = beta · C
+// The checks and the empty cases both BF16 products share: throws naming `op` on bad sizes
+// (lda_ok: lda fits op(A); ldb_min: the least ldb for op(B)); true when there is nothing left to
+// multiply (m or n 0: nothing; k 0: C = beta · C, done here).
+static bool trivial_product(const char* op, bool lda_ok, int64_t ldb_min, int64_t m, int64_t n,
+                            int64_t k, int64_t lda, int64_t ldb, float beta, float* c,
+                            int64_t ldc) {
+  LORAFIT_CHECK(m >= 0 && n >= 0 && k >= 0 && lda_ok && ldc >= n && ldb >= ldb_min, op,
+                "bad sizes m=" + std::to_string(m) + " n=" + std::to_string(n) + " k=" +
+                    std::to_string(k) + " lda=" + std::to_string(lda) + " ldb=" +
+                    std::to_string(ldb) + " ldc=" + std::to_string(ldc));
+  if (m == 0 || n == 0) return true;
+  if (k == 0) {
     for (int64_t i = 0; i < m; ++i)
       for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[i * ldc + j];
-    return;
+    return true;
   }
+  return false;
+}
+
+void gemm_bf16_raw(bool trans_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
+                   const uint16_t* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  if (trivial_product("gemm_bf16", lda >= k, trans_b ? k : n, m, n, k, lda, ldb, beta, c, ldc))
+    return;
 #ifdef LORAFIT_HAVE_DNNL
   LORAFIT_CHECK(dnnl_has_bf16(), "gemm_bf16", "bf16 is not available: " + bf16_gemm_info());
   uint16_t* ab = a_buffer(m * k);
@@ -230,17 +241,9 @@ void gemm_bf16_raw(bool trans_b, int64_t m, int64_t n, int64_t k, const float* a
 void gemm_bf16_bits(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
                     const uint16_t* a, int64_t lda, const uint16_t* b, int64_t ldb, float beta,
                     float* c, int64_t ldc) {
-  LORAFIT_CHECK(m >= 0 && n >= 0 && k >= 0 && lda >= (trans_a ? m : k) && ldc >= n &&
-                    ldb >= (trans_b ? k : n),
-                "gemm_bf16_bits", "bad sizes m=" + std::to_string(m) + " n=" + std::to_string(n) +
-                                      " k=" + std::to_string(k) + " lda=" + std::to_string(lda) +
-                                      " ldb=" + std::to_string(ldb) + " ldc=" + std::to_string(ldc));
-  if (m == 0 || n == 0) return;
-  if (k == 0) {  // C = beta · C
-    for (int64_t i = 0; i < m; ++i)
-      for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[i * ldc + j];
+  if (trivial_product("gemm_bf16_bits", lda >= (trans_a ? m : k), trans_b ? k : n, m, n, k, lda,
+                      ldb, beta, c, ldc))
     return;
-  }
 #ifdef LORAFIT_HAVE_DNNL
   LORAFIT_CHECK(dnnl_has_bf16(), "gemm_bf16_bits", "bf16 is not available: " + bf16_gemm_info());
   run_matmul(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
