@@ -46,6 +46,12 @@ class MappedFile {
   const uint8_t* data() const { return data_; }
   size_t size() const { return size_; }
   const std::string& path() const { return path_; }
+  // Drops the pages of [p, p + n) (clipped to the mapping, widened to whole pages) from this
+  // process's memory (madvise MADV_DONTNEED). The values stay: the mapping is private, so the next
+  // read faults the page in again from the file. A loader calls it once it has copied a tensor
+  // out, so the resident set holds the copies and not the whole file besides. Edits made through
+  // copy-on-write to those pages are lost: only for ranges nobody wrote.
+  void release(const void* p, size_t n) const;
 
  private:
   MappedFile() = default;
@@ -184,6 +190,8 @@ class SafetensorsFile {
   // "__metadata__" (string to string); empty when absent.
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   const std::shared_ptr<const MappedFile>& mapping() const { return map_; }
+  // MappedFile::release of the tensor's bytes (after a loader copied it out).
+  void release(const std::string& name) const;
 
  private:
   std::string path_;
@@ -224,6 +232,7 @@ class SafetensorsFolder {
   Tensor get(const std::string& name) const;
   Tensor get_f32(const std::string& name) const;
   std::vector<uint8_t> bytes(const std::string& name) const;
+  void release(const std::string& name) const;  // SafetensorsFile::release
   // Metadata of the first shard.
   const std::map<std::string, std::string>& metadata() const;
 
@@ -396,6 +405,8 @@ class GgufFile {
   // Zero-copy view in torch-order shape with the stored dtype. Throws for types without a DType
   // ("[gguf] <file>: tensor 'x': type Q5_0 is not supported (F32, F16, ...)").
   Tensor tensor(const std::string& name) const;
+  // MappedFile::release of the tensor's bytes (after a loader copied it out).
+  void release(const std::string& name) const;
   // Dequantized/converted F32 copy (a view when stored F32).
   Tensor tensor_f32(const std::string& name) const;
   const std::shared_ptr<const MappedFile>& mapping() const { return map_; }

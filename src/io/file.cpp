@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -55,6 +56,19 @@ std::shared_ptr<const MappedFile> MappedFile::open(const std::string& path) {
 
 MappedFile::~MappedFile() {
   if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
+}
+
+void MappedFile::release(const void* p, size_t n) const {
+  if (!data_ || n == 0) return;
+  const auto base = reinterpret_cast<uintptr_t>(data_);
+  uintptr_t lo = std::max(reinterpret_cast<uintptr_t>(p), base);
+  uintptr_t hi = std::min(reinterpret_cast<uintptr_t>(p) + n, base + size_);
+  if (lo >= hi) return;
+  const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  lo &= ~(page - 1);  // the mapping starts on a page, so lo stays inside it
+  hi = std::min((hi + page - 1) & ~(page - 1), (base + size_ + page - 1) & ~(page - 1));
+  // Advice only: a failure leaves the pages resident, which is what not calling it does.
+  (void)::madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
 }
 
 AtomicWriter::AtomicWriter(const std::string& path)

@@ -713,6 +713,11 @@ const GgufTensorInfo& GgufFile::tensor_info(const std::string& name) const {
   return tensors_[it->second];
 }
 
+void GgufFile::release(const std::string& name) const {
+  const GgufTensorInfo& t = tensor_info(name);
+  map_->release(map_->data() + data_offset_ + t.offset, t.nbytes);
+}
+
 Tensor GgufFile::tensor(const std::string& name) const {
   const GgufTensorInfo& t = tensor_info(name);
   if (!t.has_dtype)

@@ -212,6 +212,11 @@ std::vector<uint8_t> SafetensorsFile::bytes(const std::string& name) const {
   return std::vector<uint8_t>(p, p + (e.end - e.begin));
 }
 
+void SafetensorsFile::release(const std::string& name) const {
+  const SafetensorsEntry& e = entry(name);
+  map_->release(map_->data() + data_start_ + e.begin, e.end - e.begin);
+}
+
 Tensor SafetensorsFile::get_f32(const std::string& name) const {
   Tensor t = get(name);
   if (t.dtype() == DType::F32) return t;
@@ -367,6 +372,11 @@ Tensor SafetensorsFolder::get(const std::string& name) const {
 std::vector<uint8_t> SafetensorsFolder::bytes(const std::string& name) const {
   entry(name);
   return files_[where_.at(name)].bytes(name);
+}
+
+void SafetensorsFolder::release(const std::string& name) const {
+  entry(name);
+  files_[where_.at(name)].release(name);
 }
 
 Tensor SafetensorsFolder::get_f32(const std::string& name) const {

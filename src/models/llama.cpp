@@ -522,6 +522,7 @@ std::unique_ptr<Model> load_llama_gguf(const io::GgufFile& f, const LoadOptions&
   r.file = where;
   r.dequantize = opts.dequantize;
   r.has = [&f](const std::string& n) { return f.has_tensor(n); };
+  r.release = [&f](const std::string& n) { f.release(n); };
   // Zero-copy views with the stored dtype (K-quants included); other types throw naming them.
   r.get = [&f](const std::string& n) { return f.tensor(n); };
   r.dtype_name = [&f](const std::string& n) {

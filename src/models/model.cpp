@@ -163,7 +163,9 @@ Tensor read_weight(const WeightReader& r, const std::string& name, const Shape& 
   check(t.shape() == want, r.file + ": tensor '" + name + "' is " + tensor::shape_str(t.shape()) +
                                ", expected " + tensor::shape_str(want) + " from the config");
   m.record_source(hf_name, r.dtype_name(name));
-  return keep_dtype && !r.dequantize ? owned_linear_weight(t) : owned_f32(t);
+  Tensor out = keep_dtype && !r.dequantize ? owned_linear_weight(t) : owned_f32(t);
+  if (r.release && !out.same_storage(t)) r.release(name);
+  return out;
 }
 
 
@@ -202,6 +204,7 @@ void load_linear(const WeightReader& r, const std::string& name, nn::Linear& lin
     } else {
       lin.weight.value = r.dequantize ? owned_f32(t) : owned_linear_weight(t);
     }
+    if (r.release && !lin.weight.value.same_storage(t)) r.release(key);
   } else {
     lin.weight.value = read_weight(r, name + ".weight", {lin.out_features(), lin.in_features()},
                                    true, m, hf_name + ".weight");
@@ -274,6 +277,7 @@ WeightReader folder_reader(const std::shared_ptr<io::SafetensorsFolder>& f,
   WeightReader r;
   r.file = (fs::path(dir) / "model.safetensors").string();
   r.has = [f](const std::string& n) { return f->contains(n); };
+  r.release = [f](const std::string& n) { f->release(n); };
   // A bitsandbytes 4-bit weight (a folder transformers saved with load_in_4bit) becomes an NF4
   // tensor of its recorded shape; everything else is read as stored.
   r.get = [f, dir](const std::string& n) {

@@ -24,6 +24,9 @@ struct WeightReader {
   std::function<bool(const std::string&)> has;
   std::function<Tensor(const std::string&)> get;
   std::function<std::string(const std::string&)> dtype_name;
+  // Called with a name once its owned copy is made (MappedFile::release of its bytes), so that a
+  // load's resident set is the copies, not the whole file besides; may be empty.
+  std::function<void(const std::string&)> release;
   bool dequantize = false;  // LoadOptions::dequantize
   std::string quantize;     // LoadOptions::quantize ("" = as stored)
 };

@@ -1,9 +1,11 @@
 // safetensors: round trips, the Python library's file, folders, atomic writes and bad files.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 
 #include "io_test_util.h"
 #include "lorafit/io.h"
@@ -29,7 +31,47 @@ std::string st_bytes(const std::string& header, const std::string& data) {
   return b.s;
 }
 
+// Resident pages of this process (/proc/self/statm, second field), in bytes.
+size_t resident_bytes() {
+  std::ifstream f("/proc/self/statm");
+  size_t size = 0, resident = 0;
+  f >> size >> resident;
+  return resident * static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+}
+
+double sum_of(const Tensor& t) {
+  double s = 0;
+  for (int64_t i = 0; i < t.numel(); ++i) s += t.f32()[i];
+  return s;
+}
+
 }  // namespace
+
+// What the model loaders do after copying a tensor out of the mapping: its pages leave the
+// resident set, and the view still reads the file's values (faulted in again).
+TEST(Safetensors, ReleaseDropsPagesAndKeepsValues) {
+  TempDir dir;
+  const std::string path = dir.file("big.safetensors");
+  const int64_t n = 12 << 20;  // 48 MiB of F32
+  write_safetensors(path, {{"small", ramp({3}, 1.0f)}, {"big", ramp({n}, 1e-6f)}});
+  SafetensorsFile f = SafetensorsFile::open(path);
+  Tensor big = f.get("big");
+  ASSERT_FALSE(big.keepalive() == nullptr) << "a zero-copy view of the mapping";
+  const double want = sum_of(big);  // touches every page
+  const size_t before = resident_bytes();
+  f.release("big");
+  const size_t after = resident_bytes();
+  EXPECT_GT(before, after + (40u << 20)) << "before " << before << " after " << after;
+  EXPECT_EQ(sum_of(big), want);
+  EXPECT_EQ(f.get("small").f32()[2], ramp({3}, 1.0f).f32()[2]);
+  // Ranges outside the mapping, empty ones and a whole-file release are no-ops or harmless.
+  const MappedFile& m = *f.mapping();
+  m.release(m.data() + m.size(), 100);
+  m.release(m.data(), 0);
+  m.release(m.data() + 5, m.size());  // past the end: clipped
+  m.release(m.data(), m.size());
+  EXPECT_EQ(sum_of(big), want);
+}
 
 TEST(Safetensors, RoundTrip) {
   TempDir dir;
