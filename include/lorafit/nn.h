@@ -169,6 +169,10 @@ class Linear : public Module {
   // (a BF16 weight is used as it is). Code that changes a weight in place calls
   // nn::weights_changed() so that the copies are made again.
   bool uses_bf16() const;
+  // kernels::compute_dtype() == BF16 and the weight is frozen and block-quantized (Q8_0 ... NF4):
+  // each fp32 tile of dequantized rows is rounded to BF16 and multiplied in BF16 (fp32 sums); no
+  // copy of W is kept.
+  bool uses_bf16_tiles() const;
 
   Parameter weight;
   Parameter bias{ParamRole::Bias};

@@ -1,5 +1,6 @@
 // Linear: y = x Wᵀ + b, W [out, in] in F32, or (frozen) F16/BF16/Q8_0/Q4_0/Q4_1/Q4_K/Q5_K/Q6_K/NF4 multiplied
-// through fp32 tiles of rows (DESIGN.md decision 2: no full dequantized copy is kept).
+// through fp32 tiles of rows (DESIGN.md decision 2: no full dequantized copy is kept); under
+// --compute-dtype bf16 a frozen dense weight has one BF16 copy, a quantized one BF16 tiles.
 #include <algorithm>
 #include <atomic>
 #include <mutex>
@@ -51,6 +52,14 @@ float* tile_buffer(int64_t floats) {
   return buf.data();
 }
 
+// The BF16 tile of a quantized weight under --compute-dtype bf16, kept per thread like the fp32
+// one (the codes are dequantized to fp32 rows, then rounded to BF16).
+uint16_t* bf16_tile_buffer(int64_t n) {
+  thread_local std::vector<uint16_t> buf;
+  if (buf.size() < static_cast<size_t>(n)) buf.resize(static_cast<size_t>(n));
+  return buf.data();
+}
+
 // Bumped by weights_changed(): every BF16 copy made under an older generation is stale.
 std::atomic<uint64_t> g_weight_generation{0};
 
@@ -69,6 +78,12 @@ bool Linear::uses_bf16() const {
   const DType t = weight.value.dtype();
   return kernels::compute_dtype() == kernels::ComputeDtype::BF16 && !weight.trainable &&
          (t == DType::F32 || t == DType::F16 || t == DType::BF16);
+}
+
+bool Linear::uses_bf16_tiles() const {
+  const DType t = weight.value.dtype();
+  return kernels::compute_dtype() == kernels::ComputeDtype::BF16 && !weight.trainable &&
+         tensor::dtype_is_quantized(t) && weight_dtype_supported(t);
 }
 
 const uint16_t* Linear::bf16_weight() const {
@@ -195,14 +210,22 @@ void Linear::matmul_weight(const Tensor& x, Tensor& y, float beta) const {
     kernels::gemm(x2, false, w, true, y2, 1.0f, beta);  // y = x · Wᵀ + beta · y
     return;
   }
-  // y[:, r0:r1] = x · W[r0:r1]ᵀ, one fp32 tile of W at a time.
+  // y[:, r0:r1] = x · W[r0:r1]ᵀ, one fp32 (or BF16) tile of W at a time.
+  const bool bf16 = uses_bf16_tiles();
   int64_t tr = tile_rows(in_, out_);
   float* tile = tile_buffer(tr * in_);
+  uint16_t* btile = bf16 ? bf16_tile_buffer(tr * in_) : nullptr;
   for (int64_t r0 = 0; r0 < out_; r0 += tr) {
     int64_t r1 = std::min(out_, r0 + tr);
     weight_rows_to_f32(w, r0, r1, tile);
-    kernels::gemm_raw(false, true, n, r1 - r0, in_, 1.0f, x2.f32(), in_, tile, in_, beta,
-                      y2.f32() + r0, out_);
+    if (bf16) {
+      kernels::f32_to_bf16(tile, btile, (r1 - r0) * in_);
+      kernels::gemm_bf16_raw(true, n, r1 - r0, in_, x2.f32(), in_, btile, in_, beta,
+                             y2.f32() + r0, out_);
+    } else {
+      kernels::gemm_raw(false, true, n, r1 - r0, in_, 1.0f, x2.f32(), in_, tile, in_, beta,
+                        y2.f32() + r0, out_);
+    }
   }
 }
 
@@ -225,13 +248,22 @@ void Linear::matmul_weight_t(const Tensor& dy, Tensor& dx, float beta) const {
     return;
   }
   // dx = Σ_tiles dy[:, r0:r1] · W[r0:r1]
+  const bool bf16 = uses_bf16_tiles();
   int64_t tr = tile_rows(in_, out_);
   float* tile = tile_buffer(tr * in_);
+  uint16_t* btile = bf16 ? bf16_tile_buffer(tr * in_) : nullptr;
   for (int64_t r0 = 0; r0 < out_; r0 += tr) {
     int64_t r1 = std::min(out_, r0 + tr);
     weight_rows_to_f32(w, r0, r1, tile);
-    kernels::gemm_raw(false, false, n, in_, r1 - r0, 1.0f, dy2.f32() + r0, out_, tile, in_,
-                      r0 == 0 ? beta : 1.0f, dx2.f32(), in_);
+    const float b = r0 == 0 ? beta : 1.0f;
+    if (bf16) {
+      kernels::f32_to_bf16(tile, btile, (r1 - r0) * in_);
+      kernels::gemm_bf16_raw(false, n, in_, r1 - r0, dy2.f32() + r0, out_, btile, in_, b,
+                             dx2.f32(), in_);
+    } else {
+      kernels::gemm_raw(false, false, n, in_, r1 - r0, 1.0f, dy2.f32() + r0, out_, tile, in_, b,
+                        dx2.f32(), in_);
+    }
   }
 }
 

@@ -18,6 +18,7 @@
 
 #include "lorafit/kernels.h"
 #include "lorafit/nn.h"
+#include "lorafit/quant.h"
 #include "ops/op_check.h"
 
 namespace {
@@ -353,6 +354,54 @@ OPCHECK(Linear, Bf16ComputeVsRoundedReference) {
     EXPECT_FALSE(lin.uses_bf16());
     Tensor y4 = lin.forward(ctx, x);
     for (int64_t i = 0; i < rows * out; ++i) ASSERT_EQ(y4.f32()[i], ref.f32()[i]) << i;
+  }
+}
+
+// A frozen quantized weight under BF16 compute: each dequantized fp32 tile is rounded to BF16 and
+// multiplied in BF16, so forward and dx equal the reference of BF16(dequantized W) within the
+// BF16 bound. Q4_1 at in 4096, out 1030: two tiles of rows (1024 + 6), the second adding into dx;
+// NF4 with double quantization at an odd row count. fp32 compute gives the fp32 tile path.
+OPCHECK(Linear, Bf16ComputeQuantizedTilesVsRoundedReference) {
+  if (!k::bf16_gemm_supported()) return;  // the dense case above checks the refusal
+  using lorafit::tensor::DType;
+  ComputeGuard guard;
+  struct Case { DType t; int64_t in, out; };
+  for (const Case c : {Case{DType::Q4_1, 4096, 1030}, Case{DType::NF4, 320, 301}}) {
+    const std::string name = lorafit::tensor::dtype_name(c.t);
+    Linear lin(c.in, c.out, false);
+    opcheck::fill_uniform(lin.weight.value, 31, -0.1f, 0.1f);
+    if (c.t == DType::NF4) {
+      auto q = lorafit::tensor::quantize_4bit(lin.weight.value.f32(), c.in * c.out,
+                                              lorafit::tensor::Quant4Type::NF4, true);
+      lin.weight.value = lorafit::tensor::quant4_tensor(std::move(q), {c.out, c.in});
+    } else {
+      lin.weight.value = lorafit::tensor::quantize(lin.weight.value, c.t);
+    }
+    lin.set_trainable(false);
+    std::vector<float> wf(static_cast<size_t>(c.out * c.in));
+    lin.weight_rows(0, c.out, wf.data());
+    std::vector<uint16_t> wb(wf.size());
+    lorafit::tensor::f32_to_bf16_n(wf.data(), wb.data(), c.out * c.in);
+    const int64_t rows = 2 * 9;
+    Tensor x = opcheck::random({2, 9, c.in}, 33);
+    Tensor dy = opcheck::random({2, 9, c.out}, 34);
+    k::set_compute_dtype(k::ComputeDtype::BF16);
+    EXPECT_FALSE(lin.uses_bf16()) << name << ": no dense copy of a quantized weight";
+    EXPECT_TRUE(lin.uses_bf16_tiles()) << name;
+    Context ctx;
+    Tensor y = lin.forward(ctx, x);
+    expect_bound(y.view({rows, c.out}), x.view({rows, c.in}), wb, true, rows, c.out, c.in,
+                 Tensor(), "forward " + name);
+    Tensor dx = lin.backward(ctx, dy);
+    expect_bound(dx.view({rows, c.in}), dy.view({rows, c.out}), wb, false, rows, c.in, c.out,
+                 Tensor(), "dx " + name);
+    k::set_compute_dtype(k::ComputeDtype::F32);
+    EXPECT_FALSE(lin.uses_bf16_tiles()) << name;
+    Tensor y32 = lin.forward(ctx, x);
+    Tensor ref = Tensor::zeros({rows, c.out});
+    Tensor wt = Tensor::from_vector({c.out, c.in}, wf);
+    k::gemm(x.view({rows, c.in}), false, wt, true, ref);
+    opcheck::expect_close(y32.view({rows, c.out}), ref, 1e-5, 1e-5, "fp32 forward " + name);
   }
 }
 
