@@ -26,6 +26,13 @@ struct OptSpec {
   const char* help;
 };
 
+// --compute-dtype, the same in train, eval, logits and generate.
+inline constexpr OptSpec kComputeDtypeOpt{
+    "compute-dtype", "str", "fp32",
+    "frozen weight products (x W^T, dy W) and the dense attention products: fp32 | bf16 (BF16 "
+    "operands, fp32 sums; the LoRA path, optimizer and master weights stay fp32; needs "
+    "AVX512-BF16 or AMX and oneDNN) | auto (bf16 where available)"};
+
 class Options {
  public:
   // cmd names the command in messages ("train", "adapter merge"); config: whether --config

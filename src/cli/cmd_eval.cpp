@@ -48,9 +48,7 @@ const std::vector<OptSpec> kEvalOpts = {
     {"rope-scaling", "str", "",
      "LM: TYPE:FACTOR RoPE scaling on the base model (e.g. linear:2; default: as the adapter's "
      "run recorded)"},
-    {"compute-dtype", "str", "fp32",
-     "frozen weight products: fp32 | bf16 (BF16 operands, fp32 sums) | auto (bf16 where "
-     "available)"},
+    kComputeDtypeOpt,
 };
 
 train::EvalParams eval_params(const Options& o) {

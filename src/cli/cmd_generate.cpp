@@ -31,9 +31,7 @@ const std::vector<OptSpec> kGenOpts = {
      "quantize the base on load: none | nf4 | nf4-dq | fp4 | q8_0 | q4_0 | q4_1 (default: as "
      "the adapter was trained, else none)"},
     {"threads", "int", "0", "compute threads (0: all cores)"},
-    {"compute-dtype", "str", "fp32",
-     "frozen weight products: fp32 | bf16 (BF16 operands, fp32 sums) | auto (bf16 where "
-     "available)"},
+    kComputeDtypeOpt,
 };
 
 }  // namespace

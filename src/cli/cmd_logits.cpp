@@ -47,9 +47,7 @@ const std::vector<lorafit::cli::OptSpec> kLogitsOpts = {
     {"threads", "int", "0", "compute threads (0: all cores)"},
     {"quantize", "str", "none",
      "quantize the base on load: none | nf4 | nf4-dq | fp4 | q8_0 | q4_0 | q4_1"},
-    {"compute-dtype", "str", "fp32",
-     "frozen weight products: fp32 | bf16 (BF16 operands, fp32 sums) | auto (bf16 where "
-     "available)"},
+    lorafit::cli::kComputeDtypeOpt,
 };
 
 std::vector<std::string> split(const std::string& s, char c) {

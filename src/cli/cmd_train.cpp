@@ -110,9 +110,7 @@ const std::vector<OptSpec> kTrainOpts = {
     {"trainable-extra", "list", "",
      "Llama LoRA: also train embed (token embeddings) and/or norm (every RMSNorm), as LongLoRA; "
      "saved as PEFT modules_to_save (a llama.cpp LoRA GGUF cannot hold them)"},
-    {"compute-dtype", "str", "fp32",
-     "frozen weight products: fp32 | bf16 (BF16 operands, fp32 sums; needs AVX512-BF16 or AMX "
-     "and oneDNN) | auto (bf16 where available)"},
+    kComputeDtypeOpt,
 };
 
 const char* kTrainUsage = R"(Usage: lorafit train --model PATH --train FILE --output DIR [options]
