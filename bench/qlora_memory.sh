@@ -4,6 +4,7 @@
 #
 #   bash bench/qlora_memory.sh [BUILD_DIR] [STEPS]      (defaults: build, 3)
 #   QUANTS="none nf4-dq nf4 q4_1" bash bench/qlora_memory.sh    (train runs; default none nf4-dq)
+#   TRAIN_FLAGS="--gradient-checkpointing" bash bench/qlora_memory.sh   (extra lorafit train flags)
 #
 #   1. `lorafit info MODEL --quantize Q`: "weight memory: ... layer Linear weights X MiB = R x
 #      their F32 bytes" for SmolLM2-135M (F32 folder from tools/make_smollm2_hf.py) and MiniLM;
@@ -37,14 +38,14 @@ for m in "$SMOL" models/all-MiniLM-L6-v2; do
   done
 done
 
-echo "== peak RSS of lorafit train (SmolLM2, LoRA r=8 all-linear, batch 4 x 256, $STEPS steps)"
+echo "== peak RSS of lorafit train (SmolLM2, LoRA r=8 all-linear, batch 4 x 256, $STEPS steps${TRAIN_FLAGS:+, $TRAIN_FLAGS})"
 for q in ${QUANTS:-none nf4-dq}; do
-  "$PY" - "$LORAFIT" "$SMOL" "$T/train.txt" "$T/run_$q" "$q" "$STEPS" <<'EOF'
+  "$PY" - "$LORAFIT" "$SMOL" "$T/train.txt" "$T/run_$q" "$q" "$STEPS" "${TRAIN_FLAGS:-}" <<'EOF'
 import resource, subprocess, sys, time
-lorafit, model, data, out, q, steps = sys.argv[1:]
+lorafit, model, data, out, q, steps, extra = sys.argv[1:]
 cmd = [lorafit, "train", "--model", model, "--train", data, "--output", out, "--quantize", q,
        "--target-modules", "all-linear", "--lora-r", "8", "--batch-size", "4", "--block-size", "256",
-       "--max-steps", steps, "--eval-every", "0", "--quiet", "--overwrite"]
+       "--max-steps", steps, "--eval-every", "0", "--quiet", "--overwrite"] + extra.split()
 t = time.time()
 subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
 peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024

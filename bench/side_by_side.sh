@@ -12,7 +12,7 @@
 #                        GFLOP/s of our step
 #               dora     the same with DoRA
 #               nf4      the same on an NF4 + double-quant base (PyTorch: bitsandbytes on CPU;
-#                        lorafit: --quantize nf4-dq, once QLoRA lands; refused until then)
+#                        lorafit: --quantize nf4-dq, fp32 tiles and, with bf16, BF16 tiles)
 #               gemm     the dense products of one step (forward and input gradient of every
 #                        frozen linear layer, LM head included) as raw library calls on the
 #                        same shapes: cblas_sgemm fp32 and oneDNN BF16 (build/bench_step_gemm),
@@ -80,11 +80,11 @@ EOF
 }
 
 # The LM steps of a lorafit run: median of the per-step times after WARMUP steps, from log.jsonl.
-lorafit_lm_json() {  # lorafit_lm_json RUN_DIR LABEL METHOD PEAK
+lorafit_lm_json() {  # lorafit_lm_json RUN_DIR DTYPE METHOD PEAK QUANT
   "$PY" - "$@" "$N" "$WARMUP" "$BATCH" "$BLOCK" <<'EOF'
 import json, statistics, sys
-run, label, method, peak, n, warm = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
-batch, block = int(sys.argv[7]), int(sys.argv[8])
+run, label, method, peak, quant = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+n, warm, batch, block = int(sys.argv[6]), int(sys.argv[7]), int(sys.argv[8]), int(sys.argv[9])
 steps, summ = [], None
 for line in open(run + "/log.jsonl"):
     r = json.loads(line)
@@ -97,7 +97,7 @@ dts = [b[1] - a[1] for a, b in zip(steps, steps[1:]) if a[0] >= warm]
 toks = [b[2] for a, b in zip(steps, steps[1:]) if a[0] >= warm]  # tokens of that step
 med = statistics.median(dts)
 print(json.dumps({"side": "lorafit", "workload": "lm", "method": method, "dtype": label,
-                  "quant": "nf4" if label == "nf4" else "none", "batch": batch, "block": block,
+                  "quant": quant, "batch": batch, "block": block,
                   "threads": n, "step_s_median": med, "tokens_per_s": statistics.median(toks) / med,
                   "peak_rss_bytes": max(peak, summ["peak_rss_bytes"] if summ else 0),
                   "first_loss": None, "last_loss": None}))
@@ -155,8 +155,7 @@ lm() {  # lm METHOD QUANT
         --train data/tinyshakespeare/input.txt --output "$d" --overwrite --block-size "$BLOCK" --batch-size "$BATCH" \
         --target-modules all-linear --lora-dropout 0 --max-steps $((WARMUP + STEPS + 1)) --log-every 1 \
         --eval-max-batches 1 --threads "$N" --compute-dtype "$dt" "${extra[@]}")
-      lorafit_lm_json "$d" "$([ "$quant" = nf4 ] && echo nf4 || echo "$dt")" "$method" "$peak" >>"$RES"
-      [ "$quant" = nf4 ] && break  # the NF4 base multiplies through fp32 tiles either way
+      lorafit_lm_json "$d" "$dt" "$method" "$peak" "$quant" >>"$RES"
     done
     for dt in fp32 bf16; do
       "$PY" bench/torch_train.py lm --model "$SMOL" --threads "$N" --method "$method" --dtype "$dt" \
