@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <string>
 
+#include "lorafit/blas_restart.h"
 #include "lorafit/kernels.h"
 #include "lorafit/nn.h"
 
@@ -200,4 +201,12 @@ BENCHMARK(BM_SmolLM2Block)
 
 }  // namespace
 
-BENCHMARK_MAIN();
+// BENCHMARK_MAIN, after the restart with vector OpenBLAS kernels that lorafit itself does.
+int main(int argc, char** argv) {
+  lorafit::kernels::restart_with_vector_blas(argv);
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

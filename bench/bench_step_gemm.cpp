@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "lorafit/blas_restart.h"
 #include "lorafit/kernels.h"
 #include "lorafit/tensor.h"
 
@@ -52,6 +53,7 @@ double median(std::vector<double> v) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  lorafit::kernels::restart_with_vector_blas(argv);
   int64_t hidden = 576, inter = 1536, heads = 9, kv = 3, layers = 30, vocab = 49152, tokens = 1024;
   int64_t reps = 5, threads = 0, mlp = 3;
   std::string name = "smollm2";

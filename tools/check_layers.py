@@ -26,7 +26,7 @@ MAY_USE = {
     "train": {"peft", "models", "nn", "io", "text", "kernels", "tensor"},
     "cli": {"train", "peft", "models", "nn", "io", "text", "kernels", "tensor"},
 }
-PUBLIC_ALIAS = {"quant": "tensor"}  # include/lorafit/quant.h is the tensor layer's second header
+PUBLIC_ALIAS = {"quant": "tensor", "blas_restart": "kernels"}  # second public headers of tensor, kernels
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"')
 
 

@@ -29,6 +29,19 @@ const char* isa_name(Isa isa);
 // coverage test: every name here must have a case.
 const std::vector<std::string>& op_names();
 
+// ---- OpenBLAS kernel set --------------------------------------------------------------------
+// OpenBLAS (DYNAMIC_ARCH) picks its kernels ("core") from the CPU model when it is loaded and
+// reads OPENBLAS_CORETYPE only then. Debian 12's 0.3.21 does not know CPUs newer than itself
+// (e.g. Intel family 6 model 207, Emerald Rapids) and falls back to "Prescott" (SSE3): sgemm at
+// about 1/5 of the AVX-512 kernels' speed. The CLI starts itself again with the suggested core.
+std::string blas_core();  // openblas_get_corename(), e.g. "SkylakeX", "Haswell", "Prescott"
+// The core to force when `chosen` is below what the CPU can run: "SkylakeX" with AVX-512
+// F/BW/VL/DQ, "Haswell" with AVX2 and FMA; "" when `chosen` already is an AVX2 or AVX-512 core
+// (Haswell, Zen, SkylakeX, Cooperlake, SapphireRapids, Excavator) or the CPU has neither.
+std::string blas_core_upgrade(const std::string& chosen, bool avx2_fma, bool avx512);
+// blas_core_upgrade(blas_core(), <this CPU>).
+std::string blas_core_suggested();
+
 // Threads used by BLAS and our parallel loops (0 = all cores).
 void set_num_threads(int n);
 int num_threads();

@@ -1,9 +1,11 @@
 // lorafit command-line tool. Thin: parse arguments, call the library, print.
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 
+#include "lorafit/blas_restart.h"
 #include "lorafit/kernels.h"
 #include "lorafit/tensor.h"
 #include "lorafit_commit.h"  // generated at build time: LORAFIT_COMMIT
@@ -49,6 +51,7 @@ Q4_0/Q4_1/Q8_0 train LoRA on top as stored.
 }  // namespace
 
 int main(int argc, char** argv) {
+  lorafit::kernels::restart_with_vector_blas(argv);
   // A file-size limit (ulimit -f) then fails the write with EFBIG, which the atomic writers
   // report and clean up as they do a full disk, instead of killing the process mid-file.
   std::signal(SIGXFSZ, SIG_IGN);
@@ -62,6 +65,13 @@ int main(int argc, char** argv) {
     // What --compute-dtype bf16 would use here, or why it is not available.
     std::printf("bf16 compute: %s (%s)\n", lorafit::kernels::bf16_gemm_supported() ? "yes" : "no",
                 lorafit::kernels::bf16_gemm_info().c_str());
+    const char* fallback = std::getenv("LORAFIT_BLAS_FALLBACK");
+    const std::string core = lorafit::kernels::blas_core();
+    if (fallback && *fallback)
+      std::printf("blas: OpenBLAS, %s kernels (OpenBLAS chose %s for this CPU; set by lorafit)\n",
+                  core.c_str(), fallback);
+    else
+      std::printf("blas: OpenBLAS, %s kernels\n", core.c_str());
     return 0;
   }
   if (!std::strcmp(argv[1], "info")) return cmd_info(argc - 1, argv + 1);

@@ -3,17 +3,23 @@
 // kernels_impl.h for the raw signatures.
 #include <cblas.h>
 #include <omp.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <climits>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <cstdint>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "kernels/kernels_impl.h"
+#include "lorafit/blas_restart.h"
 
 namespace lorafit::kernels {
 
@@ -77,6 +83,51 @@ const std::vector<std::string>& op_names() {
       "gemm_bf16",
   };
   return names;
+}
+
+// ---- OpenBLAS kernel set ----------------------------------------------------------------------
+std::string blas_core() {
+  const char* c = openblas_get_corename();
+  return c ? c : "";
+}
+
+std::string blas_core_upgrade(const std::string& chosen, bool avx2_fma, bool avx512) {
+  static const char* const kVectorCores[] = {"haswell",    "zen",        "skylakex",
+                                             "cooperlake", "sapphirerapids", "excavator"};
+  std::string lower(chosen);
+  std::transform(lower.begin(), lower.end(), lower.begin(),
+                 [](unsigned char ch) { return static_cast<char>(std::tolower(ch)); });
+  for (const char* c : kVectorCores)
+    if (lower == c) return "";
+  if (avx512) return "SkylakeX";
+  if (avx2_fma) return "Haswell";
+  return "";
+}
+
+std::string blas_core_suggested() {
+  __builtin_cpu_init();
+  const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  return blas_core_upgrade(blas_core(), cpu_has_avx2(), avx512);
+}
+
+void restart_with_vector_blas(char** argv) {
+  if (std::getenv("OPENBLAS_CORETYPE") || std::getenv("LORAFIT_BLAS_KEEP")) return;
+  const std::string want = blas_core_suggested();
+  if (want.empty()) return;
+  const std::string chosen = blas_core();
+  const char* preload = std::getenv("LD_PRELOAD");
+  if (!(preload && std::strstr(preload, "vgpreload"))) {
+    setenv("OPENBLAS_CORETYPE", want.c_str(), 1);
+    setenv("LORAFIT_BLAS_FALLBACK", chosen.c_str(), 1);
+    execv("/proc/self/exe", argv);
+    unsetenv("OPENBLAS_CORETYPE");  // the exec failed: go on as we are
+    unsetenv("LORAFIT_BLAS_FALLBACK");
+  }
+  std::fprintf(stderr,
+               "lorafit: warning: OpenBLAS uses its %s kernels on this CPU, which can run %s; "
+               "set OPENBLAS_CORETYPE=%s for faster fp32 products\n",
+               chosen.c_str(), want.c_str(), want.c_str());
 }
 
 namespace {

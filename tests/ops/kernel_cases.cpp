@@ -190,6 +190,17 @@ OPCHECK(gemm, RawStridedBlockAndZeroK) {
   for (int64_t i = 0; i < 12; ++i) EXPECT_EQ(c1.f32()[i], 0.0f);
 }
 
+// The OpenBLAS core the CLI forces where OpenBLAS fell back (kernels.h blas_core_upgrade).
+TEST(BlasCore, UpgradeOnlyFromCoresBelowTheCpu) {
+  EXPECT_EQ(k::blas_core_upgrade("Prescott", true, true), "SkylakeX");
+  EXPECT_EQ(k::blas_core_upgrade("Prescott", true, false), "Haswell");
+  EXPECT_EQ(k::blas_core_upgrade("Sandybridge", true, false), "Haswell");
+  EXPECT_EQ(k::blas_core_upgrade("Prescott", false, false), "");  // the CPU runs nothing better
+  for (const char* kept : {"Haswell", "Zen", "SkylakeX", "Cooperlake", "SAPPHIRERAPIDS", "excavator"})
+    EXPECT_EQ(k::blas_core_upgrade(kept, true, true), "") << kept;
+  EXPECT_FALSE(k::blas_core().empty());
+}
+
 OPCHECK(gemm, ErrorsNameShapes) {
   Tensor a = random({3, 5}, 1), b = random({7, 2}, 2), c = Tensor::zeros({3, 2});
   expect_error([&] { k::gemm(a, false, b, false, c); },
