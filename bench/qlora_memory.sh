@@ -12,6 +12,10 @@
 #   2. peak RSS (getrusage of the child) of `lorafit train` on SmolLM2, LoRA r=8 all-linear,
 #      batch 4 x 256 (the side-by-side configuration), STEPS steps, for each Q; the bound for
 #      nf4-dq is 1.0 GiB (PyTorch + PEFT + bitsandbytes: 6.4 GiB, bench/side_by_side.sh 2 nf4).
+#   3. with TORCH=1, the same configuration through PyTorch + PEFT (+ bitsandbytes NF4 with
+#      double quantization for nf4-dq) in the venv of tools/pyenv.sh, bench/torch_train.py lm,
+#      THREADS threads (2), 1 warm-up and STEPS timed steps; --gradient-checkpointing in
+#      TRAIN_FLAGS turns on transformers' checkpointing there too. Peak RSS: VmHWM of that process.
 # Prints one line per measurement; nothing passes or fails here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,3 +56,18 @@ peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
 print(f"train --quantize {q}: peak RSS {peak / 2**30:.3f} GiB, wall {time.time() - t:.1f} s")
 EOF
 done
+
+if [ "${TORCH:-0}" = 1 ]; then
+  VPY=$(bash tools/pyenv.sh | tail -n 1)
+  gc=(); case " ${TRAIN_FLAGS:-} " in *" --gradient-checkpointing "*) gc=(--gradient-checkpointing) ;; esac
+  echo "== peak RSS of PyTorch + PEFT (bench/torch_train.py lm, same configuration${gc:+, ${gc[*]}})"
+  for q in ${QUANTS:-none nf4-dq}; do
+    case $q in none) tq=none ;; nf4-dq) tq=nf4 ;; *) continue ;; esac
+    "$VPY" bench/torch_train.py lm --model "$SMOL" --threads "${THREADS:-2}" --quant "$tq" \
+      --warmup 1 --steps "$STEPS" "${gc[@]}" --text "$T/train.txt" | "$VPY" -c '
+import json, sys
+r = json.loads(sys.stdin.read().strip().splitlines()[-1])
+q, peak, tps = r["quant"], r["peak_rss_bytes"] / 2**30, r["tokens_per_s"]
+print(f"pytorch --quant {q}: peak RSS {peak:.3f} GiB, {tps:.0f} tokens/s")'
+  done
+fi

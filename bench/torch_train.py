@@ -10,7 +10,8 @@ Workloads (the same ones lorafit runs in side_by_side.sh):
   lm      a Llama-family HF folder (SmolLM2-135M F32 from tools/make_smollm2_hf.py), LoRA r=8
           alpha 16 on all linear layers (or DoRA), dropout 0, AdamW, blocks of --block tokens of
           Tiny Shakespeare, --batch blocks per step; --dtype fp32|bf16 (torch.autocast on CPU);
-          --quant nf4 puts the frozen base in bitsandbytes NF4 with double quantization (QLoRA).
+          --quant nf4 puts the frozen base in bitsandbytes NF4 with double quantization (QLoRA);
+          --gradient-checkpointing recomputes each layer in the backward.
           Median time of --steps steps after --warmup steps; tokens/s = batch*block/median.
 
   python bench/torch_train.py minilm --threads 2 --sampler group_by_length
@@ -123,7 +124,11 @@ def run_lm(a):
     model = AutoModelForCausalLM.from_pretrained(a.model, **kw)
     if a.quant == "nf4":
         from peft import prepare_model_for_kbit_training
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=a.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif a.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     cfg = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear",
                      task_type="CAUSAL_LM", use_dora=a.method == "dora")
     model = get_peft_model(model, cfg)
@@ -158,6 +163,7 @@ def run_lm(a):
     med = statistics.median(times)
     print(json.dumps({"side": "pytorch", "workload": "lm", "method": a.method, "dtype": a.dtype,
                       "quant": a.quant, "threads": a.threads, "batch": a.batch, "block": a.block,
+                      "gradient_checkpointing": a.gradient_checkpointing,
                       "step_s_median": med, "tokens_per_s": a.batch * a.block / med,
                       "first_loss": losses[0], "last_loss": losses[-1],
                       "peak_rss_bytes": peak_rss_bytes()}))
@@ -180,6 +186,9 @@ def main():
     ap.add_argument("--block", type=int, default=256)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--gradient-checkpointing", action="store_true",
+                    help="lm: recompute each layer in the backward (transformers' non-reentrant "
+                         "checkpointing; with --quant nf4 through prepare_model_for_kbit_training)")
     a = ap.parse_args()
     if a.model is None:
         a.model = "models/all-MiniLM-L6-v2" if a.workload == "minilm" else "runs/smollm2-f32"
