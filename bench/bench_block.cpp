@@ -10,7 +10,7 @@
 #include <cstdint>
 #include <string>
 
-#include "lorafit/blas_restart.h"
+#include "bench_main.h"
 #include "lorafit/kernels.h"
 #include "lorafit/nn.h"
 
@@ -201,12 +201,4 @@ BENCHMARK(BM_SmolLM2Block)
 
 }  // namespace
 
-// BENCHMARK_MAIN, after the restart with vector OpenBLAS kernels that lorafit itself does.
-int main(int argc, char** argv) {
-  lorafit::kernels::restart_with_vector_blas(argv);
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
-}
+LORAFIT_BENCHMARK_MAIN()

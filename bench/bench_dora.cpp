@@ -19,7 +19,7 @@
 #include <memory>
 #include <string>
 
-#include "lorafit/blas_restart.h"
+#include "bench_main.h"
 #include "lorafit/kernels.h"
 #include "lorafit/models.h"
 #include "lorafit/peft.h"
@@ -183,12 +183,4 @@ BENCHMARK(BM_MiniLMStep)
 
 }  // namespace
 
-// BENCHMARK_MAIN, after the restart with vector OpenBLAS kernels that lorafit itself does.
-int main(int argc, char** argv) {
-  lorafit::kernels::restart_with_vector_blas(argv);
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
-}
+LORAFIT_BENCHMARK_MAIN()

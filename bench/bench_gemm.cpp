@@ -13,7 +13,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "lorafit/blas_restart.h"
+#include "bench_main.h"
 #include "lorafit/kernels.h"
 
 namespace {
@@ -122,12 +122,4 @@ BENCHMARK(BM_gelu_erf)->Arg(0)->Arg(1)->ArgName("avx2")->UseRealTime();
 
 }  // namespace
 
-// BENCHMARK_MAIN, after the restart with vector OpenBLAS kernels that lorafit itself does.
-int main(int argc, char** argv) {
-  lorafit::kernels::restart_with_vector_blas(argv);
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
-}
+LORAFIT_BENCHMARK_MAIN()
