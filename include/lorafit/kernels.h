@@ -64,11 +64,21 @@ void gemm_raw(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float
 // read by nn::Linear on every product and by nn::Attention at each forward.
 enum class ComputeDtype { F32, BF16 };
 const char* compute_dtype_name(ComputeDtype d);  // "fp32", "bf16"
-// "fp32" | "bf16" | "auto" (bf16 where bf16_gemm_supported(), else fp32); throws naming `what`
-// and the accepted values otherwise, and for "bf16" where it is not supported (with the reason).
+// "fp32" | "bf16" | "auto" (bf16 where bf16_gemm_supported() and auto_picks_bf16(bf16_speedup()),
+// else fp32); throws naming `what` and the accepted values otherwise, and for "bf16" where it is
+// not supported (with the reason).
 ComputeDtype parse_compute_dtype(const std::string& s, const std::string& what = "--compute-dtype");
 // Built with oneDNN and its effective ISA has AVX512-BF16 (avx512_core_bf16) or AMX.
 bool bf16_gemm_supported();
+// How much faster the BF16 products are than fp32 ones here: time(fp32) / time(bf16) on one
+// SmolLM2-sized product, measured once per process (about 30 ms) on the current thread count;
+// 0 where BF16 is not supported. About 2 on AMD Zen 4 (AVX512-BF16 at twice the fp32 rate),
+// about 0.6 on Intel cores with AVX512-BF16 but no AMX (docs/BENCHMARKS.md).
+double bf16_speedup();
+// "auto" takes bf16 only where its products are at least this much faster: the step also
+// converts activations to BF16 and keeps its LoRA path, attention softmax and optimizer in fp32.
+inline constexpr double kAutoBf16MinSpeedup = 1.2;
+bool auto_picks_bf16(double speedup);
 // oneDNN's effective ISA name when supported, else why not (no oneDNN in this build, or the CPU
 // lacks AVX512-BF16 / AMX).
 std::string bf16_gemm_info();

@@ -31,7 +31,8 @@ inline constexpr OptSpec kComputeDtypeOpt{
     "compute-dtype", "str", "fp32",
     "frozen weight products (x W^T, dy W) and the dense attention products: fp32 | bf16 (BF16 "
     "operands, fp32 sums; the LoRA path, optimizer and master weights stay fp32; needs "
-    "AVX512-BF16 or AMX and oneDNN) | auto (bf16 where available)"};
+    "AVX512-BF16 or AMX and oneDNN) | auto (bf16 where available and its products measure at "
+    "least 1.2x faster than fp32 here; lorafit --version shows the choice)"};
 
 class Options {
  public:

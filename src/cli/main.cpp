@@ -65,6 +65,12 @@ int main(int argc, char** argv) {
     // What --compute-dtype bf16 would use here, or why it is not available.
     std::printf("bf16 compute: %s (%s)\n", lorafit::kernels::bf16_gemm_supported() ? "yes" : "no",
                 lorafit::kernels::bf16_gemm_info().c_str());
+    if (lorafit::kernels::bf16_gemm_supported()) {  // what --compute-dtype auto measures and picks
+      const double s = lorafit::kernels::bf16_speedup();
+      std::printf("auto compute: %s (bf16 products %.2fx the speed of fp32 here, %d thread%s)\n",
+                  lorafit::kernels::auto_picks_bf16(s) ? "bf16" : "fp32", s,
+                  lorafit::kernels::num_threads(), lorafit::kernels::num_threads() == 1 ? "" : "s");
+    }
     const char* fallback = std::getenv("LORAFIT_BLAS_FALLBACK");
     const std::string core = lorafit::kernels::blas_core();
     if (fallback && *fallback)

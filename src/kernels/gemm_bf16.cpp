@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <mutex>
@@ -161,9 +162,45 @@ std::string bf16_gemm_info() {
 #endif
 }
 
+double bf16_speedup() {
+  if (!bf16_gemm_supported()) return 0.0;
+  // Measured once per process, on the threads set at the first call: a product of SmolLM2's
+  // MLP shape (512 tokens, 1,536 -> 576), fp32 cblas against the BF16 path as nn::Linear runs it
+  // (x rounded to BF16 per call, a BF16 copy of W), best of three after a warm-up each. AVX512-BF16
+  // does not always pay: on Intel cores without AMX vdpbf16ps issues on one port where the fp32
+  // FMA has two, so the BF16 products are slower than OpenBLAS's (docs/BENCHMARKS.md).
+  static const double speedup = [] {
+    constexpr int64_t m = 512, n = 576, k = 1536;
+    std::vector<float> a(static_cast<size_t>(m * k)), w(static_cast<size_t>(n * k)),
+        c(static_cast<size_t>(m * n));
+    for (size_t i = 0; i < a.size(); ++i) a[i] = static_cast<float>(i % 61) * 0.01f - 0.3f;
+    for (size_t i = 0; i < w.size(); ++i) w[i] = static_cast<float>(i % 53) * 0.01f - 0.25f;
+    std::vector<uint16_t> wb(w.size());
+    f32_to_bf16(w.data(), wb.data(), static_cast<int64_t>(w.size()));
+    auto best = [](auto&& run) {
+      run();
+      double t = 1e30;
+      for (int r = 0; r < 3; ++r) {
+        const auto t0 = std::chrono::steady_clock::now();
+        run();
+        t = std::min(t, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+      }
+      return t;
+    };
+    const double t32 = best(
+        [&] { gemm_raw(false, true, m, n, k, 1.0f, a.data(), k, w.data(), k, 0.0f, c.data(), n); });
+    const double t16 =
+        best([&] { gemm_bf16_raw(true, m, n, k, a.data(), k, wb.data(), k, 0.0f, c.data(), n); });
+    return t16 > 0 ? t32 / t16 : 0.0;
+  }();
+  return speedup;
+}
+
+bool auto_picks_bf16(double speedup) { return speedup >= kAutoBf16MinSpeedup; }
+
 ComputeDtype parse_compute_dtype(const std::string& s, const std::string& what) {
   if (s == "fp32" || s == "f32") return ComputeDtype::F32;
-  if (s == "auto") return bf16_gemm_supported() ? ComputeDtype::BF16 : ComputeDtype::F32;
+  if (s == "auto") return auto_picks_bf16(bf16_speedup()) ? ComputeDtype::BF16 : ComputeDtype::F32;
   if (s == "bf16") {
     LORAFIT_CHECK(bf16_gemm_supported(), what.c_str(), "bf16 is not available: " + bf16_gemm_info() +
                                                    "; use fp32 (or auto: bf16 where available)");

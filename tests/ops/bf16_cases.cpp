@@ -252,8 +252,19 @@ OPCHECK(gemm_bf16, BitsOperandsTransposedVsReference) {
 OPCHECK(gemm_bf16, ParseAndErrors) {
   ComputeGuard g;
   EXPECT_EQ(k::parse_compute_dtype("fp32"), k::ComputeDtype::F32);
+  // auto is the measured choice: bf16 only where supported and its products are faster here.
+  const double speedup = k::bf16_speedup();
+  EXPECT_EQ(speedup, k::bf16_speedup());  // measured once
+  if (k::bf16_gemm_supported()) EXPECT_GT(speedup, 0.0);
+  else EXPECT_EQ(speedup, 0.0);
   EXPECT_EQ(k::parse_compute_dtype("auto"),
-            k::bf16_gemm_supported() ? k::ComputeDtype::BF16 : k::ComputeDtype::F32);
+            k::bf16_gemm_supported() && speedup >= 1.2 ? k::ComputeDtype::BF16
+                                                       : k::ComputeDtype::F32);
+  EXPECT_FALSE(k::auto_picks_bf16(0.0));   // no BF16 here
+  EXPECT_FALSE(k::auto_picks_bf16(0.6));   // Intel AVX512-BF16 without AMX
+  EXPECT_FALSE(k::auto_picks_bf16(1.1));   // too little to pay for the conversions
+  EXPECT_TRUE(k::auto_picks_bf16(1.2));
+  EXPECT_TRUE(k::auto_picks_bf16(2.1));    // AMD Zen 4
   try {
     k::parse_compute_dtype("fp8");
     ADD_FAILURE() << "fp8 accepted";
