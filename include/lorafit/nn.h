@@ -191,6 +191,9 @@ class Linear : public Module {
 // Every Linear's BF16 copy of its weight (--compute-dtype bf16) is made again before its next
 // use: call after changing a weight in place (merge, unmerge, PiSSA/OLoRA's residual).
 void weights_changed();
+// How many times weights_changed() was called: caches derived from frozen weights (BF16 copies,
+// DoRA's ‖W‖² rows) compare it with the value they were made under.
+uint64_t weight_generation();
 
 // out[..., :] = table[ids[...], :]; table [V, C] (F32, or F16/BF16/Q8_0/Q4_0/Q4_1/Q4_K/Q5_K/
 // Q6_K when frozen: only the gathered rows are converted).

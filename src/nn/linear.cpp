@@ -66,6 +66,7 @@ std::atomic<uint64_t> g_weight_generation{0};
 }  // namespace
 
 void weights_changed() { g_weight_generation.fetch_add(1, std::memory_order_relaxed); }
+uint64_t weight_generation() { return g_weight_generation.load(std::memory_order_relaxed); }
 
 struct Linear::Bf16Copy {
   std::mutex mu;

@@ -18,6 +18,11 @@
 namespace lorafit::peft {
 
 namespace {
+// Elementwise passes over [tokens, out] run on all threads from this size on.
+constexpr int64_t kParallelElems = 1 << 15;
+}  // namespace
+
+namespace {
 
 std::string shape_of(const nn::Linear& base) {
   std::string s = "[";  // (appended step by step: GCC 12 warns falsely on "[" + std::string)
@@ -66,19 +71,34 @@ Tensor DoraLinear::weight_norm(const nn::Linear& base, DoraNorm how) const {
       n2[static_cast<size_t>(i)] = acc;
     }
   } else {
-    // ‖w_i‖²: rows of W in tiles of about 64 KiB (dequantized for a quantized base).
-    const int64_t tr = std::clamp<int64_t>((16 * 1024) / std::max<int64_t>(in, 1), 1, out);
-    std::vector<float> tile(static_cast<size_t>(tr * in));
-    for (int64_t r0 = 0; r0 < out; r0 += tr) {
-      const int64_t r1 = std::min(out, r0 + tr);
-      base.weight_rows(r0, r1, tile.data());
-      for (int64_t i = r0; i < r1; ++i) {
-        const float* row = tile.data() + (i - r0) * in;
-        double acc = 0;
-        for (int64_t j = 0; j < in; ++j) acc += static_cast<double>(row[j]) * row[j];
-        n2[static_cast<size_t>(i)] = acc;
+    // ‖w_i‖²: rows of W in tiles of about 64 KiB (dequantized for a quantized base), kept while
+    // the base is frozen and unchanged (every forward needs them; W is the bulk of the work).
+    const bool keep = !base.weight.trainable;
+    const uint64_t gen = nn::weight_generation();
+    if (!keep || w_norm2_src_ != base.weight.value.raw() || w_norm2_gen_ != gen ||
+        w_norm2_.size() != static_cast<size_t>(out)) {
+      w_norm2_.assign(static_cast<size_t>(out), 0.0);
+      const int64_t tr = std::clamp<int64_t>((16 * 1024) / std::max<int64_t>(in, 1), 1, out);
+      const int64_t tiles = (out + tr - 1) / tr;
+#pragma omp parallel if (tiles > 1)
+      {
+        std::vector<float> tile(static_cast<size_t>(tr * in));
+#pragma omp for schedule(static)
+        for (int64_t ti = 0; ti < tiles; ++ti) {
+          const int64_t r0 = ti * tr, r1 = std::min(out, r0 + tr);
+          base.weight_rows(r0, r1, tile.data());
+          for (int64_t i = r0; i < r1; ++i) {
+            const float* row = tile.data() + (i - r0) * in;
+            double acc = 0;
+            for (int64_t j = 0; j < in; ++j) acc += static_cast<double>(row[j]) * row[j];
+            w_norm2_[static_cast<size_t>(i)] = acc;
+          }
+        }
       }
+      w_norm2_src_ = keep ? base.weight.value.raw() : nullptr;
+      w_norm2_gen_ = gen;
     }
+    n2 = w_norm2_;
     // AW = A Wᵀ [r, out]; G = A Aᵀ [r, r].
     Tensor aw = Tensor::zeros({r, out});
     base.matmul_weight(A.value, aw);
@@ -126,21 +146,27 @@ void DoraLinear::forward(nn::Context& ctx, const nn::Linear& base, const Tensor&
   float* pv = v_.f32();
   float* py = y2.f32();
   // u: the base output without bias (PEFT's base_result).
+  // y = y − u + k ⊙ (u + s·h Bᵀ), i.e. y += (k − 1) ⊙ u + k ⊙ s·B A drop(x).
+  const bool par = n * out >= kParallelElems;
   if (dropped) {
     base.matmul_weight(xd, v_);  // u = drop(x) Wᵀ
+#pragma omp parallel for schedule(static) if (par)
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t i = 0; i < out; ++i) py[t * out + i] -= pv[t * out + i];
   } else {
-    std::copy(py, py + n * out, pv);  // u = y − b
-    if (base.has_bias()) {
-      const float* b = base.bias.value.f32();
-      for (int64_t t = 0; t < n; ++t)
-        for (int64_t i = 0; i < out; ++i) pv[t * out + i] -= b[i];
-    }
+    const float* b = base.has_bias() ? base.bias.value.f32() : nullptr;
+#pragma omp parallel for schedule(static) if (par)
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t i = 0; i < out; ++i) {  // u = y − b; y − u = b
+        const float u = b ? py[t * out + i] - b[i] : py[t * out + i];
+        pv[t * out + i] = u;
+        py[t * out + i] -= u;
+      }
   }
-  // y = y − u + k ⊙ (u + s·h Bᵀ), i.e. y += (k − 1) ⊙ u + k ⊙ s·B A drop(x).
-  for (int64_t i = 0; i < n * out; ++i) py[i] -= pv[i];
   kernels::gemm(xd, false, A.value, true, h_);                // h [n, r] = drop(x) Aᵀ
   kernels::gemm(h_, false, B.value, true, v_, s, 1.0f);       // v = u + s · h Bᵀ
   const float* k = k_.f32();
+#pragma omp parallel for schedule(static) if (par)
   for (int64_t t = 0; t < n; ++t)
     for (int64_t i = 0; i < out; ++i) py[t * out + i] += k[i] * pv[t * out + i];
 }
@@ -156,6 +182,7 @@ Tensor DoraLinear::upstream_grad(nn::Context& ctx, const Tensor& dy) const {
   const float* k = k_.f32();
   const float* s = dy.f32();
   float* d = g.f32();
+#pragma omp parallel for schedule(static) if (n * out >= kParallelElems)
   for (int64_t t = 0; t < n; ++t)
     for (int64_t i = 0; i < out; ++i) d[t * out + i] = k[i] * s[t * out + i];
   return g;
@@ -171,15 +198,27 @@ void DoraLinear::backward(nn::Context& ctx, const nn::Linear& base, const Tensor
   const float* pdy = dy2.f32();
   const float* k = k_.f32();
   // dm_i += Σ_t dy[t, i] · v[t, i] / ‖·‖_i
+  const bool par = n * out >= kParallelElems;
   if (magnitude.trainable) {
-    std::vector<double> acc(static_cast<size_t>(out), 0.0);
+    // Partial sums over fixed blocks of rows, added in block order: the same result on any
+    // number of threads.
+    constexpr int64_t kRows = 64;
+    const int64_t blocks = (n + kRows - 1) / kRows;
+    std::vector<double> part(static_cast<size_t>(blocks * out), 0.0);
     const float* pv = v_.f32();
-    for (int64_t t = 0; t < n; ++t)
-      for (int64_t i = 0; i < out; ++i)
-        acc[static_cast<size_t>(i)] += static_cast<double>(pdy[t * out + i]) * pv[t * out + i];
+#pragma omp parallel for schedule(static) if (par && blocks > 1)
+    for (int64_t bl = 0; bl < blocks; ++bl) {
+      double* acc = part.data() + bl * out;
+      for (int64_t t = bl * kRows; t < std::min(n, (bl + 1) * kRows); ++t)
+        for (int64_t i = 0; i < out; ++i)
+          acc[i] += static_cast<double>(pdy[t * out + i]) * pv[t * out + i];
+    }
     float* gm = magnitude.grad.f32();
-    for (int64_t i = 0; i < out; ++i)
-      gm[i] += static_cast<float>(acc[static_cast<size_t>(i)] / norm_.f32()[i]);
+    for (int64_t i = 0; i < out; ++i) {
+      double acc = 0;
+      for (int64_t bl = 0; bl < blocks; ++bl) acc += part[static_cast<size_t>(bl * out + i)];
+      gm[i] += static_cast<float>(acc / norm_.f32()[i]);
+    }
   }
   const bool need_dh = A.trainable || dx != nullptr;
   if (!B.trainable && !need_dh) return;
@@ -187,6 +226,7 @@ void DoraLinear::backward(nn::Context& ctx, const nn::Linear& base, const Tensor
   // would hold it until the end of the step).
   Tensor g = Tensor::empty({n, out});
   float* pg = g.f32();
+#pragma omp parallel for schedule(static) if (par)
   for (int64_t t = 0; t < n; ++t)
     for (int64_t i = 0; i < out; ++i) pg[t * out + i] = k[i] * pdy[t * out + i];
   if (B.trainable) kernels::gemm(g, true, h_, false, B.grad, s, 1.0f);  // dB += s gᵀ h

@@ -181,6 +181,11 @@ class DoraLinear : public LoraLinear {
  private:
   Tensor xd_, h_, v_, norm_, k_;  // saved by forward
   Tensor merged_norm_;            // ‖W + s·B A‖ at merge time
+  // ‖w_i‖² of a frozen base, kept between forwards (the fast norm's one pass over all of W);
+  // made again when the weight's storage or nn::weight_generation() changes.
+  mutable std::vector<double> w_norm2_;
+  mutable const void* w_norm2_src_ = nullptr;
+  mutable uint64_t w_norm2_gen_ = 0;
 };
 
 // ---- AdaLoRA (Zhang et al. 2023; PEFT peft/tuners/adalora, peft 0.21.2) ----------------------

@@ -170,6 +170,31 @@ TEST(DoraLinear, FastNormsEqualReferenceAndDirectSum) {
   }
 }
 
+// The fast norm keeps ‖w_i‖² of a frozen base between forwards: B and A changes (training) show
+// at once, an in-place change of W after nn::weights_changed() (merge, PiSSA's residual).
+TEST(DoraLinear, FastNormCacheFollowsAdapterAndWeightChanges) {
+  Layer l(64, 37, true, false, 0.0f, 21);
+  ASSERT_FALSE(l.lin.weight.trainable);
+  auto worst = [&](const Tensor& got) {
+    const std::vector<double> want =
+        direct_norms(l.lin.weight.value, l.dora.A.value, l.dora.B.value, l.dora.scaling());
+    double w = 0;
+    for (int64_t i = 0; i < 37; ++i) w = nan_max(w, std::fabs(got.f32()[i] - want[i]) / want[i]);
+    return w;
+  };
+  Tensor n1 = l.dora.weight_norm(l.lin, DoraNorm::Fast);
+  EXPECT_LT(worst(n1), 2e-6);
+  for (int64_t i = 0; i < l.dora.B.value.numel(); ++i) l.dora.B.value.f32()[i] *= 3.0f;
+  EXPECT_LT(worst(l.dora.weight_norm(l.lin, DoraNorm::Fast)), 2e-6);  // B: at once
+  float* w = l.lin.weight.value.f32();
+  for (int64_t i = 0; i < 64 * 37; ++i) w[i] *= 2.0f;
+  lorafit::nn::weights_changed();
+  Tensor n2 = l.dora.weight_norm(l.lin, DoraNorm::Fast);
+  EXPECT_LT(worst(n2), 2e-6);
+  EXPECT_GT(std::fabs(n2.f32()[0] - n1.f32()[0]), 1e-3 * n1.f32()[0]);  // W really moved it
+  l.lin.adapters.clear();
+}
+
 TEST(DoraLinear, ForwardMatchesSlowFormulaWithDropoutAndQuantizedBase) {
   for (DType t : {DType::F32, DType::Q8_0}) {
     for (float p : {0.0f, 0.25f}) {
