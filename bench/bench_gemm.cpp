@@ -103,6 +103,17 @@ void BM_softmax(benchmark::State& st) {
   for (auto _ : st) k::softmax_forward(x, mask, y);
   set_bytes(st, x.numel());
 }
+// causal scores as in SmolLM2's attention: one head's 256 x 256, mask -inf above the diagonal
+// (the vector kernel skips each row's trailing masked keys)
+void BM_softmax_causal(benchmark::State& st) {
+  if (!pick_isa(st)) return;
+  constexpr int64_t T = 256;
+  Tensor x = filled({T, T}, 1), y = Tensor::empty({T, T}), mask = Tensor::zeros({T, T});
+  for (int64_t i = 0; i < T; ++i)
+    for (int64_t j = i + 1; j < T; ++j) mask.f32()[i * T + j] = -__builtin_inff();
+  for (auto _ : st) k::softmax_forward(x, mask, y);
+  set_bytes(st, x.numel());
+}
 void BM_layernorm(benchmark::State& st) {
   if (!pick_isa(st)) return;
   Tensor x = filled({128, 384}, 1), w = filled({384}, 2), b = filled({384}, 3), y = Tensor::empty({128, 384});
@@ -117,6 +128,7 @@ void BM_gelu_erf(benchmark::State& st) {
   set_bytes(st, x.numel());
 }
 BENCHMARK(BM_softmax)->Arg(0)->Arg(1)->ArgName("avx2")->UseRealTime();
+BENCHMARK(BM_softmax_causal)->Arg(0)->Arg(1)->ArgName("avx2")->UseRealTime();
 BENCHMARK(BM_layernorm)->Arg(0)->Arg(1)->ArgName("avx2")->UseRealTime();
 BENCHMARK(BM_gelu_erf)->Arg(0)->Arg(1)->ArgName("avx2")->UseRealTime();
 

@@ -11,6 +11,7 @@
 // the op checker's tolerances account for that).
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -311,11 +312,20 @@ inline float softmax_row(float* y, const float* x, const float* mask, int64_t n,
   return sum;
 }
 
+// A row's trailing keys masked with -inf (causal attention: half of all entries; padding) are
+// neither exponentiated nor summed: their probability is 0 as in the full computation, and the
+// visible part is bitwise the same (the full row only adds exact zeros to the same lanes' sums).
 void softmax_forward(float* y, const float* x, const float* mask, int64_t mask_stride,
                      int64_t rows, int64_t n) {
   for (int64_t r = 0; r < rows; ++r) {
+    const float* mr = mask ? mask + r * mask_stride : nullptr;
+    int64_t len = n;
+    if (mr)
+      while (len > 0 && mr[len - 1] == -kInf) --len;
+    if (len == 0) len = n;  // all masked: softmax_row writes the zeros
     float mx;
-    softmax_row(y + r * n, x + r * n, mask ? mask + r * mask_stride : nullptr, n, &mx);
+    softmax_row(y + r * n, x + r * n, mr, len, &mx);
+    std::fill(y + r * n + len, y + r * n + n, 0.0f);
   }
 }
 // forward was: y = softmax(x)  =>  dx = y (dy - sum(dy y))

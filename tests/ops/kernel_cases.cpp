@@ -562,9 +562,14 @@ OPCHECK(softmax_forward, OddShapesMasksAndFullyMaskedRow) {
     for (int64_t j = 0; j < n; j += 3) mrow.f32()[j] = kNegInf;
     Tensor mfull = random(s, 30 + n, -2.0f, 0.0f);
     for (int64_t j = 0; j < n; ++j) mfull.f32()[j] = kNegInf;
-    for (int kind = 0; kind < 3; ++kind) {
+    // causal [rows, n]: row r sees keys 0..r, the rest is a trailing -inf run (which the vector
+    // kernel skips and must still write as zeros)
+    Tensor mcausal = Tensor::zeros(s);
+    for (int64_t r = 0; r < s[0]; ++r)
+      for (int64_t j = r + 1; j < n; ++j) mcausal.f32()[r * n + j] = kNegInf;
+    for (int kind = 0; kind < 4; ++kind) {
       Tensor none;
-      const Tensor& mask = kind == 0 ? none : kind == 1 ? mrow : mfull;
+      const Tensor& mask = kind == 0 ? none : kind == 1 ? mrow : kind == 2 ? mfull : mcausal;
       Tensor ref = run_guarded(Isa::Scalar, s, [&](Tensor& y) { k::softmax_forward(x, mask, y); });
       Tensor vec = run_guarded(vec_isa(), s, [&](Tensor& y) { k::softmax_forward(x, mask, y); });
       Tensor want = from_double(s, softmax_naive(x, kind ? &mask : nullptr, n));
