@@ -203,7 +203,7 @@ ComputeDtype parse_compute_dtype(const std::string& s, const std::string& what) 
   if (s == "auto") return auto_picks_bf16(bf16_speedup()) ? ComputeDtype::BF16 : ComputeDtype::F32;
   if (s == "bf16") {
     LORAFIT_CHECK(bf16_gemm_supported(), what.c_str(), "bf16 is not available: " + bf16_gemm_info() +
-                                                   "; use fp32 (or auto: bf16 where available)");
+                                                   "; use fp32 (or auto: bf16 where available and faster)");
     return ComputeDtype::BF16;
   }
   throw Error("[" + what + "] '" + s + "' is not a compute dtype (fp32, bf16, auto)");
