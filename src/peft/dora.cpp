@@ -18,11 +18,9 @@
 namespace lorafit::peft {
 
 namespace {
+
 // Elementwise passes over [tokens, out] run on all threads from this size on.
 constexpr int64_t kParallelElems = 1 << 15;
-}  // namespace
-
-namespace {
 
 std::string shape_of(const nn::Linear& base) {
   std::string s = "[";  // (appended step by step: GCC 12 warns falsely on "[" + std::string)

@@ -258,7 +258,7 @@ OPCHECK(gemm_bf16, ParseAndErrors) {
   if (k::bf16_gemm_supported()) EXPECT_GT(speedup, 0.0);
   else EXPECT_EQ(speedup, 0.0);
   EXPECT_EQ(k::parse_compute_dtype("auto"),
-            k::bf16_gemm_supported() && speedup >= 1.2 ? k::ComputeDtype::BF16
+            k::bf16_gemm_supported() && speedup >= k::kAutoBf16MinSpeedup ? k::ComputeDtype::BF16
                                                        : k::ComputeDtype::F32);
   EXPECT_FALSE(k::auto_picks_bf16(0.0));   // no BF16 here
   EXPECT_FALSE(k::auto_picks_bf16(0.6));   // Intel AVX512-BF16 without AMX
