@@ -5,7 +5,8 @@
 //   Q4_1: f16 d, f16 m, u8 qs[16];   x = nib * d + m
 // where the low nibble of qs[j] is element j and the high nibble element j + 16.
 // Quantization rounds to nearest exactly as ggml's quantize_row_*_ref (and gguf-py), so bytes
-// match llama.cpp's. The K-quants Q4_K / Q5_K / Q6_K are dequantized only (layouts below).
+// match llama.cpp's. The K-quants Q4_K / Q5_K / Q6_K (layouts below) are read and written; their
+// quantizer is ggml's quantize_row_q*_K_ref search (no importance matrix), bytes equal to it.
 // bitsandbytes' 4-bit NF4 / FP4 are the Quant4 section at the end (their statistics do not fit a
 // self-contained block).
 #pragma once
@@ -84,7 +85,7 @@ void dequantize_row(DType t, const void* src, float* dst, int64_t n);
 // two give identical bits).
 void dequantize_row_ref(DType t, const void* src, float* dst, int64_t n);
 // Quantizes (or converts) n values into type t at dst (dtype_nbytes(t, n) bytes). F32, F16,
-// BF16, Q8_0, Q4_0, Q4_1; the K-quants throw (lorafit has no K-quant quantizer).
+// BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K (n a multiple of 256 for the K-quants).
 void quantize_row(DType t, const float* src, void* dst, int64_t n);
 
 // Whole tensors. quantize: x of dtype F32/F16/BF16, last dimension a multiple of the block size,

@@ -1,5 +1,5 @@
 // Block (de)quantization of ggml Q8_0 / Q4_0 / Q4_1 and dequantization of the K-quants Q4_K /
-// Q5_K / Q6_K (layouts in quant.h and REFERENCE.md). The K-quants have a scalar reference and an
+// Q5_K / Q6_K (their quantizers: quant_k.cpp) (layouts in quant.h and REFERENCE.md). The K-quants have a scalar reference and an
 // AVX2 path chosen at run time (target attribute + __builtin_cpu_supports, as in quant4.cpp); CMake
 // compiles this file with -ffp-contract=off so that neither fuses a multiply and a subtraction
 // (gguf-py's numpy rounds each step, and tests/tensor/kquant_test.cpp compares bits).
@@ -19,6 +19,12 @@
 #endif
 
 namespace lorafit::tensor {
+
+namespace kquant {  // quant_k.cpp: ggml's quantize_row_q{4,5,6}_K_ref, nb blocks of 256
+void quantize_q4_k(const float* x, uint8_t* dst, int64_t nb);
+void quantize_q5_k(const float* x, uint8_t* dst, int64_t nb);
+void quantize_q6_k(const float* x, uint8_t* dst, int64_t nb);
+}  // namespace kquant
 
 namespace {
 
@@ -148,7 +154,7 @@ void quant_q4_1(const float* x, uint8_t* dst, int64_t nb) {
   }
 }
 
-// ---- K-quants (read, never written): scalar reference ---------------------------------------
+// ---- K-quants: scalar reference of the dequantization ---------------------------------------
 // ggml's get_scale_min_k4: the 6-bit scale and min of sub-block j from the 12 packed bytes.
 inline void scale_min_k4(int j, const uint8_t* q, int* sc, int* m) {
   if (j < 4) {
@@ -409,13 +415,13 @@ void quantize_row(DType t, const float* src, void* dst, int64_t n) {
     case DType::Q8_0: quant_q8_0(src, d, n / kQK); return;
     case DType::Q4_0: quant_q4_0(src, d, n / kQK); return;
     case DType::Q4_1: quant_q4_1(src, d, n / kQK); return;
+    case DType::Q4_K: kquant::quantize_q4_k(src, d, n / kQK_K); return;
+    case DType::Q5_K: kquant::quantize_q5_k(src, d, n / kQK_K); return;
+    case DType::Q6_K: kquant::quantize_q6_k(src, d, n / kQK_K); return;
     default: break;
   }
   throw Error(std::string("[quantize_row] dtype ") + dtype_name(t) +
-              " is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_1" +
-              (t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K
-                   ? "; lorafit reads K-quants but has no K-quant quantizer)"
-                   : ")"));
+              " is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K)");
 }
 
 Tensor quantize(const Tensor& x, DType t) {

@@ -4,6 +4,7 @@
 // scalar reference, sizes, tensor views and refused input.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
 #include <random>
 #include <string>
@@ -163,12 +164,63 @@ TEST(KQuant, BlockSizesAndErrors) {
     expect_error([&] { lorafit::tensor::Tensor::empty({3, 100}, t); }, {"256"});
     lorafit::tensor::Tensor w = lorafit::tensor::Tensor::zeros({2, 512}, t);
     expect_error([&] { w.view({4, 256}).view({8, 128}); }, {"whole", dtype_name(t), "blocks"});
-    // No quantizer for K-quants: refused by name.
-    lorafit::tensor::Tensor x = lorafit::tensor::Tensor::zeros({2, 256});
-    expect_error([&] { quantize(x, t); },
-                 {"[quantize_row]", dtype_name(t), "no K-quant quantizer"});
+    // Quantizing a partial block is refused by name (a row of 300 values).
+    std::vector<float> x300(300, 0.5f);
+    expect_error([&] { quantize_row(t, x300.data(), buf.data(), 300); },
+                 {"[quantize_row]", "300 values of", dtype_name(t), "blocks of 256"});
+    lorafit::tensor::Tensor x = lorafit::tensor::Tensor::zeros({2, 384});
+    expect_error([&] { quantize(x, t); }, {"[quantize]", "multiple of 256", dtype_name(t)});
   }
   // NF4's statistics are not in its bytes: the row API names the way to it.
   expect_error([&] { dequantize_row(DType::NF4, buf.data(), out.data(), 64); },
                {"[dequantize_row]", "NF4", "dequantize_4bit"});
+}
+
+// Our K-quant quantizer against llama.cpp's own (ggml's quantize_row_q*_K_ref, called by
+// tools/ref_kquant_quantize.py): the same bytes for real MiniLM and SmolLM2 rows and for rows of
+// random values at scales from 1e-6 to 1e3 with special blocks (zero, constant, one-signed,
+// outliers, values below f16's range). Then quantize -> dequantize stays close to the input.
+TEST(KQuant, QuantizeEqualsLlamaCpp) {
+  const auto& f = lorafit::io::SafetensorsFile::open(std::string(LORAFIT_FIXTURES) +
+                                                     "/kquant/kquant_quantize.safetensors");
+  int cases = 0;
+  for (DType t : kTypes) {
+    for (const char* in : {"real.minilm", "real.smollm2", "random"}) {
+      const std::string name = lower(t) + "." + in;
+      SCOPED_TRACE(name);
+      lorafit::tensor::Tensor x = f.get_f32(std::string(in) + ".x");
+      const std::vector<uint8_t> want = f.bytes(name + ".q");
+      ASSERT_EQ(x.ndim(), 2);
+      const int64_t rows = x.dim(0), cols = x.dim(1);
+      const size_t row_bytes = dtype_nbytes(t, cols);
+      ASSERT_EQ(want.size(), row_bytes * static_cast<size_t>(rows));
+      lorafit::tensor::Tensor q = quantize(x, t);
+      ASSERT_EQ(q.dtype(), t);
+      ASSERT_EQ(q.nbytes(), want.size());
+      const auto* got = static_cast<const uint8_t*>(q.raw());
+      size_t first_diff = want.size();
+      for (size_t i = 0; i < want.size(); ++i)
+        if (got[i] != want[i]) {
+          first_diff = i;
+          break;
+        }
+      EXPECT_EQ(first_diff, want.size()) << "first differing byte " << first_diff << " (row "
+                                         << first_diff / row_bytes << ")";
+      // Round trip: within a few quantization steps of each sub-block's range.
+      if (std::string(in) != "random") {
+        lorafit::tensor::Tensor back = dequantize(q);
+        double e2 = 0, x2 = 0;
+        for (int64_t i = 0; i < x.numel(); ++i) {
+          const double d = static_cast<double>(back.f32()[i]) - x.f32()[i];
+          e2 += d * d;
+          x2 += static_cast<double>(x.f32()[i]) * x.f32()[i];
+        }
+        const double rel = std::sqrt(e2 / x2);
+        EXPECT_LT(rel, t == DType::Q4_K ? 0.12 : t == DType::Q5_K ? 0.06 : 0.03) << rel;
+        EXPECT_GT(rel, 0.0);
+      }
+      ++cases;
+    }
+  }
+  EXPECT_EQ(cases, 9);
 }
